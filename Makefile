@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine: `make dev` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: dev test bench lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv>=0.13'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[agents,dev]'
+	touch $(STAMP)
+
+## Run the whole platform on this machine (Temporal dev server, Postgres, workers, API).
+dev: $(STAMP)
+	$(BIN)/bizosaas dev
+
+## Run the test suite (real Temporal dev server, real Postgres, real HTTP).
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Measure the platform against the raw Temporal SDK on the same dev server.
+bench: $(STAMP)
+	$(BIN)/python bench/bench_spine.py
+
+## Re-resolve constraints.txt (every dependency, crewai included, resolved together).
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra agents --extra dev -p 3.11 -o constraints.txt
+
+clean:
+	rm -rf $(VENV) .bizosaas

@@ -1,0 +1,1 @@
+"""Every side effect: Postgres, agents, MCP tools, Stripe, Lago, notifications."""

@@ -1,0 +1,1 @@
+"""The Litestar HTTP API: it only starts, queries and signals workflows."""

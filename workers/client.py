@@ -1,0 +1,40 @@
+"""The one Temporal client factory, for the API, the workers and the CLI."""
+
+from __future__ import annotations
+
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.opentelemetry import TracingInterceptor
+
+from workers.converter import data_converter
+from workers.settings import Settings
+
+
+def _tls(settings: Settings) -> TLSConfig | bool:
+    t = settings.temporal
+    if not (t.tls or t.tls_client_cert or t.tls_server_root_ca):
+        # An API key (Temporal Cloud) always travels over TLS.
+        return t.api_key is not None
+    return TLSConfig(
+        server_root_ca_cert=t.tls_server_root_ca.read_bytes() if t.tls_server_root_ca else None,
+        client_cert=t.tls_client_cert.read_bytes() if t.tls_client_cert else None,
+        client_private_key=t.tls_client_key.read_bytes() if t.tls_client_key else None,
+        domain=t.tls_server_name,
+    )
+
+
+async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+    """Connect with the msgspec converter, tracing and TLS/API key from settings.
+
+    ``lazy=True`` returns at once and connects on first use, so a process can start (and
+    report itself unhealthy) while the Temporal server is unreachable.
+    """
+    t = settings.temporal
+    return await Client.connect(
+        t.address,
+        namespace=t.namespace,
+        data_converter=data_converter(),
+        interceptors=[TracingInterceptor()],
+        tls=_tls(settings),
+        api_key=t.api_key.get_secret_value() if t.api_key else None,
+        lazy=lazy,
+    )

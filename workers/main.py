@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -43,6 +45,17 @@ class QueueRegistration:
     executor: concurrent.futures.Executor | None = None
 
 
+def configure_crewai(settings: Settings) -> None:
+    """CrewAI's environment, set before it is first imported (agents worker only): no tracing
+    (each agent would wait 5 s for it), no telemetry or version check, storage in the state dir."""
+    os.environ["CREWAI_TRACING_ENABLED"] = "false"
+    os.environ["CREWAI_DISABLE_TELEMETRY"] = "true"
+    os.environ["CREWAI_DISABLE_VERSION_CHECK"] = "true"
+    storage = Path(os.environ.get("CREWAI_STORAGE_DIR") or settings.dev.state_dir / "crewai").resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    os.environ["CREWAI_STORAGE_DIR"] = str(storage)
+
+
 def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str]) -> dict[str, QueueRegistration]:
     """What each task queue runs. Activity classes are built once and shared."""
     regs: dict[str, QueueRegistration] = {}
@@ -54,7 +67,18 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
     if AGENTS_QUEUE in queues:
-        regs[AGENTS_QUEUE] = QueueRegistration(max_concurrent_activities=settings.worker.agents_max_concurrent)
+        configure_crewai(settings)
+        from activities.agents import AgentActivities
+
+        agents = AgentActivities(settings.llm)
+        regs[AGENTS_QUEUE] = QueueRegistration(
+            activities=[agents.presence_crew],
+            max_concurrent_activities=settings.worker.agents_max_concurrent,
+            # Crews are sync (CrewAI): they run on this bounded pool, never on the event loop.
+            executor=concurrent.futures.ThreadPoolExecutor(
+                max_workers=settings.worker.agents_max_concurrent, thread_name_prefix="crew"
+            ),
+        )
     if INTEGRATIONS_QUEUE in queues:
         regs[INTEGRATIONS_QUEUE] = QueueRegistration(
             max_activities_per_second=settings.worker.integrations_max_per_second,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from workflows.onboarding import OnboardingInput, OnboardingWorkflow
+from workflows.presence_audit import PresenceAuditInput, PresenceAuditWorkflow
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,12 @@ class Capability:
         return self.workflow.run  # type: ignore[attr-defined]
 
 
+def _host_key(url: str) -> str:
+    """A URL's host as a slug."""
+    host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+    return "".join(c if c.isalnum() else "-" for c in host).strip("-")[:63] or "site"
+
+
 CATALOGUE: dict[str, Capability] = {
     c.name: c
     for c in (
@@ -41,6 +49,16 @@ CATALOGUE: dict[str, Capability] = {
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin"}),
             summary="Onboard a tenant: create and activate it, record the audit entry.",
+        ),
+        Capability(
+            name="presence-audit",
+            workflow=PresenceAuditWorkflow,
+            input_type=PresenceAuditInput,
+            # One audit per site and day unless the caller names a key (runs in the API only).
+            business_key=lambda inp: inp.audit_key or f"{_host_key(inp.website_url)}-{date.today():%Y%m%d}",
+            tenant_in_input=lambda inp: inp.tenant_id,
+            start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+            summary="Audit a website and its social presence with a 4-agent crew; stores a typed report.",
         ),
     )
 }

@@ -1,0 +1,117 @@
+"""Agent activities: CrewAI crews as heartbeating sync activities on the agents task queue.
+
+The crew runs in a worker thread (the agents worker's bounded executor); a heartbeat thread
+keeps Temporal informed while it thinks, so a dead worker is noticed within the heartbeat
+timeout and the activity is retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+
+from typing import Annotated, Literal
+
+import msgspec
+from temporalio import activity
+
+from workers.settings import LlmSettings
+
+Severity = Literal["low", "medium", "high"]
+
+
+class PageSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    status: int
+    title: str | None = None
+    description: str | None = None
+    headings: list[str] = []
+    links: list[str] = []
+    word_count: int = 0
+    load_ms: float = 0.0
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True):
+    area: str
+    severity: Severity
+    detail: str
+
+
+class AreaAudit(msgspec.Struct, frozen=True, kw_only=True):
+    score: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    findings: list[Finding]
+    recommendations: list[str]
+
+
+class CrewReport(msgspec.Struct, frozen=True, kw_only=True):
+    summary: str
+    overall_score: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    technical: AreaAudit
+    seo: AreaAudit
+    social: AreaAudit
+    top_recommendations: list[str]
+
+
+class CrewRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    workflow_id: str
+    website_url: str
+    social_handles: dict[str, str]
+    pages: list[PageSnapshot]
+
+
+class LlmCall(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    tokens_in: int
+    tokens_out: int
+
+
+class CrewOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    report: CrewReport
+    offline: bool
+    provider: str
+    calls: list[LlmCall]
+
+
+
+HEARTBEAT_EVERY = 5.0
+
+
+class _Heartbeat:
+    def __init__(self, detail: str) -> None:
+        self._stop = threading.Event()
+        self._detail = detail
+        # The activity context is a context variable: the heartbeat thread runs in a copy.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat,), daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY):
+            activity.heartbeat(self._detail)
+
+    def __enter__(self) -> None:
+        activity.heartbeat(self._detail)
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class AgentActivities:
+    def __init__(self, llm: LlmSettings) -> None:
+        self._llm = llm
+
+    @activity.defn(name="agents.presence_crew")
+    def presence_crew(self, req: CrewRequest) -> CrewOutcome:
+        from agents.llm import UsageMeter
+        from agents.presence import run_presence_crew
+
+        meter = UsageMeter()
+        with _Heartbeat("presence crew running"):
+            report = run_presence_crew(self._llm, req.website_url, dict(req.social_handles), list(req.pages), meter)
+        return CrewOutcome(
+            report=report,
+            offline=self._llm.provider == "offline",
+            provider=self._llm.provider,
+            calls=[LlmCall(model=m, tokens_in=i, tokens_out=o) for m, i, o in meter.calls],
+        )

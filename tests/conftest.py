@@ -37,7 +37,7 @@ from workers.client import connect
 from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli, temporal_test_server
 from workers.main import build_workers, registrations
 from workers.settings import Settings
-from workflows.names import WORKFLOWS_QUEUE
+from workflows.names import AGENTS_QUEUE, WORKFLOWS_QUEUE
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +156,7 @@ def settings(temporal_env: WorkflowEnvironment, database_url: str, dev_cluster: 
         temporal={"address": target, "namespace": dev_cluster.namespace},
         database={"url": database_url},
         worker={"graceful_shutdown_seconds": 2},
+        dev={"state_dir": Path(tempfile.mkdtemp(prefix="bizosaas-test-state-"))},
     )
 
 
@@ -168,7 +169,7 @@ async def client(settings: Settings) -> Client:
 @pytest_asyncio.fixture(scope="session")
 async def platform_worker(client: Client, settings: Settings, db: asyncpg.Pool) -> AsyncIterator[list[Worker]]:
     """The real workers on the real task queues, for tests that go through the API."""
-    workers = build_workers(client, settings, registrations(settings, db, [WORKFLOWS_QUEUE]))
+    workers = build_workers(client, settings, registrations(settings, db, [WORKFLOWS_QUEUE, AGENTS_QUEUE]))
     tasks = [asyncio.create_task(w.run()) for w in workers]
     yield workers
     for w in workers:

@@ -41,6 +41,14 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
     failure: str | None = None
 
 
+def _root_failure(exc: BaseException) -> str:
+    """The innermost cause (e.g. the activity's ApplicationError), as `type: message`."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    kind = getattr(exc, "type", None) or exc.__class__.__name__
+    return f"{kind}: {getattr(exc, 'message', None) or exc}"
+
+
 async def describe_in_scope(temporal: Client, principal: Principal, wf_id: str) -> tuple[WorkflowHandle, Any]:
     """The workflow, if it exists and the caller may see its tenant; otherwise 404 alike."""
     handle = temporal.get_workflow_handle(wf_id)
@@ -124,8 +132,7 @@ class WorkflowController(Controller):
             try:
                 await handle.result()
             except Exception as exc:  # noqa: BLE001
-                cause = exc.__cause__
-                failure = f"{cause.__class__.__name__}: {cause}" if cause else str(exc)
+                failure = _root_failure(exc)
         return WorkflowView(
             workflow_id=desc.id,
             run_id=desc.run_id,

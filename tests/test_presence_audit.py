@@ -7,7 +7,7 @@ import httpx
 from tests.conftest import Tokens, assert_eventually, unique
 
 
-async def test_client_runs_a_presence_audit_offline(http: httpx.AsyncClient, tokens: Tokens) -> None:
+async def test_client_runs_a_presence_audit_offline(http: httpx.AsyncClient, tokens: Tokens, db) -> None:  # noqa: ANN001
     tenant = unique("audit")
     body = {"tenant_id": tenant, "website_url": "http://127.0.0.1:9/", "social_handles": {"instagram": "@shop"}}
     r = await http.post("/v1/workflows/presence-audit", json=body, headers=tokens.client(tenant))
@@ -28,6 +28,26 @@ async def test_client_runs_a_presence_audit_offline(http: httpx.AsyncClient, tok
     assert {"technical", "seo", "social"} <= set(report)
     assert result["llm_calls"] == 4 and result["tokens_in"] > 0
     assert view["progress"]["stage"] == "completed"
+    rows = await db.fetch("SELECT model, provider, tokens_in, cost_usd FROM llm_usage WHERE workflow_id = $1", wf_id)
+    assert len(rows) == 4 and {r["provider"] for r in rows} == {"offline"}
+    assert all(r["cost_usd"] == 0 and r["tokens_in"] > 0 for r in rows)
+
+
+async def test_over_budget_tenant_fails_fast_naming_the_budget(http: httpx.AsyncClient, tokens: Tokens, db) -> None:  # noqa: ANN001
+    tenant = unique("broke")
+    await db.execute("INSERT INTO tenant_budgets (tenant_id, monthly_ai_budget_usd) VALUES ($1, 0)", tenant)
+    body = {"tenant_id": tenant, "website_url": "https://shop.example"}
+    wf_id = (await http.post("/v1/workflows/presence-audit", json=body, headers=tokens.client(tenant))).json()["workflow_id"]
+
+    async def failed() -> dict:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.client(tenant))).json()
+        assert view["status"] == "FAILED", view
+        return view
+
+    view = await assert_eventually(failed, timeout=20)
+    assert "monthly AI budget of $0.00" in view["failure"]
+    assert view["progress"]["stage"] == "failed"
+    assert await db.fetchval("SELECT count(*) FROM llm_usage WHERE tenant_id = $1", tenant) == 0
 
 
 async def test_a_client_cannot_audit_for_another_tenant(http: httpx.AsyncClient, tokens: Tokens) -> None:

@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 
 from activities.database import create_pool
 from activities.tenants import AuditActivities, TenantActivities
+from activities.usage import UsageActivities
 from workers.client import connect
 from workers.settings import Settings
 from workers.telemetry import configure_tracing
@@ -60,10 +61,10 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     """What each task queue runs. Activity classes are built once and shared."""
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
-        tenants, audit = TenantActivities(pool), AuditActivities(pool)
+        tenants, audit, usage = TenantActivities(pool), AuditActivities(pool), UsageActivities(pool)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(WORKFLOWS),
-            activities=[tenants.create_tenant, tenants.set_status, audit.write],
+            activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget],
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
     if AGENTS_QUEUE in queues:

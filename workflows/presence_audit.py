@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities, CrewReport, CrewRequest, PageSnapshot
+    from activities.usage import CheckBudget, RecordUsage, UsageActivities
     from workflows.names import AGENTS_QUEUE, SLUG_PATTERN
 
 CAPABILITY = "presence-audit"
@@ -56,6 +57,8 @@ class PresenceAuditResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # Named per kind of dependency.
+DB_TIMEOUT = timedelta(seconds=30)
+DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
 CREW_TIMEOUT = timedelta(minutes=15)
 CREW_HEARTBEAT = timedelta(seconds=30)
 CREW_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
@@ -80,7 +83,13 @@ class PresenceAuditWorkflow:
     async def run(self, inp: PresenceAuditInput) -> PresenceAuditResult:
         wf_id = workflow.info().workflow_id
         try:
-            self._enter("auditing")
+            # A tenant over its monthly AI budget fails here, non-retryable, naming the budget.
+            self._enter("checking_budget")
+            await workflow.execute_activity_method(
+                UsageActivities.check_budget, CheckBudget(tenant_id=inp.tenant_id),
+                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            )
+            self._enter("auditing", "budget_checked")
             outcome = await workflow.execute_activity_method(
                 AgentActivities.presence_crew,
                 CrewRequest(tenant_id=inp.tenant_id, workflow_id=wf_id, website_url=inp.website_url,
@@ -90,7 +99,17 @@ class PresenceAuditWorkflow:
                 heartbeat_timeout=CREW_HEARTBEAT,
                 retry_policy=CREW_RETRY,
             )
-            self._enter("completed", "crew_finished")
+            self._enter("recording_usage", "crew_finished")
+            # One row per LLM call, keyed by workflow and call: a retried step never counts twice.
+            for i, call in enumerate(outcome.calls):
+                await workflow.execute_activity_method(
+                    UsageActivities.record,
+                    RecordUsage(idempotency_key=f"{wf_id}:presence_crew:{i}", tenant_id=inp.tenant_id,
+                                agent="presence-crew", model=call.model, provider=outcome.provider,
+                                tokens_in=call.tokens_in, tokens_out=call.tokens_out, workflow_id=wf_id),
+                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+                )
+            self._enter("completed", "usage_recorded")
         except Exception:
             self._enter("failed")
             raise

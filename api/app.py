@@ -22,6 +22,7 @@ from activities.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
 from api.errors import EXCEPTION_HANDLERS
 from api.health import health
+from api.outbox import outbox_router
 from api.workflows import workflows_router
 from workers.client import connect
 from workers.settings import Settings
@@ -53,7 +54,7 @@ def create_app(settings: Settings) -> Litestar:
         return state.db
 
     app = Litestar(
-        route_handlers=[health, workflows_router()],
+        route_handlers=[health, workflows_router(), outbox_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False)},

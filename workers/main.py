@@ -23,6 +23,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.database import create_pool
+from activities.mcp import MCPActivities, seed_registry
 from activities.tenants import AuditActivities, TenantActivities
 from activities.usage import UsageActivities
 from workers.client import connect
@@ -44,6 +45,7 @@ class QueueRegistration:
     max_concurrent_activities: int | None = None
     max_activities_per_second: float | None = None
     executor: concurrent.futures.Executor | None = None
+    closers: list = field(default_factory=list)  # async callables run after the workers stop
 
 
 def configure_crewai(settings: Settings) -> None:
@@ -81,8 +83,11 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
             ),
         )
     if INTEGRATIONS_QUEUE in queues:
+        mcp = MCPActivities(pool)
         regs[INTEGRATIONS_QUEUE] = QueueRegistration(
+            activities=[mcp.list_tools, mcp.call_tool],
             max_activities_per_second=settings.worker.integrations_max_per_second,
+            closers=[mcp.aclose],
         )
     return regs
 
@@ -122,10 +127,15 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    workers = build_workers(client, settings, registrations(settings, pool, queues))
+    await seed_registry(pool)
+    regs = registrations(settings, pool, queues)
+    workers = build_workers(client, settings, regs)
     try:
         await serve_until(stop, workers)
     finally:
+        for reg in regs.values():
+            for close in reg.closers:
+                await close()
         await pool.close()
     log.info("worker stopped")
 

@@ -14,12 +14,14 @@ One run starts everything it needs and stops it again:
 It measures:
 
 1. start latency of the onboarding workflow: HTTP POST /v1/workflows/onboarding through the
-   API vs ``client.start_workflow`` on a plain SDK client (sequential, interleaved);
+   API vs ``client.start_workflow`` on a plain SDK client (sequential, interleaved), with two
+   figures that split the API's overhead (its start code without HTTP; HTTP alone);
 2. throughput of a no-op workflow (bounded concurrency, started and awaited): raw SDK worker
    and client vs the platform's client (``workers.client.connect``) and worker
    (``workers.main.build_workers``) on the tuned server, and raw on the default server;
-3. import time of ``api.app`` and ``workers.main`` (fresh interpreters, best of 3), whether
-   they import crewai, and the RSS of the running API and worker processes.
+3. import time of ``api.app`` and ``workers.main`` (fresh interpreters, best of 3, as the
+   environment is and with a bytecode cache), whether they import crewai, and the RSS of the
+   running API and worker processes.
 
 It prints a table and one line ``BENCH_JSON {...}`` with every figure.
 """

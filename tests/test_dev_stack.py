@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, free_port, unique
+from tests.conftest import ROOT, assert_eventually, free_port, unique
 from workers.devcluster import temporal_cli
 
 READY = re.compile(r"BizOSaaS Workflows is up \(([\d.]+) s to healthy\)")
@@ -112,9 +112,13 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
         )
         runs = [w for w in json.loads(listed.stdout) if w["execution"]["workflowId"] == wf_id]
         assert len(runs) == 1, listed.stdout + listed.stderr  # there, and not onboarded twice
+        # The onboarding may have been cut off by the stop: it goes on after the restart.
         conn = await asyncpg.connect(banner["Postgres"].split()[-1])
         try:
-            assert await conn.fetchval("SELECT status FROM tenants WHERE id = $1", tenant) == "active"
+            async def tenant_active() -> None:
+                assert await conn.fetchval("SELECT status FROM tenants WHERE id = $1", tenant) == "active"
+
+            await assert_eventually(tenant_active, timeout=20)
         finally:
             await conn.close()
     finally:

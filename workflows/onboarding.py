@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-import msgspec
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    import msgspec  # not re-imported into the sandbox on every run
     from activities.tenants import (
         AuditActivities,
         AuditEntry,

@@ -7,7 +7,7 @@
 - ``lago.create_customer`` / ``lago.create_subscription``: Lago upserts on ``external_id``;
   both use the tenant id, so usage events name the tenant as their subscription.
 - ``lago.report_usage``: one Lago event per ``llm_usage`` row, its idempotency key as the
-  ``transaction_id``. Lago keeps one event per transaction id (it answers a repeat with 422
+  ``transaction_id`` (offline calls too, at zero cost and marked ``offline``). Lago keeps one event per transaction id (it answers a repeat with 422
   ``value_already_exist``), so a retried activity never counts a call twice.
 - ``billing.record_customer`` (workflows queue, Postgres): the ids in ``billing_customers``.
 
@@ -318,9 +318,9 @@ class LagoActivities:
         client = self.client
         rows = await self._pool.fetch(
             """SELECT id, idempotency_key, tenant_id, workflow_id, agent, model,
-                      tokens_in, tokens_out, cost_usd, created_at
+                      provider, offline, tokens_in, tokens_out, cost_usd, created_at
                FROM llm_usage
-               WHERE reported_to_lago_at IS NULL AND NOT offline
+               WHERE reported_to_lago_at IS NULL
                  AND ($1::text IS NULL OR tenant_id = $1)
                  AND (cardinality($2::bigint[]) = 0 OR id = ANY($2::bigint[]))
                ORDER BY id
@@ -340,6 +340,8 @@ class LagoActivities:
                     "tokens_out": row["tokens_out"],
                     "cost_usd": str(row["cost_usd"]),
                     "model": row["model"],
+                    "provider": row["provider"],
+                    "offline": row["offline"],
                     "agent": row["agent"],
                     "workflow_id": row["workflow_id"],
                 },

@@ -1,7 +1,8 @@
 """Bearer JWT authentication and the caller's tenant scope.
 
 Production: OIDC, RS256 tokens verified against the issuer's JWKS. Dev: HS256 tokens signed
-with ``BIZ_AUTH_DEV_SECRET`` (``bizosaas token`` mints them, in dev mode only).
+with ``BIZ_AUTH_DEV_SECRET`` (``bizosaas token`` mints them, in dev mode only); the API
+refuses to start with dev auth outside ``BIZ_ENVIRONMENT=dev``.
 
 Claims: ``sub``, ``tenant_id``, ``roles`` and, for partners, ``tenants`` (the tenants they
 manage); ``act`` ({"sub": ...}) when an admin acts as someone else (impersonation).
@@ -10,13 +11,14 @@ manage); ``act`` ({"sub": ...}) when an admin acts as someone else (impersonatio
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Literal
 
 import jwt
 import msgspec
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, ServiceUnavailableException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
@@ -27,6 +29,8 @@ ROLES: tuple[str, ...] = ("super_admin", "admin", "finance", "support", "partner
 ADMIN_ROLES = frozenset({"super_admin", "admin"})
 # Platform staff see every tenant; partners see the tenants they manage; clients their own.
 PLATFORM_ROLES = frozenset({"super_admin", "admin", "finance", "support"})
+log = logging.getLogger(__name__)
+
 DEV_ISSUER = "bizosaas-dev"
 AUDIENCE = "bizosaas"
 
@@ -87,44 +91,112 @@ def mint_dev_token(
     return jwt.encode(claims, settings.auth.dev_secret.get_secret_value(), algorithm="HS256")
 
 
+# JWKS: the key set is cached this long, so a key the provider retires stops being accepted
+# within it. A token with an unknown `kid` forces a refetch at most once per cooldown: a key the
+# provider starts signing with is picked up within seconds, and made-up kids cannot turn every
+# request into a call to the provider. (PyJWT's own per-kid cache never expires, so it is off.)
+JWKS_CACHE_SECONDS = 300.0
+JWKS_REFRESH_COOLDOWN_SECONDS = 5.0
+JWKS_TIMEOUT_SECONDS = 5.0
+OIDC_ALGORITHM = "RS256"
+DEV_ALGORITHM = "HS256"
+# Clocks of the identity provider and the API drift apart a little (`iat`, `exp`, `nbf`).
+CLOCK_SKEW_SECONDS = 30
+# Present in every token; `iss` and `aud` are required by passing the expected values.
+REQUIRED_CLAIMS = ["exp", "sub"]
+
+
 class TokenVerifier:
-    """Verifies bearer tokens per the auth mode; JWKS keys are fetched and cached by PyJWT."""
+    """Verifies bearer tokens per the auth mode: OIDC RS256 against the issuer's JWKS, or dev
+    HS256 with the dev secret (only with ``BIZ_ENVIRONMENT=dev``). A bad token is a 401 that
+    names the kind of failure, never the token; an unreachable JWKS is a 503."""
 
     def __init__(self, settings: Settings) -> None:
+        a = settings.auth
         self._settings = settings
         self._jwks: jwt.PyJWKClient | None = None
-        if settings.auth.mode == "oidc":
-            if not settings.auth.oidc_jwks_url:
+        if a.mode == "oidc":
+            if not a.oidc_jwks_url:
                 raise ValueError("BIZ_AUTH_OIDC_JWKS_URL is required when BIZ_AUTH_MODE=oidc")
-            self._jwks = jwt.PyJWKClient(settings.auth.oidc_jwks_url, cache_keys=True, lifespan=300)
+            if not a.oidc_issuer:
+                raise ValueError("BIZ_AUTH_OIDC_ISSUER is required when BIZ_AUTH_MODE=oidc")
+            self._jwks = jwt.PyJWKClient(
+                a.oidc_jwks_url, cache_keys=False, lifespan=JWKS_CACHE_SECONDS,
+                cooldown_duration=JWKS_REFRESH_COOLDOWN_SECONDS, timeout=JWKS_TIMEOUT_SECONDS,
+            )
+        elif settings.environment != "dev":
+            # The dev secret has a public default: dev tokens would let anyone in.
+            raise ValueError(
+                f"BIZ_AUTH_MODE=dev is refused with BIZ_ENVIRONMENT={settings.environment}; "
+                "set BIZ_AUTH_MODE=oidc and the BIZ_AUTH_OIDC_* settings"
+            )
 
     async def verify(self, token: str) -> Principal:
         a = self._settings.auth
         try:
             if self._jwks is not None:
-                key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+                header = jwt.get_unverified_header(token)
+                kid = header.get("kid")
+                # Refuse other algorithms (none, HS256 keyed with anything) before any key lookup.
+                if header.get("alg") != OIDC_ALGORITHM or not isinstance(kid, str) or not kid:
+                    raise jwt.InvalidAlgorithmError("not an RS256 token with a kid")
+                try:
+                    key = await asyncio.to_thread(self._jwks.get_signing_key, kid)
+                except jwt.PyJWKClientConnectionError:
+                    # The provider is down: not the caller's fault, and no reason to log in again.
+                    log.warning("OIDC JWKS unreachable at %s", a.oidc_jwks_url)
+                    raise ServiceUnavailableException("the identity provider's keys are unavailable") from None
                 claims = jwt.decode(
-                    token, key.key, algorithms=["RS256"], audience=a.oidc_audience,
-                    issuer=a.oidc_issuer, options={"verify_aud": a.oidc_audience is not None},
+                    token, key.key, algorithms=[OIDC_ALGORITHM], audience=a.oidc_audience,
+                    issuer=a.oidc_issuer, leeway=CLOCK_SKEW_SECONDS,
+                    options={"verify_aud": a.oidc_audience is not None, "require": REQUIRED_CLAIMS},
                 )
             else:
                 claims = jwt.decode(
-                    token, a.dev_secret.get_secret_value(), algorithms=["HS256"],
-                    audience=AUDIENCE, issuer=DEV_ISSUER,
+                    token, a.dev_secret.get_secret_value(), algorithms=[DEV_ALGORITHM],
+                    audience=AUDIENCE, issuer=DEV_ISSUER, leeway=CLOCK_SKEW_SECONDS,
+                    options={"require": REQUIRED_CLAIMS},
                 )
+            return _principal(claims)
         except (jwt.PyJWTError, ValueError) as exc:
             raise NotAuthorizedException(f"invalid bearer token: {exc.__class__.__name__}") from None
-        roles = claims.get("roles") or []
-        if isinstance(roles, str):
-            roles = [roles]
-        act = claims.get("act")
-        return Principal(
-            sub=str(claims.get("sub") or ""),
-            tenant_id=claims.get("tenant_id"),
-            roles=frozenset(r for r in roles if r in ROLES),
-            tenants=frozenset(claims.get("tenants") or ()),
-            acting_as=act.get("sub") if isinstance(act, dict) else None,
-        )
+
+
+def _strings(value: Any, claim: str) -> tuple[str, ...]:
+    """A claim holding one string or a list of strings."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"malformed {claim!r} claim")
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    """The caller, from verified claims. Malformed claims are refused (ValueError) rather than
+    guessed at; role names this platform does not know are ignored (the provider may carry
+    other applications' roles)."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise ValueError("malformed 'sub' claim")
+    tenant_id = claims.get("tenant_id")
+    if tenant_id is not None and not isinstance(tenant_id, str):
+        raise ValueError("malformed 'tenant_id' claim")
+    act = claims.get("act")
+    acting_as = None
+    if act is not None:
+        # RFC 8693: {"sub": current actor, "act": {...earlier actors}}.
+        if not isinstance(act, dict) or not isinstance(act.get("sub"), str) or not act["sub"]:
+            raise ValueError("malformed 'act' claim")
+        acting_as = act["sub"]
+    return Principal(
+        sub=sub,
+        tenant_id=tenant_id or None,
+        roles=frozenset(r for r in _strings(claims.get("roles"), "roles") if r in ROLES),
+        tenants=frozenset(t for t in _strings(claims.get("tenants"), "tenants") if t),
+        acting_as=acting_as,
+    )
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):

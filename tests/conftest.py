@@ -12,61 +12,44 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.database import create_pool
+from activities.mcp import seed_registry
+from activities.sandbox_lago import LagoState, create_lago_app
 from api.app import create_app
 from api.auth import mint_dev_token
 from workers.client import connect
 from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli, temporal_test_server
 from workers.main import build_workers, registrations
 from workers.settings import Settings
-from workflows.names import AGENTS_QUEUE, WORKFLOWS_QUEUE
-
-T = TypeVar("T")
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def unique(prefix: str = "t") -> str:
-    """A fresh slug (tenant ids, business keys)."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def assert_eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
-) -> T:
-    """Retry an async assertion until it passes (visibility is eventually consistent)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await check()
-        except AssertionError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(interval)
-
+from workflows.names import TASK_QUEUES
+# Shared helpers, importable from here as before.
+from tests.support import (  # noqa: F401
+    LAGO_PREFIX,
+    LAGO_TEST_KEY,
+    ROOT,
+    STRIPE_TEST_KEY,
+    assert_eventually,
+    fixture_site_app,
+    free_port,
+    run_localstripe,
+    serve,
+    serve_sandbox,
+    unique,
+)
 
 # --- Temporal ----------------------------------------------------------------------------
 
@@ -146,15 +129,63 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
+# --- The network edge: Stripe, Lago, MCP, a website ----------------------------------------
+
+@pytest.fixture(scope="session")
+def localstripe_url() -> Iterator[str]:
+    """A fresh localstripe for the session; its address (``StripeClient`` base address)."""
+    with run_localstripe() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def lago_state() -> LagoState:
+    return LagoState(api_key=LAGO_TEST_KEY)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def lago_url(lago_state: LagoState) -> AsyncIterator[str]:
+    """The Lago sandbox on a free loopback port, API under ``/lago/api/v1``.
+
+    The address has no trailing slash on purpose: the activities must add it.
+    """
+    async with serve(create_lago_app(lago_state, prefix=LAGO_PREFIX)) as url:
+        yield f"{url}{LAGO_PREFIX}"
+
+
+@pytest.fixture(scope="session")
+def billing_settings(settings: Settings) -> Settings:
+    return settings
+
+
+@pytest_asyncio.fixture(scope="session")
+async def fixture_site() -> AsyncIterator[str]:
+    """A small website on loopback (what fetch_web_page and the audits read)."""
+    async with serve(fixture_site_app) as url:
+        yield url
+
+
+@pytest_asyncio.fixture(scope="session")
+async def mcp_sandbox(db: asyncpg.Pool) -> AsyncIterator[str]:
+    """The sandbox MCP server on a free port, and the registry's ``sandbox`` entry pointing at it."""
+    async with serve_sandbox(db) as url:
+        await seed_registry(db, urls={"sandbox": url})
+        yield url
+
+
 # --- The platform ------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def settings(temporal_env: WorkflowEnvironment, database_url: str, dev_cluster: DevCluster) -> Settings:
+def settings(
+    temporal_env: WorkflowEnvironment, database_url: str, dev_cluster: DevCluster, localstripe_url: str, lago_url: str
+) -> Settings:
     target = temporal_env.client.service_client.config.target_host
     return Settings(
         _env_file=None,
         temporal={"address": target, "namespace": dev_cluster.namespace},
         database={"url": database_url},
+        stripe={"api_base": localstripe_url, "api_key": STRIPE_TEST_KEY},
+        lago={"api_url": lago_url, "api_key": LAGO_TEST_KEY},
         worker={"graceful_shutdown_seconds": 2},
         dev={"state_dir": Path(tempfile.mkdtemp(prefix="bizosaas-test-state-"))},
     )
@@ -167,37 +198,25 @@ async def client(settings: Settings) -> Client:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def platform_worker(client: Client, settings: Settings, db: asyncpg.Pool) -> AsyncIterator[list[Worker]]:
-    """The real workers on the real task queues, for tests that go through the API."""
-    workers = build_workers(client, settings, registrations(settings, db, [WORKFLOWS_QUEUE, AGENTS_QUEUE]))
+async def platform_worker(
+    client: Client, settings: Settings, db: asyncpg.Pool, mcp_sandbox: str
+) -> AsyncIterator[list[Worker]]:
+    """The real workers on the three real task queues, for tests that go through the API."""
+    regs = registrations(settings, db, TASK_QUEUES)
+    workers = build_workers(client, settings, regs)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     yield workers
     for w in workers:
         await w.shutdown()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for reg in regs.values():
+        for close in reg.closers:
+            await close()
 
 
 @pytest.fixture
 def task_queue() -> str:
     return f"tq-{uuid.uuid4().hex}"
-
-
-@asynccontextmanager
-async def serve(app: object) -> AsyncIterator[str]:
-    """Serve an ASGI app over real HTTP on a free loopback port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the API stopped while starting")
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -33,15 +33,9 @@ with workflow.unsafe.imports_passed_through():
         StripeActivities,
     )
     from activities.usage import CheckBudget, RecordUsage, UsageActivities, estimate_cost
-    from tests.billing_fixtures import (  # noqa: F401  (fixtures)
-        STRIPE_TEST_KEY,
-        billing_settings,
-        lago_state,
-        lago_url,
-        localstripe_url,
-    )
+    from tests.support import STRIPE_TEST_KEY
     from tests.conftest import free_port, unique
-    from tests.lago_server import LagoState
+    from activities.sandbox_lago import LagoState
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workers.settings import Settings
 
@@ -176,29 +170,32 @@ async def test_usage_recorded_twice_is_one_row_and_reported_to_lago_once(
     heartbeats: list[object] = []
     env.on_heartbeat = lambda *details: heartbeats.append(details[0])
     report = await env.run(lago.report_usage, ReportUsage(tenant_id=tenant))
-    assert (report.sent, report.duplicates, len(report.usage_ids), report.more) == (2, 0, 2, False)
-    assert offline.usage_id not in report.usage_ids  # offline usage is not billed
+    assert (report.sent, report.duplicates, len(report.usage_ids), report.more) == (3, 0, 3, False)
+    assert offline.usage_id in report.usage_ids  # offline usage is reported too, at zero cost
     assert heartbeats == report.usage_ids
 
     events = {e["transaction_id"]: e for e in lago_state.events_of(tenant, USAGE_METRIC_CODE)}
-    assert set(events) == {key, f"{tenant}:campaign:spring:llm:draft:2"}
+    offline_key = f"{tenant}:campaign:spring:llm:draft:3"
+    assert set(events) == {key, f"{tenant}:campaign:spring:llm:draft:2", offline_key}
     assert events[key]["properties"] == {
-        "tokens_in": 1200, "tokens_out": 300, "cost_usd": "0.000360",
-        "model": "gpt-4o-mini", "agent": "copywriter", "workflow_id": f"{tenant}:campaign:spring",
+        "tokens_in": 1200, "tokens_out": 300, "cost_usd": "0.000360", "model": "gpt-4o-mini",
+        "provider": "openai", "offline": False, "agent": "copywriter", "workflow_id": f"{tenant}:campaign:spring",
     }
+    assert events[offline_key]["properties"]["offline"] is True
+    assert events[offline_key]["properties"]["cost_usd"] == "0.000000"
 
     # A retry after the events were sent but before the rows were marked: Lago keeps one each.
     posts_before = lago_state.event_posts
     await db.execute("UPDATE llm_usage SET reported_to_lago_at = NULL WHERE tenant_id = $1", tenant)
     retry = await env.run(lago.report_usage, ReportUsage(tenant_id=tenant))
-    assert (retry.sent, retry.duplicates, sorted(retry.usage_ids)) == (0, 2, sorted(report.usage_ids))
-    assert lago_state.event_posts == posts_before + 2
-    assert len(lago_state.events_of(tenant)) == 2
+    assert (retry.sent, retry.duplicates, sorted(retry.usage_ids)) == (0, 3, sorted(report.usage_ids))
+    assert lago_state.event_posts == posts_before + 3
+    assert len(lago_state.events_of(tenant)) == 3
     # And once marked, nothing is sent again.
     again_report = await env.run(lago.report_usage, ReportUsage(tenant_id=tenant))
     assert (again_report.sent, again_report.duplicates, again_report.usage_ids) == (0, 0, [])
     unreported = await db.fetchval(
-        "SELECT count(*) FROM llm_usage WHERE tenant_id = $1 AND reported_to_lago_at IS NULL AND NOT offline", tenant
+        "SELECT count(*) FROM llm_usage WHERE tenant_id = $1 AND reported_to_lago_at IS NULL", tenant
     )
     assert unreported == 0
 

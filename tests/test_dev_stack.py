@@ -33,6 +33,9 @@ class Stack:
             "BIZ_DEV_UI_PORT": str(self.ui_port),
             "BIZ_API_PORT": str(self.api_port),
             "BIZ_DEV_DEMO_TENANT": tenant,
+            "BIZ_DEV_MCP_PORT": str(free_port()),
+            "BIZ_DEV_STRIPE_PORT": str(free_port()),
+            "BIZ_DEV_LAGO_PORT": str(free_port()),
         }
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.proc: subprocess.Popen | None = None

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from api.errors import EXCEPTION_HANDLERS
     from api.outbox import outbox_router
     from tests.conftest import Tokens, assert_eventually, free_port, serve, unique
-    from tests.mcp_fixtures import fixture_site, mcp_sandbox, serve_sandbox  # noqa: F401  (fixtures)
+    from tests.support import serve_sandbox
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workers.settings import Settings
 

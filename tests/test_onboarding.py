@@ -11,6 +11,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from activities.billing import BillingCustomerActivities
 from activities.tenants import AuditActivities, TenantActivities
 from tests.conftest import unique
 from workers.main import WORKFLOW_FAILURE_TYPES
@@ -18,17 +19,21 @@ from workflows.onboarding import OnboardingInput, OnboardingResult, OnboardingWo
 
 
 def _worker(client: Client, db: asyncpg.Pool, task_queue: str) -> Worker:
-    tenants, audit = TenantActivities(db), AuditActivities(db)
+    """The workflow and its Postgres activities on a queue of the test's own; the billing steps
+    run on the platform's integrations queue (the session's ``platform_worker``)."""
+    tenants, audit, billing = TenantActivities(db), AuditActivities(db), BillingCustomerActivities(db)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[OnboardingWorkflow],
-        activities=[tenants.create_tenant, tenants.set_status, audit.write],
+        activities=[tenants.create_tenant, tenants.set_status, audit.write, billing.record_customer],
         workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES,
     )
 
 
-async def test_onboarding_creates_activates_and_audits_the_tenant(client: Client, db: asyncpg.Pool, task_queue: str) -> None:
+async def test_onboarding_creates_activates_and_audits_the_tenant(
+    client: Client, db: asyncpg.Pool, task_queue: str, platform_worker: list[Worker]
+) -> None:
     tenant = unique("acme")
     async with _worker(client, db, task_queue):
         handle = await client.start_workflow(
@@ -42,13 +47,16 @@ async def test_onboarding_creates_activates_and_audits_the_tenant(client: Client
         assert (result.tenant_id, result.status) == (tenant, "active")
         progress = await handle.query(OnboardingWorkflow.progress)
         assert progress.stage == "completed"
-        assert progress.steps_done == ["tenant_created", "tenant_activated", "audit_recorded"]
+        assert progress.steps_done == ["tenant_created", "billing_customers_created", "tenant_activated", "audit_recorded"]
+        assert result.stripe_customer_id.startswith("cus_") and result.lago_customer_id
 
     row = await db.fetchrow("SELECT name, plan, status FROM tenants WHERE id = $1", tenant)
     assert dict(row) == {"name": "Acme Bakery", "plan": "growth", "status": "active"}
     audit = await db.fetch("SELECT actor, action, details FROM audit_log WHERE tenant_id = $1", tenant)
     assert [(a["actor"], a["action"]) for a in audit] == [("admin@x", "tenant.onboarded")]
     assert audit[0]["details"]["plan"] == "growth"
+    ids = await db.fetchrow("SELECT stripe_customer_id, lago_customer_id FROM billing_customers WHERE tenant_id = $1", tenant)
+    assert (ids["stripe_customer_id"], ids["lago_customer_id"]) == (result.stripe_customer_id, result.lago_customer_id)
 
 
 async def test_tenant_activities_are_idempotent_on_retry(db: asyncpg.Pool) -> None:

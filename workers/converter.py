@@ -1,8 +1,9 @@
 """The msgspec payload converter: msgspec Structs are the schema of every Temporal payload.
 
 ``json/plain`` payloads are encoded and decoded (and validated against the type hint) by
-msgspec. A payload that fails validation raises ``msgspec.ValidationError``, which workers
-list in ``workflow_failure_exception_types`` so bad input fails the workflow at once.
+msgspec. A payload that fails validation, decoded or being encoded, raises
+``msgspec.ValidationError``, which workers list in ``workflow_failure_exception_types`` so bad
+input fails the workflow at once.
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ class MsgspecJSONPayloadConverter(EncodingPayloadConverter):
         return "json/plain"
 
     def to_payload(self, value: Any) -> Payload | None:
-        return Payload(
-            metadata={"encoding": self.encoding.encode()},
-            data=_ENCODER.encode(value),
-        )
+        data = _ENCODER.encode(value)
+        if isinstance(value, msgspec.Struct):
+            # Constraints are checked where a payload is made, too: a workflow scheduling an
+            # activity with invalid input fails at once (ValidationError is a workflow failure
+            # type), where a payload the activity cannot decode would be retried forever.
+            try:
+                msgspec.json.decode(data, type=type(value), strict=True)
+            except TypeError:
+                # A Struct of a module the workflow sandbox re-imports sees the sandbox's
+                # proxies of stdlib types (datetime) which msgspec cannot analyse; the receiver
+                # still validates it on decode.
+                pass
+        return Payload(metadata={"encoding": self.encoding.encode()}, data=data)
 
     def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
         if type_hint is None or type_hint is Any:

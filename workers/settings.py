@@ -81,6 +81,9 @@ class WorkerSettings(BaseModel):
     max_concurrent_activities: int = 100
     agents_max_concurrent: int = 2
     integrations_max_per_second: float = 20.0
+    # Override the URL of servers in mcp-servers.yaml by name, e.g. {"sandbox": "http://..."}
+    # (JSON in BIZ_WORKER_MCP_URLS).
+    mcp_urls: dict[str, str] = {}
 
 
 class DevSettings(BaseModel):
@@ -90,6 +93,12 @@ class DevSettings(BaseModel):
     temporal_port: int | None = None
     ui_port: int | None = None
     demo_tenant: str = "demo"
+    # The sandboxes `bizosaas dev` runs at the network edge (loopback only): the sandbox MCP
+    # server, and the Stripe and Lago sandboxes unless BIZ_STRIPE_API_KEY / BIZ_LAGO_API_KEY
+    # name real services.
+    mcp_port: int = 8765
+    lago_port: int = 8766
+    stripe_port: int = 8767
 
 
 class Settings(BaseSettings):

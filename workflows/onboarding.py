@@ -1,7 +1,9 @@
 """Tenant onboarding: the onboarding wizard's back end and the tenant's onboarding status.
 
-Creates the tenant row (idempotent on the tenant id), activates it, writes the audit entry,
-and exposes its progress by the ``progress`` query. Workflow id:
+Creates the tenant row (idempotent on the tenant id), its Stripe customer and its Lago
+customer and subscription (integrations queue, idempotent: a retry finds the same ones), records
+their ids, activates the tenant, writes the audit entry, and exposes its progress by the
+``progress`` query. Workflow id:
 ``{tenant_id}:onboarding:{tenant_id}`` — one onboarding per tenant, ever.
 """
 
@@ -15,6 +17,16 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
+    from activities.billing import (
+        BillingCustomerActivities,
+        BillingCustomerRecord,
+        CreateLagoCustomer,
+        CreateLagoSubscription,
+        CreateStripeCustomer,
+        LagoActivities,
+        RecordBillingCustomer,
+        StripeActivities,
+    )
     from activities.tenants import (
         AuditActivities,
         AuditEntry,
@@ -22,15 +34,19 @@ with workflow.unsafe.imports_passed_through():
         SetTenantStatus,
         TenantActivities,
     )
-    from workflows.names import SLUG_PATTERN
+    from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 CAPABILITY = "onboarding"
 
 # Named per kind of dependency: Postgres writes are quick and safe to retry.
 DB_TIMEOUT = timedelta(seconds=30)
 DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+# Payment and billing services: slower, rate limited; refusals are non-retryable by type.
+BILLING_TIMEOUT = timedelta(seconds=60)
+BILLING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2))
 
-Stage = Literal["started", "creating_tenant", "activating", "recording_audit", "completed", "failed"]
+Stage = Literal["started", "creating_tenant", "creating_billing_customers", "activating", "recording_audit",
+                "completed", "failed"]
 
 
 class OnboardingInput(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +71,8 @@ class OnboardingResult(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     created_at: datetime
     audit_id: int
+    stripe_customer_id: str | None = None
+    lago_customer_id: str | None = None
 
 
 @workflow.defn(name="Onboarding")
@@ -86,7 +104,9 @@ class OnboardingWorkflow:
                 start_to_close_timeout=DB_TIMEOUT,
                 retry_policy=DB_RETRY,
             )
-            self._enter("activating", "tenant_created")
+            self._enter("creating_billing_customers", "tenant_created")
+            billing = await self._billing_customers(inp, wf_id)
+            self._enter("activating", "billing_customers_created")
             tenant = await workflow.execute_activity_method(
                 TenantActivities.set_status,
                 SetTenantStatus(tenant_id=inp.tenant_id, status="active"),
@@ -114,6 +134,33 @@ class OnboardingWorkflow:
         return OnboardingResult(
             tenant_id=tenant.tenant_id, status=tenant.status,
             created_at=tenant.created_at, audit_id=receipt.audit_id,
+            stripe_customer_id=billing.stripe_customer_id, lago_customer_id=billing.lago_customer_id,
+        )
+
+    async def _billing_customers(self, inp: OnboardingInput, wf_id: str) -> BillingCustomerRecord:
+        """The tenant's Stripe customer and Lago customer + subscription (on its plan), then
+        their ids in ``billing_customers``. Each step is idempotent on the tenant id."""
+        stripe_customer = await workflow.execute_activity_method(
+            StripeActivities.create_customer,
+            CreateStripeCustomer(tenant_id=inp.tenant_id, name=inp.name, email=inp.owner_email,
+                                 idempotency_key=f"{wf_id}:stripe.create_customer"),
+            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
+        )
+        lago_customer = await workflow.execute_activity_method(
+            LagoActivities.create_customer,
+            CreateLagoCustomer(tenant_id=inp.tenant_id, name=inp.name, email=inp.owner_email, timezone=inp.timezone),
+            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
+        )
+        await workflow.execute_activity_method(
+            LagoActivities.create_subscription,
+            CreateLagoSubscription(tenant_id=inp.tenant_id, plan_code=inp.plan),
+            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
+        )
+        return await workflow.execute_activity_method(
+            BillingCustomerActivities.record_customer,
+            RecordBillingCustomer(tenant_id=inp.tenant_id, stripe_customer_id=stripe_customer.customer_id,
+                                  lago_customer_id=lago_customer.lago_customer_id),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
     @workflow.query(name="progress")

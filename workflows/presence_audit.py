@@ -16,13 +16,16 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
     from activities.agents import AgentActivities, CrewReport, CrewRequest, PageSnapshot
+    from activities.billing import LagoActivities, ReportUsage
+    from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.reports import ReportActivities, StoreReport
     from activities.usage import CheckBudget, RecordUsage, UsageActivities
-    from workflows.names import AGENTS_QUEUE, SLUG_PATTERN
+    from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 CAPABILITY = "presence-audit"
 
 Stage = Literal["started", "fetching_pages", "checking_budget", "auditing", "storing_report",
-                "recording_usage", "completed", "failed"]
+                "recording_usage", "reporting_usage", "completed", "failed"]
 
 URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
 
@@ -54,6 +57,7 @@ class PresenceAuditResult(msgspec.Struct, frozen=True, kw_only=True):
     llm_calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    pages: list[str] = []  # the URLs fetched
 
 
 # Named per kind of dependency.
@@ -63,6 +67,34 @@ CREW_TIMEOUT = timedelta(minutes=15)
 CREW_HEARTBEAT = timedelta(seconds=30)
 CREW_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
                          non_retryable_error_types=["AIBudgetExceeded", "InvalidLLMOutput"])
+BILLING_TIMEOUT = timedelta(seconds=60)
+BILLING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2))
+
+# The MCP server (registry name) whose fetch_web_page tool reads the site. The shipped sandbox
+# implements it; production may register any server with the same tool under this name.
+WEB_SERVER = "sandbox"
+FETCH_TOOL = "fetch_web_page"
+
+
+def _page_urls(inp: PresenceAuditInput) -> list[str]:
+    base = inp.website_url.rstrip("/")
+    urls = [inp.website_url] + [base + p for p in inp.paths]
+    return list(dict.fromkeys(urls))
+
+
+def _snapshot(url: str, page: object) -> PageSnapshot:
+    """The fetch tool's answer (a WebPage object) as the crew's page snapshot."""
+    p = page if isinstance(page, dict) else {}
+    return PageSnapshot(
+        url=p.get("final_url") or url,
+        status=p.get("status_code") or 0,
+        title=p.get("title"),
+        description=p.get("meta_description"),
+        headings=[h.get("text", "") for h in p.get("headings") or [] if isinstance(h, dict)][:50],
+        links=[link.get("href", "") for link in p.get("links") or [] if isinstance(link, dict)][:100],
+        word_count=p.get("word_count") or 0,
+        load_ms=float(p.get("load_time_ms") or 0.0),
+    )
 
 
 @workflow.defn(name="PresenceAudit")
@@ -83,8 +115,17 @@ class PresenceAuditWorkflow:
     async def run(self, inp: PresenceAuditInput) -> PresenceAuditResult:
         wf_id = workflow.info().workflow_id
         try:
+            self._enter("fetching_pages")
+            for i, url in enumerate(_page_urls(inp)):
+                fetched = await workflow.execute_activity_method(
+                    MCPActivities.call_tool,
+                    CallToolRequest(tenant_id=inp.tenant_id, server=WEB_SERVER, tool=FETCH_TOOL,
+                                    arguments={"url": url}, idempotency_key=f"{wf_id}:fetch:{i}"),
+                    task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+                )
+                self._pages.append(_snapshot(url, fetched.content))
             # A tenant over its monthly AI budget fails here, non-retryable, naming the budget.
-            self._enter("checking_budget")
+            self._enter("checking_budget", "pages_fetched")
             await workflow.execute_activity_method(
                 UsageActivities.check_budget, CheckBudget(tenant_id=inp.tenant_id),
                 start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
@@ -99,24 +140,41 @@ class PresenceAuditWorkflow:
                 heartbeat_timeout=CREW_HEARTBEAT,
                 retry_policy=CREW_RETRY,
             )
-            self._enter("recording_usage", "crew_finished")
+            self._enter("storing_report", "crew_finished")
+            stored = await workflow.execute_activity_method(
+                ReportActivities.store,
+                StoreReport(tenant_id=inp.tenant_id, kind=CAPABILITY, workflow_id=wf_id, subject=inp.website_url,
+                            offline=outcome.offline, score=outcome.report.overall_score,
+                            body=msgspec.to_builtins(outcome.report)),
+                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            )
+            self._enter("recording_usage", "report_stored")
             # One row per LLM call, keyed by workflow and call: a retried step never counts twice.
+            usage_ids: list[int] = []
             for i, call in enumerate(outcome.calls):
-                await workflow.execute_activity_method(
+                recorded = await workflow.execute_activity_method(
                     UsageActivities.record,
                     RecordUsage(idempotency_key=f"{wf_id}:presence_crew:{i}", tenant_id=inp.tenant_id,
                                 agent="presence-crew", model=call.model, provider=outcome.provider,
                                 tokens_in=call.tokens_in, tokens_out=call.tokens_out, workflow_id=wf_id),
                     start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
                 )
-            self._enter("completed", "usage_recorded")
+                usage_ids.append(recorded.usage_id)
+            # Lago keeps one event per usage row (its key is the transaction id).
+            self._enter("reporting_usage", "usage_recorded")
+            await workflow.execute_activity_method(
+                LagoActivities.report_usage, ReportUsage(tenant_id=inp.tenant_id, usage_ids=usage_ids),
+                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
+            )
+            self._enter("completed", "usage_reported")
         except Exception:
             self._enter("failed")
             raise
         return PresenceAuditResult(
             tenant_id=inp.tenant_id, website_url=inp.website_url, offline=outcome.offline,
-            report=outcome.report, llm_calls=len(outcome.calls),
+            report=outcome.report, report_id=stored.report_id, llm_calls=len(outcome.calls),
             tokens_in=sum(c.tokens_in for c in outcome.calls), tokens_out=sum(c.tokens_out for c in outcome.calls),
+            pages=[p.url for p in self._pages],
         )
 
     @workflow.query(name="progress")

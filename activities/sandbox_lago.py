@@ -1,8 +1,12 @@
-"""A small Lago-compatible HTTP server for tests: customers, subscriptions and usage events.
+"""The Lago sandbox: a small Lago-compatible HTTP server for customers, subscriptions and usage events.
+
+``bizosaas dev`` runs it (``python -m activities.sandbox_lago --port P --api-key K``) unless
+``BIZ_LAGO_API_KEY`` names a real Lago; the tests run it in-process. State lives in memory and
+``GET /api/v1/events`` lists what would have been billed.
 
 It answers the requests ``lago-python-client`` makes, with the shapes Lago answers them
 (``{"customer": {...}}``, ``{"events": [...], "meta": {...}}``, Lago's error bodies), so the
-real client runs against it. State lives in memory in a :class:`LagoState` that tests read.
+real client runs against it. State lives in memory in a :class:`LagoState` (tests read it).
 
 Like Lago with its Postgres event store, a second event with the same ``transaction_id`` is
 refused with 422 ``{"error_details": {"transaction_id": ["value_already_exist"]}}`` and not
@@ -226,3 +230,25 @@ def create_lago_app(state: LagoState, prefix: str = "") -> Litestar:
     return Litestar(
         route_handlers=[api], before_request=_authenticate, state=State({"lago": state}), openapi_config=None
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m activities.sandbox_lago", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--prefix", default="", help="serve the API under {prefix}/api/v1")
+    args = parser.parse_args(argv)
+    # The key comes from the environment, never from the command line (ps would show it).
+    api_key = os.environ.get("BIZ_LAGO_API_KEY") or "lago-sandbox-key"
+    app = create_lago_app(LagoState(api_key=api_key), prefix=args.prefix)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

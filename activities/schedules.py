@@ -1,0 +1,76 @@
+"""Scheduled capabilities of a tenant: the ``tenant_capabilities`` row and the tenant's
+Temporal schedules. Activities of the TenantCapabilities workflow (workflows queue).
+
+The class holds the pool and the queue the scheduled runs go to; schedules are applied through
+the worker's own Temporal client (``activity.client()``) unless one is given. The worker builds
+it once and registers the bound methods.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from schedules.reconciler import SyncReport, reconcile
+from workflows.names import WORKFLOWS_QUEUE
+
+
+class SetCapability(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    capability: str
+    enabled: bool
+    # None keeps what the row has (re-enabling remembers the site).
+    website_url: str | None = None
+    updated_by: str = "system"
+    workflow_id: str | None = None
+
+
+class CapabilityRecord(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    capability: str
+    enabled: bool
+    website_url: str | None = None
+
+
+class ApplyTenantSchedules(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+
+
+class ScheduleActivities:
+    def __init__(self, pool: asyncpg.Pool, task_queue: str = WORKFLOWS_QUEUE, client: Client | None = None) -> None:
+        self._pool = pool
+        # The queue the scheduled runs are started on (tests point it at their own).
+        self._task_queue = task_queue
+        self._client = client
+
+    @activity.defn(name="schedules.set_capability")
+    async def set_capability(self, req: SetCapability) -> CapabilityRecord:
+        """Upsert the row: the same request twice leaves the same row."""
+        try:
+            row = await self._pool.fetchrow(
+                """INSERT INTO tenant_capabilities AS c
+                       (tenant_id, capability, enabled, website_url, updated_by, workflow_id)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (tenant_id, capability) DO UPDATE SET
+                       enabled = EXCLUDED.enabled,
+                       website_url = COALESCE(EXCLUDED.website_url, c.website_url),
+                       updated_by = EXCLUDED.updated_by,
+                       workflow_id = EXCLUDED.workflow_id,
+                       updated_at = now()
+                   RETURNING tenant_id, capability, enabled, website_url""",
+                req.tenant_id, req.capability, req.enabled, req.website_url, req.updated_by, req.workflow_id,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise ApplicationError(
+                f"tenant {req.tenant_id!r} not found", type="TenantNotFound", non_retryable=True
+            ) from None
+        return CapabilityRecord(**dict(row))
+
+    @activity.defn(name="schedules.apply_tenant")
+    async def apply_tenant(self, req: ApplyTenantSchedules) -> SyncReport:
+        """Create, update or delete this tenant's schedules to match its row (idempotent)."""
+        client = self._client or activity.client()
+        return await reconcile(client, self._pool, tenant_ids=[req.tenant_id], task_queue=self._task_queue)

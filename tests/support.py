@@ -1,0 +1,165 @@
+"""Helpers the tests share (not fixtures): ports, ids, eventual assertions, serving an ASGI app,
+and the sandboxes at the network edge (the sandbox MCP server, a fixture website, localstripe)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import uvicorn
+
+from activities.sandbox_mcp import build_server, serve_http
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+STRIPE_TEST_KEY = "sk_test_bizosaas"
+LAGO_TEST_KEY = "lago-test-key"
+LAGO_PREFIX = "/lago"  # served under a path prefix: proves the trailing-slash handling
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str = "t") -> str:
+    """A fresh slug (tenant ids, business keys)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def assert_eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Retry an async assertion until it passes (visibility is eventually consistent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def serve(app: object) -> AsyncIterator[str]:
+    """Serve an ASGI app over real HTTP on a free loopback port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the API stopped while starting")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+SITE_PAGES: dict[str, tuple[int, str]] = {
+    "/": (200, """<!doctype html>
+<html lang="en"><head>
+  <title>Acme Bakery | Fresh bread in Springfield</title>
+  <meta name="description" content="Sourdough, croissants and cakes baked every morning in Springfield.">
+  <style>body { font-family: serif; }</style>
+  <script>var tracking = "not words on the page";</script>
+</head><body>
+  <h1>Acme Bakery</h1>
+  <p>Fresh bread baked every morning since 1987.</p>
+  <h2>Our breads</h2>
+  <p>Sourdough, rye and spelt loaves.</p>
+  <h2>Visit us</h2>
+  <h3>Opening hours</h3>
+  <p>Monday to Saturday, 7 to 19.</p>
+  <a href="/about">About us</a> <a href="/contact">Contact</a> <a href="#top">Top</a>
+  <a href="https://maps.example.com/acme">Map</a> <a href="mailto:hello@acme.example">Email</a>
+</body></html>"""),
+    "/about": (200, """<html><head><title>About Acme Bakery</title></head>
+<body><h1>About us</h1><p>A family bakery.</p><a href="/">Home</a></body></html>"""),
+    "/old-home": (301, "/"),
+}
+
+
+async def fixture_site_app(scope: dict, receive, send) -> None:  # noqa: ANN001 - raw ASGI
+    """A few HTML pages, a redirect and a 404: what fetch_web_page audits."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    status, body = SITE_PAGES.get(scope["path"], (404, "<html><head><title>Not found</title></head><body><h1>Not found</h1></body></html>"))
+    if status == 301:
+        headers = [(b"location", body.encode())]
+        body = ""
+    else:
+        headers = [(b"content-type", b"text/html; charset=utf-8")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+@asynccontextmanager
+async def serve_sandbox(db: asyncpg.Pool, port: int | None = None) -> AsyncIterator[str]:
+    """The sandbox MCP server, in-process, on a loopback port (free unless given); yields its
+    MCP endpoint URL."""
+    port = port or free_port()
+    async with serve_http(build_server(db, port=port), port=port) as url:
+        yield url
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"localstripe exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"localstripe did not listen on port {port} within {timeout} s")
+
+
+@contextmanager
+def run_localstripe() -> Iterator[str]:
+    """A fresh localstripe (the Stripe sandbox); yields its address (``StripeClient`` base)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bizosaas-localstripe-") as workdir:
+        log_path = Path(workdir) / "localstripe.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "activities.sandbox_stripe", "--port", str(port)],
+                cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            try:
+                try:
+                    _wait_for_port(port, proc)
+                except RuntimeError as err:
+                    raise RuntimeError(f"{err}:\n{log_path.read_text(errors='replace')[-2000:]}") from None
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

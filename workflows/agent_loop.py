@@ -1,0 +1,201 @@
+"""A single agent with tools as a durable loop, run as a child workflow by business workflows.
+
+Each turn is one ``agents.llm_step`` activity (agents queue) followed by one ``mcp.call_tool``
+activity per tool call (integrations queue), so a crash resumes at the last finished step and no
+tool runs twice (idempotency key: workflow id, turn and call id). The transcript is workflow
+state (``transcript`` query). A tool the agent was not given, or a tool that fails for good, is
+reported to the model as a tool error and the agent may recover; an unknown or disabled MCP
+server fails the loop. More than ``max_turns`` LLM steps fails with ``AgentTurnLimit``. After
+``turns_per_run`` turns (or when Temporal suggests it) the run continues as new, carrying the
+transcript, so long runs keep a short history.
+
+Parents call :func:`run_agent` and record ``result.calls`` as usage rows.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Annotated, Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    import msgspec  # not re-imported into the sandbox on every run
+    from activities.agent_steps import (INVALID_OUTPUT, INVALID_REQUEST, AgentStepActivities, AgentTool,
+                                        LlmStepRequest, Message, ToolCall)
+    from activities.agents import LlmCall
+    from activities.mcp import (MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, SERVER_DISABLED, SERVER_NOT_FOUND,
+                                CallToolRequest, ListToolsRequest, MCPActivities)
+    from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
+
+TURN_LIMIT = "AgentTurnLimit"
+# Errors that mean the agent's tools are not there at all: the loop fails instead of the model
+# being told.
+FATAL_TOOL_ERRORS = frozenset({SERVER_DISABLED, SERVER_NOT_FOUND})
+TOOL_RESULT_MAX_CHARS = 8000  # per tool result in the transcript (workflow state)
+
+# Named per kind of dependency.
+LLM_STEP_TIMEOUT = timedelta(minutes=5)
+LLM_STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=60),
+                             maximum_attempts=5, non_retryable_error_types=[INVALID_OUTPUT, INVALID_REQUEST])
+
+
+class ToolRef(msgspec.Struct, frozen=True, kw_only=True):
+    server: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    tool: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")]
+
+
+class ToolCallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    turn: int
+    call_id: str
+    server: str
+    tool: str
+    ok: bool
+    error: str | None = None
+
+
+class AgentLoopInput(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)]
+    agent: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]  # part of the child's id
+    task: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
+    system_prompt: str = ""
+    tools: list[ToolRef] = []
+    output_schema: dict[str, Any] | None = None
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=200)] = 8
+    turns_per_run: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+    agents_queue: str = AGENTS_QUEUE
+    integrations_queue: str = INTEGRATIONS_QUEUE
+    # Carried across continue-as-new; callers leave them empty.
+    transcript: list[Message] = []
+    turns_done: int = 0
+    calls: list[LlmCall] = []
+    tool_calls: list[ToolCallRecord] = []
+    tool_specs: list[AgentTool] | None = None  # listed once, in the first run
+    offline: bool = False
+
+
+class AgentLoopResult(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    final: dict[str, Any]
+    offline: bool
+    provider: str
+    turns: int
+    calls: list[LlmCall]  # one per LLM request: record them as usage rows
+    tool_calls: list[ToolCallRecord]
+
+
+class AgentTranscript(msgspec.Struct, frozen=True, kw_only=True):
+    turns: int
+    messages: list[Message]
+
+
+@workflow.defn(name="AgentLoop")
+class AgentLoopWorkflow:
+    def __init__(self) -> None:
+        self._transcript: list[Message] = []
+        self._turns = 0
+
+    @workflow.run
+    async def run(self, inp: AgentLoopInput) -> AgentLoopResult:
+        self._transcript = list(inp.transcript) or [Message(role="user", content=inp.task)]
+        self._turns = inp.turns_done
+        calls, records, offline = list(inp.calls), list(inp.tool_calls), inp.offline
+        specs = inp.tool_specs if inp.tool_specs is not None else await self._list_tools(inp)
+        allowed = {(t.server, t.tool) for t in inp.tools}
+        turns_this_run = 0
+        while True:
+            if self._turns >= inp.max_turns:
+                raise ApplicationError(f"agent {inp.agent} did not answer within {inp.max_turns} turns",
+                                       type=TURN_LIMIT, non_retryable=True)
+            if turns_this_run and (turns_this_run >= inp.turns_per_run or workflow.info().is_continue_as_new_suggested()):
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(msgspec.structs.replace(
+                    inp, transcript=self._transcript, turns_done=self._turns, calls=calls, tool_calls=records,
+                    tool_specs=specs, offline=offline))
+            step = await workflow.execute_activity_method(
+                AgentStepActivities.llm_step,
+                LlmStepRequest(tenant_id=inp.tenant_id, agent=inp.agent, task=inp.task, system_prompt=inp.system_prompt,
+                               transcript=list(self._transcript), tools=specs, output_schema=inp.output_schema),
+                task_queue=inp.agents_queue, start_to_close_timeout=LLM_STEP_TIMEOUT, retry_policy=LLM_STEP_RETRY,
+            )
+            self._turns += 1
+            turns_this_run += 1
+            calls.extend(step.calls)
+            offline = offline or step.offline
+            if step.final is not None:
+                self._transcript.append(Message(role="assistant", content=json.dumps(step.final)))
+                return AgentLoopResult(agent=inp.agent, final=step.final, offline=offline, provider=step.provider,
+                                       turns=self._turns, calls=calls, tool_calls=records)
+            self._transcript.append(Message(role="assistant", content=step.text, tool_calls=step.tool_calls))
+            for call in step.tool_calls:
+                error = await self._call_tool(inp, call, allowed)
+                records.append(ToolCallRecord(turn=self._turns, call_id=call.id, server=call.server,
+                                              tool=call.tool, ok=error is None, error=error))
+
+    async def _list_tools(self, inp: AgentLoopInput) -> list[AgentTool]:
+        listed: dict[tuple[str, str], AgentTool] = {}
+        for server in dict.fromkeys(t.server for t in inp.tools):
+            try:
+                listing = await workflow.execute_activity_method(
+                    MCPActivities.list_tools, ListToolsRequest(tenant_id=inp.tenant_id, server=server),
+                    task_queue=inp.integrations_queue, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+                    retry_policy=MCP_TOOL_RETRY,
+                )
+            except ActivityError as err:  # permanent (MCP_TOOL_RETRY retries the rest): fail on its type
+                raise _same_type(err) from err
+            listed.update({(server, t.name): AgentTool(server=server, name=t.name, description=t.description or "",
+                                                       input_schema=t.input_schema) for t in listing.tools})
+        # A tool the server does not offer is not shown to the model.
+        return [listed[(t.server, t.tool)] for t in inp.tools if (t.server, t.tool) in listed]
+
+    async def _call_tool(self, inp: AgentLoopInput, call: ToolCall, allowed: set[tuple[str, str]]) -> str | None:
+        """Run one tool call and add its result to the transcript; returns the error, if any."""
+        if (call.server, call.tool) not in allowed:
+            error = f"tool {call.name!r} is not available to this agent; use only the tools you were given"
+        else:
+            try:
+                result = await workflow.execute_activity_method(
+                    MCPActivities.call_tool,
+                    CallToolRequest(tenant_id=inp.tenant_id, server=call.server, tool=call.tool,
+                                    arguments=dict(call.arguments),
+                                    idempotency_key=f"{workflow.info().workflow_id}:turn{self._turns}:{call.id}"),
+                    task_queue=inp.integrations_queue, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.type in FATAL_TOOL_ERRORS:
+                    raise _same_type(err) from err
+                error = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            else:
+                content = json.dumps(result.content, default=str)
+                if len(content) > TOOL_RESULT_MAX_CHARS:
+                    content = content[:TOOL_RESULT_MAX_CHARS] + " …(truncated)"
+                self._transcript.append(Message(role="tool", content=content, tool_call_id=call.id))
+                return None
+        self._transcript.append(Message(role="tool", content=f"error: {error}", tool_call_id=call.id, is_error=True))
+        return error
+
+    @workflow.query(name="transcript")
+    def transcript(self) -> AgentTranscript:
+        return AgentTranscript(turns=self._turns, messages=list(self._transcript))
+
+
+def _same_type(err: ActivityError) -> ApplicationError:
+    """The activity's error as the loop's own, so the parent matches on one type at one depth."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return ApplicationError(cause.message, type=cause.type, non_retryable=True)
+    return ApplicationError(str(cause or err), type="AgentToolsUnavailable", non_retryable=True)
+
+
+async def run_agent(inp: AgentLoopInput, *, key: str | None = None) -> AgentLoopResult:
+    """Run the agent loop as a child of the calling workflow: id ``{parent id}:agent:{agent}``,
+    plus ``:{key}`` when the parent runs the same agent more than once (e.g. per revision)."""
+    return await workflow.execute_child_workflow(
+        AgentLoopWorkflow.run, inp,
+        id=f"{workflow.info().workflow_id}:agent:{inp.agent}" + (f":{key}" if key else ""),
+        task_queue=workflow.info().task_queue,
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import threading
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from temporalio import activity
@@ -74,6 +74,31 @@ class CrewOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 
+class AdCopy(msgspec.Struct, frozen=True, kw_only=True):
+    headline: str
+    body: str
+    call_to_action: str
+    asset_brief: str
+
+
+class CreativeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    workflow_id: str
+    goal: str
+    objective: str
+    channels: list[str]
+    strategy: dict[str, Any]
+    feedback: list[str] = []  # the client's change requests so far, oldest first
+
+
+class CreativeOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    ads: dict[str, AdCopy]  # by channel
+    summary: str
+    offline: bool
+    provider: str
+    calls: list[LlmCall]
+
+
 HEARTBEAT_EVERY = 5.0
 
 
@@ -111,6 +136,24 @@ class AgentActivities:
             report = run_presence_crew(self._llm, req.website_url, dict(req.social_handles), list(req.pages), meter)
         return CrewOutcome(
             report=report,
+            offline=self._llm.provider == "offline",
+            provider=self._llm.provider,
+            calls=[LlmCall(model=m, tokens_in=i, tokens_out=o) for m, i, o in meter.calls],
+        )
+
+    @activity.defn(name="agents.campaign_creative_crew")
+    def campaign_creative_crew(self, req: CreativeRequest) -> CreativeOutcome:
+        from agents.campaign import run_creative_crew
+        from agents.llm import UsageMeter
+
+        meter = UsageMeter()
+        with _Heartbeat("creative crew running"):
+            ads, summary = run_creative_crew(
+                self._llm, goal=req.goal, objective=req.objective, channels=list(req.channels),
+                strategy=dict(req.strategy), feedback=list(req.feedback), meter=meter)
+        return CreativeOutcome(
+            ads={channel: msgspec.convert(ad.model_dump(), AdCopy) for channel, ad in ads.items()},
+            summary=summary,
             offline=self._llm.provider == "offline",
             provider=self._llm.provider,
             calls=[LlmCall(model=m, tokens_in=i, tokens_out=o) for m, i, o in meter.calls],

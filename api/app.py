@@ -23,6 +23,7 @@ from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
 from api.errors import EXCEPTION_HANDLERS
 from api.health import health
 from api.outbox import outbox_router
+from api.pending_actions import pending_actions_router
 from api.workflows import workflows_router
 from workers.client import connect
 from workers.settings import Settings
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> Litestar:
         return state.db
 
     app = Litestar(
-        route_handlers=[health, workflows_router(), outbox_router()],
+        route_handlers=[health, workflows_router(), pending_actions_router(), outbox_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False)},

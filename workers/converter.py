@@ -39,10 +39,12 @@ class MsgspecJSONPayloadConverter(EncodingPayloadConverter):
             # type), where a payload the activity cannot decode would be retried forever.
             try:
                 msgspec.json.decode(data, type=type(value), strict=True)
-            except TypeError:
-                # A Struct of a module the workflow sandbox re-imports sees the sandbox's
-                # proxies of stdlib types (datetime) which msgspec cannot analyse; the receiver
-                # still validates it on decode.
+            except msgspec.ValidationError:
+                raise
+            except Exception:  # noqa: BLE001
+                # Inside the workflow sandbox msgspec may fail to resolve a Struct's string
+                # annotations (proxied stdlib types, sandboxed module globals): the check is
+                # skipped there and the receiver still validates on decode.
                 pass
         return Payload(metadata={"encoding": self.encoding.encode()}, data=data)
 

@@ -22,6 +22,7 @@ import msgspec
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
 from activities.database import create_pool
 from activities.reports import ReportActivities
@@ -30,6 +31,7 @@ from activities.usage import UsageActivities
 from workers.client import connect
 from workers.settings import Settings
 from workers.telemetry import configure_tracing
+from workflows.agent_loop import AgentLoopWorkflow
 from workflows.catalogue import WORKFLOWS
 from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 
@@ -65,20 +67,21 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
         tenants, audit, usage = TenantActivities(pool), AuditActivities(pool), UsageActivities(pool)
-        billing, reports = BillingCustomerActivities(pool), ReportActivities(pool)
+        billing, reports, approvals = BillingCustomerActivities(pool), ReportActivities(pool), ApprovalActivities(pool)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
-            workflows=list(WORKFLOWS),
+            workflows=[*WORKFLOWS, AgentLoopWorkflow],
             activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,
-                        billing.record_customer, reports.store],
+                        billing.record_customer, reports.store, approvals.notify, approvals.tenant_policy],
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
     if AGENTS_QUEUE in queues:
         configure_crewai(settings)
+        from activities.agent_steps import AgentStepActivities
         from activities.agents import AgentActivities
 
-        agents = AgentActivities(settings.llm)
+        agents, steps = AgentActivities(settings.llm), AgentStepActivities(settings.llm)
         regs[AGENTS_QUEUE] = QueueRegistration(
-            activities=[agents.presence_crew],
+            activities=[agents.presence_crew, agents.campaign_creative_crew, steps.llm_step],
             max_concurrent_activities=settings.worker.agents_max_concurrent,
             # Crews are sync (CrewAI): they run on this bounded pool, never on the event loop.
             executor=concurrent.futures.ThreadPoolExecutor(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from workflows.campaign import CampaignInput, CampaignWorkflow
 from workflows.onboarding import OnboardingInput, OnboardingWorkflow
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditWorkflow
 
@@ -59,6 +60,16 @@ CATALOGUE: dict[str, Capability] = {
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
             summary="Audit a website and its social presence with a 4-agent crew; stores a typed report.",
+        ),
+        Capability(
+            name="campaign",
+            workflow=CampaignWorkflow,
+            input_type=CampaignInput,
+            business_key=lambda inp: inp.campaign_key,
+            tenant_in_input=lambda inp: inp.tenant_id,
+            start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+            summary="Plan and write a multi-channel ad campaign with AI; the client approves creative and budget "
+                    "(Pending Actions), a budget above the tenant's cap also needs an admin; then it launches.",
         ),
     )
 }

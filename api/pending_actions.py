@@ -1,0 +1,244 @@
+"""Pending Actions (client portal) and the Approval Hub (admin portal): the inboxes of the
+approval protocol, and the one endpoint where people decide.
+
+An inbox page is one visibility call: open approvals carry ``BizPendingApproval`` and the
+audience, role and due search attributes, and their title, summary and due time in the
+``approval`` memo. Deciding is the workflow's ``decide`` update: its validator refuses what the
+protocol refuses before anything enters history, and the receipt comes back in the answer.
+The decider's identity is the verified token's, never the body's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Router, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.params import JSONBody, Parameter, PathParameter
+from litestar.status_codes import HTTP_200_OK
+from temporalio.client import Client, WorkflowExecution, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.auth import Principal
+from api.errors import ConflictError, RejectedError
+from api.visibility import page, quote, tenant_clause, timestamp
+from api.workflows import describe_in_scope
+from hitl.protocol import (
+    CONFLICT_TYPES,
+    ROLE_NOT_ALLOWED,
+    TENANT_NOT_ALLOWED,
+    UNPROCESSABLE_TYPES,
+    ApprovalRequest,
+    ApprovalsView,
+    Audience,
+    Decider,
+    DecisionInput,
+    DecisionKind,
+    DecisionReceipt,
+    DecisionRecord,
+    OpenApproval,
+    Outcome,
+    action_id,
+    split_action_id,
+)
+from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+HUB_ROLES = frozenset({"super_admin", "admin", "finance", "support", "partner"})
+_ACTION_ID = Annotated[str, PathParameter(min_length=3, max_length=500, description="`{workflow_id}~{request_id}`")]
+
+
+class ActionSummary(msgspec.Struct, frozen=True, kw_only=True):
+    action_id: str
+    workflow_id: str
+    tenant_id: str | None
+    capability: str | None
+    request_id: str
+    kind: str
+    title: str
+    summary: str
+    audience: str
+    roles: list[str]
+    allowed: list[str]
+    approvals_needed: int
+    escalated: bool
+    opened_at: str | None
+    due_at: str | None
+
+
+class ActionPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[ActionSummary]
+    next_cursor: str | None = None  # pass as ?cursor= for the next page
+
+
+class ActionDetail(msgspec.Struct, frozen=True, kw_only=True):
+    action_id: str
+    workflow_id: str
+    tenant_id: str
+    capability: str | None
+    status: str  # open | closed
+    outcome: Outcome | None
+    request: ApprovalRequest  # proposal, allowed decisions, edit schema, timings
+    audience: Audience
+    roles: list[str]
+    escalated: bool
+    opened_at: datetime
+    due_at: datetime | None
+    decisions: list[DecisionRecord]
+
+
+class DecisionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    decision: DecisionKind
+    comment: Annotated[str, msgspec.Meta(max_length=4000)] = ""
+    edits: dict[str, Any] | None = None  # with decision "edit": fields of the proposal, per its edit schema
+
+
+async def _summaries(executions: list[WorkflowExecution]) -> list[ActionSummary]:
+    items = []
+    for wf in executions:
+        memo = (await wf.memo()).get("approval")
+        if not isinstance(memo, dict):  # closed between the listing and now
+            continue
+        items.append(ActionSummary(
+            action_id=action_id(wf.id, memo["request_id"]), workflow_id=wf.id,
+            tenant_id=wf.typed_search_attributes.get(TENANT_ID), capability=wf.typed_search_attributes.get(CAPABILITY),
+            request_id=memo["request_id"], kind=memo.get("kind", ""), title=memo.get("title", ""),
+            summary=memo.get("summary", ""), audience=memo.get("audience", ""), roles=list(memo.get("roles") or []),
+            allowed=list(memo.get("allowed") or []), approvals_needed=int(memo.get("approvals_needed") or 1),
+            escalated=bool(memo.get("escalated")), opened_at=memo.get("opened_at"), due_at=memo.get("due_at"),
+        ))
+    return items
+
+
+async def _inbox(temporal: Client, principal: Principal, audience: str, tenant_id: str | None, limit: int,
+                 cursor: str | None, extra: list[str]) -> ActionPage:
+    scope = tenant_clause(principal, tenant_id)
+    if scope == "":
+        return ActionPage(items=[])
+    clauses = ["BizPendingApproval = true", f"BizApprovalAudience = {quote(audience)}",
+               "ExecutionStatus = 'Running'", *extra]
+    if scope:
+        clauses.append(scope)
+    executions, next_cursor = await page(temporal, clauses, limit, cursor)
+    return ActionPage(items=await _summaries(executions), next_cursor=next_cursor)
+
+
+def _decider(principal: Principal) -> Decider:
+    return Decider(sub=principal.sub, roles=sorted(principal.roles), tenant_id=principal.tenant_id,
+                   tenants=sorted(principal.tenants), acting_as=principal.acting_as)
+
+
+_LIMIT = Annotated[int, Parameter(ge=1, le=MAX_LIMIT)]
+_CURSOR = Annotated[str | None, Parameter(max_length=2000, description="`next_cursor` of the previous page")]
+_TENANT = Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Only this tenant (within scope)")]
+_CAPABILITY = Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Only this capability")]
+
+
+class PendingActionsController(Controller):
+    path = "/v1/pending-actions"
+    tags = ["pending actions"]
+
+    @get("/", operation_id="list_pending_actions", summary="The caller's Pending Actions (client audience)",
+         description="Open approvals addressed to clients, in the caller's tenants (partners: the tenants they "
+                     "manage; platform staff: every tenant, or `tenant_id`). One visibility call per page.")
+    async def list_pending(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                           tenant_id: _TENANT = None, capability: _CAPABILITY = None,
+                           limit: _LIMIT = DEFAULT_LIMIT, cursor: _CURSOR = None) -> ActionPage:
+        extra = [f"BizCapability = {quote(capability)}"] if capability else []
+        return await _inbox(temporal, request.user, "client", tenant_id, limit, cursor, extra)
+
+    @get("/{action_id:str}", operation_id="get_pending_action",
+         summary="An approval: the proposal, allowed decisions, edit schema, due time and decisions so far")
+    async def get_action(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                         action_id: _ACTION_ID) -> ActionDetail:
+        wf_id, request_id = _split(action_id)
+        handle, desc = await describe_in_scope(temporal, request.user, wf_id)
+        try:
+            view = await handle.query("approvals", result_type=ApprovalsView)
+        except Exception:  # noqa: BLE001 - a workflow without approvals: nothing to show
+            raise NotFoundException(f"pending action {action_id!r} not found") from None
+        found = [a for a in ([view.open] if view.open else []) + view.closed if a.request.request_id == request_id]
+        if not found:
+            raise NotFoundException(f"pending action {action_id!r} not found")
+        a: OpenApproval = found[-1]
+        return ActionDetail(
+            action_id=action_id, workflow_id=wf_id, tenant_id=a.tenant_id,
+            capability=desc.typed_search_attributes.get(CAPABILITY), status=a.status, outcome=a.outcome,
+            request=a.request, audience=a.audience, roles=a.roles, escalated=a.escalated, opened_at=a.opened_at,
+            due_at=a.due_at, decisions=a.decisions)
+
+    @post("/{action_id:str}/decision", operation_id="decide_pending_action", status_code=HTTP_200_OK,
+          summary="Approve, reject, request changes to or edit what the AI proposed",
+          description="200 with the receipt once the workflow has recorded the decision. 409: already decided "
+                      "by you, or the approval is closed; 422: a decision not allowed here or edits that do not "
+                      "match the edit schema; 403: your role may not decide it; 404: not in your tenants.")
+    async def decide(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                     action_id: _ACTION_ID, data: JSONBody[DecisionBody]) -> DecisionReceipt:
+        wf_id, request_id = _split(action_id)
+        handle, _ = await describe_in_scope(temporal, request.user, wf_id)
+        decision = DecisionInput(request_id=request_id, decision=data.decision, comment=data.comment,
+                                 edits=data.edits, by=_decider(request.user))
+        try:
+            return await handle.execute_update("decide", decision, result_type=DecisionReceipt)
+        except WorkflowUpdateFailedError as exc:
+            raise _http_error(exc.cause, action_id) from None
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:  # the workflow has completed meanwhile
+                raise ConflictError(f"pending action {action_id!r} is closed") from None
+            raise
+
+
+def _split(value: str) -> tuple[str, str]:
+    try:
+        return split_action_id(value)
+    except ValueError:
+        raise NotFoundException(f"pending action {value!r} not found") from None
+
+
+def _http_error(cause: BaseException | None, action: str) -> Exception:
+    kind = cause.type if isinstance(cause, ApplicationError) else None
+    message = cause.message if isinstance(cause, ApplicationError) else "decision refused"
+    if kind in CONFLICT_TYPES:
+        return ConflictError(message)
+    if kind in UNPROCESSABLE_TYPES:
+        return RejectedError(message)
+    if kind == ROLE_NOT_ALLOWED:
+        return PermissionDeniedException(message)
+    if kind == TENANT_NOT_ALLOWED:
+        return NotFoundException(f"pending action {action!r} not found")
+    return RejectedError(message)
+
+
+class ApprovalHubController(Controller):
+    path = "/v1/admin/approvals"
+    tags = ["approval hub"]
+
+    @get("/", operation_id="list_admin_approvals", summary="Open approvals addressed to the platform's staff",
+         description="The Optimization & Approvals hub across tenants (partners: the tenants they manage). "
+                     "Admins decide through `POST /v1/pending-actions/{action_id}/decision`.",
+         opt={"roles": HUB_ROLES})
+    async def list_approvals(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                             tenant_id: _TENANT = None, capability: _CAPABILITY = None,
+                             role: Annotated[str | None, Parameter(pattern=r"^[a-z_]{2,32}$",
+                                                                   description="Only approvals for this role")] = None,
+                             overdue: Annotated[bool | None, Parameter(description="Only those past due")] = None,
+                             limit: _LIMIT = DEFAULT_LIMIT, cursor: _CURSOR = None) -> ActionPage:
+        extra = []
+        if capability:
+            extra.append(f"BizCapability = {quote(capability)}")
+        if role:
+            extra.append(f"BizApprovalRole = {quote(role)}")
+        if overdue is not None:
+            now = timestamp(datetime.now(timezone.utc))
+            extra.append(f"BizApprovalDueAt < {now}" if overdue else f"BizApprovalDueAt >= {now}")
+        return await _inbox(temporal, request.user, "admin", tenant_id, limit, cursor, extra)
+
+
+def pending_actions_router() -> Router:
+    return Router(path="/", route_handlers=[PendingActionsController, ApprovalHubController])
+

@@ -1,0 +1,258 @@
+"""The approval protocol on the wire: what a workflow asks, what a person answers, what comes back.
+
+Shared by workflow code (through ``hitl.approvals``) and the API. Everything here is pure and
+deterministic: the ``decide`` update's validator and the signal handler run :func:`check_decision`
+inside the workflow, and the API runs the same function first to answer 403/409/422 without a
+round trip where it can.
+
+A request is identified by its ``request_id`` (deterministic: the workflow names it, e.g.
+``creative-1``); the pending action a person sees is ``{workflow_id}~{request_id}``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from jsonschema import Draft202012Validator  # pure Python, deterministic
+
+DecisionKind = Literal["approve", "reject", "request_changes", "edit"]
+Audience = Literal["client", "admin"]
+TimeoutAction = Literal["escalate", "auto_reject", "auto_approve"]
+Outcome = Literal["approved", "rejected", "changes_requested", "timed_out_rejected", "timed_out_approved"]
+
+ALL_DECISIONS: tuple[DecisionKind, ...] = ("approve", "reject", "request_changes", "edit")
+ACTION_SEPARATOR = "~"
+
+# Error types of a refused decision (ApplicationError.type): the API maps them to HTTP.
+STALE_REQUEST = "StaleApprovalRequest"  # 409: not the open request (closed, replaced, unknown)
+ALREADY_DECIDED = "AlreadyDecided"  # 409: this person decided this request already
+DECISION_NOT_ALLOWED = "DecisionNotAllowed"  # 422
+INVALID_EDITS = "InvalidEdits"  # 422
+ROLE_NOT_ALLOWED = "RoleNotAllowed"  # 403
+TENANT_NOT_ALLOWED = "TenantNotAllowed"  # 404 (out of scope reads as not found)
+CONFLICT_TYPES = frozenset({STALE_REQUEST, ALREADY_DECIDED})
+UNPROCESSABLE_TYPES = frozenset({DECISION_NOT_ALLOWED, INVALID_EDITS})
+PLATFORM_ROLES = frozenset({"super_admin", "admin", "finance", "support"})
+
+
+class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What a workflow asks a person (or a quorum of people) to decide."""
+
+    request_id: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+    kind: str  # e.g. campaign.creative, campaign.budget_override
+    title: Annotated[str, msgspec.Meta(max_length=200)]
+    summary: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    proposal: dict[str, Any] = {}  # the AI's proposal, shown and diffed against edits
+    allowed: list[DecisionKind] = msgspec.field(default_factory=lambda: ["approve", "reject"])
+    audience: Audience = "client"
+    roles: list[str] = msgspec.field(default_factory=lambda: ["client"])  # roles that may decide; the first is BizApprovalRole
+    approvals_needed: Annotated[int, msgspec.Meta(ge=1, le=20)] = 1  # distinct people
+    due_in_seconds: Annotated[int, msgspec.Meta(gt=0)] = 72 * 3600
+    remind_after_seconds: list[int] = []  # after opening (and again after an escalation)
+    timeout_action: TimeoutAction = "auto_reject"
+    escalate_to_audience: Audience = "admin"
+    escalate_to_roles: list[str] = msgspec.field(default_factory=lambda: ["admin", "super_admin"])
+    escalation_due_in_seconds: int | None = None  # None: an escalated request waits for a person
+    edit_schema: dict[str, Any] | None = None  # JSON schema of `edits` (an object of proposal fields)
+
+
+class Decider(msgspec.Struct, frozen=True, kw_only=True):
+    """Who decides: filled by the API from the verified token, never from the request body."""
+
+    sub: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
+    roles: list[str]
+    tenant_id: str | None = None
+    tenants: list[str] = []  # partners: the tenants they manage
+    acting_as: str | None = None  # the impersonating admin, from the `act` claim
+
+
+class DecisionInput(msgspec.Struct, frozen=True, kw_only=True):
+    """The payload of the ``decide`` update and of the ``decide`` signal."""
+
+    request_id: str
+    decision: DecisionKind
+    by: Decider
+    comment: Annotated[str, msgspec.Meta(max_length=4000)] = ""
+    edits: dict[str, Any] | None = None
+
+
+class EditChange(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    before: Any = None
+    after: Any = None
+
+
+class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    decision: DecisionKind
+    decided_by: str
+    role: str  # the role it was decided in
+    tenant_id: str | None
+    acting_as: str | None
+    decided_at: datetime
+    comment: str = ""
+    edits: dict[str, Any] | None = None
+    diff: list[EditChange] = []
+    via: Literal["update", "signal"] = "update"
+
+
+class DecisionReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    action_id: str
+    request_id: str
+    decision: DecisionKind
+    decided_by: str
+    decided_at: datetime
+    approvals: int  # approvals (approve/edit) so far, this one included
+    approvals_needed: int
+    closed: bool  # this decision closed the request
+
+
+class RejectedSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``decide`` signal that failed validation: recorded, otherwise ignored."""
+
+    request_id: str
+    decided_by: str
+    error_type: str
+    reason: str
+    received_at: datetime
+
+
+class ApprovalOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``request`` returns to the workflow."""
+
+    request_id: str
+    outcome: Outcome
+    proposal: dict[str, Any]  # the proposal with every accepted edit applied
+    comment: str = ""  # the deciding comment (request_changes: what to change)
+    decisions: list[DecisionRecord] = []
+    escalated: bool = False
+
+    @property
+    def approved(self) -> bool:
+        return self.outcome in ("approved", "timed_out_approved")
+
+
+class OpenApproval(msgspec.Struct, frozen=True, kw_only=True):
+    """A request as it stands: what the inbox and the detail page show."""
+
+    request: ApprovalRequest
+    tenant_id: str
+    opened_at: datetime
+    due_at: datetime
+    audience: Audience
+    roles: list[str]
+    escalated: bool = False
+    status: Literal["open", "closed"] = "open"
+    outcome: Outcome | None = None
+    closed_at: datetime | None = None
+    decisions: list[DecisionRecord] = []
+
+
+class ApprovalsView(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``approvals`` query: the open request, the closed ones, refused signals."""
+
+    open: OpenApproval | None = None
+    closed: list[OpenApproval] = []
+    rejected_signals: list[RejectedSignal] = []
+
+
+class DecisionRefused(Exception):
+    """A decision the protocol refuses; ``type`` is one of the error types above."""
+
+    def __init__(self, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+
+
+def action_id(workflow_id: str, request_id: str) -> str:
+    return f"{workflow_id}{ACTION_SEPARATOR}{request_id}"
+
+
+def split_action_id(value: str) -> tuple[str, str]:
+    """``(workflow_id, request_id)``; ValueError if it is not an action id."""
+    wf_id, sep, request_id = value.rpartition(ACTION_SEPARATOR)
+    if not sep or not wf_id or not request_id:
+        raise ValueError(f"{value!r} is not a pending action id")
+    return wf_id, request_id
+
+
+def deciding_role(approval: OpenApproval, by: Decider) -> str | None:
+    """The role ``by`` may decide this request in, or None."""
+    for role in approval.roles:
+        if role in by.roles:
+            return role
+    return None
+
+
+def in_tenant_scope(tenant_id: str, by: Decider) -> bool:
+    if PLATFORM_ROLES & set(by.roles):
+        return True
+    if "partner" in by.roles and tenant_id in by.tenants:
+        return True
+    return by.tenant_id == tenant_id
+
+
+def check_decision(approval: OpenApproval | None, d: DecisionInput) -> str:
+    """Why ``d`` cannot be taken (raises DecisionRefused), else the role it is decided in."""
+    if approval is None or approval.status != "open" or approval.request.request_id != d.request_id:
+        raise DecisionRefused(STALE_REQUEST, f"approval {d.request_id!r} is not open (already closed or replaced)")
+    if not in_tenant_scope(approval.tenant_id, d.by):
+        raise DecisionRefused(TENANT_NOT_ALLOWED, "approval not found")
+    role = deciding_role(approval, d.by)
+    if role is None:
+        raise DecisionRefused(ROLE_NOT_ALLOWED, f"deciding needs one of the roles {approval.roles}")
+    if d.decision not in approval.request.allowed:
+        raise DecisionRefused(DECISION_NOT_ALLOWED,
+                              f"decision {d.decision!r} is not allowed here; allowed: {approval.request.allowed}")
+    if any(r.decided_by == d.by.sub for r in approval.decisions):
+        raise DecisionRefused(ALREADY_DECIDED, f"{d.by.sub} has already decided {d.request_id!r}")
+    if d.decision == "edit":
+        if not d.edits:
+            raise DecisionRefused(INVALID_EDITS, "an edit decision needs `edits`")
+        problem = edits_problem(d.edits, approval.request.edit_schema)
+        if problem:
+            raise DecisionRefused(INVALID_EDITS, f"edits do not match the schema: {problem}")
+    elif d.edits:
+        raise DecisionRefused(INVALID_EDITS, f"`edits` go with the decision 'edit', not {d.decision!r}")
+    if d.decision == "request_changes" and not d.comment.strip():
+        raise DecisionRefused(DECISION_NOT_ALLOWED, "request_changes needs a comment saying what to change")
+    return role
+
+
+def edits_problem(edits: dict[str, Any], schema: dict[str, Any] | None) -> str | None:
+    """Why ``edits`` fail ``schema`` (None: they pass). No schema: nothing may be edited."""
+    if schema is None:
+        return "this approval takes no edits"
+    errors = sorted(Draft202012Validator(schema).iter_errors(edits), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    return "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:5])
+
+
+def diff(before: Any, after: Any, path: str = "") -> list[EditChange]:
+    """What ``after`` changes in ``before``, by JSON path (objects by key, lists by index)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes: list[EditChange] = []
+        for key in sorted(set(before) | set(after)):
+            changes += diff(before.get(key), after.get(key), f"{path}/{key}")
+        return changes
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        changes = []
+        for i, (b, a) in enumerate(zip(before, after)):
+            changes += diff(b, a, f"{path}/{i}")
+        return changes
+    return [] if before == after else [EditChange(path=path or "/", before=before, after=after)]
+
+
+def apply_edits(proposal: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
+    """The proposal with ``edits`` merged in (objects merge by key; anything else replaces)."""
+    merged = dict(proposal)
+    for key, value in edits.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = apply_edits(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,222 @@
+"""Campaign Strategy & Generation through the API, as the portals use it: start, Pending
+Actions, decide (approve, edit, request changes, reject), the Approval Hub, the launch in the
+outbox and the decision in the audit log. Real workers, real dev server, real HTTP, real tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.conftest import Tokens, assert_eventually, unique
+
+
+def campaign_body(tenant: str, key: str | None = None, **kw: Any) -> dict[str, Any]:
+    body = {"tenant_id": tenant, "campaign_key": key or unique("spring"), "goal": "Sell more sourdough this spring",
+            "channels": ["google_ads", "meta_ads"], "budget_usd": 600, "duration_days": 30, "objective": "sales"}
+    body.update(kw)
+    return body
+
+
+async def start_campaign(http: httpx.AsyncClient, tokens: Tokens, tenant: str, **kw: Any) -> str:
+    r = await http.post("/v1/workflows/campaign", json=campaign_body(tenant, **kw), headers=tokens.client(tenant))
+    assert r.status_code == 202, r.text
+    return r.json()["workflow_id"]
+
+
+async def pending_action(http: httpx.AsyncClient, tokens: Tokens, tenant: str, wf_id: str,
+                         request_id: str = "creative-1", timeout: float = 60) -> dict[str, Any]:
+    """The action as the client's Pending Actions page lists it."""
+    async def listed() -> dict[str, Any]:
+        r = await http.get("/v1/pending-actions", headers=tokens.client(tenant))
+        assert r.status_code == 200, r.text
+        mine = [a for a in r.json()["items"] if a["workflow_id"] == wf_id and a["request_id"] == request_id]
+        assert mine, r.json()
+        return mine[0]
+
+    return await assert_eventually(listed, timeout=timeout)
+
+
+async def finished(http: httpx.AsyncClient, headers: dict[str, str], wf_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any]:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=headers)).json()
+        assert view["status"] == "COMPLETED", view
+        return view
+
+    return await assert_eventually(done, timeout=60)
+
+
+async def test_client_approves_with_an_edited_budget_and_the_campaign_launches(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool
+) -> None:
+    tenant = unique("bakery")
+    wf_id = await start_campaign(http, tokens, tenant)
+    action = await pending_action(http, tokens, tenant, wf_id)
+    assert action["title"].startswith("Approve the creative and budget")
+    assert set(action["allowed"]) == {"approve", "reject", "request_changes", "edit"}
+
+    detail = (await http.get(f"/v1/pending-actions/{action['action_id']}", headers=tokens.client(tenant))).json()
+    proposal = detail["request"]["proposal"]
+    assert proposal["budget_usd"] == 600 and set(proposal["ads"]) == {"google_ads", "meta_ads"}
+    assert detail["request"]["edit_schema"]["properties"]["budget_usd"]["maximum"] == 1_000_000
+    assert detail["status"] == "open" and detail["decisions"] == []
+
+    edits = {"budget_usd": 900, "ads": {"meta_ads": {"headline": "Warm sourdough, every morning"}}}
+    r = await http.post(f"/v1/pending-actions/{action['action_id']}/decision",
+                        json={"decision": "edit", "comment": "a bit more budget", "edits": edits},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 200, r.text
+    receipt = r.json()
+    assert receipt["closed"] is True and receipt["decided_by"] == f"owner@{tenant}"
+
+    view = await finished(http, tokens.client(tenant), wf_id)
+    result = view["result"]
+    assert result["status"] == "launched" and result["budget_usd"] == 900 and result["offline"] is True
+    assert {c["channel"] for c in result["launched"]} == {"google_ads", "meta_ads"}
+    meta = next(c for c in result["launched"] if c["channel"] == "meta_ads")
+    assert meta["headline"] == "Warm sourdough, every morning"
+    assert meta["daily_budget"] == 15.0  # 900 over 30 days, 2 channels
+
+    outbox = (await http.get("/v1/outbox", params={"tool": "upsert_ads_campaign"}, headers=tokens.client(tenant))).json()
+    launched = {i["arguments"]["platform"]: i for i in outbox["items"] if i["workflow_id"] == wf_id}
+    assert set(launched) == {"google_ads", "meta_ads"}
+    assert launched["meta_ads"]["arguments"]["targeting"]["headline"] == "Warm sourdough, every morning"
+
+    audit = await db.fetch("SELECT actor, action, details FROM audit_log WHERE workflow_id = $1 AND action LIKE 'approval.%'",
+                           wf_id)
+    assert [(a["actor"], a["action"]) for a in audit] == [(f"owner@{tenant}", "approval.edit")]
+    diff = {d["path"]: (d["before"], d["after"]) for d in audit[0]["details"]["diff"]}
+    assert diff["/budget_usd"] == (600, 900)
+    assert diff["/ads/meta_ads/headline"][1] == "Warm sourdough, every morning"
+    assert audit[0]["details"]["comment"] == "a bit more budget"
+
+    # Closed: nothing pending any more, and deciding again is a conflict.
+    r = await http.get("/v1/pending-actions", headers=tokens.client(tenant))
+    assert [a for a in r.json()["items"] if a["workflow_id"] == wf_id] == []
+    r = await http.post(f"/v1/pending-actions/{action['action_id']}/decision", json={"decision": "approve"},
+                        headers=tokens.client(tenant, sub="someone-else@x"))
+    assert r.status_code == 409, r.text
+
+
+async def test_request_changes_regenerates_then_reject_ends_without_launch(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool
+) -> None:
+    tenant = unique("florist")
+    wf_id = await start_campaign(http, tokens, tenant)
+    first = await pending_action(http, tokens, tenant, wf_id)
+    r = await http.post(f"/v1/pending-actions/{first['action_id']}/decision",
+                        json={"decision": "request_changes", "comment": "mention free delivery"},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 200, r.text
+    second = await pending_action(http, tokens, tenant, wf_id, request_id="creative-2")
+    progress = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.client(tenant))).json()["progress"]
+    assert progress["round"] == 2 and "changes_requested" in progress["steps_done"]
+    r = await http.post(f"/v1/pending-actions/{second['action_id']}/decision", json={"decision": "reject",
+                        "comment": "not this season"}, headers=tokens.client(tenant))
+    assert r.status_code == 200, r.text
+    result = (await finished(http, tokens.client(tenant), wf_id))["result"]
+    assert result["status"] == "rejected" and result["rounds"] == 2 and result["launched"] == []
+    assert [d["decision"] for d in result["decisions"]] == ["request_changes", "reject"]
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
+    # Both creative rounds were written by the crew and billed: usage rows for each round.
+    steps = await db.fetch("SELECT DISTINCT split_part(idempotency_key, ':', 4) AS step FROM llm_usage "
+                           "WHERE workflow_id = $1", wf_id)
+    assert {s["step"] for s in steps} >= {"strategy", "creative"}
+
+
+async def test_budget_above_the_cap_needs_an_admin_in_the_approval_hub(
+    http: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    tenant = unique("gym")
+    wf_id = await start_campaign(http, tokens, tenant, budget_usd=5000)
+    action = await pending_action(http, tokens, tenant, wf_id)
+    r = await http.post(f"/v1/pending-actions/{action['action_id']}/decision", json={"decision": "approve"},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 200, r.text
+
+    async def in_hub() -> dict[str, Any]:
+        r = await http.get("/v1/admin/approvals", params={"tenant_id": tenant}, headers=tokens.admin())
+        assert r.status_code == 200, r.text
+        items = [a for a in r.json()["items"] if a["workflow_id"] == wf_id]
+        assert items and items[0]["request_id"] == "budget-override", r.json()
+        return items[0]
+
+    override = await assert_eventually(in_hub, timeout=30)
+    assert "above the tenant's cap" in override["title"]
+    # The client may not decide it (admin audience, staff roles), and it is not in their inbox.
+    r = await http.post(f"/v1/pending-actions/{override['action_id']}/decision", json={"decision": "approve"},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 403, r.text
+    r = await http.get("/v1/admin/approvals", headers=tokens.client(tenant))
+    assert r.status_code == 403
+    r = await http.post(f"/v1/pending-actions/{override['action_id']}/decision", json={"decision": "approve"},
+                        headers=tokens.admin())
+    assert r.status_code == 200, r.text
+    result = (await finished(http, tokens.admin(), wf_id))["result"]
+    assert result["status"] == "launched" and result["budget_usd"] == 5000
+    assert [(d["request_id"], d["role"]) for d in result["decisions"]] == [("creative-1", "client"),
+                                                                          ("budget-override", "admin")]
+
+
+async def test_fifty_concurrent_decisions_one_wins_one_audit_row(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool
+) -> None:
+    tenant = unique("cafe")
+    wf_id = await start_campaign(http, tokens, tenant)
+    action = await pending_action(http, tokens, tenant, wf_id)
+    url = f"/v1/pending-actions/{action['action_id']}/decision"
+
+    async def decide(i: int) -> int:
+        r = await http.post(url, json={"decision": "approve"}, headers=tokens.client(tenant, sub=f"member{i}@{tenant}"))
+        return r.status_code
+
+    codes = await asyncio.gather(*(decide(i) for i in range(50)))
+    assert sorted(codes).count(200) == 1 and codes.count(409) == 49, codes
+    await finished(http, tokens.client(tenant), wf_id)
+    assert await db.fetchval("SELECT count(*) FROM audit_log WHERE workflow_id = $1 AND action LIKE 'approval.%'",
+                             wf_id) == 1
+
+
+async def test_bad_decisions_get_clear_4xx_and_change_nothing(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    tenant, other = unique("shop"), unique("rival")
+    wf_id = await start_campaign(http, tokens, tenant)
+    action = await pending_action(http, tokens, tenant, wf_id)
+    url = f"/v1/pending-actions/{action['action_id']}/decision"
+    owner = tokens.client(tenant)
+
+    r = await http.post(url, json={"decision": "approve"})
+    assert r.status_code == 401
+    r = await http.post(url, content=b"{not json", headers={**owner, "content-type": "application/json"})
+    assert r.status_code == 400
+    r = await http.post(url, json={"decision": "maybe"}, headers=owner)
+    assert r.status_code == 400 and "decision" in r.text
+    r = await http.post(url, json={"decision": "edit", "edits": {"budget_usd": -5}}, headers=owner)
+    assert r.status_code == 422 and "budget_usd" in r.json()["detail"]
+    r = await http.post(url, json={"decision": "edit", "edits": {"ads": {"tiktok_ads": {"headline": "x"}}}},
+                        headers=owner)
+    assert r.status_code == 422
+    r = await http.post(url, json={"decision": "request_changes"}, headers=owner)
+    assert r.status_code == 422 and "comment" in r.json()["detail"]
+    r = await http.post(url, json={"decision": "approve"}, headers=tokens._bearer(sub="s@x", roles=["support"]))
+    assert r.status_code == 403
+    # Another tenant: every endpoint given this tenant's ids answers 404, and its inbox is empty.
+    for method, path in (("GET", f"/v1/pending-actions/{action['action_id']}"), ("POST", url),
+                         ("GET", f"/v1/workflows/{wf_id}"), ("POST", f"/v1/workflows/{wf_id}/cancel")):
+        r = await http.request(method, path, json={"decision": "approve"} if method == "POST" else None,
+                               headers=tokens.client(other))
+        assert r.status_code == 404, (method, path, r.text)
+    r = await http.get("/v1/pending-actions", headers=tokens.client(other))
+    assert r.json()["items"] == []
+    r = await http.get("/v1/pending-actions", params={"tenant_id": tenant}, headers=tokens.client(other))
+    assert r.json()["items"] == []
+    r = await http.get("/v1/pending-actions/not-an-action", headers=owner)
+    assert r.status_code == 404
+    # Still open and undecided after all that.
+    detail = (await http.get(f"/v1/pending-actions/{action['action_id']}", headers=owner)).json()
+    assert detail["status"] == "open" and detail["decisions"] == []
+    r = await http.post(url, json={"decision": "approve"}, headers=owner)
+    assert r.status_code == 200
+    r = await http.post(url, json={"decision": "approve"}, headers=owner)
+    assert r.status_code == 409

@@ -1,0 +1,53 @@
+"""Workflow steps that account for AI usage: the tenant's budget before an expensive step, one
+``llm_usage`` row per LLM call (keyed by workflow and step, so a retry never counts twice) and
+the Lago events for them (one per row: Lago keeps one event per transaction id)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.agents import LlmCall
+    from activities.billing import LagoActivities, ReportUsage
+    from activities.usage import CheckBudget, RecordUsage, UsageActivities
+    from workflows.names import INTEGRATIONS_QUEUE
+
+DB_TIMEOUT = timedelta(seconds=30)
+DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+BILLING_TIMEOUT = timedelta(seconds=60)
+BILLING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2))
+
+
+async def check_ai_budget(tenant_id: str) -> None:
+    """Fails the caller, non-retryable (``AIBudgetExceeded``), when the tenant is over budget."""
+    await workflow.execute_activity_method(
+        UsageActivities.check_budget, CheckBudget(tenant_id=tenant_id),
+        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+    )
+
+
+async def record_usage(tenant_id: str, agent: str, provider: str, calls: list[LlmCall], step: str) -> list[int]:
+    """One usage row per call; ``step`` makes the keys unique within the workflow."""
+    wf_id = workflow.info().workflow_id
+    ids = []
+    for i, call in enumerate(calls):
+        recorded = await workflow.execute_activity_method(
+            UsageActivities.record,
+            RecordUsage(idempotency_key=f"{wf_id}:{step}:{i}", tenant_id=tenant_id, agent=agent, model=call.model,
+                        provider=provider, tokens_in=call.tokens_in, tokens_out=call.tokens_out, workflow_id=wf_id),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+        )
+        ids.append(recorded.usage_id)
+    return ids
+
+
+async def report_usage(tenant_id: str, usage_ids: list[int]) -> None:
+    if not usage_ids:
+        return
+    await workflow.execute_activity_method(
+        LagoActivities.report_usage, ReportUsage(tenant_id=tenant_id, usage_ids=usage_ids),
+        task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
+    )

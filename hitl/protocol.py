@@ -140,7 +140,7 @@ class OpenApproval(msgspec.Struct, frozen=True, kw_only=True):
     request: ApprovalRequest
     tenant_id: str
     opened_at: datetime
-    due_at: datetime
+    due_at: datetime | None  # None: escalated with no further deadline
     audience: Audience
     roles: list[str]
     escalated: bool = False

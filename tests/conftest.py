@@ -73,12 +73,21 @@ async def temporal_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnviron
 
 
 @pytest_asyncio.fixture(scope="session")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+async def time_skipping_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnvironment]:
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
     from workers.converter import data_converter
 
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server(), data_converter=data_converter()
     )
+    # The Biz* search attributes, as the dev cluster declares them (approvals upsert them).
+    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=env.client.namespace,
+        search_attributes={k.name: IndexedValueType.ValueType(k.indexed_value_type)
+                           for k in dev_cluster.search_attribute_keys()},
+    ))
     try:
         yield env
     finally:

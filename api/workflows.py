@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Router, get, post
 from litestar.exceptions import NotFoundException
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, PathParameter
+from litestar.params import FromPath, JSONBody, Parameter, PathParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -18,8 +18,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError
+from api.visibility import page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
-from workflows.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from workflows.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+
+
+IDEMPOTENCY_MEMO = "idempotency_key"
 
 
 class StartResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,7 +68,8 @@ async def describe_in_scope(temporal: Client, principal: Principal, wf_id: str) 
     return handle, desc
 
 
-async def _start(temporal: Client, cap: Capability, inp: Any, principal: Principal) -> StartResponse:
+async def _start(temporal: Client, cap: Capability, inp: Any, principal: Principal,
+                 idempotency_key: str | None = None) -> StartResponse:
     tenant = cap.tenant_in_input(inp) if cap.tenant_in_input else principal.tenant_id
     if tenant is None or not principal.can_see_tenant(tenant):
         raise NotFoundException(f"tenant {tenant!r} not found")
@@ -82,8 +87,14 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
             search_attributes=TypedSearchAttributes(
                 [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, cap.name)]
             ),
+            memo={IDEMPOTENCY_MEMO: idempotency_key} if idempotency_key else None,
         )
     except WorkflowAlreadyStartedError:
+        if idempotency_key:
+            # A retried request (same Idempotency-Key) gets the answer the first one got.
+            desc = await temporal.get_workflow_handle(wf_id).describe()
+            if (await desc.memo()).get(IDEMPOTENCY_MEMO) == idempotency_key:
+                return StartResponse(workflow_id=desc.id, run_id=desc.run_id)
         raise ConflictError(
             f"{cap.name} for {cap.business_key(inp)!r} was already started", extra={"workflow_id": wf_id}
         ) from None
@@ -91,14 +102,18 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
 
 
 def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per capability
-    async def start(data: Any, request: Request, temporal: NamedDependency[Client]) -> StartResponse:
-        return await _start(temporal, cap, data, request.user)
+    async def start(data: Any, request: Request, temporal: NamedDependency[Client],
+                    idempotency_key: str | None = None) -> StartResponse:
+        return await _start(temporal, cap, data, request.user, idempotency_key)
 
     # The body type is the capability's input: validated by Litestar, documented in OpenAPI.
     start.__annotations__ = {
         "data": JSONBody[cap.input_type],
         "request": Request,
         "temporal": NamedDependency[Client],
+        "idempotency_key": Annotated[str | None, Parameter(
+            header="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
+            description="Retrying with the same key answers 202 with the workflow the first request started")],
         "return": StartResponse,
     }
     return post(
@@ -106,15 +121,67 @@ def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per 
         operation_id=f"start_{cap.name}",
         summary=f"Start {cap.name}",
         description=cap.summary
-        + " Starting the same business key twice answers 409 with the existing workflow_id.",
+        + " Starting the same business key twice answers 409 with the existing workflow_id, unless the "
+        "request repeats the Idempotency-Key that started it (then 202 with the same ids).",
         status_code=HTTP_202_ACCEPTED,
         opt={"roles": cap.start_roles},
     )(start)
 
 
+class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    capability: str | None
+    tenant_id: str | None
+    status: str
+    pending_approval: bool
+    start_time: datetime | None
+    close_time: datetime | None
+
+
+class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[WorkflowSummary]
+    next_cursor: str | None = None  # pass as ?cursor= for the next page
+
+
+Status = Literal["running", "completed", "failed", "canceled", "terminated", "timed_out", "continued_as_new"]
+
+
 class WorkflowController(Controller):
     path = "/"
     tags = ["workflows"]
+
+    @get("/", operation_id="list_workflows", summary="Workflows in the caller's tenants, newest first",
+         description="Clients see their tenant, partners the tenants they manage, platform staff every tenant "
+                     "(or `tenant_id`). Filters are typed; page with `cursor` = the previous `next_cursor`.")
+    async def list_workflows(
+        self, request: Request, temporal: NamedDependency[Client],
+        tenant_id: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
+        capability: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
+        status: Status | None = None,
+        pending: Annotated[bool | None, Parameter(description="Only those waiting (or not) for a person")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Parameter(max_length=2000)] = None,
+    ) -> WorkflowPage:
+        scope = tenant_clause(request.user, tenant_id)
+        if scope == "":
+            return WorkflowPage(items=[])
+        clauses = [scope] if scope else ["BizTenantId IS NOT NULL"]
+        if capability:
+            clauses.append(f"BizCapability = {quote(capability)}")
+        if status:
+            clauses.append(f"ExecutionStatus = {quote(_STATUS_NAMES[status])}")
+        if pending is not None:
+            clauses.append("BizPendingApproval = true" if pending else
+                           "(BizPendingApproval = false OR BizPendingApproval IS NULL)")
+        executions, next_cursor = await page(temporal, clauses, limit, cursor)
+        return WorkflowPage(items=[WorkflowSummary(
+            workflow_id=wf.id, run_id=wf.run_id, workflow_type=wf.workflow_type,
+            capability=wf.typed_search_attributes.get(CAPABILITY), tenant_id=wf.typed_search_attributes.get(TENANT_ID),
+            status=wf.status.name if wf.status else "UNKNOWN",
+            pending_approval=bool(wf.typed_search_attributes.get(PENDING_APPROVAL)),
+            start_time=wf.start_time, close_time=wf.close_time) for wf in executions], next_cursor=next_cursor)
 
     @get("/{workflow_id:str}", operation_id="get_workflow", summary="A workflow's status, progress and result")
     async def get_workflow(
@@ -158,6 +225,10 @@ class WorkflowController(Controller):
             raise ConflictError(f"workflow {workflow_id!r} is {desc.status.name}, not running")
         await handle.cancel()
         return StartResponse(workflow_id=desc.id, run_id=desc.run_id)
+
+
+_STATUS_NAMES = {"running": "Running", "completed": "Completed", "failed": "Failed", "canceled": "Canceled",
+                 "terminated": "Terminated", "timed_out": "TimedOut", "continued_as_new": "ContinuedAsNew"}
 
 
 def workflows_router() -> Router:

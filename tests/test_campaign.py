@@ -5,12 +5,15 @@ outbox and the decision in the audit log. Real workers, real dev server, real HT
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import asyncpg
 import httpx
 
 from tests.conftest import Tokens, assert_eventually, unique
+from workers.devcluster import temporal_cli
+from workers.settings import Settings
 
 
 def campaign_body(tenant: str, key: str | None = None, **kw: Any) -> dict[str, Any]:
@@ -220,3 +223,62 @@ async def test_bad_decisions_get_clear_4xx_and_change_nothing(http: httpx.AsyncC
     assert r.status_code == 200
     r = await http.post(url, json={"decision": "approve"}, headers=owner)
     assert r.status_code == 409
+
+
+async def test_temporal_cli_signal_with_a_decision_moves_the_campaign_on(
+    http: httpx.AsyncClient, tokens: Tokens, settings: Settings
+) -> None:
+    """Fire-and-forget senders (the `temporal` CLI, other SDKs) decide with the `decide` signal."""
+    tenant = unique("deli")
+    wf_id = await start_campaign(http, tokens, tenant)
+    await pending_action(http, tokens, tenant, wf_id)
+    payload = {"request_id": "creative-1", "decision": "approve", "comment": "ok from the CLI",
+               "by": {"sub": f"owner@{tenant}", "roles": ["client"], "tenant_id": tenant}}
+    proc = await asyncio.create_subprocess_exec(
+        temporal_cli(), "workflow", "signal", "--address", settings.temporal.address,
+        "--namespace", settings.temporal.namespace, "--workflow-id", wf_id, "--name", "decide",
+        "--input", json.dumps(payload), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 0, err.decode()
+    result = (await finished(http, tokens.client(tenant), wf_id))["result"]
+    assert result["status"] == "launched"
+    assert [(d["decided_by"], d["via"], d["comment"]) for d in result["decisions"]] == [
+        (f"owner@{tenant}", "signal", "ok from the CLI")]
+
+
+async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    tenant = unique("salon")
+    body = campaign_body(tenant)
+    headers = {**tokens.client(tenant), "idempotency-key": "req-7f3a"}
+    first = await http.post("/v1/workflows/campaign", json=body, headers=headers)
+    again = await http.post("/v1/workflows/campaign", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 202), again.text
+    assert first.json() == again.json()
+    other_key = await http.post("/v1/workflows/campaign", json=body,
+                                headers={**tokens.client(tenant), "idempotency-key": "req-other"})
+    assert other_key.status_code == 409 and other_key.json()["extra"]["workflow_id"] == first.json()["workflow_id"]
+    wf_id = first.json()["workflow_id"]
+    await pending_action(http, tokens, tenant, wf_id)
+
+    async def listed(**params: Any) -> list[str]:
+        r = await http.get("/v1/workflows", params=params, headers=tokens.client(tenant))
+        assert r.status_code == 200, r.text
+        return [w["workflow_id"] for w in r.json()["items"]]
+
+    assert await listed(pending="true") == [wf_id]
+    assert await listed(capability="campaign", status="running") == [wf_id]
+    assert await listed(capability="onboarding") == []
+    r = await http.get("/v1/workflows", headers=tokens.client(unique("nobody")))
+    assert r.json()["items"] == []
+    r = await http.get("/v1/workflows", params={"status": "sideways"}, headers=tokens.client(tenant))
+    assert r.status_code == 400
+
+    r = await http.post(f"/v1/workflows/{wf_id}/cancel", headers=tokens.client(tenant))
+    assert r.status_code == 202, r.text
+
+    async def canceled() -> None:
+        assert await listed(status="canceled") == [wf_id]
+        r = await http.get("/v1/pending-actions", headers=tokens.client(tenant))
+        assert r.json()["items"] == []
+
+    await assert_eventually(canceled, timeout=15)

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Request, Router, get, post
 from litestar.exceptions import NotFoundException
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter, PathParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, PathParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -111,8 +111,8 @@ def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per 
         "data": JSONBody[cap.input_type],
         "request": Request,
         "temporal": NamedDependency[Client],
-        "idempotency_key": Annotated[str | None, Parameter(
-            header="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
+        "idempotency_key": Annotated[str | None, HeaderParameter(
+            name="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
             description="Retrying with the same key answers 202 with the workflow the first request started")],
         "return": StartResponse,
     }

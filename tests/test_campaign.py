@@ -11,7 +11,12 @@ from typing import Any
 import asyncpg
 import httpx
 
+from temporalio.client import Client
+from temporalio.worker import Replayer
+
 from tests.conftest import Tokens, assert_eventually, unique
+from workers.main import WORKFLOW_FAILURE_TYPES
+from workflows.campaign import CampaignWorkflow
 from workers.devcluster import temporal_cli
 from workers.settings import Settings
 
@@ -52,7 +57,7 @@ async def finished(http: httpx.AsyncClient, headers: dict[str, str], wf_id: str)
 
 
 async def test_client_approves_with_an_edited_budget_and_the_campaign_launches(
-    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client
 ) -> None:
     tenant = unique("bakery")
     wf_id = await start_campaign(http, tokens, tenant)
@@ -94,6 +99,11 @@ async def test_client_approves_with_an_edited_budget_and_the_campaign_launches(
     assert diff["/budget_usd"] == (600, 900)
     assert diff["/ads/meta_ads/headline"][1] == "Warm sourdough, every morning"
     assert audit[0]["details"]["comment"] == "a bit more budget"
+
+    # The recorded history replays on the current code (no non-determinism).
+    history = await client.get_workflow_handle(wf_id).fetch_history()
+    await Replayer(workflows=[CampaignWorkflow], data_converter=client.data_converter,
+                   workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES).replay_workflow(history)
 
     # Closed: nothing pending any more, and deciding again is a conflict.
     r = await http.get("/v1/pending-actions", headers=tokens.client(tenant))

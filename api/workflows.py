@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +24,8 @@ from api.visibility import page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
 from workflows.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_MEMO = "idempotency_key"
 
@@ -191,7 +195,8 @@ class WorkflowController(Controller):
         progress = result = failure = None
         try:
             progress = await handle.query("progress", result_type=Any)
-        except Exception:  # noqa: BLE001 - a workflow without the query, or no worker to answer
+        except Exception as exc:  # noqa: BLE001 - a workflow without the query, or no worker to answer
+            log.info("no progress for %s: %s", workflow_id, exc)
             progress = None
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             result = await handle.result()

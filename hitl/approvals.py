@@ -23,7 +23,6 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -46,9 +45,8 @@ with workflow.unsafe.imports_passed_through():
         diff,
     )
     from workflows.names import APPROVAL_AUDIENCE, APPROVAL_DUE_AT, APPROVAL_ROLE, PENDING_APPROVAL, tenant_of
+    from workflows.policies import DB_RETRY, DB_TIMEOUT
 
-DB_TIMEOUT = timedelta(seconds=30)
-DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
 APPROVING = ("approve", "edit")
 MEMO_KEY = "approval"
 

@@ -26,7 +26,6 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
@@ -37,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
     from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from workflows.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
     from workflows.usage import check_ai_budget, record_usage, report_usage
 
 CAPABILITY = "campaign"
@@ -46,14 +46,6 @@ Objective = Literal["awareness", "traffic", "leads", "sales"]
 Stage = Literal["started", "checking_budget", "planning_strategy", "writing_creative", "awaiting_client_approval",
                 "awaiting_budget_approval", "launching", "reporting_usage", "completed", "failed"]
 Status = Literal["launched", "rejected", "budget_rejected", "changes_limit_reached"]
-
-# Named per kind of dependency.
-DB_TIMEOUT = timedelta(seconds=30)
-DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-CREW_TIMEOUT = timedelta(minutes=15)
-CREW_HEARTBEAT = timedelta(seconds=30)
-CREW_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
-                         non_retryable_error_types=["AIBudgetExceeded", "InvalidLLMOutput"])
 
 # The approval timings of the catalogue: remind after a day, escalate after three.
 REMIND_AFTER = timedelta(hours=24)
@@ -138,20 +130,12 @@ def edit_schema(channels: list[str]) -> dict[str, Any]:
 
 
 @workflow.defn(name="Campaign")
-class CampaignWorkflow(HumanDecisions):
+class CampaignWorkflow(HumanDecisions, Stages):
     def __init__(self) -> None:
         HumanDecisions.__init__(self)
-        self._stage: Stage = "started"
-        self._steps: list[str] = []
+        Stages.__init__(self)
         self._round = 0
-        self._updated_at: datetime | None = None
         self._usage_ids: list[int] = []
-
-    def _enter(self, stage: Stage, done: str | None = None) -> None:
-        if done:
-            self._steps.append(done)
-        self._stage = stage
-        self._updated_at = workflow.now()
 
     @workflow.run
     async def run(self, inp: CampaignInput) -> CampaignResult:
@@ -293,6 +277,6 @@ class CampaignWorkflow(HumanDecisions):
 
     @workflow.query(name="progress")
     def progress(self) -> CampaignProgress:
-        return CampaignProgress(stage=self._stage, steps_done=list(self._steps), round=self._round,
+        return CampaignProgress(stage=self._stage, steps_done=list(self._steps), round=self._round,  # type: ignore[arg-type]
                                 pending_request=self._approval.request.request_id if self._approval else None,
                                 updated_at=self._updated_at)

@@ -9,11 +9,10 @@ their ids, activates the tenant, writes the audit entry, and exposes its progres
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
@@ -35,15 +34,10 @@ with workflow.unsafe.imports_passed_through():
         TenantActivities,
     )
     from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
 
 CAPABILITY = "onboarding"
 
-# Named per kind of dependency: Postgres writes are quick and safe to retry.
-DB_TIMEOUT = timedelta(seconds=30)
-DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-# Payment and billing services: slower, rate limited; refusals are non-retryable by type.
-BILLING_TIMEOUT = timedelta(seconds=60)
-BILLING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2))
 
 Stage = Literal["started", "creating_tenant", "creating_billing_customers", "activating", "recording_audit",
                 "completed", "failed"]
@@ -76,18 +70,10 @@ class OnboardingResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @workflow.defn(name="Onboarding")
-class OnboardingWorkflow:
+class OnboardingWorkflow(Stages):
     def __init__(self) -> None:
+        Stages.__init__(self)
         self._tenant_id = ""
-        self._stage: Stage = "started"
-        self._steps: list[str] = []
-        self._updated_at: datetime | None = None
-
-    def _enter(self, stage: Stage, done: str | None = None) -> None:
-        if done:
-            self._steps.append(done)
-        self._stage = stage
-        self._updated_at = workflow.now()
 
     @workflow.run
     async def run(self, inp: OnboardingInput) -> OnboardingResult:

@@ -4,21 +4,14 @@ the Lago events for them (one per row: Lago keeps one event per transaction id).
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import LlmCall
     from activities.billing import LagoActivities, ReportUsage
     from activities.usage import CheckBudget, RecordUsage, UsageActivities
     from workflows.names import INTEGRATIONS_QUEUE
-
-DB_TIMEOUT = timedelta(seconds=30)
-DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-BILLING_TIMEOUT = timedelta(seconds=60)
-BILLING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2))
+    from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT
 
 
 async def check_ai_budget(tenant_id: str) -> None:

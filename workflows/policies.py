@@ -1,0 +1,36 @@
+"""Timeouts and retry policies, named per kind of dependency, shared by every workflow; and the
+stage bookkeeping behind each workflow's ``progress`` query."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+# Postgres writes and reads: quick and safe to retry.
+DB_TIMEOUT = timedelta(seconds=30)
+DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+# Payment and billing services (Stripe, Lago): slower, rate limited; refusals are non-retryable by type.
+BILLING_TIMEOUT = timedelta(seconds=60)
+BILLING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2))
+# CrewAI crews (agents queue): long, heartbeating; a tenant over budget or invalid output is final.
+CREW_TIMEOUT = timedelta(minutes=15)
+CREW_HEARTBEAT = timedelta(seconds=30)
+CREW_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
+                         non_retryable_error_types=["AIBudgetExceeded", "InvalidLLMOutput"])
+
+
+class Stages:
+    """Where a workflow is (``_stage``), the steps it has done, and when that last changed."""
+
+    def __init__(self) -> None:
+        self._stage = "started"
+        self._steps: list[str] = []
+        self._updated_at: datetime | None = None
+
+    def _enter(self, stage: str, done: str | None = None) -> None:
+        if done:
+            self._steps.append(done)
+        self._stage = stage
+        self._updated_at = workflow.now()

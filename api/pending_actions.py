@@ -10,6 +10,8 @@ The decider's identity is the verified token's, never the body's.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -18,6 +20,7 @@ from litestar import Controller, Request, Router, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import JSONBody, Parameter, PathParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 from temporalio.client import Client, WorkflowExecution, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -47,6 +50,8 @@ from hitl.protocol import (
 )
 from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID
 
+STREAM_POLL_SECONDS = 1.0
+STREAM_MAX_POLLS = 3600  # an hour, then the client reconnects
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 HUB_ROLES = frozenset({"super_admin", "admin", "finance", "support", "partner"})
@@ -151,6 +156,29 @@ class PendingActionsController(Controller):
                            limit: _LIMIT = DEFAULT_LIMIT, cursor: _CURSOR = None) -> ActionPage:
         extra = [f"BizCapability = {quote(capability)}"] if capability else []
         return await _inbox(temporal, request.user, "client", tenant_id, limit, cursor, extra)
+
+    @get("/stream", operation_id="stream_pending_actions", summary="Changes of the caller's Pending Actions (SSE)",
+         description="Server-sent events: `opened` with the action (as the list shows it) when one appears, "
+                     "`closed` with its action_id when it is decided or times out. Polls visibility every "
+                     f"{STREAM_POLL_SECONDS:g} s for this connection; reconnect with a new request.")
+    async def stream(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                     tenant_id: _TENANT = None) -> ServerSentEvent:
+        principal = request.user
+
+        async def changes() -> AsyncIterator[ServerSentEventMessage]:
+            seen: dict[str, ActionSummary] = {}
+            for _ in range(STREAM_MAX_POLLS):
+                current = {a.action_id: a for a in (await _inbox(
+                    temporal, principal, "client", tenant_id, MAX_LIMIT, None, [])).items}
+                for aid in current.keys() - seen.keys():
+                    yield ServerSentEventMessage(event="opened", id=aid,
+                                                 data=msgspec.json.encode(current[aid]).decode())
+                for aid in seen.keys() - current.keys():
+                    yield ServerSentEventMessage(event="closed", id=aid, data=msgspec.json.encode({"action_id": aid}).decode())
+                seen = current
+                await asyncio.sleep(STREAM_POLL_SECONDS)
+
+        return ServerSentEvent(changes())
 
     @get("/{action_id:str}", operation_id="get_pending_action",
          summary="An approval: the proposal, allowed decisions, edit schema, due time and decisions so far")

@@ -292,3 +292,37 @@ async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, 
         assert r.json()["items"] == []
 
     await assert_eventually(canceled, timeout=15)
+
+
+async def test_pending_actions_stream_shows_an_approval_open_and_close(
+    http: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    tenant = unique("bistro")
+    events: list[tuple[str, str]] = []
+
+    async def listen() -> None:
+        async with http.stream("GET", "/v1/pending-actions/stream", headers=tokens.client(tenant),
+                               timeout=None) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            kind = None
+            async for line in r.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind:
+                    events.append((kind, json.loads(line.split(":", 1)[1])["action_id"]))
+                    if kind == "closed":
+                        return
+
+    listener = asyncio.create_task(listen())
+    wf_id = await start_campaign(http, tokens, tenant)
+    action = await pending_action(http, tokens, tenant, wf_id)
+
+    async def opened() -> None:
+        assert events == [("opened", action["action_id"])]
+
+    await assert_eventually(opened, timeout=10)
+    r = await http.post(f"/v1/pending-actions/{action['action_id']}/decision", json={"decision": "approve"},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 200
+    await asyncio.wait_for(listener, timeout=15)
+    assert events == [("opened", action["action_id"]), ("closed", action["action_id"])]

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import httpx
+import msgspec
 
+from activities.agents import CrewReport
+from activities.billing import USAGE_METRIC_CODE
+from activities.sandbox_lago import LagoState
+from agents.llm import OFFLINE_MODEL
 from tests.conftest import Tokens, assert_eventually, unique
 
 
-async def test_client_runs_a_presence_audit_offline(http: httpx.AsyncClient, tokens: Tokens, db) -> None:  # noqa: ANN001
+async def test_client_runs_a_presence_audit_offline(
+    http: httpx.AsyncClient, tokens: Tokens, db, lago_state: LagoState, fixture_site: str  # noqa: ANN001
+) -> None:
+    """No network, no keys: started over HTTP on the running platform, the audit fetches the
+    fixture site through the sandbox MCP tool, stores a typed report marked offline, records one
+    usage row per LLM call and reports each to Lago once."""
     tenant = unique("audit")
-    body = {"tenant_id": tenant, "website_url": "http://127.0.0.1:9/", "social_handles": {"instagram": "@shop"}}
+    # /old-home redirects to /: only a real fetch reports the home page as its final URL.
+    body = {"tenant_id": tenant, "website_url": f"{fixture_site}/", "paths": ["/about", "/old-home"],
+            "social_handles": {"instagram": "@shop"}}
     r = await http.post("/v1/workflows/presence-audit", json=body, headers=tokens.client(tenant))
     assert r.status_code == 202, r.text
     wf_id = r.json()["workflow_id"]
@@ -23,14 +35,32 @@ async def test_client_runs_a_presence_audit_offline(http: httpx.AsyncClient, tok
     view = await assert_eventually(completed, timeout=60)
     result = view["result"]
     assert result["offline"] is True
+    assert result["pages"] == [f"{fixture_site}/", f"{fixture_site}/about", f"{fixture_site}/"]
+    assert view["progress"]["stage"] == "completed" and view["progress"]["pages_fetched"] == 3
     report = result["report"]
-    assert 0 <= report["overall_score"] <= 100
-    assert {"technical", "seo", "social"} <= set(report)
+    msgspec.convert(report, CrewReport)  # typed: technical, seo, social audits, scores 0-100
     assert result["llm_calls"] == 4 and result["tokens_in"] > 0
-    assert view["progress"]["stage"] == "completed"
-    rows = await db.fetch("SELECT model, provider, tokens_in, cost_usd FROM llm_usage WHERE workflow_id = $1", wf_id)
-    assert len(rows) == 4 and {r["provider"] for r in rows} == {"offline"}
-    assert all(r["cost_usd"] == 0 and r["tokens_in"] > 0 for r in rows)
+
+    # The stored report: one row, typed body, marked offline.
+    [row] = await db.fetch("SELECT * FROM reports WHERE workflow_id = $1", wf_id)
+    assert (row["id"], row["tenant_id"], row["kind"], row["subject"]) == (
+        result["report_id"], tenant, "presence-audit", f"{fixture_site}/")
+    assert row["offline"] is True and row["score"] == report["overall_score"]
+    assert row["body"] == report
+
+    # One usage row per LLM call, zero cost, each reported to Lago.
+    usage = await db.fetch(
+        """SELECT idempotency_key, model, provider, offline, tokens_in, cost_usd, reported_to_lago_at
+           FROM llm_usage WHERE workflow_id = $1 ORDER BY id""", wf_id)
+    assert [u["idempotency_key"] for u in usage] == [f"{wf_id}:presence_crew:{i}" for i in range(4)]
+    assert {(u["model"], u["provider"], u["offline"]) for u in usage} == {(OFFLINE_MODEL, "offline", True)}
+    assert all(u["cost_usd"] == 0 and u["tokens_in"] > 0 and u["reported_to_lago_at"] for u in usage)
+    assert sum(u["tokens_in"] for u in usage) == result["tokens_in"]
+
+    # The Lago sandbox received one usage event per row, keyed by its idempotency key.
+    events = [e for e in lago_state.events_of(tenant, USAGE_METRIC_CODE) if e["properties"]["workflow_id"] == wf_id]
+    assert sorted(e["transaction_id"] for e in events) == [u["idempotency_key"] for u in usage]
+    assert all(e["properties"]["offline"] is True and e["properties"]["model"] == OFFLINE_MODEL for e in events)
 
 
 async def test_over_budget_tenant_fails_fast_naming_the_budget(http: httpx.AsyncClient, tokens: Tokens, db) -> None:  # noqa: ANN001

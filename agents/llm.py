@@ -149,6 +149,10 @@ class _MeteredLLM:
         original = llm.call
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            # Structured output is asked for in the prompt (CrewAI puts the schema there) and
+            # validated by CrewAI's converter, never as `response_format`: servers without
+            # JSON-schema mode (many Ollama, vLLM and LiteLLM setups) refuse that with a 400.
+            kwargs.pop("response_model", None)
             before = llm.get_token_usage_summary()
             result = original(*args, **kwargs)
             after = llm.get_token_usage_summary()

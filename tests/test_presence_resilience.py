@@ -30,7 +30,7 @@ import asyncpg
 import msgspec
 import pytest_asyncio
 from google.protobuf.duration_pb2 import Duration
-from litestar import Litestar, post
+from litestar import Litestar, Response, post
 from litestar.params import JSONBody
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType, PendingActivityState, TimeoutType
@@ -80,13 +80,14 @@ def schema_instance(schema: dict[str, Any], defs: dict[str, Any], tag: str) -> A
 
 
 class CrewStub:
-    """POST /v1/chat/completions: reads the output schema CrewAI put in the prompt (not the
-    ``response_format``, which a server without JSON-schema mode ignores) and answers a JSON
-    instance of it. Keeps every request and answer. ``hold`` requests wait for ``release()``."""
+    """POST /v1/chat/completions of a server without JSON-schema mode: a request that asks for
+    ``response_format`` is refused (400, as such servers do); it reads the output schema CrewAI
+    put in the prompt and answers a JSON instance of it. Keeps every request and answer. ``hold`` requests wait for ``release()``."""
 
     def __init__(self, hold: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
         self.answers: list[str] = []
+        self.refused = 0  # requests that asked for JSON-schema mode
         self._hold = hold
         self._released = asyncio.Event()
 
@@ -95,7 +96,11 @@ class CrewStub:
 
     def app(self) -> Litestar:
         @post("/v1/chat/completions", status_code=200)
-        async def completions(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
+        async def completions(data: JSONBody[dict[str, Any]]) -> Any:
+            if "response_format" in data:
+                self.refused += 1
+                return Response({"error": {"message": "response_format is not supported", "type": "invalid_request_error"}},
+                                status_code=400)
             self.requests.append(data)
             if len(self.requests) <= self._hold:
                 await self._released.wait()

@@ -24,6 +24,9 @@ from api.errors import EXCEPTION_HANDLERS
 from api.health import health
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
+from api.schedules import schedules_router
+from api.triggers import seed_triggers
+from api.webhooks import webhooks_router
 from api.workflows import workflows_router
 from workers.client import connect
 from workers.settings import Settings
@@ -31,7 +34,8 @@ from workers.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ["^/health$", "^/schema"]
+# Webhooks are public: the sender's signature is their authentication (api/webhooks.py).
+PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/"]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -43,6 +47,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.db = await create_pool(
             settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max
         )
+        # The trigger table's declared rows (new ones only; configuration, not business rows).
+        await seed_triggers(app.state.db)
         try:
             yield
         finally:
@@ -55,7 +61,8 @@ def create_app(settings: Settings) -> Litestar:
         return state.db
 
     app = Litestar(
-        route_handlers=[health, workflows_router(), pending_actions_router(), outbox_router()],
+        route_handlers=[health, workflows_router(), pending_actions_router(), outbox_router(), schedules_router(),
+                        webhooks_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False)},

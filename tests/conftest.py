@@ -193,8 +193,9 @@ def settings(
         _env_file=None,
         temporal={"address": target, "namespace": dev_cluster.namespace},
         database={"url": database_url},
-        stripe={"api_base": localstripe_url, "api_key": STRIPE_TEST_KEY},
-        lago={"api_url": lago_url, "api_key": LAGO_TEST_KEY},
+        stripe={"api_base": localstripe_url, "api_key": STRIPE_TEST_KEY, "webhook_secret": "whsec_test_bizosaas"},
+        lago={"api_url": lago_url, "api_key": LAGO_TEST_KEY, "webhook_secret": "lago-webhook-test-secret"},
+        shopify={"webhook_secret": "shopify-webhook-test-secret"},  # webhooks are signed with these
         worker={"graceful_shutdown_seconds": 2},
         dev={"state_dir": Path(tempfile.mkdtemp(prefix="bizosaas-test-state-"))},
     )

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.tenants import AuditEntry, AuditReceipt
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, ApprovalsView, Decider, DecisionInput
+    from tests.support import assert_eventually
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workflows.campaign import ESCALATE_AFTER, ESCALATION_ROLES, REMIND_AFTER
 
@@ -86,6 +87,15 @@ async def start(env: WorkflowEnvironment, req: ApprovalRequest):  # noqa: ANN201
 TASK_QUEUE = "approvals-timeskip"
 
 
+async def opened(handle) -> None:  # noqa: ANN001
+    """Until the request is open: a decision sent before it exists is refused as stale."""
+    async def check() -> None:
+        view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
+        assert view.open is not None
+
+    await assert_eventually(check)
+
+
 @pytest.fixture
 async def recorder(env: WorkflowEnvironment):  # noqa: ANN201
     rec = Recorder()
@@ -145,6 +155,7 @@ async def test_an_escalated_request_that_times_out_again_is_rejected(
 
 async def test_a_quorum_needs_distinct_people(env: WorkflowEnvironment, recorder: Recorder) -> None:
     handle = await start(env, campaign_like(approvals_needed=2))
+    await opened(handle)
     first = DecisionInput(request_id="creative-1", decision="approve", by=client_decider("a@acme"))
     await handle.signal(AskOnce.decide_signal, first)
     await handle.signal(AskOnce.decide_signal, first)  # the same person again

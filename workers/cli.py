@@ -1,4 +1,4 @@
-"""The ``bizosaas`` command: dev stack, worker, API, dev tokens, migrations."""
+"""The ``bizosaas`` command: dev stack, worker, API, dev tokens, migrations, schedules."""
 
 from __future__ import annotations
 
@@ -118,6 +118,10 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_token)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+
+    from schedules.cli import add_schedules_parser
+
+    add_schedules_parser(sub)
     return p
 
 

@@ -25,7 +25,9 @@ from temporalio.worker import Worker
 from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
 from activities.database import create_pool
+from activities.orders import OrderActivities
 from activities.reports import ReportActivities
+from activities.schedules import ScheduleActivities
 from activities.tenants import AuditActivities, TenantActivities
 from activities.usage import UsageActivities
 from workers.client import connect
@@ -34,6 +36,7 @@ from workers.telemetry import configure_tracing
 from workflows.agent_loop import AgentLoopWorkflow
 from workflows.catalogue import WORKFLOWS
 from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
+from workflows.tenant_schedules import TenantCapabilitiesWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +71,12 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     if WORKFLOWS_QUEUE in queues:
         tenants, audit, usage = TenantActivities(pool), AuditActivities(pool), UsageActivities(pool)
         billing, reports, approvals = BillingCustomerActivities(pool), ReportActivities(pool), ApprovalActivities(pool)
+        schedules, orders = ScheduleActivities(pool), OrderActivities(pool)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
-            workflows=[*WORKFLOWS, AgentLoopWorkflow],
+            workflows=[*WORKFLOWS, AgentLoopWorkflow, TenantCapabilitiesWorkflow],
             activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,
-                        billing.record_customer, reports.store, approvals.notify, approvals.tenant_policy],
+                        billing.record_customer, reports.store, approvals.notify, approvals.tenant_policy,
+                        schedules.set_capability, schedules.apply_tenant, orders.policy, orders.record],
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
     if AGENTS_QUEUE in queues:
@@ -143,6 +148,11 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
         from activities.mcp import seed_registry
 
         await seed_registry(pool, urls=settings.worker.mcp_urls)
+    if WORKFLOWS_QUEUE in queues:
+        from schedules.reconciler import sync_at_startup
+
+        # Idempotent (creates what is missing, leaves the rest); a failure is logged, never fatal.
+        await sync_at_startup(client, pool)
     workers = build_workers(client, settings, regs)
     try:
         await serve_until(stop, workers)

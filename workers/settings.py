@@ -71,6 +71,11 @@ class LagoSettings(BaseModel):
     webhook_secret: SecretStr | None = None
 
 
+class ShopifySettings(BaseModel):
+    # The app's client secret: X-Shopify-Hmac-Sha256 of every webhook is an HMAC with it.
+    webhook_secret: SecretStr | None = None
+
+
 class OtelSettings(BaseModel):
     otlp_endpoint: str | None = None
     service_name: str = "bizosaas"
@@ -120,6 +125,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     lago: LagoSettings = Field(default_factory=LagoSettings)
+    shopify: ShopifySettings = Field(default_factory=ShopifySettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)

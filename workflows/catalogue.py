@@ -13,6 +13,7 @@ from typing import Any
 
 from workflows.campaign import CampaignInput, CampaignWorkflow
 from workflows.onboarding import OnboardingInput, OnboardingWorkflow
+from workflows.orders import OrderInput, OrderProcessingWorkflow
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditWorkflow
 
 
@@ -70,6 +71,16 @@ CATALOGUE: dict[str, Capability] = {
             start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
             summary="Plan and write a multi-channel ad campaign with AI; the client approves creative and budget "
                     "(Pending Actions), a budget above the tenant's cap also needs an admin; then it launches.",
+        ),
+        Capability(
+            name="order",
+            workflow=OrderProcessingWorkflow,
+            input_type=OrderInput,
+            business_key=lambda inp: inp.order_key,
+            tenant_in_input=lambda inp: inp.tenant_id,
+            start_roles=frozenset({"super_admin", "admin"}),
+            summary="Process an order: validate, check stock, score fraud by rules; above the tenant's threshold "
+                    "the client approves (Pending Actions). Usually started by the Shopify orders/create webhook.",
         ),
     )
 }

@@ -1,0 +1,190 @@
+"""The trigger table: which workflow an inbound event starts (webhooks, platform events).
+
+Each trigger is declared here (``TRIGGERS``): the event's source and type, the capability it
+starts, and how the event becomes the workflow's typed input and business key. The
+``triggers`` table is seeded from these declarations when the API starts (new rows only, so
+an operator's ``enabled = false`` stays) and read on every event: a disabled or missing row
+means the event is acknowledged (202) and logged, nothing is started.
+
+The workflow id is ``{tenant}:{capability}:{business key}``, the key derived from the event
+(the Shopify order id, the tenant id of ``tenant.created``): a redelivery finds the workflow
+the first delivery started, answers 200 with its id and starts nothing. Temporal's workflow
+id is the record of the delivery; the API writes no row of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from workflows.catalogue import CATALOGUE
+from workflows.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from workflows.onboarding import OnboardingInput
+from workflows.orders import OrderInput, OrderLine
+
+log = logging.getLogger(__name__)
+
+Action = Literal["start", "signal_with_start"]
+Outcome = Literal["started", "duplicate", "signalled", "ignored"]
+TRIGGER_MEMO = "trigger"
+
+
+class InvalidEvent(ValueError):
+    """The event is well signed but cannot become the workflow's input (answered 400)."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """An inbound event after its signature was verified."""
+
+    source: str
+    type: str
+    id: str | None  # the sender's event or delivery id
+    tenant_id: str | None  # as resolved from the sender's own identification, when it has one
+    payload: dict[str, Any]
+    sender: str = "webhook"  # who it came from, recorded as requested_by
+
+
+class Fired(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: Outcome
+    event_type: str
+    workflow_id: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Trigger:
+    source: str
+    event_type: str
+    capability: str
+    # The tenant, the business key and the typed input, from the event; InvalidEvent when it cannot.
+    build: Callable[[Event], tuple[str, str, Any]]
+    action: Action = "start"
+    signal: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.capability not in CATALOGUE:
+            raise ValueError(f"trigger {self.source}/{self.event_type}: unknown capability {self.capability!r}")
+        if (self.action == "signal_with_start") != (self.signal is not None):
+            raise ValueError(f"trigger {self.source}/{self.event_type}: a signal goes with signal_with_start only")
+
+
+def _money(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidEvent(f"{what} is not a number") from None
+
+
+def shopify_order(event: Event) -> tuple[str, str, OrderInput]:
+    """Shopify ``orders/create``: the order id is the business key (``shopify-{id}``)."""
+    if event.tenant_id is None:
+        raise InvalidEvent("the shop is not connected to a tenant")
+    o = event.payload
+    if not isinstance(o.get("id"), int | str) or not str(o["id"]).isdigit():
+        raise InvalidEvent("the order has no numeric id")
+    lines = o.get("line_items")
+    if not isinstance(lines, list):
+        raise InvalidEvent("the order has no line_items")
+
+    def country(address: Any) -> str | None:
+        return address.get("country_code") if isinstance(address, dict) else None
+
+    key = f"shopify-{o['id']}"
+    try:
+        inp = msgspec.convert({
+            "tenant_id": event.tenant_id, "order_key": key, "source": "shopify",
+            "order_number": str(o.get("name") or ""), "currency": o.get("currency") or "USD",
+            "total": _money(o.get("total_price"), "total_price"),
+            "customer_email": o.get("email") or None,
+            "billing_country": country(o.get("billing_address")),
+            "shipping_country": country(o.get("shipping_address")),
+            "lines": [msgspec.convert({"sku": str(li.get("sku") or li.get("variant_id") or li.get("id") or "unknown"),
+                                       "quantity": li.get("quantity"), "unit_price": _money(li.get("price"), "price"),
+                                       "title": str(li.get("title") or "")[:300]}, OrderLine)
+                      for li in lines if isinstance(li, dict)],
+            "requested_by": event.sender,
+        }, OrderInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"order: {exc}") from None
+    return event.tenant_id, key, inp
+
+
+def tenant_created(event: Event) -> tuple[str, str, OnboardingInput]:
+    """Platform ``tenant.created``: onboarding, keyed by the tenant id (one per tenant, ever)."""
+    try:
+        inp = msgspec.convert({**event.payload, "requested_by": event.sender}, OnboardingInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"tenant: {exc}") from None
+    return inp.tenant_id, inp.tenant_id, inp
+
+
+TRIGGERS: dict[tuple[str, str], Trigger] = {
+    (t.source, t.event_type): t
+    for t in (
+        Trigger(source="shopify", event_type="orders/create", capability="order", build=shopify_order),
+        Trigger(source="platform", event_type="tenant.created", capability="onboarding", build=tenant_created),
+    )
+}
+
+
+async def seed_triggers(pool: asyncpg.Pool) -> None:
+    """Insert the declared triggers that are not in the table yet (idempotent)."""
+    await pool.executemany(
+        """INSERT INTO triggers (source, event_type, action, capability, signal) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (source, event_type) DO NOTHING""",
+        [(t.source, t.event_type, t.action, t.capability, t.signal) for t in TRIGGERS.values()],
+    )
+
+
+async def lookup(pool: asyncpg.Pool, source: str, event_type: str) -> Trigger | None:
+    """The enabled trigger of this event type, or None."""
+    row = await pool.fetchrow(
+        "SELECT action, capability, signal FROM triggers WHERE source = $1 AND event_type = $2 AND enabled",
+        source, event_type)
+    if row is None:
+        return None
+    declared = TRIGGERS.get((source, event_type))
+    if declared is None or (declared.action, declared.capability, declared.signal) != tuple(row):
+        log.warning("trigger %s/%s in the table does not match the code; ignored", source, event_type)
+        return None
+    return declared
+
+
+async def fire(temporal: Client, pool: asyncpg.Pool, event: Event) -> Fired:
+    """Start (or signal-with-start) the workflow of this event, or acknowledge it unmatched."""
+    trigger = await lookup(pool, event.source, event.type)
+    if trigger is None:
+        log.info("%s event %r (id %s, tenant %s): no trigger, acknowledged and ignored",
+                 event.source, event.type, event.id, event.tenant_id)
+        return Fired(outcome="ignored", event_type=event.type)
+    tenant, key, inp = trigger.build(event)
+    cap = CATALOGUE[trigger.capability]
+    wf_id = workflow_id(tenant, cap.name, key)
+    options: dict[str, Any] = {}
+    if trigger.action == "signal_with_start":
+        options = {"start_signal": trigger.signal, "start_signal_args": [event.payload],
+                   "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING}
+    else:
+        options = {"id_conflict_policy": WorkflowIDConflictPolicy.FAIL}
+    try:
+        handle = await temporal.start_workflow(
+            cap.run, inp, id=wf_id, task_queue=WORKFLOWS_QUEUE,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, cap.name)]),
+            memo={TRIGGER_MEMO: {"source": event.source, "event_type": event.type, "event_id": event.id}},
+            **options,
+        )
+    except WorkflowAlreadyStartedError as exc:
+        log.info("%s event %r (id %s): workflow %s exists; nothing started", event.source, event.type, event.id, wf_id)
+        return Fired(outcome="duplicate", event_type=event.type, workflow_id=wf_id, run_id=exc.run_id)
+    outcome: Outcome = "signalled" if trigger.action == "signal_with_start" else "started"
+    return Fired(outcome=outcome, event_type=event.type, workflow_id=handle.id, run_id=handle.result_run_id)

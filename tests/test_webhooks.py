@@ -1,0 +1,284 @@
+"""Triggers over real HTTP with the real workers: signed webhooks (Shopify, Stripe, Lago, the
+generic per-tenant HMAC) and platform events start workflows through the trigger table; a
+redelivery starts nothing new; a missing, forged or stale signature starts nothing and is
+logged without the secret. Senders sign as they do: stripe's own helper, HMACs for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import stripe
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.auth import mint_dev_token
+from api.webhooks import MAX_BODY_BYTES
+from tests.conftest import Tokens, assert_eventually, unique
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+# How many distinct orders the redelivery test sends, each 5 times at once.
+ORDERS = 100
+DELIVERIES = 5
+
+
+def secret(value: Any) -> str:
+    return value.get_secret_value()
+
+
+async def shop_tenant(db: asyncpg.Pool, **settings: Any) -> tuple[str, str]:
+    """An active tenant connected to a Shopify shop; (tenant id, shop domain)."""
+    tenant = unique("shop")
+    domain = f"{tenant}.myshopify.com"
+    await db.execute(
+        """INSERT INTO tenants (id, name, plan, owner_email, status, settings)
+           VALUES ($1, $2, 'starter', $3, 'active', $4)""",
+        tenant, f"Shop {tenant}", f"owner@{tenant}.example", {"shopify_shop_domain": domain, **settings})
+    return tenant, domain
+
+
+def shopify_order(order_id: int, total: float = 42.5, **kw: Any) -> dict[str, Any]:
+    order = {"id": order_id, "name": f"#{order_id % 10000}", "email": "buyer@example.com", "currency": "USD",
+             "total_price": f"{total:.2f}", "billing_address": {"country_code": "US"},
+             "shipping_address": {"country_code": "US"},
+             "line_items": [{"id": 1, "sku": "SOURDOUGH", "title": "Sourdough loaf", "quantity": 1,
+                             "price": f"{total:.2f}"}]}
+    order.update(kw)
+    return order
+
+
+def shopify_headers(settings: Settings, domain: str, body: bytes, topic: str = "orders/create") -> dict[str, str]:
+    digest = hmac.new(secret(settings.shopify.webhook_secret).encode(), body, hashlib.sha256).digest()
+    return {"content-type": "application/json", "x-shopify-topic": topic, "x-shopify-shop-domain": domain,
+            "x-shopify-hmac-sha256": base64.b64encode(digest).decode(),
+            "x-shopify-webhook-id": f"wh-{random.getrandbits(48)}"}
+
+
+def generic_headers(tenant: str, key: str, body: bytes, stamp: int | None = None) -> dict[str, str]:
+    stamp = int(time.time()) if stamp is None else stamp
+    sig = hmac.new(key.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"content-type": "application/json", "x-biz-tenant": tenant, "x-biz-timestamp": str(stamp),
+            "x-biz-signature": f"v1={sig}"}
+
+
+def order_id() -> int:
+    return random.randrange(10**14, 10**15)
+
+
+async def exists(client: Client, wf_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(wf_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def test_each_order_delivered_five_times_at_once_starts_exactly_one_workflow(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, client: Client
+) -> None:
+    tenant, domain = await shop_tenant(db)
+    orders = [shopify_order(order_id(), total=10 + i) for i in range(ORDERS)]
+    bodies = [json.dumps(o).encode() for o in orders]
+    limit = asyncio.Semaphore(50)  # the test's HTTP connections, not a server limit
+
+    async def deliver(body: bytes) -> httpx.Response:
+        async with limit:
+            return await http.post("/v1/webhooks/shopify", content=body, headers=shopify_headers(settings, domain, body))
+
+    started = time.monotonic()
+    deliveries = [b for b in bodies for _ in range(DELIVERIES)]
+    random.shuffle(deliveries)
+    answers = await asyncio.gather(*(deliver(b) for b in deliveries))
+    accepted_in = time.monotonic() - started
+
+    by_workflow: dict[str, list[int]] = {}
+    for r in answers:
+        assert r.status_code in (200, 202), r.text
+        by_workflow.setdefault(r.json()["workflow_id"], []).append(r.status_code)
+    assert set(by_workflow) == {f"{tenant}:order:shopify-{o['id']}" for o in orders}
+    # Per order: one delivery started it (202), the other four found it (200, same id).
+    assert all(sorted(codes) == [200] * (DELIVERIES - 1) + [202] for codes in by_workflow.values())
+
+    async def all_recorded() -> None:
+        rows = await db.fetch("SELECT workflow_id, status FROM orders WHERE tenant_id = $1", tenant)
+        assert len(rows) == ORDERS and {r["status"] for r in rows} == {"accepted"}, len(rows)
+
+    await assert_eventually(all_recorded, timeout=120, interval=0.5)
+    count = await client.count_workflows(f"BizTenantId = '{tenant}' AND BizCapability = 'order'")
+    assert count.count == ORDERS
+    log.warning("%d orders x %d deliveries: accepted in %.1f s, all recorded in %.1f s", ORDERS, DELIVERIES,
+                accepted_in, time.monotonic() - started)
+
+
+async def test_an_order_above_the_threshold_waits_for_the_client(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, tokens: Tokens
+) -> None:
+    tenant, domain = await shop_tenant(db, order_review_threshold=300, out_of_stock_skus=["RYE"])
+    body = json.dumps(shopify_order(order_id(), total=900)).encode()
+    r = await http.post("/v1/webhooks/shopify", content=body, headers=shopify_headers(settings, domain, body))
+    assert r.status_code == 202 and r.json()["outcome"] == "started", r.text
+    wf_id = r.json()["workflow_id"]
+
+    async def listed() -> dict[str, Any]:
+        page = (await http.get("/v1/pending-actions", headers=tokens.client(tenant))).json()
+        mine = [a for a in page["items"] if a["workflow_id"] == wf_id]
+        assert mine, page
+        return mine[0]
+
+    action = await assert_eventually(listed, timeout=60)
+    assert action["request_id"] == "review" and "900.00" in action["title"]
+    r = await http.post(f"/v1/pending-actions/{action['action_id']}/decision", json={"decision": "approve"},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 200, r.text
+
+    async def done() -> dict[str, Any]:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.client(tenant))).json()
+        assert view["status"] == "COMPLETED", view
+        return view["result"]
+
+    result = await assert_eventually(done, timeout=60)
+    assert result["status"] == "accepted" and result["reviewed"] and result["decisions"][0]["decision"] == "approve"
+    assert await db.fetchval("SELECT reviewed FROM orders WHERE workflow_id = $1", wf_id) is True
+
+    # Out of stock: ends without asking anyone.
+    body = json.dumps(shopify_order(order_id(), line_items=[
+        {"sku": "RYE", "quantity": 1, "price": "42.50"}])).encode()
+    r = await http.post("/v1/webhooks/shopify", content=body, headers=shopify_headers(settings, domain, body))
+    oos_id = r.json()["workflow_id"]
+
+    async def out_of_stock() -> None:
+        assert await db.fetchval("SELECT status FROM orders WHERE workflow_id = $1", oos_id) == "out_of_stock"
+
+    await assert_eventually(out_of_stock, timeout=60)
+
+
+async def test_missing_forged_and_stale_signatures_are_refused_and_start_nothing(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant, domain = await shop_tenant(db)
+    key = "generic-" + unique("secret")
+    await db.execute("INSERT INTO webhook_secrets (tenant_id, secret) VALUES ($1, $2)", tenant, key)
+    order = shopify_order(order_id())
+    body = json.dumps(order).encode()
+    good = shopify_headers(settings, domain, body)
+    forged_body = json.dumps({**order, "total_price": "1.00"}).encode()
+    stripe_body = json.dumps({"id": "evt_1", "type": "invoice.paid", "data": {"object": {}}})
+    stripe_secret = secret(settings.stripe.webhook_secret)
+    generic_body = json.dumps({"id": "e1", "type": "order.created", "data": {}}).encode()
+    lago_body = json.dumps({"webhook_type": "invoice.created"}).encode()
+
+    refused = [
+        ("shopify", body, {k: v for k, v in good.items() if k != "x-shopify-hmac-sha256"}),  # missing
+        ("shopify", forged_body, good),  # the body changed after signing
+        ("shopify", body, {**good, "x-shopify-hmac-sha256": base64.b64encode(b"x" * 32).decode()}),
+        ("stripe", stripe_body.encode(), {"stripe-signature": stripe.WebhookSignature.generate_signature_header(
+            stripe_body, stripe_secret, timestamp=int(time.time()) - 3600)}),  # stale
+        ("stripe", stripe_body.encode(), {"stripe-signature": stripe.WebhookSignature.generate_signature_header(
+            stripe_body, "whsec_someone_else")}),  # forged
+        ("stripe", stripe_body.encode(), {}),  # missing
+        ("generic", generic_body, generic_headers(tenant, key, generic_body, stamp=int(time.time()) - 301)),
+        ("generic", generic_body, generic_headers(tenant, "not-the-tenant-secret", generic_body)),
+        ("lago", lago_body, {"x-lago-signature": "AAAA", "x-lago-signature-algorithm": "hmac"}),
+    ]
+    caplog.set_level(logging.WARNING, logger="api.webhooks")
+    for source, payload, headers in refused:
+        r = await http.post(f"/v1/webhooks/{source}", content=payload, headers=headers)
+        assert r.status_code == 401, (source, headers, r.text)
+    assert not await exists(client, f"{tenant}:order:shopify-{order['id']}")
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "api.webhooks"]
+    assert len([line for line in lines if "refused (401)" in line]) == len(refused), lines
+    text = "\n".join(lines)
+    for s in (key, stripe_secret, secret(settings.shopify.webhook_secret), secret(settings.lago.webhook_secret)):
+        assert s not in text
+
+    # The same Shopify delivery, correctly signed, is accepted: the refusals above were the signatures.
+    r = await http.post("/v1/webhooks/shopify", content=body, headers=good)
+    assert r.status_code == 202, r.text
+
+
+async def test_other_answers_unknown_source_bad_body_too_large_no_trigger(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool
+) -> None:
+    tenant, domain = await shop_tenant(db)
+    assert (await http.post("/v1/webhooks/paypal", content=b"{}")).status_code == 404
+
+    bad = b"{not json"
+    r = await http.post("/v1/webhooks/shopify", content=bad, headers=shopify_headers(settings, domain, bad))
+    assert r.status_code == 400, r.text
+    no_id = json.dumps({"line_items": []}).encode()
+    r = await http.post("/v1/webhooks/shopify", content=no_id, headers=shopify_headers(settings, domain, no_id))
+    assert r.status_code == 400, r.text
+
+    big = b'{"pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    r = await http.post("/v1/webhooks/shopify", content=big, headers=shopify_headers(settings, domain, big))
+    assert r.status_code == 413
+
+    # Signed by Stripe's own helper, an event type with no trigger: acknowledged, nothing started.
+    payload = json.dumps({"id": "evt_" + unique("x"), "type": "customer.created", "data": {"object": {}}})
+    header = stripe.WebhookSignature.generate_signature_header(payload, secret(settings.stripe.webhook_secret))
+    r = await http.post("/v1/webhooks/stripe", content=payload, headers={"stripe-signature": header})
+    assert r.status_code == 202 and r.json() == {"outcome": "ignored", "event_type": "customer.created",
+                                                 "workflow_id": None, "run_id": None}
+    # Lago's HMAC scheme, likewise.
+    lago = json.dumps({"webhook_type": "invoice.created", "invoice": {}}).encode()
+    sig = base64.b64encode(hmac.new(secret(settings.lago.webhook_secret).encode(), lago, hashlib.sha256).digest())
+    r = await http.post("/v1/webhooks/lago", content=lago,
+                        headers={"x-lago-signature": sig.decode(), "x-lago-signature-algorithm": "hmac"})
+    assert r.status_code == 202 and r.json()["outcome"] == "ignored", r.text
+
+
+async def test_generic_webhook_accepts_both_secrets_during_a_rotation(
+    http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    tenant, _ = await shop_tenant(db)
+    old, new, expired = (f"{name}-{unique('k')}" for name in ("old", "new", "expired"))
+    await db.execute(
+        """INSERT INTO webhook_secrets (tenant_id, secret, expires_at) VALUES
+           ($1, $2, now() + interval '1 day'), ($1, $3, NULL), ($1, $4, now() - interval '1 minute')""",
+        tenant, old, new, expired)
+    for key, status in ((old, 202), (new, 202), (expired, 401)):
+        body = json.dumps({"id": unique("evt"), "type": "contact.updated", "data": {"email": "a@b.example"}}).encode()
+        r = await http.post("/v1/webhooks/generic", content=body, headers=generic_headers(tenant, key, body))
+        assert r.status_code == status, (key, r.text)
+        if status == 202:
+            assert r.json()["outcome"] == "ignored"  # signed right; no trigger for this type yet
+
+
+async def test_platform_event_tenant_created_onboards_once(
+    http: httpx.AsyncClient, settings: Settings, tokens: Tokens, db: asyncpg.Pool
+) -> None:
+    service = {"authorization": "Bearer " + mint_dev_token(settings, sub="svc:platform", roles=["super_admin"])}
+    tenant = unique("newco")
+    event = {"id": unique("evt"), "type": "tenant.created",
+             "data": {"tenant_id": tenant, "name": "New Co", "owner_email": f"owner@{tenant}.example"}}
+    assert (await http.post("/v1/events", json=event)).status_code == 401
+    assert (await http.post("/v1/events", json=event, headers=tokens.admin())).status_code == 403
+
+    r = await http.post("/v1/events", json=event, headers=service)
+    assert r.status_code == 202 and r.json()["outcome"] == "started", r.text
+    assert r.json()["workflow_id"] == f"{tenant}:onboarding:{tenant}"
+    again = await http.post("/v1/events", json={**event, "id": unique("evt")}, headers=service)
+    assert again.status_code == 200 and again.json()["workflow_id"] == r.json()["workflow_id"]
+
+    async def active() -> None:
+        assert await db.fetchval("SELECT status FROM tenants WHERE id = $1", tenant) == "active"
+
+    await assert_eventually(active, timeout=60)
+    bad = {**event, "data": {"tenant_id": "Not A Slug"}}
+    assert (await http.post("/v1/events", json=bad, headers=service)).status_code == 400
+    other = {**event, "type": "tenant.deleted"}
+    r = await http.post("/v1/events", json=other, headers=service)
+    assert r.status_code == 202 and r.json()["outcome"] == "ignored"

@@ -1,0 +1,184 @@
+"""Order Processing & Fraud: an order arrives (Shopify ``orders/create`` webhook, or started
+through the API), is validated, checked against stock, scored for fraud by simple rules, and
+above the tenant's value threshold or risk limit waits for the client's approval (Pending
+Actions). The outcome is recorded in ``orders``.
+
+1. Validate: lines present, quantities positive, the total matches the lines (1 cent slack).
+2. The tenant's policy (``tenants.settings``: ``order_review_threshold``, default 500, and
+   ``out_of_stock_skus``): an out-of-stock line ends the order as ``out_of_stock``.
+3. Fraud score 0-100 by rules (no email, billing and shipping countries differ, a large
+   quantity, a large total).
+4. Total above the threshold or score at or above ``REVIEW_SCORE``: the client approves or
+   rejects (remind after 24 h, escalate to the partner or an admin after 72 h).
+5. Recorded (``orders.record``, idempotent on the workflow id). Payment capture, refunds and
+   shipping labels are not part of this version.
+
+Workflow id: ``{tenant_id}:order:{order_key}`` (``order_key`` is ``shopify-{id}`` for Shopify
+orders), so a redelivered webhook finds the same workflow.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    import msgspec
+    from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
+    from hitl.approvals import HumanDecisions
+    from hitl.protocol import ApprovalRequest, DecisionRecord
+    from workflows.names import SLUG_PATTERN
+    from workflows.policies import DB_RETRY, DB_TIMEOUT, Stages
+
+CAPABILITY = "order"
+
+Status = Literal["accepted", "rejected", "out_of_stock", "invalid"]
+Stage = Literal["started", "validating", "checking_inventory", "scoring", "awaiting_client_approval", "recording",
+                "completed"]
+
+REMIND_AFTER = timedelta(hours=24)
+ESCALATE_AFTER = timedelta(hours=72)
+CLIENT_ROLES = ["client", "partner", "admin", "super_admin"]
+ESCALATION_ROLES = ["partner", "admin", "super_admin"]
+REVIEW_SCORE = 60  # a fraud score at or above this needs the client's approval
+MAX_TOTAL = 10_000_000
+
+
+class OrderLine(msgspec.Struct, frozen=True, kw_only=True):
+    sku: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    quantity: Annotated[int, msgspec.Meta(ge=0, le=100_000)]
+    unit_price: Annotated[float, msgspec.Meta(ge=0, le=MAX_TOTAL)]
+    title: Annotated[str, msgspec.Meta(max_length=300)] = ""
+
+
+class OrderInput(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)]
+    order_key: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)]  # the business key of the id
+    lines: Annotated[list[OrderLine], msgspec.Meta(max_length=500)]
+    total: Annotated[float, msgspec.Meta(ge=0, le=MAX_TOTAL)]
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    source: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "api"
+    order_number: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    # Personal data: kept in the input (workflow history), never in search attributes.
+    customer_email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
+    billing_country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
+    shipping_country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
+    requested_by: str = "system"
+
+
+class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    order_key: str
+    status: Status
+    total: float
+    currency: str
+    fraud_score: int
+    reasons: list[str] = []  # why it was invalid, out of stock, or scored as it did
+    reviewed: bool = False
+    decisions: list[DecisionRecord] = []
+    order_row_id: int | None = None
+
+
+class OrderProgress(msgspec.Struct, frozen=True, kw_only=True):
+    stage: Stage
+    steps_done: list[str]
+    fraud_score: int | None = None
+    pending_request: str | None = None
+
+
+def validate(inp: OrderInput) -> list[str]:
+    """Why the order cannot be processed (empty: it can)."""
+    problems = []
+    if not inp.lines:
+        problems.append("no lines")
+    if any(line.quantity <= 0 for line in inp.lines):
+        problems.append("a line has no quantity")
+    lines_total = sum(line.quantity * line.unit_price for line in inp.lines)
+    if inp.lines and abs(lines_total - inp.total) > 0.01 + 0.001 * inp.total:
+        problems.append(f"total {inp.total:.2f} does not match the lines ({lines_total:.2f})")
+    return problems
+
+
+def fraud_score(inp: OrderInput, threshold: float) -> tuple[int, list[str]]:
+    """A deterministic risk score from simple rules, and the rules that fired."""
+    rules = [
+        (not inp.customer_email, 30, "no customer email"),
+        (bool(inp.billing_country and inp.shipping_country and inp.billing_country != inp.shipping_country), 30,
+         "billing and shipping countries differ"),
+        (any(line.quantity > 20 for line in inp.lines), 20, "a large quantity of one item"),
+        (inp.total > 5 * threshold, 20, "total far above the review threshold"),
+    ]
+    fired = [(points, why) for hit, points, why in rules if hit]
+    return min(100, sum(p for p, _ in fired)), [why for _, why in fired]
+
+
+@workflow.defn(name="OrderProcessing")
+class OrderProcessingWorkflow(HumanDecisions, Stages):
+    def __init__(self) -> None:
+        HumanDecisions.__init__(self)
+        Stages.__init__(self)
+        self._score: int | None = None
+
+    @workflow.run
+    async def run(self, inp: OrderInput) -> OrderResult:
+        result = await self._process(inp)
+        self._enter("recording", result.status)
+        recorded = await workflow.execute_activity_method(
+            OrderActivities.record,
+            OrderRecord(workflow_id=workflow.info().workflow_id, tenant_id=inp.tenant_id, order_key=inp.order_key,
+                        source=inp.source, status=result.status, total=inp.total, currency=inp.currency,
+                        fraud_score=result.fraud_score, reviewed=result.reviewed,
+                        details={"reasons": result.reasons, "order_number": inp.order_number}),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+        )
+        self._enter("completed", "recorded")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return msgspec.structs.replace(result, order_row_id=recorded.order_row_id)
+
+    async def _process(self, inp: OrderInput) -> OrderResult:
+        def result(status: Status, score: int = 0, reasons: list[str] | None = None, **kw: object) -> OrderResult:
+            return OrderResult(tenant_id=inp.tenant_id, order_key=inp.order_key, status=status, total=inp.total,
+                               currency=inp.currency, fraud_score=score, reasons=reasons or [], **kw)  # type: ignore[arg-type]
+
+        self._enter("validating")
+        problems = validate(inp)
+        if problems:
+            return result("invalid", reasons=problems)
+
+        self._enter("checking_inventory", "validated")
+        policy = await workflow.execute_activity_method(
+            OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+        )
+        missing = sorted({line.sku for line in inp.lines} & set(policy.out_of_stock_skus))
+        if missing:
+            return result("out_of_stock", reasons=[f"out of stock: {sku}" for sku in missing])
+
+        self._enter("scoring", "inventory_checked")
+        score, reasons = fraud_score(inp, policy.review_threshold)
+        self._score = score
+        if inp.total <= policy.review_threshold and score < REVIEW_SCORE:
+            self._steps.append("scored")
+            return result("accepted", score, reasons)
+
+        self._enter("awaiting_client_approval", "scored")
+        why = [f"total above {policy.review_threshold:,.2f}"] if inp.total > policy.review_threshold else []
+        outcome = await self.ask(ApprovalRequest(
+            request_id="review", kind="order.review",
+            title=f"Review order {inp.order_number or inp.order_key}: {inp.total:,.2f} {inp.currency}",
+            summary=f"Fraud score {score}/100. " + "; ".join([*why, *reasons]),
+            proposal={"order_key": inp.order_key, "total": inp.total, "currency": inp.currency,
+                      "fraud_score": score, "reasons": [*why, *reasons]},
+            allowed=["approve", "reject"], audience="client", roles=CLIENT_ROLES,
+            due_in_seconds=int(ESCALATE_AFTER.total_seconds()), remind_after_seconds=[int(REMIND_AFTER.total_seconds())],
+            timeout_action="escalate", escalate_to_audience="admin", escalate_to_roles=ESCALATION_ROLES,
+        ))
+        return result("accepted" if outcome.approved else "rejected", score, reasons, reviewed=True,
+                      decisions=outcome.decisions)
+
+    @workflow.query(name="progress")
+    def progress(self) -> OrderProgress:
+        return OrderProgress(stage=self._stage, steps_done=list(self._steps), fraud_score=self._score,
+                             pending_request=self._approval.request.request_id if self._approval else None)

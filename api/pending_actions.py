@@ -73,6 +73,7 @@ class ActionSummary(msgspec.Struct, frozen=True, kw_only=True):
     approvals_needed: int
     escalated: bool
     opened_at: str | None
+    choices: list[str]
     due_at: str | None
 
 
@@ -101,6 +102,7 @@ class DecisionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     decision: DecisionKind
     comment: Annotated[str, msgspec.Meta(max_length=4000)] = ""
     edits: dict[str, Any] | None = None  # with decision "edit": fields of the proposal, per its edit schema
+    choice: Annotated[str, msgspec.Meta(max_length=41)] | None = None  # with approve, where the action offers choices
 
 
 async def _summaries(executions: list[WorkflowExecution]) -> list[ActionSummary]:
@@ -116,6 +118,7 @@ async def _summaries(executions: list[WorkflowExecution]) -> list[ActionSummary]
             summary=memo.get("summary", ""), audience=memo.get("audience", ""), roles=list(memo.get("roles") or []),
             allowed=list(memo.get("allowed") or []), approvals_needed=int(memo.get("approvals_needed") or 1),
             escalated=bool(memo.get("escalated")), opened_at=memo.get("opened_at"), due_at=memo.get("due_at"),
+            choices=list(memo.get("choices") or []),
         ))
     return items
 
@@ -210,7 +213,7 @@ class PendingActionsController(Controller):
         wf_id, request_id = _split(action_id)
         handle, _ = await describe_in_scope(temporal, request.user, wf_id)
         decision = DecisionInput(request_id=request_id, decision=data.decision, comment=data.comment,
-                                 edits=data.edits, by=_decider(request.user))
+                                 edits=data.edits, choice=data.choice, by=_decider(request.user))
         try:
             return await handle.execute_update("decide", decision, result_type=DecisionReceipt)
         except WorkflowUpdateFailedError as exc:

@@ -104,7 +104,7 @@ class HumanDecisions:
         record = DecisionRecord(
             request_id=d.request_id, decision=d.decision, decided_by=d.by.sub, role=role,
             tenant_id=d.by.tenant_id, acting_as=d.by.acting_as, decided_at=now, comment=d.comment,
-            edits=d.edits, diff=changes, via=via,  # type: ignore[arg-type]
+            edits=d.edits, diff=changes, via=via, choice=d.choice,  # type: ignore[arg-type]
         )
         decisions = [*approval.decisions, record]
         approvals = sum(1 for r in decisions if r.decision in APPROVING)
@@ -183,7 +183,7 @@ class HumanDecisions:
         return ApprovalOutcome(
             request_id=req.request_id, outcome=closed.outcome or "timed_out_rejected",
             proposal=dict(self._approval_proposal), comment=last.comment if last else "",
-            decisions=list(closed.decisions), escalated=closed.escalated)
+            decisions=list(closed.decisions), escalated=closed.escalated, choice=last.choice if last else None)
 
     def _escalate(self, req: ApprovalRequest, now: datetime) -> None:
         due = now + timedelta(seconds=req.escalation_due_in_seconds) if req.escalation_due_in_seconds else None
@@ -205,7 +205,7 @@ class HumanDecisions:
             "request_id": r.request_id, "kind": r.kind, "title": r.title, "summary": r.summary,
             "due_at": a.due_at.isoformat() if a.due_at else None, "opened_at": a.opened_at.isoformat(),
             "audience": a.audience, "roles": a.roles, "allowed": list(r.allowed),
-            "approvals_needed": r.approvals_needed, "escalated": a.escalated,
+            "approvals_needed": r.approvals_needed, "escalated": a.escalated, "choices": list(r.choices),
         }})
 
     async def _audit_decision(self, record: DecisionRecord) -> None:
@@ -221,7 +221,7 @@ class HumanDecisions:
                          "acting_as": record.acting_as, "decided_at": record.decided_at.isoformat(),
                          "comment": record.comment, "edits": record.edits,
                          "diff": msgspec.to_builtins(record.diff), "via": record.via,
-                         "decider_tenant": record.tenant_id},
+                         "decider_tenant": record.tenant_id, "choice": record.choice},
             ),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )

@@ -56,6 +56,8 @@ class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
     escalate_to_roles: list[str] = msgspec.field(default_factory=lambda: ["admin", "super_admin"])
     escalation_due_in_seconds: int | None = None  # None: an escalated request waits for a person
     edit_schema: dict[str, Any] | None = None  # JSON schema of `edits` (an object of proposal fields)
+    # Named courses of action (e.g. retry, write_off, suspend): an approve must pick one.
+    choices: list[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,40}$")]] = []
 
 
 class Decider(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +78,7 @@ class DecisionInput(msgspec.Struct, frozen=True, kw_only=True):
     by: Decider
     comment: Annotated[str, msgspec.Meta(max_length=4000)] = ""
     edits: dict[str, Any] | None = None
+    choice: str | None = None  # with approve, where the request offers choices
 
 
 class EditChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +99,7 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     edits: dict[str, Any] | None = None
     diff: list[EditChange] = []
     via: Literal["update", "signal"] = "update"
+    choice: str | None = None
 
 
 class DecisionReceipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +132,7 @@ class ApprovalOutcome(msgspec.Struct, frozen=True, kw_only=True):
     comment: str = ""  # the deciding comment (request_changes: what to change)
     decisions: list[DecisionRecord] = []
     escalated: bool = False
+    choice: str | None = None  # the deciding approval's choice, where the request offered choices
 
     @property
     def approved(self) -> bool:
@@ -217,6 +222,11 @@ def check_decision(approval: OpenApproval | None, d: DecisionInput) -> str:
             raise DecisionRefused(INVALID_EDITS, f"edits do not match the schema: {problem}")
     elif d.edits:
         raise DecisionRefused(INVALID_EDITS, f"`edits` go with the decision 'edit', not {d.decision!r}")
+    choices = approval.request.choices
+    if choices and d.decision == "approve" and d.choice not in choices:
+        raise DecisionRefused(DECISION_NOT_ALLOWED, f"approve needs a `choice`, one of {choices}")
+    if d.choice is not None and (not choices or d.decision != "approve"):
+        raise DecisionRefused(DECISION_NOT_ALLOWED, "`choice` goes with approve, where the approval offers choices")
     if d.decision == "request_changes" and not d.comment.strip():
         raise DecisionRefused(DECISION_NOT_ALLOWED, "request_changes needs a comment saying what to change")
     return role

@@ -172,3 +172,18 @@ async def test_a_quorum_needs_distinct_people(env: WorkflowEnvironment, recorder
     result = await handle.result()
     assert result.outcome == "approved" and [d.decided_by for d in result.decisions] == ["a@acme", "b@acme"]
     assert sorted(e.actor for e in recorder.audited.values() if e.workflow_id == handle.id) == ["a@acme", "b@acme"]
+
+
+async def test_choices_an_approve_must_pick_one(env: WorkflowEnvironment, recorder: Recorder) -> None:
+    handle = await start(env, campaign_like(audience="admin", roles=["admin", "finance"], allowed=["approve"],
+                                            choices=["retry", "write_off", "suspend"], edit_schema=None))
+    await opened(handle)
+    for wrong in (DecisionInput(request_id="creative-1", decision="approve", by=ADMIN),
+                  DecisionInput(request_id="creative-1", decision="approve", choice="forgive", by=ADMIN)):
+        await handle.signal(AskOnce.decide_signal, wrong)
+    await handle.signal(AskOnce.decide_signal, DecisionInput(request_id="creative-1", decision="approve",
+                                                               choice="write_off", by=ADMIN))
+    result = await handle.result()
+    assert result.outcome == "approved" and result.choice == "write_off"
+    view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
+    assert [r.error_type for r in view.rejected_signals] == ["DecisionNotAllowed", "DecisionNotAllowed"]

@@ -49,7 +49,8 @@ with workflow.unsafe.imports_passed_through():
 
 SANDBOX_TOOLS = {
     "send_email", "send_whatsapp", "send_sms", "publish_social_post", "upsert_ads_campaign",
-    "create_wordpress_post", "publish_wordpress_post", "upsert_crm_contact", "fetch_web_page",
+    "create_wordpress_post", "publish_wordpress_post", "upsert_crm_contact", "fetch_web_page", "check_inventory",
+    "create_shipping_label",
 }
 EMAIL = {"to": ["maria@example.com"], "subject": "Your order is ready", "text": "Come pick it up today."}
 

@@ -75,7 +75,7 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=[*WORKFLOWS, AgentLoopWorkflow, TenantCapabilitiesWorkflow],
             activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,
-                        billing.record_customer, reports.store, approvals.notify, approvals.tenant_policy,
+                        billing.record_customer, reports.store, reports.latest, approvals.notify, approvals.tenant_policy,
                         schedules.set_capability, schedules.apply_tenant, orders.policy, orders.record],
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
@@ -97,10 +97,12 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         # The MCP client and the Stripe and Lago SDKs load only where this queue runs.
         from activities.billing import LagoActivities, StripeActivities
         from activities.mcp import MCPActivities
+        from activities.payments import PaymentActivities
 
         mcp, stripe, lago = MCPActivities(pool), StripeActivities(settings), LagoActivities(settings, pool)
+        payments = PaymentActivities(stripe)
         regs[INTEGRATIONS_QUEUE] = QueueRegistration(
-            activities=[mcp.list_tools, mcp.call_tool, stripe.create_customer,
+            activities=[mcp.list_tools, mcp.call_tool, stripe.create_customer, stripe.pay_invoice, payments.capture, payments.release,
                         lago.create_customer, lago.create_subscription, lago.report_usage],
             max_activities_per_second=settings.worker.integrations_max_per_second,
             closers=[mcp.aclose, stripe.close],

@@ -1,17 +1,21 @@
 """Order Processing & Fraud: an order arrives (Shopify ``orders/create`` webhook, or started
-through the API), is validated, checked against stock, scored for fraud by simple rules, and
-above the tenant's value threshold or risk limit waits for the client's approval (Pending
-Actions). The outcome is recorded in ``orders``.
+through the API), is validated, checked against stock, scored for fraud, and above the
+tenant's value threshold or risk limit waits for the client's approval (Pending Actions).
 
 1. Validate: lines present, quantities positive, the total matches the lines (1 cent slack).
-2. The tenant's policy (``tenants.settings``: ``order_review_threshold``, default 500, and
-   ``out_of_stock_skus``): an out-of-stock line ends the order as ``out_of_stock``.
-3. Fraud score 0-100 by rules (no email, billing and shipping countries differ, a large
-   quantity, a large total).
-4. Total above the threshold or score at or above ``REVIEW_SCORE``: the client approves or
-   rejects (remind after 24 h, escalate to the partner or an admin after 72 h).
-5. Recorded (``orders.record``, idempotent on the workflow id). Payment capture, refunds and
-   shipping labels are not part of this version.
+2. Inventory through the commerce tool (``check_inventory`` of the sandbox MCP server; a real
+   store's MCP server in production): a line short of stock ends the order as ``out_of_stock``.
+3. Fraud score 0-100: rules (no email, billing and shipping countries differ, a large
+   quantity, a large total) plus a fraud-analyst agent (durable agent loop) reading the order
+   without personal data. The agent can raise the score, never lower it; the offline provider's
+   score is recorded but moves nothing (it is not a real judgement).
+4. Total above the tenant's ``order_review_threshold`` (default 500) or score at or above
+   ``REVIEW_SCORE``: the client approves or rejects (remind after 24 h, escalate to the
+   partner or an admin after 72 h).
+5. Accepted: the Stripe payment (``payment_intent_id``, authorized with manual capture) is
+   captured and a shipping label bought (``create_shipping_label``). Rejected, out of stock or
+   invalid: the payment is released (canceled, or refunded if it was captured).
+6. Recorded (``orders.record``, idempotent on the workflow id); the agent's usage billed.
 
 Workflow id: ``{tenant_id}:order:{order_key}`` (``order_key`` is ``shopify-{id}`` for Shopify
 orders), so a redelivered webhook finds the same workflow.
@@ -20,23 +24,27 @@ orders), so a redelivered webhook finds the same workflow.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
+    from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
+    from activities.payments import PAYMENT_INTENT, PaymentActivities, PaymentChange, PaymentOutcome
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
-    from workflows.names import SLUG_PATTERN
-    from workflows.policies import DB_RETRY, DB_TIMEOUT, Stages
+    from workflows.agent_loop import AgentLoopInput, run_agent
+    from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from workflows.usage import record_usage, report_usage
 
 CAPABILITY = "order"
 
 Status = Literal["accepted", "rejected", "out_of_stock", "invalid"]
-Stage = Literal["started", "validating", "checking_inventory", "scoring", "awaiting_client_approval", "recording",
-                "completed"]
+Stage = Literal["started", "validating", "checking_inventory", "scoring", "awaiting_client_approval",
+                "capturing_payment", "shipping", "releasing_payment", "recording", "completed"]
 
 REMIND_AFTER = timedelta(hours=24)
 ESCALATE_AFTER = timedelta(hours=72)
@@ -44,6 +52,15 @@ CLIENT_ROLES = ["client", "partner", "admin", "super_admin"]
 ESCALATION_ROLES = ["partner", "admin", "super_admin"]
 REVIEW_SCORE = 60  # a fraud score at or above this needs the client's approval
 MAX_TOTAL = 10_000_000
+COMMERCE_SERVER = "sandbox"  # the MCP server with check_inventory and create_shipping_label
+FRAUD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "risk_score": {"type": "integer", "minimum": 0, "maximum": 100},
+        "signals": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 5},
+    },
+    "required": ["risk_score", "signals"],
+}
 
 
 class OrderLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +82,8 @@ class OrderInput(msgspec.Struct, frozen=True, kw_only=True):
     customer_email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
     billing_country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
     shipping_country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
+    # A Stripe PaymentIntent authorized for the order (manual capture), when Stripe takes the payment.
+    payment_intent_id: Annotated[str, msgspec.Meta(pattern=PAYMENT_INTENT)] | None = None
     requested_by: str = "system"
 
 
@@ -79,6 +98,10 @@ class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
     reviewed: bool = False
     decisions: list[DecisionRecord] = []
     order_row_id: int | None = None
+    agent_score: int | None = None  # the fraud analyst's own score
+    agent_offline: bool = False
+    payment: PaymentOutcome | None = None
+    shipping_label: dict[str, Any] | None = None  # the commerce tool's answer
 
 
 class OrderProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,22 +143,75 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
         HumanDecisions.__init__(self)
         Stages.__init__(self)
         self._score: int | None = None
+        self._usage_ids: list[int] = []
 
     @workflow.run
     async def run(self, inp: OrderInput) -> OrderResult:
         result = await self._process(inp)
+        if result.status == "accepted":
+            result = await self._fulfil(inp, result)
+        elif inp.payment_intent_id:
+            self._enter("releasing_payment", result.status)
+            result = msgspec.structs.replace(result, payment=await self._payment(inp, PaymentActivities.release))
         self._enter("recording", result.status)
         recorded = await workflow.execute_activity_method(
             OrderActivities.record,
             OrderRecord(workflow_id=workflow.info().workflow_id, tenant_id=inp.tenant_id, order_key=inp.order_key,
                         source=inp.source, status=result.status, total=inp.total, currency=inp.currency,
                         fraud_score=result.fraud_score, reviewed=result.reviewed,
-                        details={"reasons": result.reasons, "order_number": inp.order_number}),
+                        details={"reasons": result.reasons, "order_number": inp.order_number,
+                                 "payment": msgspec.to_builtins(result.payment),
+                                 "tracking_number": (result.shipping_label or {}).get("tracking_number")}),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
+        await report_usage(inp.tenant_id, self._usage_ids)
         self._enter("completed", "recorded")
         await workflow.wait_condition(workflow.all_handlers_finished)
         return msgspec.structs.replace(result, order_row_id=recorded.order_row_id)
+
+    async def _fulfil(self, inp: OrderInput, result: OrderResult) -> OrderResult:
+        payment = None
+        if inp.payment_intent_id:
+            self._enter("capturing_payment")
+            payment = await self._payment(inp, PaymentActivities.capture)
+        self._enter("shipping", "payment_captured" if payment else None)
+        label = await self._tool(inp, "create_shipping_label", "label", {
+            "order_key": inp.order_key, "ship_to_country": (inp.shipping_country or inp.billing_country or "US").upper(),
+            "parcels": max(1, min(50, sum(line.quantity for line in inp.lines) // 10 + 1))})
+        self._steps.append("label_bought")
+        return msgspec.structs.replace(result, payment=payment, shipping_label=label)
+
+    async def _payment(self, inp: OrderInput, method: Any) -> PaymentOutcome:
+        step = "capture" if method is PaymentActivities.capture else "release"
+        return await workflow.execute_activity_method(
+            method, PaymentChange(payment_intent_id=inp.payment_intent_id or "", tenant_id=inp.tenant_id,
+                                  idempotency_key=f"{workflow.info().workflow_id}:payment:{step}"),
+            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
+        )
+
+    async def _tool(self, inp: OrderInput, tool: str, step: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        wf_id = workflow.info().workflow_id
+        done = await workflow.execute_activity_method(
+            MCPActivities.call_tool,
+            CallToolRequest(tenant_id=inp.tenant_id, server=COMMERCE_SERVER, tool=tool,
+                            idempotency_key=f"{wf_id}:{step}", arguments={**arguments, "workflow_id": wf_id}),
+            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+        )
+        return done.content
+
+    async def _agent_score(self, inp: OrderInput, rules_score: int) -> tuple[int, bool]:
+        """The fraud analyst's score (0-100) and whether it came from the offline provider."""
+        lines = "; ".join(f"{line.quantity} x {line.sku} at {line.unit_price:.2f}" for line in inp.lines[:50])
+        result = await run_agent(AgentLoopInput(
+            tenant_id=inp.tenant_id, agent="fraud-analyst", output_schema=FRAUD_SCHEMA, max_turns=2,
+            system_prompt="You are a fraud analyst for a small online store. Judge the order's risk from 0 to 100.",
+            task=f"Order {inp.order_key} via {inp.source}: {len(inp.lines)} line(s) ({lines}), total {inp.total:.2f} "
+                 f"{inp.currency}; customer email given: {bool(inp.customer_email)}; billing country "
+                 f"{inp.billing_country or '?'}, shipping country {inp.shipping_country or '?'}; "
+                 f"the rules scored it {rules_score}.",
+        ))
+        self._usage_ids += await record_usage(inp.tenant_id, "fraud-analyst", result.provider, result.calls, "fraud")
+        return int(result.final.get("risk_score", 0)), result.offline
 
     async def _process(self, inp: OrderInput) -> OrderResult:
         def result(status: Status, score: int = 0, reasons: list[str] | None = None, **kw: object) -> OrderResult:
@@ -152,16 +228,26 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
-        missing = sorted({line.sku for line in inp.lines} & set(policy.out_of_stock_skus))
+        stock = await self._tool(inp, "check_inventory", "inventory",
+                                 {"skus": list(dict.fromkeys(line.sku for line in inp.lines))})
+        available = {item["sku"]: item["available"] for item in stock["items"]}
+        wanted: dict[str, int] = {}
+        for line in inp.lines:
+            wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+        missing = sorted(sku for sku, qty in wanted.items() if available.get(sku, 0) < qty)
         if missing:
             return result("out_of_stock", reasons=[f"out of stock: {sku}" for sku in missing])
 
         self._enter("scoring", "inventory_checked")
         score, reasons = fraud_score(inp, policy.review_threshold)
+        agent_score, agent_offline = await self._agent_score(inp, score)
+        if not agent_offline and agent_score > score:
+            score, reasons = agent_score, [*reasons, f"the fraud analyst scored it {agent_score}"]
         self._score = score
+        scored = {"agent_score": agent_score, "agent_offline": agent_offline}
         if inp.total <= policy.review_threshold and score < REVIEW_SCORE:
             self._steps.append("scored")
-            return result("accepted", score, reasons)
+            return result("accepted", score, reasons, **scored)
 
         self._enter("awaiting_client_approval", "scored")
         why = [f"total above {policy.review_threshold:,.2f}"] if inp.total > policy.review_threshold else []
@@ -176,7 +262,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             timeout_action="escalate", escalate_to_audience="admin", escalate_to_roles=ESCALATION_ROLES,
         ))
         return result("accepted" if outcome.approved else "rejected", score, reasons, reviewed=True,
-                      decisions=outcome.decisions)
+                      decisions=outcome.decisions, **scored)
 
     @workflow.query(name="progress")
     def progress(self) -> OrderProgress:

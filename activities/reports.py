@@ -1,11 +1,13 @@
 """Reports (presence audits, SEO health): stored once per workflow and kind, read by tenants.
 
 ``reports.store`` is idempotent on (workflow id, kind): a retried activity, or a workflow
-replayed after a worker died, finds the row it wrote and answers its id.
+replayed after a worker died, finds the row it wrote and answers its id. ``reports.latest``
+reads a tenant's newest report of a kind on a subject (what SEO health compares against).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +29,27 @@ class StoreReport(msgspec.Struct, frozen=True, kw_only=True):
 class ReportStored(msgspec.Struct, frozen=True, kw_only=True):
     report_id: int
     created: bool  # False: this workflow had stored it before (a retry)
+
+
+class LatestReport(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    kind: str
+    subject: str
+    # The asking workflow: its own report is never "the previous one" (a retried run).
+    exclude_workflow_id: str | None = None
+
+
+class StoredReport(msgspec.Struct, frozen=True, kw_only=True):
+    report_id: int
+    workflow_id: str
+    offline: bool
+    body: dict[str, Any]
+    created_at: datetime
+    score: int | None = None
+
+
+class LatestReportResult(msgspec.Struct, frozen=True, kw_only=True):
+    report: StoredReport | None = None  # None: no such report of the tenant on this subject yet
 
 
 class ReportActivities:
@@ -51,3 +74,17 @@ class ReportActivities:
                 "SELECT id FROM reports WHERE workflow_id = $1 AND kind = $2", req.workflow_id, req.kind
             )
         return ReportStored(report_id=report_id, created=False)
+
+    @activity.defn(name="reports.latest")
+    async def latest(self, req: LatestReport) -> LatestReportResult:
+        row = await self._pool.fetchrow(
+            """SELECT id, workflow_id, offline, score, body, created_at FROM reports
+               WHERE tenant_id = $1 AND kind = $2 AND subject = $3 AND workflow_id IS DISTINCT FROM $4
+               ORDER BY created_at DESC, id DESC LIMIT 1""",
+            req.tenant_id, req.kind, req.subject, req.exclude_workflow_id,
+        )
+        if row is None:
+            return LatestReportResult()
+        return LatestReportResult(report=StoredReport(
+            report_id=row["id"], workflow_id=row["workflow_id"], offline=row["offline"], body=row["body"],
+            created_at=row["created_at"], score=row["score"]))

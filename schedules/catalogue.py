@@ -23,6 +23,7 @@ from temporalio.client import ScheduleOverlapPolicy
 
 from workflows.catalogue import CATALOGUE
 from workflows.presence_audit import PresenceAuditInput
+from workflows.seo_health import SeoHealthInput
 
 OWNED_PREFIX = "biz:"
 # The "tenant" of global schedules and of the runs they start; never a real tenant id.
@@ -88,6 +89,19 @@ SCHEDULES: dict[str, ScheduleDecl] = {
             jitter=timedelta(minutes=30),
             requires=("website_url",),
             summary="Weekly Digital Presence Audit of the tenant's website.",
+        ),
+        ScheduleDecl(
+            name="seo-health-weekly",
+            capability="seo-health",
+            key="weekly",
+            input=lambda t: SeoHealthInput(
+                tenant_id=t.tenant_id, website_url=t.website_url or "", requested_by="schedule"
+            ),
+            # Monday 07:00 in the tenant's time zone (after the audit); jitter spreads tenants.
+            cron=("0 7 * * 1",),
+            jitter=timedelta(minutes=30),
+            requires=("website_url",),
+            summary="Weekly SEO Health Monitor of the tenant's website: technical scan and the shift since last week.",
         ),
     )
 }

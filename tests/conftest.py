@@ -72,22 +72,26 @@ async def temporal_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnviron
         await env.shutdown()
 
 
-@pytest_asyncio.fixture(scope="session")
-async def time_skipping_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnvironment]:
+async def register_search_attributes(client: Client, namespace: str, dev_cluster: DevCluster) -> None:
+    """The Biz* search attributes, as the dev cluster declares them, on another namespace or server."""
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 
+    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=namespace,
+        search_attributes={k.name: IndexedValueType.ValueType(k.indexed_value_type)
+                           for k in dev_cluster.search_attribute_keys()},
+    ))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnvironment]:
     from workers.converter import data_converter
 
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server(), data_converter=data_converter()
     )
-    # The Biz* search attributes, as the dev cluster declares them (approvals upsert them).
-    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace=env.client.namespace,
-        search_attributes={k.name: IndexedValueType.ValueType(k.indexed_value_type)
-                           for k in dev_cluster.search_attribute_keys()},
-    ))
+    await register_search_attributes(env.client, env.client.namespace, dev_cluster)
     try:
         yield env
     finally:
@@ -222,6 +226,20 @@ async def platform_worker(
     for reg in regs.values():
         for close in reg.closers:
             await close()
+
+
+@pytest_asyncio.fixture
+async def namespace(temporal_env: WorkflowEnvironment, dev_cluster: DevCluster) -> str:
+    """A Temporal namespace of the test's own on the session's dev server: its workers poll the
+    real task queue names without competing with the session's platform worker."""
+    from google.protobuf.duration_pb2 import Duration
+    from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+
+    name = unique("ns")
+    await temporal_env.client.workflow_service.register_namespace(
+        RegisterNamespaceRequest(namespace=name, workflow_execution_retention_period=Duration(seconds=86400)))
+    await register_search_attributes(temporal_env.client, name, dev_cluster)
+    return name
 
 
 @pytest.fixture

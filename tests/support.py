@@ -11,15 +11,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
 import uvicorn
+from temporalio.client import Client
+from temporalio.service import RPCError
 
 from activities.sandbox_mcp import build_server, serve_http
+from workers.client import connect
+from workers.main import build_workers, registrations
+from workers.settings import LlmSettings, Settings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,3 +168,41 @@ def run_localstripe() -> Iterator[str]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+# --- a Temporal namespace of a test's own, and the platform's workers in it ---------------
+
+def in_namespace(settings: Settings, namespace: str, llm: LlmSettings | None = None) -> Settings:
+    return settings.model_copy(update={
+        "temporal": settings.temporal.model_copy(update={"namespace": namespace}),
+        "llm": llm or settings.llm,
+    })
+
+
+async def connect_when_ready(settings: Settings) -> Client:
+    client = await connect(settings)
+
+    async def known() -> None:
+        try:
+            await client.count_workflows()
+        except RPCError as err:  # the frontend's namespace cache has not seen it yet
+            raise AssertionError(str(err)) from err
+
+    await assert_eventually(known)
+    return client
+
+
+@asynccontextmanager
+async def platform_workers(client: Client, settings: Settings, db: asyncpg.Pool, queues: Sequence[str]) -> AsyncIterator[None]:
+    """The platform's own workers (``workers.main.registrations`` + ``build_workers``)."""
+    regs = registrations(settings, db, queues)
+    workers = build_workers(client, settings, regs)
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for reg in regs.values():
+            for close in reg.closers:
+                await close()

@@ -15,7 +15,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import psutil
-import pytest
 
 from tests.conftest import ROOT, assert_eventually, free_port, unique
 from workers.devcluster import temporal_cli

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -28,24 +28,17 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import pytest_asyncio
-from google.protobuf.duration_pb2 import Duration
 from litestar import Litestar, Response, post
 from litestar.params import JSONBody
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType, PendingActivityState, TimeoutType
-from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from activities.agents import CrewReport
 from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from activities.usage import estimate_cost
-from tests.support import ROOT, assert_eventually, serve, unique
-from workers.client import connect
-from workers.main import build_workers, registrations
+from tests.support import ROOT, assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique
 from workers.settings import LlmSettings, Settings
 from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditResult, PresenceAuditWorkflow
@@ -131,52 +124,6 @@ async def serving(stub: CrewStub) -> AsyncIterator[str]:
 
 def openai_llm(url: str) -> LlmSettings:
     return LlmSettings(provider="openai", base_url=f"{url}/v1", api_key=SecretStr("sk-test"), model=STUB_MODEL)
-
-
-# --- a namespace of its own, and the platform's workers in it ------------------------------
-
-@pytest_asyncio.fixture
-async def namespace(temporal_env: WorkflowEnvironment) -> str:
-    name = unique("ns")
-    await temporal_env.client.workflow_service.register_namespace(
-        RegisterNamespaceRequest(namespace=name, workflow_execution_retention_period=Duration(seconds=86400)))
-    return name
-
-
-def in_namespace(settings: Settings, namespace: str, llm: LlmSettings | None = None) -> Settings:
-    return settings.model_copy(update={
-        "temporal": settings.temporal.model_copy(update={"namespace": namespace}),
-        "llm": llm or settings.llm,
-    })
-
-
-async def connect_when_ready(settings: Settings) -> Client:
-    client = await connect(settings)
-
-    async def known() -> None:
-        try:
-            await client.count_workflows()
-        except RPCError as err:  # the frontend's namespace cache has not seen it yet
-            raise AssertionError(str(err)) from err
-
-    await assert_eventually(known)
-    return client
-
-
-@asynccontextmanager
-async def platform_workers(client: Client, settings: Settings, db: asyncpg.Pool, queues: Sequence[str]) -> AsyncIterator[None]:
-    """The platform's own workers (``workers.main.registrations`` + ``build_workers``)."""
-    regs = registrations(settings, db, queues)
-    workers = build_workers(client, settings, regs)
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    try:
-        yield
-    finally:
-        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for reg in regs.values():
-            for close in reg.closers:
-                await close()
 
 
 async def start_audit(client: Client, tenant: str, site: str) -> WorkflowHandle[Any, PresenceAuditResult]:

@@ -19,7 +19,6 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     import asyncpg
     import httpx
-    import pytest
     import pytest_asyncio
     from litestar import Litestar
     from litestar.di import Provide

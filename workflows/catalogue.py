@@ -15,6 +15,7 @@ from workflows.campaign import CampaignInput, CampaignWorkflow
 from workflows.onboarding import OnboardingInput, OnboardingWorkflow
 from workflows.orders import OrderInput, OrderProcessingWorkflow
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditWorkflow
+from workflows.seo_health import SeoHealthInput, SeoHealthWorkflow
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ CATALOGUE: dict[str, Capability] = {
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
             summary="Audit a website and its social presence with a 4-agent crew; stores a typed report.",
+        ),
+        Capability(
+            name="seo-health",
+            workflow=SeoHealthWorkflow,
+            input_type=SeoHealthInput,
+            # One run per site and day unless the caller names a key (schedules: weekly-{time}).
+            business_key=lambda inp: inp.key or f"{_host_key(inp.website_url)}-{date.today():%Y%m%d}",
+            tenant_in_input=lambda inp: inp.tenant_id,
+            start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+            summary="SEO Health Monitor: fetch the site, scan it technically, an agent analyses it; stores a report "
+                    "with the shift since the last run (score delta, issues new and resolved, pages changed).",
         ),
         Capability(
             name="campaign",

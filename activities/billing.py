@@ -4,6 +4,10 @@
   for a customer whose metadata names the tenant first, and creates with a Stripe idempotency
   key the workflow derives from its id and step (so a retry within Stripe's 24 h window
   returns the first customer even before search sees it).
+- ``stripe.pay_invoice``: one collection attempt on an open invoice (dunning), with a Stripe
+  idempotency key from the workflow id and the attempt. A decline is an answer, not a failure:
+  it comes back as ``paid=False`` with the decline code; an invoice already paid, void or
+  uncollectible comes back as it stands.
 - ``lago.create_customer`` / ``lago.create_subscription``: Lago upserts on ``external_id``;
   both use the tenant id, so usage events name the tenant as their subscription.
 - ``lago.report_usage``: one Lago event per ``llm_usage`` row, its idempotency key as the
@@ -19,6 +23,7 @@ the activity's retry policy. The SDKs' own retries are off: Temporal owns retryi
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 
@@ -64,6 +69,27 @@ class StripeCustomer(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: str
     # False: the tenant's customer already existed (a retry or a second onboarding).
     created: bool
+
+
+class PayInvoice(msgspec.Struct, frozen=True, kw_only=True):
+    # Checked by the activity (a payload that fails to decode would be retried).
+    invoice_id: str  # in_...
+    # "{workflow_id}:stripe.pay_invoice:{attempt}": from the workflow, never uuid4().
+    idempotency_key: str
+
+
+class InvoicePayment(msgspec.Struct, frozen=True, kw_only=True):
+    invoice_id: str
+    status: str  # the invoice's status after the attempt: draft, open, paid, uncollectible, void
+    paid: bool
+    amount_due: int = 0  # in the currency's smallest unit
+    currency: str | None = None
+    customer_email: str | None = None
+    failure_code: str | None = None  # the decline code of a refused payment
+    failure_message: str | None = None
+
+
+INVOICE_ID_PATTERN = r"^in_[A-Za-z0-9]{1,200}$"
 
 
 class CreateLagoCustomer(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,6 +205,31 @@ class StripeActivities:
             raise stripe_failure(err) from err
         return StripeCustomer(customer_id=customer.id, created=True)
 
+    @activity.defn(name="stripe.pay_invoice")
+    async def pay_invoice(self, req: PayInvoice) -> InvoicePayment:
+        """Try to collect an open invoice once (the dunning workflow's retries)."""
+        import stripe
+
+        if not re.match(INVOICE_ID_PATTERN, req.invoice_id) or not 0 < len(req.idempotency_key) <= 255:
+            raise ApplicationError("invalid invoice id or idempotency key", type="StripeInvalidRequest",
+                                   non_retryable=True)
+        client = self.client
+        try:
+            try:
+                invoice = await client.v1.invoices.pay_async(
+                    req.invoice_id, options={"idempotency_key": req.idempotency_key})
+            except stripe.CardError as err:  # declined: the answer of this attempt
+                invoice = await client.v1.invoices.retrieve_async(req.invoice_id)
+                return _invoice_payment(invoice, err.code, err.user_message)
+            except stripe.InvalidRequestError as err:
+                # Paid, voided or written off meanwhile (Stripe answers 400): the invoice says which.
+                invoice = await client.v1.invoices.retrieve_async(req.invoice_id)
+                if invoice.status not in ("paid", "void", "uncollectible"):
+                    raise stripe_failure(err) from err
+        except stripe.StripeError as err:
+            raise stripe_failure(err) from err
+        return _invoice_payment(invoice)
+
     async def close(self) -> None:
         """Close the HTTP connections (worker shutdown)."""
         await self._http.close_async()
@@ -203,6 +254,19 @@ class StripeActivities:
         if not found:
             return None
         return min(found, key=lambda c: (c.created, c.id)).id
+
+
+def _invoice_payment(invoice: stripe.Invoice, code: str | None = None, message: str | None = None) -> InvoicePayment:
+    """An invoice as the result of a payment attempt (localstripe declines without an error:
+    the invoice just stays open)."""
+    paid = invoice.status == "paid"
+    if not paid and code is None and invoice.status == "open":
+        code = "payment_failed"
+    return InvoicePayment(
+        invoice_id=invoice.id, status=invoice.status or "open", paid=paid,
+        amount_due=int(getattr(invoice, "amount_due", 0) or 0), currency=getattr(invoice, "currency", None),
+        customer_email=getattr(invoice, "customer_email", None), failure_code=None if paid else code,
+        failure_message=None if paid else message)
 
 
 def _metadata(obj: stripe.StripeObject) -> dict[str, Any]:

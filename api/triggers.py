@@ -7,9 +7,9 @@ an operator's ``enabled = false`` stays) and read on every event: a disabled or 
 means the event is acknowledged (202) and logged, nothing is started.
 
 The workflow id is ``{tenant}:{capability}:{business key}``, the key derived from the event
-(the Shopify order id, the tenant id of ``tenant.created``): a redelivery finds the workflow
-the first delivery started, answers 200 with its id and starts nothing. Temporal's workflow
-id is the record of the delivery; the API writes no row of its own.
+(the Shopify order id, the Stripe invoice id, the tenant id of ``tenant.created``): a
+redelivery finds the workflow the first delivery started, answers 200 with its id and starts
+nothing. Temporal's workflow id is the record of the delivery; the API writes no row of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -26,6 +27,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from workflows.catalogue import CATALOGUE
+from workflows.dunning import PAID_SIGNAL, DunningInput, invoice_key
 from workflows.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 from workflows.onboarding import OnboardingInput
 from workflows.orders import OrderInput, OrderLine
@@ -126,11 +128,38 @@ def tenant_created(event: Event) -> tuple[str, str, OnboardingInput]:
     return inp.tenant_id, inp.tenant_id, inp
 
 
+def stripe_invoice(event: Event) -> tuple[str, str, DunningInput]:
+    """Stripe ``invoice.payment_failed`` (starts dunning) and ``invoice.paid`` (signals it, or
+    starts it already paid when it comes first): keyed by the invoice id (:func:`invoice_key`),
+    the tenant from the invoice's ``metadata.tenant_id``."""
+    if event.tenant_id is None:
+        raise InvalidEvent("the invoice names no tenant (metadata.tenant_id)")
+    obj = (event.payload.get("data") or {}).get("object")
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+        raise InvalidEvent("the event has no invoice")
+    created = event.payload.get("created")
+    try:
+        inp = msgspec.convert({
+            "tenant_id": event.tenant_id, "invoice_id": obj["id"], "invoice_key": invoice_key(obj["id"]),
+            "amount_due": obj.get("amount_due") or 0, "currency": str(obj.get("currency") or "usd").lower(),
+            "customer_email": obj.get("customer_email") or None,
+            "failed_at": datetime.fromtimestamp(created, UTC)
+            if event.type == "invoice.payment_failed" and isinstance(created, int) else None,
+            "event_id": event.id, "requested_by": event.sender,
+        }, DunningInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invoice: {exc}") from None
+    return inp.tenant_id, inp.invoice_key, inp
+
+
 TRIGGERS: dict[tuple[str, str], Trigger] = {
     (t.source, t.event_type): t
     for t in (
         Trigger(source="shopify", event_type="orders/create", capability="order", build=shopify_order),
         Trigger(source="platform", event_type="tenant.created", capability="onboarding", build=tenant_created),
+        Trigger(source="stripe", event_type="invoice.payment_failed", capability="dunning", build=stripe_invoice),
+        Trigger(source="stripe", event_type="invoice.paid", capability="dunning", build=stripe_invoice,
+                action="signal_with_start", signal=PAID_SIGNAL),
     )
 }
 

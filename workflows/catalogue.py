@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from workflows.campaign import CampaignInput, CampaignWorkflow
+from workflows.dunning import DunningInput, DunningWorkflow
 from workflows.onboarding import OnboardingInput, OnboardingWorkflow
 from workflows.orders import OrderInput, OrderProcessingWorkflow
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditWorkflow
@@ -93,6 +94,17 @@ CATALOGUE: dict[str, Capability] = {
             start_roles=frozenset({"super_admin", "admin"}),
             summary="Process an order: validate, check stock, score fraud by rules; above the tenant's threshold "
                     "the client approves (Pending Actions). Usually started by the Shopify orders/create webhook.",
+        ),
+        Capability(
+            name="dunning",
+            workflow=DunningWorkflow,
+            input_type=DunningInput,
+            business_key=lambda inp: inp.invoice_key,
+            tenant_in_input=lambda inp: inp.tenant_id,
+            start_roles=frozenset({"super_admin", "admin", "finance"}),
+            summary="Dunning of a failed invoice: Stripe retries at day 1, 3 and 7, the customer emailed each time, "
+                    "then an admin retries, writes off or suspends the tenant; invoice.paid ends it. Usually started "
+                    "by the Stripe invoice.payment_failed webhook.",
         ),
     )
 }

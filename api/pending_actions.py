@@ -32,6 +32,7 @@ from api.visibility import page, quote, tenant_clause, timestamp
 from api.workflows import describe_in_scope
 from hitl.protocol import (
     CONFLICT_TYPES,
+    DECISION_ERROR_TYPES,
     ROLE_NOT_ALLOWED,
     TENANT_NOT_ALLOWED,
     UNPROCESSABLE_TYPES,
@@ -48,7 +49,7 @@ from hitl.protocol import (
     action_id,
     split_action_id,
 )
-from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID
+from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, tenant_of
 
 STREAM_POLL_SECONDS = 1.0
 STREAM_MAX_POLLS = 3600  # an hour, then the client reconnects
@@ -211,17 +212,29 @@ class PendingActionsController(Controller):
     async def decide(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                      action_id: _ACTION_ID, data: JSONBody[DecisionBody]) -> DecisionReceipt:
         wf_id, request_id = _split(action_id)
-        handle, _ = await describe_in_scope(temporal, request.user, wf_id)
+        # One round trip when all is well: the workflow's validator checks the caller's tenant
+        # scope (first, so another tenant learns nothing), role and the request itself. Ids
+        # begin with their tenant, so a caller out of scope is answered without a call at all.
+        if not request.user.can_see_tenant(tenant_of(wf_id)):
+            raise NotFoundException(f"pending action {action_id!r} not found")
         decision = DecisionInput(request_id=request_id, decision=data.decision, comment=data.comment,
                                  edits=data.edits, choice=data.choice, by=_decider(request.user))
         try:
-            return await handle.execute_update("decide", decision, result_type=DecisionReceipt)
+            return await temporal.get_workflow_handle(wf_id).execute_update(
+                "decide", decision, result_type=DecisionReceipt)
         except WorkflowUpdateFailedError as exc:
-            raise _http_error(exc.cause, action_id) from None
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type in DECISION_ERROR_TYPES:
+                raise _http_error(cause, action_id) from None
+            # Not an approval workflow (no `decide` handler): as good as not found.
+            await describe_in_scope(temporal, request.user, wf_id)
+            raise NotFoundException(f"pending action {action_id!r} not found") from None
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:  # the workflow has completed meanwhile
-                raise ConflictError(f"pending action {action_id!r} is closed") from None
-            raise
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            # No such workflow (404), or it has completed: its approvals are closed (409).
+            await describe_in_scope(temporal, request.user, wf_id)
+            raise ConflictError(f"pending action {action_id!r} is closed") from None
 
 
 def _split(value: str) -> tuple[str, str]:

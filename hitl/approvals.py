@@ -27,6 +27,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
+
     from activities.approvals import ApprovalActivities, Notify
     from activities.tenants import AuditActivities, AuditEntry
     from hitl.protocol import (
@@ -44,7 +45,13 @@ with workflow.unsafe.imports_passed_through():
         check_decision,
         diff,
     )
-    from workflows.names import APPROVAL_AUDIENCE, APPROVAL_DUE_AT, APPROVAL_ROLE, PENDING_APPROVAL, tenant_of
+    from workflows.names import (
+        APPROVAL_AUDIENCE,
+        APPROVAL_DUE_AT,
+        APPROVAL_ROLE,
+        PENDING_APPROVAL,
+        tenant_of,
+    )
     from workflows.policies import DB_RETRY, DB_TIMEOUT
 
 APPROVING = ("approve", "edit")
@@ -72,7 +79,7 @@ class HumanDecisions:
     @decide.validator
     def _validate_decide(self, d: DecisionInput) -> None:
         try:
-            check_decision(self._approval, d)
+            check_decision(self._approval, d, tenant_of(workflow.info().workflow_id))
         except DecisionRefused as refused:
             raise ApplicationError(refused.message, type=refused.type, non_retryable=True) from None
 
@@ -92,7 +99,7 @@ class HumanDecisions:
                              rejected_signals=list(self._rejected_signals))
 
     def _record(self, d: DecisionInput, via: str) -> DecisionReceipt:
-        role = check_decision(self._approval, d)
+        role = check_decision(self._approval, d, tenant_of(workflow.info().workflow_id))
         approval = self._approval
         assert approval is not None  # check_decision refuses a missing request
         now = workflow.now()

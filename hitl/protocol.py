@@ -2,8 +2,7 @@
 
 Shared by workflow code (through ``hitl.approvals``) and the API. Everything here is pure and
 deterministic: the ``decide`` update's validator and the signal handler run :func:`check_decision`
-inside the workflow, and the API runs the same function first to answer 403/409/422 without a
-round trip where it can.
+inside the workflow, and the API maps the error types it raises to HTTP (403/404/409/422).
 
 A request is identified by its ``request_id`` (deterministic: the workflow names it, e.g.
 ``creative-1``); the pending action a person sees is ``{workflow_id}~{request_id}``.
@@ -34,6 +33,7 @@ ROLE_NOT_ALLOWED = "RoleNotAllowed"  # 403
 TENANT_NOT_ALLOWED = "TenantNotAllowed"  # 404 (out of scope reads as not found)
 CONFLICT_TYPES = frozenset({STALE_REQUEST, ALREADY_DECIDED})
 UNPROCESSABLE_TYPES = frozenset({DECISION_NOT_ALLOWED, INVALID_EDITS})
+DECISION_ERROR_TYPES = CONFLICT_TYPES | UNPROCESSABLE_TYPES | {ROLE_NOT_ALLOWED, TENANT_NOT_ALLOWED}
 PLATFORM_ROLES = frozenset({"super_admin", "admin", "finance", "support"})
 
 
@@ -200,12 +200,13 @@ def in_tenant_scope(tenant_id: str, by: Decider) -> bool:
     return by.tenant_id == tenant_id
 
 
-def check_decision(approval: OpenApproval | None, d: DecisionInput) -> str:
-    """Why ``d`` cannot be taken (raises DecisionRefused), else the role it is decided in."""
+def check_decision(approval: OpenApproval | None, d: DecisionInput, tenant_id: str) -> str:
+    """Why ``d`` cannot be taken (raises DecisionRefused), else the role it is decided in.
+    ``tenant_id`` is the workflow's: a decider out of its scope learns nothing else."""
+    if not in_tenant_scope(tenant_id, d.by):
+        raise DecisionRefused(TENANT_NOT_ALLOWED, "approval not found")
     if approval is None or approval.status != "open" or approval.request.request_id != d.request_id:
         raise DecisionRefused(STALE_REQUEST, f"approval {d.request_id!r} is not open (already closed or replaced)")
-    if not in_tenant_scope(approval.tenant_id, d.by):
-        raise DecisionRefused(TENANT_NOT_ALLOWED, "approval not found")
     role = deciding_role(approval, d.by)
     if role is None:
         raise DecisionRefused(ROLE_NOT_ALLOWED, f"deciding needs one of the roles {approval.roles}")

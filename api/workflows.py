@@ -11,7 +11,7 @@ import msgspec
 from litestar import Controller, Request, Router, get, post
 from litestar.exceptions import NotFoundException
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, PathParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -163,7 +163,7 @@ class WorkflowController(Controller):
         self, request: Request, temporal: NamedDependency[Client],
         tenant_id: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
         capability: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
-        status: Status | None = None,
+        status: Annotated[Status | None, QueryParameter(description="Only workflows in this state")] = None,
         pending: Annotated[bool | None, Parameter(description="Only those waiting (or not) for a person")] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=2000)] = None,

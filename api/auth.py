@@ -210,7 +210,7 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=principal, auth=token)
 
 
-def role_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def role_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Routes name the roles that may call them in ``opt={"roles": {...}}``."""
     roles = handler.opt.get("roles")
     if roles and not connection.user.has_any_role(roles):

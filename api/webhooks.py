@@ -139,7 +139,8 @@ async def _shopify(request: Request, body: bytes, settings: Settings, db: asyncp
     payload = _json(body)
     shop = request.headers.get("x-shopify-shop-domain", "").lower()
     tenant = await db.fetchval(
-        "SELECT id FROM tenants WHERE lower(settings->>'shopify_shop_domain') = $1 ORDER BY id LIMIT 1", shop
+        "SELECT id FROM tenants WHERE settings ? 'shopify_shop_domain' "
+        "AND lower(settings->>'shopify_shop_domain') = $1 ORDER BY id LIMIT 1", shop
     ) if shop else None
     return Event(source="shopify", type=topic, tenant_id=tenant, payload=payload, sender=f"webhook:shopify:{shop}",
                  id=request.headers.get("x-shopify-event-id") or request.headers.get("x-shopify-webhook-id"))

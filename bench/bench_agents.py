@@ -46,7 +46,6 @@ with workflow.unsafe.imports_passed_through():
     import sys
     import tempfile
     import time
-    import traceback
     import uuid
     from datetime import timedelta
     from pathlib import Path
@@ -320,46 +319,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    main_task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if spine._INTERRUPTED:
-            spine.stop_all(timeout=2)
-            os._exit(128 + signum)
-        spine._INTERRUPTED.append(signum)
-        spine.log(f"signal {signum}: stopping")
-        if main_task is not None:
-            main_task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    state = Path(tempfile.mkdtemp(prefix="bizosaas-bench-agents-"))
-    t0 = time.perf_counter()
-    ok = False
-    try:
-        await bench(args, state, results)
-        ok = True
-    except BaseException:
-        for name in [] if spine._INTERRUPTED else list(spine._LOGS):
-            tail = spine.log_tail(name)
-            if tail:
-                spine.log(f"--- last lines of {name}.log ---\n{tail}")
-        raise
-    finally:
-        spine.stop_all()
-        try:
-            await spine.drop_database(results)
-        finally:
-            if ok or spine._INTERRUPTED:
-                import shutil
-
-                shutil.rmtree(state, ignore_errors=True)
-            else:
-                spine.log(f"logs kept in {state}")
-    results["total_s"] = round(time.perf_counter() - t0, 1)
-    return results
+    return await spine.run_bench(bench, args, "bizosaas-bench-agents-")
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -411,6 +371,14 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def verdict(results: dict[str, Any]) -> int:
+    """3 when the API or the non-agent worker imported crewai."""
+    if any(v["crewai_imported"] for k, v in results["import"].items() if k != "crewai"):
+        spine.log("crewai was imported by the API or the non-agent worker")
+        return 3
+    return 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer runs (about a minute)")
@@ -420,30 +388,8 @@ def main() -> None:
     pycache = tempfile.mkdtemp(prefix="bizosaas-bench-pyc-")
     sys.pycache_prefix = pycache
     sys.dont_write_bytecode = False
-    code = 1
-    try:
-        results = asyncio.run(run(args))
-        print(report(results))
-        print("BENCH_JSON " + json.dumps(results, sort_keys=True))
-        imp = results["import"]
-        code = 0 if not any(v["crewai_imported"] for k, v in imp.items() if k != "crewai") else 3
-        if code:
-            spine.log("crewai was imported by the API or the non-agent worker")
-    except BaseException:  # noqa: BLE001 - reported; children are stopped either way
-        if spine._INTERRUPTED:
-            spine.log("interrupted; everything it started is stopped")
-            code = 128 + spine._INTERRUPTED[0]
-        else:
-            traceback.print_exc()
-    finally:
-        spine.stop_all()
-        import shutil
-
-        shutil.rmtree(pycache, ignore_errors=True)
-    # The Temporal SDK can abort at interpreter exit in short scripts (sdk-python#300).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    spine.atexit_cleanup(pycache)
+    spine.finish(lambda: run(args), report, verdict)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ class RawNoopWorkflow:
 ROOT = Path(__file__).parent.parent
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 WORKFLOWS_QUEUE = "biz-workflows"
+INTEGRATIONS_QUEUE = "biz-integrations"
 
 _PROCS: dict[str, subprocess.Popen] = {}
 _LOGS: dict[str, Path] = {}
@@ -522,8 +523,21 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
         "BIZ_LOG_LEVEL": "WARNING",
         "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
     }
-    worker_proc = spawn("worker", [sys.executable, "-m", "workers.cli", "worker", "--queue", WORKFLOWS_QUEUE],
-                        state, cwd=ROOT, env=env)
+    # Onboarding creates the tenant's Stripe and Lago customers (integrations queue): run the
+    # billing sandboxes `bizosaas dev` runs, and that queue beside the workflows queue.
+    stripe_port = free_port()
+    lago_port = free_port()
+    lago_key = "lago-bench-key"
+    for name, module, port in (("stripe", "activities.sandbox_stripe", stripe_port),
+                               ("lago", "activities.sandbox_lago", lago_port)):
+        spawn(f"sandbox-{name}", [sys.executable, "-m", module, "--port", str(port)], state, cwd=state,
+              env={**env, "BIZ_LAGO_API_KEY": lago_key})
+    env.update({"BIZ_STRIPE_API_BASE": f"http://127.0.0.1:{stripe_port}", "BIZ_STRIPE_API_KEY": "sk_test_bench",
+                "BIZ_LAGO_API_URL": f"http://127.0.0.1:{lago_port}", "BIZ_LAGO_API_KEY": lago_key})
+    for port in (stripe_port, lago_port):
+        wait_until(f"sandbox on port {port}", lambda p=port: _port_open(p), timeout=30)
+    worker_proc = spawn("worker", [sys.executable, "-m", "workers.cli", "worker", "--queue", WORKFLOWS_QUEUE,
+                                   "--queue", INTEGRATIONS_QUEUE], state, cwd=ROOT, env=env)
     api_proc = spawn("api", [sys.executable, "-m", "workers.cli", "api"], state, cwd=ROOT, env=env)
     api_url = f"http://127.0.0.1:{api_port}"
 
@@ -628,7 +642,14 @@ async def drop_database(results: dict[str, Any]) -> None:
     log(f"database {db_name} dropped")
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+_CLEANUP: list[str] = []
+
+
+async def run_bench(bench_fn: Callable[..., Awaitable[None]], args: argparse.Namespace,
+                    state_prefix: str = "bizosaas-bench-") -> dict[str, Any]:
+    """Run ``bench_fn(args, state_dir, results)`` with what every bench needs around it: SIGINT/
+    SIGTERM stop it (a second signal at once), the logs of its processes are shown when it
+    fails, and its processes, bench database and state dir are gone afterwards."""
     results: dict[str, Any] = {}
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -644,11 +665,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    state = Path(tempfile.mkdtemp(prefix="bizosaas-bench-"))
+    state = Path(tempfile.mkdtemp(prefix=state_prefix))
     t0 = time.perf_counter()
     ok = False
     try:
-        await bench(args, state, results)
+        await bench_fn(args, state, results)
         ok = True
     except BaseException:
         for name in [] if _INTERRUPTED else list(_LOGS):
@@ -671,7 +692,61 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    return await run_bench(bench, args)
+
+
+def atexit_cleanup(path: str) -> None:
+    """Remove ``path`` when the bench ends (``finish`` leaves through ``os._exit``)."""
+    _CLEANUP.append(path)
+
+
+def finish(run_fn: Callable[[], Awaitable[dict[str, Any]]], report_fn: Callable[[dict[str, Any]], str],
+           verdict: Callable[[dict[str, Any]], int] | None = None) -> None:
+    """Run a bench, print its table and ``BENCH_JSON`` line, and exit: 0, ``verdict``'s code,
+    128 + signal when interrupted, 1 on an error (children are stopped either way)."""
+    code = 1
+    try:
+        results = asyncio.run(run_fn())
+        print(report_fn(results))
+        print("BENCH_JSON " + json.dumps(results, sort_keys=True))
+        code = verdict(results) if verdict else 0
+    except BaseException:  # noqa: BLE001 - reported; children are stopped either way
+        if _INTERRUPTED:
+            log("interrupted; everything it started is stopped")
+            code = 128 + _INTERRUPTED[0]
+        else:
+            traceback.print_exc()
+    finally:
+        stop_all()
+        import shutil
+
+        for path in _CLEANUP:
+            shutil.rmtree(path, ignore_errors=True)
+    # The Temporal SDK can abort at interpreter exit in short scripts (sdk-python#300).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 # --- report -----------------------------------------------------------------------------------
+
+def table(title: str, note: str, rows: list[tuple[str, str, str]], r: dict[str, Any]) -> str:
+    """The bench's rows (label, value, target or note) as a table, with the machine's load."""
+    c = r["config"]
+    w0 = max(len(a) for a, b, t in rows if b or t)
+    w1 = max(len(b) for _, b, _ in rows)
+    width = max(w0 + w1 + 30, max(len(a) for a, _, _ in rows))
+    line = "-" * width
+    out = [line, f"{title:<{w0}}  {'value':<{w1}}  {note}", line]
+    for a, b, t in rows:
+        out.append(f"{a:<{w0}}  {b:<{w1}}  {t}".rstrip() if (b or t) else a)
+    out.append(line)
+    la0, la1 = r["loadavg_start"], r["loadavg_end"]
+    out.append(f"{c['cpus']} CPUs, {'--quick' if c['quick'] else 'full'} run, {r['total_s']:.0f} s in all; "
+               f"1-min load average {la0[0]:.2f} before, {la1[0]:.2f} at the end (includes this run)")
+    return "\n".join(out)
+
 
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISS"
@@ -725,18 +800,7 @@ def report(r: dict[str, Any]) -> str:
         f"after {d['started']} onboardings")
     row("  API healthy after process start", f"{r['startup']['api_healthy_s']:.1f} s")
 
-    w0 = max(len(a) for a, b, t in rows if b or t)
-    w1 = max(len(b) for _, b, _ in rows)
-    width = max(w0 + w1 + 30, max(len(a) for a, _, _ in rows))
-    line = "-" * width
-    out = [line, f"{'BizOSaaS spine vs raw Temporal SDK':<{w0}}  {'value':<{w1}}  target / note", line]
-    for a, b, t in rows:
-        out.append(f"{a:<{w0}}  {b:<{w1}}  {t}".rstrip() if (b or t) else a)
-    out.append(line)
-    la0, la1 = r["loadavg_start"], r["loadavg_end"]
-    out.append(f"{c['cpus']} CPUs, {'--quick' if c['quick'] else 'full'} run, {r['total_s']:.0f} s in all; "
-               f"1-min load average {la0[0]:.2f} before, {la1[0]:.2f} at the end (includes this run)")
-    return "\n".join(out)
+    return table("BizOSaaS spine vs raw Temporal SDK", "target / note", rows, r)
 
 
 def main() -> None:
@@ -754,27 +818,8 @@ def main() -> None:
     pycache = tempfile.mkdtemp(prefix="bizosaas-bench-pyc-")
     sys.pycache_prefix = pycache
     sys.dont_write_bytecode = False
-    code = 1
-    try:
-        results = asyncio.run(run(args))
-        print(report(results))
-        print("BENCH_JSON " + json.dumps(results, sort_keys=True))
-        code = 0
-    except BaseException:  # noqa: BLE001 - reported; children are stopped either way
-        if _INTERRUPTED:
-            log("interrupted; everything it started is stopped")
-            code = 128 + _INTERRUPTED[0]
-        else:
-            traceback.print_exc()
-    finally:
-        stop_all()
-        import shutil
-
-        shutil.rmtree(pycache, ignore_errors=True)
-    # The Temporal SDK can abort at interpreter exit in short scripts (sdk-python#300).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    atexit_cleanup(pycache)
+    finish(lambda: run(args), report)
 
 
 if __name__ == "__main__":

@@ -47,11 +47,8 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import sys
-import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -499,46 +496,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    main_task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if spine._INTERRUPTED:
-            spine.stop_all(timeout=2)
-            os._exit(128 + signum)
-        spine._INTERRUPTED.append(signum)
-        spine.log(f"signal {signum}: stopping")
-        if main_task is not None:
-            main_task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    state = Path(tempfile.mkdtemp(prefix="bizosaas-bench-webhooks-"))
-    t0 = time.perf_counter()
-    ok = False
-    try:
-        await bench(args, state, results)
-        ok = True
-    except BaseException:
-        for name in [] if spine._INTERRUPTED else list(spine._LOGS):
-            tail = spine.log_tail(name)
-            if tail:
-                spine.log(f"--- last lines of {name}.log ---\n{tail}")
-        raise
-    finally:
-        spine.stop_all()
-        try:
-            await spine.drop_database(results)
-        finally:
-            if ok or spine._INTERRUPTED:
-                import shutil
-
-                shutil.rmtree(state, ignore_errors=True)
-            else:
-                spine.log(f"logs kept in {state}")
-    results["total_s"] = round(time.perf_counter() - t0, 1)
-    return results
+    return await spine.run_bench(bench, args, "bizosaas-bench-webhooks-")
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -593,18 +551,7 @@ def report(r: dict[str, Any]) -> str:
         "redeliveries started nothing" if v["counted"] == v["expected"] else "MISMATCH")
     row("RSS API process: when healthy / at the end", f"{r['rss_mb_at_start']['api']} / {r['rss_mb']['api']} MB")
 
-    w0 = max(len(a) for a, b, t in rows if b or t)
-    w1 = max(len(b) for _, b, _ in rows)
-    width = max(w0 + w1 + 30, max(len(a) for a, _, _ in rows))
-    line = "-" * width
-    out = [line, f"{'BizOSaaS signed webhooks vs bare start_workflow':<{w0}}  {'value':<{w1}}  note", line]
-    for a, b, t in rows:
-        out.append(f"{a:<{w0}}  {b:<{w1}}  {t}".rstrip() if (b or t) else a)
-    out.append(line)
-    la0, la1 = r["loadavg_start"], r["loadavg_end"]
-    out.append(f"{c['cpus']} CPUs, {'--quick' if c['quick'] else 'full'} run, {r['total_s']:.0f} s in all; "
-               f"1-min load average {la0[0]:.2f} before, {la1[0]:.2f} at the end (includes this run)")
-    return "\n".join(out)
+    return spine.table("BizOSaaS signed webhooks vs bare start_workflow", "note", rows, r)
 
 
 def main() -> None:
@@ -613,24 +560,7 @@ def main() -> None:
     p.add_argument("--deliveries", type=int, default=0, help="N of the deliveries/s runs (default 300, --quick 100)")
     p.add_argument("--concurrency", type=int, default=16, help="deliveries in flight (default 16)")
     args = p.parse_args()
-    code = 1
-    try:
-        results = asyncio.run(run(args))
-        print(report(results))
-        print("BENCH_JSON " + json.dumps(results, sort_keys=True))
-        code = 0
-    except BaseException:  # noqa: BLE001 - reported; children are stopped either way
-        if spine._INTERRUPTED:
-            spine.log("interrupted; everything it started is stopped")
-            code = 128 + spine._INTERRUPTED[0]
-        else:
-            traceback.print_exc()
-    finally:
-        spine.stop_all()
-    # The Temporal SDK can abort at interpreter exit in short scripts (sdk-python#300).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    spine.finish(lambda: run(args), report)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ from temporalio.client import Client
 
 from activities.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
-from api.errors import EXCEPTION_HANDLERS
+from api.bodies import MAX_BODY_BYTES, ApiRequest
+from api.errors import EXCEPTION_HANDLERS, document_errors
 from api.health import health
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
 from api.schedules import schedules_router
 from api.triggers import seed_triggers
+from api.visibility import cursor_key
 from api.webhooks import webhooks_router
 from api.workflows import workflows_router
 from workers.client import connect
@@ -44,6 +46,7 @@ def create_app(settings: Settings) -> Litestar:
         configure_tracing(settings, "api")
         # Lazy: the API starts (and /health says so) while Temporal is unreachable.
         app.state.temporal = await connect(settings, lazy=True)
+        app.state.cursor_key = cursor_key(settings)
         app.state.db = await create_pool(
             settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max
         )
@@ -60,15 +63,21 @@ def create_app(settings: Settings) -> Litestar:
     def provide_db(state: State) -> asyncpg.Pool:
         return state.db
 
+    def provide_cursor_key(state: State) -> bytes:
+        return state.cursor_key
+
     app = Litestar(
         route_handlers=[health, workflows_router(), pending_actions_router(), outbox_router(), schedules_router(),
                         webhooks_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
-                      "db": Provide(provide_db, sync_to_thread=False)},
+                      "db": Provide(provide_db, sync_to_thread=False),
+                      "cursor_key": Provide(provide_cursor_key, sync_to_thread=False)},
         middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
         guards=[role_guard],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=ApiRequest,
+        request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="BizOSaaS Workflows API",
             version="1.0.0",
@@ -83,6 +92,7 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=LoggingConfig(log_exceptions="never", configure_root_logger=False),
         debug=False,
     )
+    document_errors(app, PUBLIC_PATHS)
     app.state.token_verifier = TokenVerifier(settings)
     app.state.settings = settings
     return app

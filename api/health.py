@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
@@ -39,7 +40,8 @@ async def _timed(check) -> PartHealth:  # noqa: ANN001
     return PartHealth(ok=True, latency_ms=round((loop.time() - start) * 1000, 2))
 
 
-@get("/health", operation_id="health", tags=["operations"], exclude_from_auth=True, summary="Temporal and Postgres health")
+@get("/health", operation_id="health", tags=["operations"], exclude_from_auth=True, summary="Temporal and Postgres health",
+     responses={HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(Health, description="Temporal or Postgres is down")})
 async def health(temporal: NamedDependency[Client], db: NamedDependency[asyncpg.Pool]) -> Response[Health]:
     async def check_temporal() -> None:
         await temporal.workflow_service.get_system_info(

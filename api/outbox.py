@@ -23,6 +23,8 @@ from workflows.names import SLUG_PATTERN
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MAX_ID = 2**63 - 1  # outbox.id is a bigint
+TOOL_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"  # an MCP tool's name
 
 
 class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,15 +68,16 @@ class OutboxController(Controller):
             "tenant, or one with `tenant_id`. A tenant out of scope answers 404. Page with "
             "`before_id` = the previous page's `next_before_id`."
         ),
+        raises=[NotFoundException],
     )
     async def list_outbox(
         self,
         request: Request[Principal, Any, Any],
         db: NamedDependency[asyncpg.Pool],
         tenant_id: Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Defaults to the caller's tenants")] = None,
-        tool: Annotated[str | None, Parameter(min_length=1, max_length=128, description="Only this tool's effects")] = None,
+        tool: Annotated[str | None, Parameter(pattern=TOOL_PATTERN, description="Only this tool's effects")] = None,
         limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-        before_id: Annotated[int | None, Parameter(ge=1, description="Only rows older than this id")] = None,
+        before_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID, description="Only rows older than this id")] = None,
     ) -> OutboxPage:
         tenants = _tenant_scope(request.user, tenant_id)
         if tenants == []:

@@ -28,12 +28,16 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError, RejectedError
-from api.visibility import page, quote, tenant_clause, timestamp
-from api.workflows import describe_in_scope
+from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause, timestamp
+from api.workflows import QUERY_TIMEOUT, describe_in_scope
 from hitl.protocol import (
+    ALREADY_DECIDED,
     CONFLICT_TYPES,
     DECISION_ERROR_TYPES,
+    DECISION_NOT_ALLOWED,
+    INVALID_EDITS,
     ROLE_NOT_ALLOWED,
+    STALE_REQUEST,
     TENANT_NOT_ALLOWED,
     UNPROCESSABLE_TYPES,
     ApprovalRequest,
@@ -124,7 +128,7 @@ async def _summaries(executions: list[WorkflowExecution]) -> list[ActionSummary]
     return items
 
 
-async def _inbox(temporal: Client, principal: Principal, audience: str, tenant_id: str | None, limit: int,
+async def _inbox(temporal: Client, key: bytes, principal: Principal, audience: str, tenant_id: str | None, limit: int,
                  cursor: str | None, extra: list[str]) -> ActionPage:
     scope = tenant_clause(principal, tenant_id)
     if scope == "":
@@ -133,7 +137,7 @@ async def _inbox(temporal: Client, principal: Principal, audience: str, tenant_i
                "ExecutionStatus = 'Running'", *extra]
     if scope:
         clauses.append(scope)
-    executions, next_cursor = await page(temporal, clauses, limit, cursor)
+    executions, next_cursor = await page(temporal, key, clauses, limit, cursor)
     return ActionPage(items=await _summaries(executions), next_cursor=next_cursor)
 
 
@@ -143,7 +147,7 @@ def _decider(principal: Principal) -> Decider:
 
 
 _LIMIT = Annotated[int, Parameter(ge=1, le=MAX_LIMIT)]
-_CURSOR = Annotated[str | None, Parameter(max_length=2000, description="`next_cursor` of the previous page")]
+_CURSOR = Annotated[str | None, Parameter(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")]
 _TENANT = Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Only this tenant (within scope)")]
 _CAPABILITY = Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Only this capability")]
 
@@ -156,16 +160,18 @@ class PendingActionsController(Controller):
          description="Open approvals addressed to clients, in the caller's tenants (partners: the tenants they "
                      "manage; platform staff: every tenant, or `tenant_id`). One visibility call per page.")
     async def list_pending(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                           cursor_key: NamedDependency[bytes],
                            tenant_id: _TENANT = None, capability: _CAPABILITY = None,
                            limit: _LIMIT = DEFAULT_LIMIT, cursor: _CURSOR = None) -> ActionPage:
         extra = [f"BizCapability = {quote(capability)}"] if capability else []
-        return await _inbox(temporal, request.user, "client", tenant_id, limit, cursor, extra)
+        return await _inbox(temporal, cursor_key, request.user, "client", tenant_id, limit, cursor, extra)
 
     @get("/stream", operation_id="stream_pending_actions", summary="Changes of the caller's Pending Actions (SSE)",
          description="Server-sent events: `opened` with the action (as the list shows it) when one appears, "
                      "`closed` with its action_id when it is decided or times out. Polls visibility every "
                      f"{STREAM_POLL_SECONDS:g} s for this connection; reconnect with a new request.")
     async def stream(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                     cursor_key: NamedDependency[bytes],
                      tenant_id: _TENANT = None) -> ServerSentEvent:
         principal = request.user
 
@@ -173,7 +179,7 @@ class PendingActionsController(Controller):
             seen: dict[str, ActionSummary] = {}
             for _ in range(STREAM_MAX_POLLS):
                 current = {a.action_id: a for a in (await _inbox(
-                    temporal, principal, "client", tenant_id, MAX_LIMIT, None, [])).items}
+                    temporal, cursor_key, principal, "client", tenant_id, MAX_LIMIT, None, [])).items}
                 for aid in current.keys() - seen.keys():
                     yield ServerSentEventMessage(event="opened", id=aid,
                                                  data=msgspec.json.encode(current[aid]).decode())
@@ -191,7 +197,11 @@ class PendingActionsController(Controller):
         wf_id, request_id = _split(action_id)
         handle, desc = await describe_in_scope(temporal, request.user, wf_id)
         try:
-            view = await handle.query("approvals", result_type=ApprovalsView)
+            view = await handle.query("approvals", result_type=ApprovalsView, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
+                raise  # no worker answered: 503
+            raise NotFoundException(f"pending action {action_id!r} not found") from None
         except Exception:  # noqa: BLE001 - a workflow without approvals: nothing to show
             raise NotFoundException(f"pending action {action_id!r} not found") from None
         found = [a for a in ([view.open] if view.open else []) + view.closed if a.request.request_id == request_id]
@@ -208,7 +218,8 @@ class PendingActionsController(Controller):
           summary="Approve, reject, request changes to or edit what the AI proposed",
           description="200 with the receipt once the workflow has recorded the decision. 409: already decided "
                       "by you, or the approval is closed; 422: a decision not allowed here or edits that do not "
-                      "match the edit schema; 403: your role may not decide it; 404: not in your tenants.")
+                      "match the edit schema; 403: your role may not decide it; 404: not in your tenants.",
+          raises=[ConflictError, RejectedError, PermissionDeniedException])
     async def decide(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                      action_id: _ACTION_ID, data: JSONBody[DecisionBody]) -> DecisionReceipt:
         wf_id, request_id = _split(action_id)
@@ -234,7 +245,12 @@ class PendingActionsController(Controller):
                 raise
             # No such workflow (404), or it has completed: its approvals are closed (409).
             await describe_in_scope(temporal, request.user, wf_id)
-            raise ConflictError(f"pending action {action_id!r} is closed") from None
+            raise ConflictError(f"pending action {action_id!r} is closed", code="approval_closed") from None
+
+
+# The protocol's refusals as stable problem codes (api/errors.py).
+PROBLEM_CODES = {STALE_REQUEST: "approval_closed", ALREADY_DECIDED: "already_decided",
+                 DECISION_NOT_ALLOWED: "decision_not_allowed", INVALID_EDITS: "invalid_edits"}
 
 
 def _split(value: str) -> tuple[str, str]:
@@ -248,9 +264,9 @@ def _http_error(cause: BaseException | None, action: str) -> Exception:
     kind = cause.type if isinstance(cause, ApplicationError) else None
     message = cause.message if isinstance(cause, ApplicationError) else "decision refused"
     if kind in CONFLICT_TYPES:
-        return ConflictError(message)
+        return ConflictError(message, code=PROBLEM_CODES[kind])
     if kind in UNPROCESSABLE_TYPES:
-        return RejectedError(message)
+        return RejectedError(message, code=PROBLEM_CODES[kind])
     if kind == ROLE_NOT_ALLOWED:
         return PermissionDeniedException(message)
     if kind == TENANT_NOT_ALLOWED:
@@ -267,6 +283,7 @@ class ApprovalHubController(Controller):
                      "Admins decide through `POST /v1/pending-actions/{action_id}/decision`.",
          opt={"roles": HUB_ROLES})
     async def list_approvals(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
+                             cursor_key: NamedDependency[bytes],
                              tenant_id: _TENANT = None, capability: _CAPABILITY = None,
                              role: Annotated[str | None, Parameter(pattern=r"^[a-z_]{2,32}$",
                                                                    description="Only approvals for this role")] = None,
@@ -280,7 +297,7 @@ class ApprovalHubController(Controller):
         if overdue is not None:
             now = timestamp(datetime.now(timezone.utc))
             extra.append(f"BizApprovalDueAt < {now}" if overdue else f"BizApprovalDueAt >= {now}")
-        return await _inbox(temporal, request.user, "admin", tenant_id, limit, cursor, extra)
+        return await _inbox(temporal, cursor_key, request.user, "admin", tenant_id, limit, cursor, extra)
 
 
 def pending_actions_router() -> Router:

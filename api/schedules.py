@@ -248,6 +248,7 @@ class ScheduleController(Controller):
         "tenant's and the global ones, or one tenant's with `tenant_id`. Eventually consistent: a "
         "schedule created a moment ago may take a second to appear.",
         opt={"roles": READ_ROLES},
+        raises=[NotFoundException],
     )
     async def list_schedules(
         self,
@@ -340,7 +341,7 @@ class ScheduleController(Controller):
     @patch("/{schedule_id:str}/spec", operation_id="update_schedule_spec",
            summary="Change when a schedule runs (cron or interval, time zone, jitter)",
            description="Kept by later syncs (the spec is marked as set through the API); the pause state is kept.",
-           opt={"roles": WRITE_ROLES})
+           opt={"roles": WRITE_ROLES}, raises=[ConflictError])
     async def update_schedule_spec(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                                    schedule_id: _SCHEDULE_ID, data: JSONBody[SpecBody]) -> ScheduleView:
         spec_patch = _check_spec(data)
@@ -444,7 +445,7 @@ class TenantSchedulesController(Controller):
           summary="Enable a scheduled capability for a tenant (starts TenantCapabilities)",
           description="Writes the tenant's capability row and creates its schedules, in the tenant's time zone. "
           "A change of the same capability still running answers 409.",
-          status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES})
+          status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES}, raises=[ConflictError])
     async def enable_capability(
         self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
         db: NamedDependency[asyncpg.Pool], schedules_task_queue: NamedDependency[str],
@@ -456,7 +457,7 @@ class TenantSchedulesController(Controller):
 
     @delete("/capabilities/{capability:str}", operation_id="disable_tenant_capability",
             summary="Disable a scheduled capability for a tenant (its schedules are deleted)",
-            status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES})
+            status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES}, raises=[ConflictError])
     async def disable_capability(
         self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
         db: NamedDependency[asyncpg.Pool], schedules_task_queue: NamedDependency[str],

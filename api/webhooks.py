@@ -37,10 +37,13 @@ import msgspec
 from litestar import Request, Response, Router, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from temporalio.client import Client
 
+from api.bodies import decode_json_body
+from api.errors import BodyTooLarge
 from api.triggers import Event, Fired, InvalidEvent, fire
 from workers.settings import Settings
 
@@ -88,10 +91,7 @@ def _same(expected: str, given: str) -> bool:
 
 
 def _json(body: bytes) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise ValidationException("the body is not JSON") from None
+    value = decode_json_body(body)
     if not isinstance(value, dict):
         raise ValidationException("the body is not a JSON object")
     return value
@@ -179,8 +179,8 @@ async def _generic(request: Request, body: bytes, settings: Settings, db: asyncp
                for r in secrets for c in candidates):
         raise Unsigned("X-Biz-Signature matches no secret of the tenant" if secrets else "the tenant has no secret")
     try:
-        event = msgspec.json.decode(body, type=GenericEvent)
-    except msgspec.DecodeError as exc:
+        event = msgspec.convert(decode_json_body(body), GenericEvent)
+    except msgspec.ValidationError as exc:
         raise ValidationException(f"not an event: {exc}") from None
     return Event(source="generic", type=event.type, id=event.id, tenant_id=tenant, payload=event.data,
                  sender=f"webhook:generic:{tenant}")
@@ -215,6 +215,9 @@ async def _fire(temporal: Client, db: asyncpg.Pool, event: Event) -> Response[We
     status_code=HTTP_202_ACCEPTED,
     request_max_body_size=MAX_BODY_BYTES,
     security=[],
+    # Read raw (the signature covers the bytes): its errors are declared here.
+    raises=[ValidationException, NotAuthorizedException, NotFoundException, BodyTooLarge],
+    responses={HTTP_200_OK: ResponseSpec(WebhookAnswer, description="Its workflow exists already (a redelivery)")},
 )
 async def receive_webhook(source: Annotated[str, PathParameter(max_length=32)], request: Request,
                           temporal: NamedDependency[Client], db: NamedDependency[asyncpg.Pool]) -> Response[WebhookAnswer]:
@@ -239,6 +242,7 @@ async def receive_webhook(source: Annotated[str, PathParameter(max_length=32)], 
     "tenant.created starts onboarding. 202 started or acknowledged without a trigger, 200 its workflow exists.",
     status_code=HTTP_202_ACCEPTED,
     opt={"roles": frozenset({"super_admin"})},
+    responses={HTTP_200_OK: ResponseSpec(WebhookAnswer, description="Its workflow exists already (a redelivery)")},
 )
 async def receive_platform_event(data: JSONBody[PlatformEvent], request: Request, temporal: NamedDependency[Client],
                                  db: NamedDependency[asyncpg.Pool]) -> Response[WebhookAnswer]:

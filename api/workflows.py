@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError
-from api.visibility import page, quote, tenant_clause
+from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
 from workflows.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 
@@ -28,6 +28,8 @@ from workflows.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_I
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_MEMO = "idempotency_key"
+# A query waits for a worker to answer it: while none polls, the read answers without it.
+QUERY_TIMEOUT = timedelta(seconds=5)
 
 
 class StartResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,7 +102,8 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
             if (await desc.memo()).get(IDEMPOTENCY_MEMO) == idempotency_key:
                 return StartResponse(workflow_id=desc.id, run_id=desc.run_id)
         raise ConflictError(
-            f"{cap.name} for {cap.business_key(inp)!r} was already started", extra={"workflow_id": wf_id}
+            f"{cap.name} for {cap.business_key(inp)!r} was already started", extra={"workflow_id": wf_id},
+            code="already_started",
         ) from None
     return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
 
@@ -128,7 +131,8 @@ def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per 
         + " Starting the same business key twice answers 409 with the existing workflow_id, unless the "
         "request repeats the Idempotency-Key that started it (then 202 with the same ids).",
         status_code=HTTP_202_ACCEPTED,
-        opt={"roles": cap.start_roles},
+        opt={"roles": cap.start_roles, "rate_limited": True},
+        raises=[ConflictError, NotFoundException],
     )(start)
 
 
@@ -160,13 +164,13 @@ class WorkflowController(Controller):
          description="Clients see their tenant, partners the tenants they manage, platform staff every tenant "
                      "(or `tenant_id`). Filters are typed; page with `cursor` = the previous `next_cursor`.")
     async def list_workflows(
-        self, request: Request, temporal: NamedDependency[Client],
+        self, request: Request, temporal: NamedDependency[Client], cursor_key: NamedDependency[bytes],
         tenant_id: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
         capability: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
         status: Annotated[Status | None, QueryParameter(description="Only workflows in this state")] = None,
         pending: Annotated[bool | None, Parameter(description="Only those waiting (or not) for a person")] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, Parameter(max_length=2000)] = None,
+        cursor: Annotated[str | None, Parameter(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")] = None,
     ) -> WorkflowPage:
         scope = tenant_clause(request.user, tenant_id)
         if scope == "":
@@ -179,7 +183,7 @@ class WorkflowController(Controller):
         if pending is not None:
             clauses.append("BizPendingApproval = true" if pending else
                            "(BizPendingApproval = false OR BizPendingApproval IS NULL)")
-        executions, next_cursor = await page(temporal, clauses, limit, cursor)
+        executions, next_cursor = await page(temporal, cursor_key, clauses, limit, cursor)
         return WorkflowPage(items=[WorkflowSummary(
             workflow_id=wf.id, run_id=wf.run_id, workflow_type=wf.workflow_type,
             capability=wf.typed_search_attributes.get(CAPABILITY), tenant_id=wf.typed_search_attributes.get(TENANT_ID),
@@ -194,7 +198,7 @@ class WorkflowController(Controller):
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
         progress = result = failure = None
         try:
-            progress = await handle.query("progress", result_type=Any)
+            progress = await handle.query("progress", result_type=Any, rpc_timeout=QUERY_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - a workflow without the query, or no worker to answer
             log.info("no progress for %s: %s", workflow_id, exc)
             progress = None
@@ -223,6 +227,7 @@ class WorkflowController(Controller):
         operation_id="cancel_workflow",
         summary="Ask a running workflow to cancel",
         status_code=HTTP_202_ACCEPTED,
+        raises=[ConflictError],
     )
     async def cancel_workflow(self, request: Request, temporal: NamedDependency[Client], workflow_id: FromPath[str]) -> StartResponse:
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)

@@ -58,7 +58,7 @@ async def test_same_tenant_twice_never_makes_two_workflows(http: httpx.AsyncClie
     codes = sorted(a.status_code for a in answers)
     assert codes == [202, 409, 409, 409, 409]
     conflict = next(a for a in answers if a.status_code == 409).json()
-    assert conflict["extra"]["workflow_id"] == f"{tenant}:onboarding:{tenant}"
+    assert conflict["workflow_id"] == f"{tenant}:onboarding:{tenant}"
     await _wait_completed(http, f"{tenant}:onboarding:{tenant}", tokens.admin())
     again = await http.post("/v1/workflows/onboarding", json=_onboarding(tenant), headers=tokens.admin())
     assert again.status_code == 409  # also after it completed
@@ -68,7 +68,7 @@ async def test_bad_input_is_a_400_naming_the_field(http: httpx.AsyncClient, toke
     bad = {**_onboarding(unique("bad")), "owner_email": "not-an-email"}
     r = await http.post("/v1/workflows/onboarding", json=bad, headers=tokens.admin())
     assert r.status_code == 400
-    assert r.json()["extra"][0]["key"] == "owner_email"
+    assert r.json()["invalid_params"][0]["name"] == "owner_email"
     missing = {"tenant_id": unique("bad"), "name": "x"}
     r = await http.post("/v1/workflows/onboarding", json=missing, headers=tokens.admin())
     assert r.status_code == 400 and "owner_email" in r.text

@@ -266,7 +266,7 @@ async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, 
     assert first.json() == again.json()
     other_key = await http.post("/v1/workflows/campaign", json=body,
                                 headers={**tokens.client(tenant), "idempotency-key": "req-other"})
-    assert other_key.status_code == 409 and other_key.json()["extra"]["workflow_id"] == first.json()["workflow_id"]
+    assert other_key.status_code == 409 and other_key.json()["workflow_id"] == first.json()["workflow_id"]
     wf_id = first.json()["workflow_id"]
     await pending_action(http, tokens, tenant, wf_id)
 

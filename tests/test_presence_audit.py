@@ -86,4 +86,4 @@ async def test_a_client_cannot_audit_for_another_tenant(http: httpx.AsyncClient,
     assert r.status_code == 404
     bad = {"tenant_id": unique("x"), "website_url": "ftp://nope"}
     r = await http.post("/v1/workflows/presence-audit", json=bad, headers=tokens.admin())
-    assert r.status_code == 400 and r.json()["extra"][0]["key"] == "website_url"
+    assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "website_url"

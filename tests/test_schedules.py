@@ -317,7 +317,7 @@ async def test_a_three_week_backfill_of_a_weekly_schedule_gives_three_runs(
     # Nonsense periods are refused, naming the field.
     r = await http.post(f"/v1/schedules/{sid}/backfill", json={"start": body["end"], "end": body["start"]},
                         headers=tokens.admin())
-    assert r.status_code == 400 and r.json()["extra"][0]["key"] == "end"
+    assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "end"
 
 
 async def test_pausing_all_of_a_tenants_schedules_shows_the_note(
@@ -396,9 +396,9 @@ async def test_respecifying_a_schedule_validates_and_survives_sync(
     ):
         r = await http.patch(f"/v1/schedules/{sid}/spec", json=body, headers=owner)
         assert r.status_code == 400, (body, r.text)
-        assert r.json()["extra"][0]["key"] == field, (body, r.json())
+        assert r.json()["invalid_params"][0]["name"] == field, (body, r.json())
     r = await http.post("/v1/tenants/{}/capabilities/presence-audit".format(tenants[1]), json={}, headers=tokens.admin())
-    assert r.status_code == 400 and r.json()["extra"][0]["key"] == "website_url"
+    assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "website_url"
 
     r = await http.patch(f"/v1/schedules/{sid}/spec", headers=owner,
                          json={"cron": ["30 9 * * 2"], "time_zone": "America/New_York", "jitter_seconds": 0})

@@ -39,6 +39,8 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None
+    # Signs list cursors (the API takes back only cursors it issued); unset: derived from the database URL.
+    cursor_secret: SecretStr | None = None
 
 
 class AuthSettings(BaseModel):

@@ -1,0 +1,232 @@
+"""Bad input never gets a 5xx: each probe answers a 4xx problem (RFC 9457) naming what is wrong,
+and changes nothing. Real HTTP, real workers, real Temporal and Postgres."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import stripe
+from temporalio.client import Client
+
+from api.bodies import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from api.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
+from tests.conftest import Tokens, assert_eventually, unique
+from tests.test_campaign import campaign_body, pending_action, start_campaign
+from tests.test_dunning import stripe_event
+from tests.test_webhooks import exists, order_id, shop_tenant, shopify_headers, shopify_order
+from workers.settings import Settings
+from workflows.dunning import invoice_key
+
+INVALID_UTF8 = b"\xff\xfe"
+DEEP = 5000
+
+
+def deep(levels: int = DEEP) -> str:
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+def problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The answer is the problem ``code`` with ``status``, as application/problem+json."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM_JSON), r.headers
+    body = r.json()
+    assert (body["status"], body["code"], body["type"]) == (status, code, PROBLEM_TYPE_BASE + code), body
+    assert body["title"] and body["detail"]
+    return body
+
+
+def names(body: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(p["source"], p["name"]) for p in body["invalid_params"]]
+
+
+# --- query parameters ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/v1/workflows", "/v1/pending-actions", "/v1/admin/approvals"])
+async def test_a_cursor_the_api_did_not_issue_is_a_400_naming_it(
+    http: httpx.AsyncClient, tokens: Tokens, path: str
+) -> None:
+    for cursor in ("AAAA", "not base64!", "A" * 64):
+        r = await http.get(path, params={"cursor": cursor}, headers=tokens.admin())
+        body = problem(r, 400, "validation")
+        assert names(body) == [("query", "cursor")]
+    assert (await http.get(path, headers=tokens.admin())).status_code == 200
+
+
+async def test_cursors_page_and_only_their_own_listing(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    tenant = unique("pages")
+    for key in ("one", "two", "three"):
+        await start_campaign(http, tokens, tenant, campaign_key=key)
+    client = tokens.client(tenant)
+
+    async def pages() -> list[str]:
+        seen, cursor = [], None
+        for _ in range(5):
+            params = {"limit": 1, "capability": "campaign", **({"cursor": cursor} if cursor else {})}
+            r = await http.get("/v1/workflows", params=params, headers=client)
+            assert r.status_code == 200, r.text
+            seen += [i["workflow_id"] for i in r.json()["items"]]
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(f"{tenant}:campaign:{k}" for k in ("one", "two", "three")), seen
+        return seen
+
+    await assert_eventually(pages, timeout=15)
+
+    r = await http.get("/v1/workflows", params={"limit": 1, "capability": "campaign"}, headers=client)
+    cursor = r.json()["next_cursor"]
+    # Another listing (other filters), or the cursor altered: refused before Temporal sees it.
+    other = await http.get("/v1/workflows", params={"limit": 1, "cursor": cursor}, headers=client)
+    assert names(problem(other, 400, "validation")) == [("query", "cursor")]
+    altered = cursor[:-2] + ("AA" if not cursor.endswith("AA") else "BB")
+    r = await http.get("/v1/workflows", params={"limit": 1, "capability": "campaign", "cursor": altered},
+                       headers=client)
+    problem(r, 400, "validation")
+
+
+async def test_outbox_before_id_beyond_bigint_is_a_400(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    r = await http.get("/v1/outbox", params={"before_id": str(2**63)}, headers=tokens.client(unique("ob")))
+    assert names(problem(r, 400, "validation")) == [("query", "before_id")]
+    r = await http.get("/v1/outbox", params={"before_id": str(2**63 - 1)}, headers=tokens.client(unique("ob")))
+    assert r.status_code == 200 and r.json()["items"] == []
+
+
+async def test_outbox_tool_with_a_nul_byte_is_a_400(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    r = await http.get("/v1/outbox?tool=a%00b", headers=tokens.client(unique("ob")))
+    assert names(problem(r, 400, "validation")) == [("query", "tool")]
+
+
+# --- the decision route --------------------------------------------------------------------
+
+async def test_a_decision_on_a_workflow_that_does_not_exist_is_a_404(
+    http: httpx.AsyncClient, tokens: Tokens, client: Client
+) -> None:
+    tenant = unique("demo")
+    wf_id = f"{tenant}:campaign:none"
+    r = await http.post(f"/v1/pending-actions/{wf_id}~creative-1/decision", json={"decision": "approve"},
+                        headers=tokens.client(tenant))
+    problem(r, 404, "not_found")
+    assert not await exists(client, wf_id)
+
+
+@pytest.mark.parametrize("kind", ["invalid_utf8", "deep", "nul"])
+async def test_an_unreadable_decision_body_is_a_400_and_the_action_stays_open(
+    http: httpx.AsyncClient, tokens: Tokens, kind: str
+) -> None:
+    tenant = unique("dec")
+    wf_id = await start_campaign(http, tokens, tenant)
+    action = await pending_action(http, tokens, tenant, wf_id)
+    body = {
+        "invalid_utf8": b'{"decision": "approve", "comment": "' + INVALID_UTF8 + b'"}',
+        "deep": ('{"decision": "edit", "edits": {"budget_usd": 900, "x": ' + deep() + "}}").encode(),
+        "nul": b'{"decision": "request_changes", "comment": "more\\u0000"}',
+    }[kind]
+    url = f"/v1/pending-actions/{action['action_id']}/decision"
+    r = await http.post(url, content=body, headers={**tokens.client(tenant), "content-type": "application/json"})
+    detail = problem(r, 400, "malformed_body")["detail"]
+    assert {"invalid_utf8": "UTF-8", "deep": f"deeper than {MAX_JSON_DEPTH}", "nul": "NUL"}[kind] in detail
+
+    view = (await http.get(f"/v1/pending-actions/{action['action_id']}", headers=tokens.client(tenant))).json()
+    assert view["status"] == "open" and view["decisions"] == []
+
+
+# --- the start routes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["invalid_utf8", "deep", "too_large"])
+async def test_an_unreadable_start_body_is_a_4xx_and_starts_nothing(
+    http: httpx.AsyncClient, tokens: Tokens, client: Client, kind: str
+) -> None:
+    tenant, key = unique("start"), unique("k")
+    good = json.dumps(campaign_body(tenant, key))
+    body = {
+        "invalid_utf8": good.encode().replace(b"Sell more", b"Sell " + INVALID_UTF8),
+        "deep": good.replace('"objective"', '"extra": ' + deep() + ', "objective"').encode(),
+        "too_large": good.replace('"objective"', '"extra": "' + "x" * MAX_BODY_BYTES + '", "objective"').encode(),
+    }[kind]
+    r = await http.post("/v1/workflows/campaign", content=body,
+                        headers={**tokens.client(tenant), "content-type": "application/json"})
+    if kind == "too_large":
+        assert str(MAX_BODY_BYTES) in problem(r, 413, "body_too_large")["detail"]
+    else:
+        problem(r, 400, "malformed_body")
+    assert not await exists(client, f"{tenant}:campaign:{key}")
+
+
+async def test_a_field_error_names_the_field_and_where(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    tenant = unique("field")
+    r = await http.post("/v1/workflows/campaign", json=campaign_body(tenant, budget_usd="lots"),
+                        headers=tokens.client(tenant))
+    body = problem(r, 400, "validation")
+    assert names(body) == [("body", "budget_usd")] and "budget_usd" in body["detail"]
+
+
+# --- signed webhooks: a valid signature over a body that is not readable -----------------------
+
+@pytest.mark.parametrize("kind", ["invalid_utf8", "deep"])
+async def test_a_signed_shopify_body_that_is_not_json_is_a_400_and_starts_nothing(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, client: Client, kind: str
+) -> None:
+    tenant, domain = await shop_tenant(db)
+    oid = order_id()
+    good = json.dumps(shopify_order(oid))
+    body = (good.encode().replace(b"buyer@", INVALID_UTF8 + b"@") if kind == "invalid_utf8"
+            else good.replace('"currency"', '"note": ' + deep() + ', "currency"').encode())
+    r = await http.post("/v1/webhooks/shopify", content=body, headers=shopify_headers(settings, domain, body))
+    problem(r, 400, "malformed_body")
+    assert not await exists(client, f"{tenant}:order:shopify-{oid}")
+
+
+@pytest.mark.parametrize("kind", ["invalid_utf8", "deep"])
+async def test_a_signed_stripe_body_that_is_not_json_is_a_400_and_starts_nothing(
+    http: httpx.AsyncClient, settings: Settings, client: Client, kind: str
+) -> None:
+    tenant, invoice = unique("dun"), f"in_{unique('x')}"
+    good = stripe_event("invoice.payment_failed", tenant, invoice)
+    body = (good.encode().replace(b"billing@", INVALID_UTF8 + b"@") if kind == "invalid_utf8"
+            else good.replace('"currency"', '"note": ' + deep() + ', "currency"').encode())
+    # Stripe signs text: what the verifier reads of these bytes is what is signed.
+    header = stripe.WebhookSignature.generate_signature_header(
+        body.decode("utf-8", "replace"), settings.stripe.webhook_secret.get_secret_value())
+    r = await http.post("/v1/webhooks/stripe", content=body, headers={"stripe-signature": header})
+    problem(r, 400, "malformed_body")
+    assert not await exists(client, f"{tenant}:dunning:{invoice_key(invoice)}")
+
+
+# --- one error schema, documented ----------------------------------------------------------
+
+async def test_every_error_is_a_problem_with_a_stable_code(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    problem(await http.get("/v1/outbox"), 401, "unauthenticated")
+    problem(await http.get("/v1/admin/approvals", headers=tokens.client(unique("c"))), 403, "forbidden")
+    problem(await http.get("/v1/workflows/nope:onboarding:nope", headers=tokens.admin()), 404, "not_found")
+    problem(await http.get("/v1/no-such-route", headers=tokens.admin()), 404, "not_found")
+    problem(await http.delete("/v1/outbox", headers=tokens.admin()), 405, "method_not_allowed")
+    problem(await http.get("/v1/workflows", params={"limit": 0}, headers=tokens.admin()), 400, "validation")
+    problem(await http.post("/v1/webhooks/shopify", content=b"{}"), 401, "unauthenticated")
+
+
+async def test_the_openapi_document_lists_each_routes_problems(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/schema/openapi.json")).json()
+    assert spec["components"]["schemas"]["Problem"]["required"] == ["code", "detail", "status", "title", "type"]
+    errors = 0
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            for status, response in op["responses"].items():
+                if int(status) >= 400 and path != "/health":
+                    errors += 1
+                    assert response["content"] == {
+                        PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}, (method, path, status)
+
+    def statuses(method: str, path: str) -> set[int]:
+        return {int(s) for s in spec["paths"][path][method]["responses"] if int(s) >= 400}
+
+    assert errors > 100
+    assert statuses("post", "/v1/workflows/campaign") == {400, 401, 403, 404, 409, 413, 429, 503}
+    assert statuses("post", "/v1/pending-actions/{action_id}/decision") == {400, 401, 403, 404, 409, 413, 422, 503}
+    assert statuses("get", "/v1/workflows") == {400, 401, 503}
+    assert statuses("get", "/v1/admin/approvals") == {400, 401, 403, 503}
+    assert statuses("get", "/v1/outbox") == {400, 401, 404, 503}
+    assert statuses("post", "/v1/webhooks/{source}") == {400, 401, 404, 413, 503}

@@ -1,0 +1,104 @@
+"""Schemathesis over the live OpenAPI document: generated requests, valid and invalid, for every
+operation, as an admin and as a client. No answer may be a 5xx, and every answer must be one
+the document declares (status code, content type, body schema).
+
+The real app is served over real HTTP on the session's Temporal dev server and Postgres, in a
+Temporal namespace of its own where no worker polls: a generated start is accepted (202) and
+runs nothing, so random input never reaches the outside world (websites, Stripe) and never
+slows the rest of the suite. Left out: the Pending Actions stream (server-sent events: one
+answer lasts up to an hour). The signed webhooks are fuzzed unsigned (every answer 401 or 404);
+tests/test_bad_input.py sends them correctly signed bodies that are not JSON.
+
+The figures (requests, 5xx, schema violations) are written to build/fuzz/summary.json and shown
+at the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.app import create_app
+from tests.conftest import ROOT, Tokens, serve, unique
+from workers.settings import Settings
+
+REPORTS = ROOT / "build" / "fuzz"
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+EXCLUDED_PATHS = ["/v1/pending-actions/stream"]
+MAX_EXAMPLES = 12  # per operation and generation phase
+MAX_SECONDS = 50  # per identity: two identities stay within about two minutes
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+async def _run(api_url: str, who: str, headers: dict[str, str]) -> dict[str, Any]:
+    """One schemathesis run; its figures, from its own JSON report and the HAR of every request."""
+    out = REPORTS / who
+    out.mkdir(parents=True, exist_ok=True)
+    args = [
+        str(SCHEMATHESIS), "run", f"{api_url}/schema/openapi.json",
+        "--checks", CHECKS,
+        "--phases", "examples,coverage,fuzzing",
+        "--max-examples", str(MAX_EXAMPLES),
+        "--max-time", str(MAX_SECONDS),
+        "--seed", "20261125",
+        "--workers", "1",
+        "--request-timeout", "20",
+        "--no-shrink",
+        "--report", "json,har",
+        "--report-json-path", str(out / "report.json"),
+        "--report-har-path", str(out / "requests.har"),
+        "--output-truncate", "false",
+        *(a for path in EXCLUDED_PATHS for a in ("--exclude-path", path)),
+        *(a for name, value in headers.items() for a in ("-H", f"{name}: {value}")),
+    ]
+    proc = await asyncio.create_subprocess_exec(*args, cwd=out, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=MAX_SECONDS + 60)
+    (out / "output.txt").write_bytes(stdout)
+    report = json.loads((out / "report.json").read_text())
+    entries = json.loads((out / "requests.har").read_text())["log"]["entries"]
+    statuses = Counter(e["response"]["status"] for e in entries)
+    failures = {f["title"]: f["count"] for f in report["failures"]}
+    return {
+        "identity": who,
+        "exit_code": proc.returncode,
+        "operations": report["operations"]["tested"],
+        "test_cases": report["test_cases"]["generated"],
+        "requests": len(entries),
+        "server_errors": sum(n for status, n in statuses.items() if status >= 500),
+        "schema_violations": sum(n for title, n in failures.items() if "server error" not in title.lower()),
+        "statuses": {str(s): n for s, n in sorted(statuses.items())},
+        "failures": failures,
+        "errors": report["errors"],
+        "output": stdout.decode(errors="replace")[-4000:],
+    }
+
+
+async def test_the_openapi_document_holds_under_fuzzing(
+    settings: Settings, namespace: str, tokens: Tokens, request: pytest.FixtureRequest
+) -> None:
+    isolated = settings.model_copy(update={"temporal": settings.temporal.model_copy(update={"namespace": namespace})})
+    async with serve(create_app(isolated)) as api_url:
+        runs = [await _run(api_url, "admin", tokens.admin()),
+                await _run(api_url, "client", tokens.client(unique("fuzz")))]
+
+    totals = {k: sum(r[k] for r in runs) for k in ("requests", "server_errors", "schema_violations")}
+    summary = {**totals, "runs": [{k: v for k, v in r.items() if k != "output"} for r in runs]}
+    (REPORTS / "summary.json").write_text(json.dumps(summary, indent=2))
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"\nschemathesis: {totals['requests']} requests over {runs[0]['operations']} operations "
+            f"(admin, client), {totals['server_errors']} 5xx, {totals['schema_violations']} schema violations "
+            f"(details in {REPORTS.relative_to(ROOT)}/)")
+
+    for r in runs:
+        assert r["operations"] >= 25 and r["requests"] >= 500, r
+        assert not r["errors"], r
+        assert r["server_errors"] == 0 and not r["failures"] and r["exit_code"] == 0, r["output"]

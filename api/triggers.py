@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 Action = Literal["start", "signal_with_start"]
 Outcome = Literal["started", "duplicate", "signalled", "ignored"]
 TRIGGER_MEMO = "trigger"
+MAX_TIMESTAMP = 253402300800  # 10000-01-01: past any datetime
 
 
 class InvalidEvent(ValueError):
@@ -134,10 +135,13 @@ def stripe_invoice(event: Event) -> tuple[str, str, DunningInput]:
     the tenant from the invoice's ``metadata.tenant_id``."""
     if event.tenant_id is None:
         raise InvalidEvent("the invoice names no tenant (metadata.tenant_id)")
-    obj = (event.payload.get("data") or {}).get("object")
+    data = event.payload.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
         raise InvalidEvent("the event has no invoice")
     created = event.payload.get("created")
+    if isinstance(created, int) and not 0 <= created < MAX_TIMESTAMP:
+        raise InvalidEvent("the event's created time is out of range")
     try:
         inp = msgspec.convert({
             "tenant_id": event.tenant_id, "invoice_id": obj["id"], "invoice_key": invoice_key(obj["id"]),

@@ -97,6 +97,11 @@ def _json(body: bytes) -> dict[str, Any]:
     return value
 
 
+def _field(value: Any, name: str) -> Any:
+    """``value[name]`` when value is a JSON object (None otherwise: the trigger says what is missing)."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
 def _secret(value: Any, source: str) -> str:
     if value is None:
         log.warning("webhook %s: no secret configured; refused", source)
@@ -118,8 +123,8 @@ async def _stripe(request: Request, body: bytes, settings: Settings, db: asyncpg
         # tolerance), never the secret.
         raise Unsigned(f"Stripe-Signature: {exc.user_message or 'invalid'}") from None
     event = _json(body)
-    obj = (event.get("data") or {}).get("object") or {}
-    tenant = (obj.get("metadata") or {}).get("tenant_id") if isinstance(obj, dict) else None
+    obj = _field(_field(event, "data"), "object")
+    tenant = _field(_field(obj, "metadata"), "tenant_id")
     if not isinstance(event.get("type"), str):
         raise ValidationException("the Stripe event has no type")
     return Event(source="stripe", type=event["type"], id=event.get("id"), tenant_id=tenant, payload=event,

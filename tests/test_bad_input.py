@@ -230,3 +230,22 @@ async def test_the_openapi_document_lists_each_routes_problems(http: httpx.Async
     assert statuses("get", "/v1/admin/approvals") == {400, 401, 403, 503}
     assert statuses("get", "/v1/outbox") == {400, 401, 404, 503}
     assert statuses("post", "/v1/webhooks/{source}") == {400, 401, 404, 413, 503}
+
+
+@pytest.mark.parametrize("shape", ["data_not_object", "metadata_not_object", "created_overflow"])
+async def test_a_signed_stripe_event_of_the_wrong_shape_is_a_400_and_starts_nothing(
+    http: httpx.AsyncClient, settings: Settings, client: Client, shape: str
+) -> None:
+    tenant, invoice = unique("dun"), f"in_{unique('x')}"
+    event = json.loads(stripe_event("invoice.payment_failed", tenant, invoice))
+    if shape == "data_not_object":
+        event["data"] = [event["data"]]
+    elif shape == "metadata_not_object":
+        event["data"]["object"]["metadata"] = f"tenant_id={tenant}"
+    else:
+        event["created"] = 10**20
+    payload = json.dumps(event)
+    header = stripe.WebhookSignature.generate_signature_header(payload, settings.stripe.webhook_secret.get_secret_value())
+    r = await http.post("/v1/webhooks/stripe", content=payload, headers={"stripe-signature": header})
+    problem(r, 400, "validation")
+    assert not await exists(client, f"{tenant}:dunning:{invoice_key(invoice)}")

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -38,7 +35,7 @@ from activities.agents import CrewReport
 from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from activities.usage import estimate_cost
-from tests.support import ROOT, assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique
+from tests.support import assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique, worker_process
 from workers.settings import LlmSettings, Settings
 from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditResult, PresenceAuditWorkflow
@@ -185,40 +182,6 @@ async def test_openai_provider_runs_the_crew_against_a_compatible_server(
 
 # --- SIGKILL of the agents worker during the crew ----------------------------------------
 
-@asynccontextmanager
-async def agents_worker_process(settings: Settings, state_dir: Path, log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """``bizosaas worker --queue biz-agents`` as its own process, configured by BIZ_* variables."""
-    llm = settings.llm
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BIZ_", "CREWAI_"))}
-    env.update({
-        "BIZ_TEMPORAL_ADDRESS": settings.temporal.address,
-        "BIZ_TEMPORAL_NAMESPACE": settings.temporal.namespace,
-        "BIZ_DATABASE_URL": settings.database_url(),
-        "BIZ_LLM_PROVIDER": llm.provider,
-        "BIZ_LLM_BASE_URL": llm.base_url or "",
-        "BIZ_LLM_API_KEY": llm.api_key.get_secret_value() if llm.api_key else "",
-        "BIZ_LLM_MODEL": llm.model,
-        "BIZ_DEV_STATE_DIR": str(state_dir),
-        "BIZ_LOG_LEVEL": "WARNING",
-        "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
-        "HOME": str(state_dir),  # CrewAI writes its user settings under $HOME
-        "PYTHONUNBUFFERED": "1",
-    })
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--queue", AGENTS_QUEUE],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # drains
-            try:
-                await asyncio.to_thread(proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-
-
 async def test_agents_worker_killed_during_the_crew_completes_once(
     settings: Settings, namespace: str, db: asyncpg.Pool, lago_state: LagoState, mcp_sandbox: str, fixture_site: str
 ) -> None:
@@ -231,7 +194,7 @@ async def test_agents_worker_killed_during_the_crew_completes_once(
             # Workflows and integrations in this process; the agents queue in a process of its own.
             async with platform_workers(client, ours, db, [WORKFLOWS_QUEUE, INTEGRATIONS_QUEUE]):
                 tenant = unique("acme")
-                async with agents_worker_process(ours, state, log) as first:
+                async with worker_process(ours, [AGENTS_QUEUE], state, log) as first:
                     handle = await start_audit(client, tenant, fixture_site)
 
                     async def crew_is_thinking() -> None:
@@ -244,7 +207,7 @@ async def test_agents_worker_killed_during_the_crew_completes_once(
                     await assert_eventually(crew_is_thinking, timeout=120)
                     first.kill()  # SIGKILL: no drain, no activity failure reported
                     assert await asyncio.to_thread(first.wait, 10) == -signal.SIGKILL
-                async with agents_worker_process(ours, state, log):
+                async with worker_process(ours, [AGENTS_QUEUE], state, log):
                     # Temporal notices the missing heartbeats (CREW_HEARTBEAT) and retries the crew.
                     result = await asyncio.wait_for(handle.result(), timeout=150)
                 history = [e async for e in handle.fetch_history_events()]

@@ -18,7 +18,7 @@ from activities.sandbox_lago import LagoState
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique
-from tests.support import Site
+from tests.support import Site, record_history
 from workflows.names import TENANT_ID
 from workflows.seo_health import PageScan, SeoHealthReport, technical_scan
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
@@ -54,6 +54,7 @@ async def completed(http: httpx.AsyncClient, headers: dict[str, str], wf_id: str
 
 async def test_two_scans_store_reports_and_the_second_names_the_shift(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, lago_state: LagoState, site: tuple[Site, str],
+    client: Client,
 ) -> None:
     app, url = site
     tenant = unique("florist")
@@ -71,6 +72,7 @@ async def test_two_scans_store_reports_and_the_second_names_the_shift(
     first_id = r.json()["workflow_id"]
     assert first_id == f"{tenant}:seo-health:week-1"
     view = await completed(http, owner, first_id)
+    await record_history(client.get_workflow_handle(first_id), "seo-health")
     first = view["result"]
     assert first["offline"] is True and first["shift"]["first_run"] is True
     assert first["pages"] == [f"{url}/", f"{url}/bouquets", f"{url}/contact"]
@@ -138,7 +140,9 @@ async def test_enabling_seo_health_schedules_it_weekly_and_trigger_now_runs_it(
         r = await http.post(f"/v1/tenants/{tenant}/capabilities/seo-health", headers=owner,
                             json={"website_url": f"{fixture_site}/"})
         assert r.status_code == 202, r.text
-        result = await client.get_workflow_handle_for(TenantCapabilitiesWorkflow.run, r.json()["workflow_id"]).result()
+        caps = client.get_workflow_handle_for(TenantCapabilitiesWorkflow.run, r.json()["workflow_id"])
+        result = await caps.result()
+        await record_history(caps, "tenant-capabilities")
         assert [(c.schedule_id, c.change) for c in result.schedules] == [(sid, "create")]
         view = (await http.get(f"/v1/schedules/{sid}", headers=owner)).json()
         assert (view["capability"], view["workflow_type"]) == ("seo-health", "SeoHealth")

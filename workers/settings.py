@@ -89,6 +89,10 @@ class WorkerSettings(BaseModel):
     # Override the URL of servers in mcp-servers.yaml by name, e.g. {"sandbox": "http://..."}
     # (JSON in BIZ_WORKER_MCP_URLS).
     mcp_urls: dict[str, str] = {}
+    # Worker Versioning (README: Restarts, deploys and versioning): both set, or neither.
+    deployment_name: str | None = None
+    build_id: str | None = None
+    versioning_behavior: Literal["auto_upgrade", "pinned"] = "auto_upgrade"
 
 
 class DevSettings(BaseModel):

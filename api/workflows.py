@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Router, get, post
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
@@ -222,10 +222,20 @@ class WorkflowController(Controller):
         "/{workflow_id:str}/cancel",
         operation_id="cancel_workflow",
         summary="Ask a running workflow to cancel",
+        description="Each capability names the roles that may cancel it (403 otherwise; a client never cancels "
+                    "its own dunning). Workflows holding money compensate: a canceled order releases its payment "
+                    "(canceled, or refunded if captured) and is recorded as `canceled`. 409: not running.",
         status_code=HTTP_202_ACCEPTED,
     )
     async def cancel_workflow(self, request: Request, temporal: NamedDependency[Client], workflow_id: FromPath[str]) -> StartResponse:
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
+        capability = CATALOGUE.get(desc.typed_search_attributes.get(CAPABILITY) or "")
+        # Workflows outside the catalogue (an agent loop, a tenant's capabilities) are the
+        # platform's own: admins only.
+        may_cancel = capability.cancel_roles if capability else frozenset({"super_admin", "admin"})
+        if not request.user.roles & may_cancel:
+            raise PermissionDeniedException(
+                f"your role may not cancel {workflow_id!r} (allowed: {', '.join(sorted(may_cancel))})")
         if desc.status != WorkflowExecutionStatus.RUNNING:
             raise ConflictError(f"workflow {workflow_id!r} is {desc.status.name}, not running")
         await handle.cancel()

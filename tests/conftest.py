@@ -270,6 +270,9 @@ class Tokens:
     def admin(self) -> dict[str, str]:
         return self._bearer(sub="admin@bizosaas", roles=["admin"])
 
+    def finance(self) -> dict[str, str]:
+        return self._bearer(sub="finance@bizosaas", roles=["finance"])
+
     def client(self, tenant: str, sub: str | None = None) -> dict[str, str]:
         return self._bearer(sub=sub or f"owner@{tenant}", roles=["client"], tenant_id=tenant)
 

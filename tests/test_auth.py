@@ -376,9 +376,9 @@ async def test_partner_sees_the_tenants_it_manages_only(
     handles = []
     for tenant in (a, c):
         handles.append(await client.start_workflow(
-            "OnboardingWorkflow", _onboarding(tenant), id=workflow_id(tenant, "onboarding", tenant), task_queue=queue,
+            "PresenceAudit", _onboarding(tenant), id=workflow_id(tenant, "presence-audit", tenant), task_queue=queue,
             search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, "onboarding")]
+                [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, "presence-audit")]
             ),
         ))
     try:
@@ -387,7 +387,7 @@ async def test_partner_sees_the_tenants_it_manages_only(
         assert (await dev_api.post(f"/v1/workflows/{wf_c}/cancel", headers=partner)).status_code == HTTP_404_NOT_FOUND
         missing = workflow_id(a, "onboarding", unique("none"))
         assert (await dev_api.get(f"/v1/workflows/{missing}", headers=partner)).status_code == HTTP_404_NOT_FOUND
-        # a's workflow is in scope: the partner may cancel it.
+        # a's workflow is in scope and partners may cancel an audit: the partner cancels it.
         assert (await dev_api.post(f"/v1/workflows/{wf_a}/cancel", headers=partner)).status_code == HTTP_202_ACCEPTED
         assert (await dev_api.post(f"/v1/workflows/{wf_c}/cancel", headers=tokens.client(a))).status_code == HTTP_404_NOT_FOUND
     finally:

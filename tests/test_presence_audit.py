@@ -55,7 +55,9 @@ async def test_client_runs_a_presence_audit_offline(
     usage = await db.fetch(
         """SELECT idempotency_key, model, provider, offline, tokens_in, cost_usd, reported_to_lago_at
            FROM llm_usage WHERE workflow_id = $1 ORDER BY id""", wf_id)
-    assert [u["idempotency_key"] for u in usage] == [f"{wf_id}:presence_crew:{i}" for i in range(4)]
+    # Recorded by the crew as each call returned: {workflow}:{agent}:{activity id}:{attempt}:{n}.
+    assert [u["idempotency_key"].split(":")[-2:] for u in usage] == [["1", str(i)] for i in range(4)]
+    assert all(u["idempotency_key"].startswith(f"{wf_id}:presence-crew:") for u in usage)
     assert {(u["model"], u["provider"], u["offline"]) for u in usage} == {(OFFLINE_MODEL, "offline", True)}
     assert all(u["cost_usd"] == 0 and u["tokens_in"] > 0 and u["reported_to_lago_at"] for u in usage)
     assert sum(u["tokens_in"] for u in usage) == result["tokens_in"]

@@ -72,13 +72,14 @@ def schema_instance(schema: dict[str, Any], defs: dict[str, Any], tag: str) -> A
 class CrewStub:
     """POST /v1/chat/completions of a server without JSON-schema mode: a request that asks for
     ``response_format`` is refused (400, as such servers do); it reads the output schema CrewAI
-    put in the prompt and answers a JSON instance of it. Keeps every request and answer. ``hold`` requests wait for ``release()``."""
+    put in the prompt and answers a JSON instance of it. Keeps every request and answer. The
+    ``hold_at``-th request (1-based) waits for ``release()``."""
 
-    def __init__(self, hold: int = 0) -> None:
+    def __init__(self, hold_at: int | None = None) -> None:
         self.requests: list[dict[str, Any]] = []
         self.answers: list[str] = []
         self.refused = 0  # requests that asked for JSON-schema mode
-        self._hold = hold
+        self._hold_at = hold_at
         self._released = asyncio.Event()
 
     def release(self) -> None:
@@ -92,7 +93,7 @@ class CrewStub:
                 return Response({"error": {"message": "response_format is not supported", "type": "invalid_request_error"}},
                                 status_code=400)
             self.requests.append(data)
-            if len(self.requests) <= self._hold:
+            if len(self.requests) == self._hold_at:
                 await self._released.wait()
             prompt = data["messages"][-1]["content"]
             schema, _ = json.JSONDecoder().raw_decode(prompt[prompt.index(SCHEMA_MARK) + len(SCHEMA_MARK):])
@@ -185,7 +186,8 @@ async def test_openai_provider_runs_the_crew_against_a_compatible_server(
 async def test_agents_worker_killed_during_the_crew_completes_once(
     settings: Settings, namespace: str, db: asyncpg.Pool, lago_state: LagoState, mcp_sandbox: str, fixture_site: str
 ) -> None:
-    stub = CrewStub(hold=1)  # the first LLM call of the crew hangs until the worker is dead
+    # The crew's first LLM call is answered (and paid for); its second hangs until the worker is dead.
+    stub = CrewStub(hold_at=2)
     with tempfile.TemporaryDirectory(prefix="bizosaas-agents-worker-") as tmp:
         state, log = Path(tmp), Path(tmp) / "worker.log"
         async with serving(stub) as url:
@@ -199,7 +201,7 @@ async def test_agents_worker_killed_during_the_crew_completes_once(
 
                     async def crew_is_thinking() -> None:
                         assert first.poll() is None, log.read_text(errors="replace")[-3000:]
-                        assert len(stub.requests) == 1
+                        assert len(stub.requests) == 2
                         [pending] = (await handle.describe()).raw_description.pending_activities
                         assert pending.activity_type.name == CREW_ACTIVITY and pending.attempt == 1
                         assert pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
@@ -220,15 +222,21 @@ async def test_agents_worker_killed_during_the_crew_completes_once(
                  and e.activity_task_started_event_attributes.scheduled_event_id in crew]
     assert started.attempt == 2
     assert started.last_failure.timeout_failure_info.timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT
-    assert len(stub.requests) == 1 + 4 and result.llm_calls == 4 and not result.offline
+    assert len(stub.requests) == 2 + 4 and result.llm_calls == 4 and not result.offline
 
-    # One report, usage counted once (the retried crew's calls), each reported to Lago once.
+    # One report. Usage: every call that returned is a row, once: the dead attempt's first call
+    # (paid for before the worker died) and the retried crew's four; each reported to Lago once
+    # and counted against the tenant's budget.
     reports = await db.fetch("SELECT id, offline FROM reports WHERE workflow_id = $1", handle.id)
     assert [(r["id"], r["offline"]) for r in reports] == [(result.report_id, False)]
     usage = await usage_rows(db, handle.id)
-    assert [u["idempotency_key"] for u in usage] == [f"{handle.id}:presence_crew:{i}" for i in range(result.llm_calls)]
-    assert sum(u["tokens_in"] for u in usage) == result.tokens_in == 44
+    assert [u["idempotency_key"].split(":")[-2:] for u in usage] == [["1", "0"], *[["2", str(i)] for i in range(4)]]
+    assert all(u["idempotency_key"].startswith(f"{handle.id}:presence-crew:") for u in usage)
+    assert sum(u["tokens_in"] for u in usage) == 5 * 11 and result.tokens_in == 44
+    assert all(u["reported_to_lago_at"] is not None for u in usage)
     events = lago_events(lago_state, tenant, handle.id)
-    assert sorted(e["transaction_id"] for e in events) == [u["idempotency_key"] for u in usage]
+    assert sorted(e["transaction_id"] for e in events) == sorted(u["idempotency_key"] for u in usage)
+    spent = await db.fetchval("SELECT sum(cost_usd) FROM llm_usage WHERE tenant_id = $1", tenant)
+    assert spent == sum(u["cost_usd"] for u in usage) > 0
     # The audit's only tool is fetch_web_page, which records nothing: no outbox rows at all.
     assert await db.fetch("SELECT id FROM outbox WHERE tenant_id = $1", tenant) == []

@@ -30,7 +30,7 @@ from activities.orders import OrderActivities
 from activities.reports import ReportActivities
 from activities.schedules import ScheduleActivities
 from activities.tenants import AuditActivities, TenantActivities
-from activities.usage import UsageActivities
+from activities.usage import UsageActivities, UsageLedger
 from workers.client import connect
 from workers.converter import resolve_struct_annotations
 from workers.settings import Settings
@@ -89,7 +89,9 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         from activities.agent_steps import AgentStepActivities
         from activities.agents import AgentActivities
 
-        agents, steps = AgentActivities(settings.llm), AgentStepActivities(settings.llm)
+        # Every LLM call is a usage row as it returns (budget and billing see failed attempts too).
+        ledger = UsageLedger(pool)
+        agents, steps = AgentActivities(settings.llm, ledger), AgentStepActivities(settings.llm, ledger)
         regs[AGENTS_QUEUE] = QueueRegistration(
             activities=[agents.presence_crew, agents.campaign_creative_crew, steps.llm_step],
             max_concurrent_activities=settings.worker.agents_max_concurrent,

@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.agent_loop import AgentLoopInput, run_agent
     from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
     from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
-    from workflows.usage import record_usage, report_usage
+    from workflows.usage import account, report_usage
 
 CAPABILITY = "order"
 
@@ -236,7 +236,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
                  f"{inp.billing_country or '?'}, shipping country {inp.shipping_country or '?'}; "
                  f"the rules scored it {rules_score}.",
         ))
-        self._usage_ids += await record_usage(inp.tenant_id, "fraud-analyst", result.provider, result.calls, "fraud")
+        self._usage_ids += await account(inp.tenant_id, "fraud-analyst", result, "fraud")
         return int(result.final.get("risk_score", 0)), result.offline
 
     async def _process(self, inp: OrderInput) -> OrderResult:

@@ -24,6 +24,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.health import health
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
+from api.ratelimit import StartLimiter
 from api.schedules import schedules_router
 from api.triggers import seed_triggers
 from api.webhooks import webhooks_router
@@ -61,7 +62,8 @@ def create_app(settings: Settings) -> Litestar:
         return state.db
 
     app = Litestar(
-        route_handlers=[health, workflows_router(), pending_actions_router(), outbox_router(), schedules_router(),
+        route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
+                        pending_actions_router(), outbox_router(), schedules_router(),
                         webhooks_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),

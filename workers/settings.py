@@ -8,6 +8,7 @@ environment at import time.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,11 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None
+    # Workflow starts per tenant (POST /v1/workflows/{capability}): a token bucket refilled at
+    # this rate, holding at most `start_burst`; over it, 429 with Retry-After. Each API
+    # process keeps its own buckets (api/ratelimit.py).
+    start_rate_per_minute: float = Field(default=30.0, gt=0)
+    start_burst: int = Field(default=20, ge=1)
 
 
 class AuthSettings(BaseModel):
@@ -50,6 +56,11 @@ class AuthSettings(BaseModel):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     token_ttl_hours: int = 24
+
+
+class AiSettings(BaseModel):
+    # The monthly AI budget (USD) of a tenant without a tenant_budgets row; None: unlimited.
+    default_monthly_budget_usd: Decimal | None = Field(default=Decimal("50"), ge=0)
 
 
 class LlmSettings(BaseModel):
@@ -127,6 +138,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    ai: AiSettings = Field(default_factory=AiSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     lago: LagoSettings = Field(default_factory=LagoSettings)
     shopify: ShopifySettings = Field(default_factory=ShopifySettings)

@@ -3,9 +3,11 @@ asyncpg pool; handlers receive them through dependency injection."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 from litestar import Litestar
@@ -22,6 +24,7 @@ from activities.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
 from api.errors import EXCEPTION_HANDLERS
 from api.health import health
+from api.inbox import prune_forever
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
 from api.ratelimit import StartLimiter
@@ -50,9 +53,13 @@ def create_app(settings: Settings) -> Litestar:
         )
         # The trigger table's declared rows (new ones only; configuration, not business rows).
         await seed_triggers(app.state.db)
+        # The webhook inbox's retention: old deliveries deleted now and hourly (api/inbox.py).
+        pruning = asyncio.create_task(
+            prune_forever(app.state.db, timedelta(days=settings.webhooks.inbox_retention_days)))
         try:
             yield
         finally:
+            pruning.cancel()
             await app.state.db.close()
 
     def provide_temporal(state: State) -> Client:

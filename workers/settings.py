@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -87,6 +87,21 @@ class ShopifySettings(BaseModel):
     webhook_secret: SecretStr | None = None
 
 
+class WebhooksSettings(BaseModel):
+    # A delivery the sender dates (Stripe `created`, X-Shopify-Triggered-At) older than this is
+    # refused; within it, a replay answers 200 "duplicate". Above the senders' retry spans
+    # (Stripe 3 days, Shopify 4 hours).
+    replay_window_hours: int = Field(default=72, ge=1)
+    # How long the inbox keeps accepted events (and so remembers them as already seen).
+    inbox_retention_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _retention_covers_the_window(self) -> WebhooksSettings:
+        if self.inbox_retention_days * 24 < self.replay_window_hours:
+            raise ValueError("BIZ_WEBHOOKS_INBOX_RETENTION_DAYS must cover BIZ_WEBHOOKS_REPLAY_WINDOW_HOURS")
+        return self
+
+
 class OtelSettings(BaseModel):
     otlp_endpoint: str | None = None
     service_name: str = "bizosaas"
@@ -142,6 +157,7 @@ class Settings(BaseSettings):
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     lago: LagoSettings = Field(default_factory=LagoSettings)
     shopify: ShopifySettings = Field(default_factory=ShopifySettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)

@@ -254,6 +254,11 @@ def _answer(fired: Fired) -> Response[WebhookAnswer]:
 
 async def _fire(temporal: Client, db: asyncpg.Pool, event: Event, body: bytes) -> Response[WebhookAnswer]:
     """Keep the event in the inbox, then start its workflow; a replay answers 200 "duplicate"."""
+    if not 1 <= len(event.type) <= 200:
+        raise ValidationException("the event type must be 1 to 200 characters")
+    for what, value in (("event type", event.type), ("event id", event.id), ("tenant id", event.tenant_id)):
+        if value is not None and "\x00" in value:  # Postgres text cannot hold it
+            raise ValidationException(f"the {what} contains a NUL character")
     try:
         planned = await plan(db, event)
     except InvalidEvent as exc:

@@ -396,6 +396,14 @@ async def test_lago_and_stripe_replays_answer_duplicate_and_events_without_a_tri
     assert r.status_code == 401 and "replay window" in r.text, r.text
     assert await inbox_rows(db, "stripe", event_id=old["id"]) == []
 
+    # What the inbox cannot keep is refused naming it, never a 500.
+    for bad, named in (({"type": ""}, "event type"), ({"type": "x" * 201}, "event type"),
+                       ({"type": "invoice.paid\u0000"}, "NUL"),
+                       ({"data": {"object": {"id": invoice, "metadata": {"tenant_id": "a\u0000b"}}}}, "NUL")):
+        payload = json.dumps({**event, "id": "evt_" + unique("x"), **bad})
+        r = await http.post("/v1/webhooks/stripe", content=payload, headers=stripe_headers(settings, payload))
+        assert r.status_code == 400 and named in r.text, (bad, r.text)
+
 
 async def test_a_shop_domain_belongs_to_one_tenant(db: asyncpg.Pool) -> None:
     tenant, domain = await shop_tenant(db)

@@ -6,6 +6,9 @@ the workflow (``usage.record``, idempotent on the key the workflow derives from 
 step); ``lago.report_usage`` later sends the rows to
 Lago. Before an expensive step a workflow calls ``usage.check_budget``: a tenant whose spend
 this calendar month (UTC) has reached its budget gets a non-retryable ``AIBudgetExceeded``.
+A tenant's budget is its ``tenant_budgets`` row, or else the platform's default
+(``BIZ_AI_DEFAULT_MONTHLY_BUDGET_USD``, given to the class by the worker): no tenant has an
+unlimited AI budget unless the operator turns the default off.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class CheckBudget(msgspec.Struct, frozen=True, kw_only=True):
 class BudgetStatus(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     spent_usd: Decimal
-    # None: the tenant has no budget (unlimited).
+    # The tenant's row, else the platform default; None: no row and no default (unlimited).
     budget_usd: Decimal | None = None
     remaining_usd: Decimal | None = None
 
@@ -158,10 +161,21 @@ class UsageLedger:
 
 
 class UsageActivities:
-    """Holds the pool; the worker registers the bound methods on the workflows queue."""
+    """Holds the pool and the default monthly AI budget of tenants without a
+    ``tenant_budgets`` row (from settings: activities never read the environment); the worker
+    registers the bound methods on the workflows queue.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    The default is applied at check time rather than written as a row at onboarding, so
+    changing the setting reaches every tenant at once (no backfill of rows, no tenant left
+    without a row because it was onboarded before the setting existed), while a row still
+    gives a tenant its own budget, higher or lower."""
+
+    def __init__(self, pool: asyncpg.Pool, default_monthly_budget_usd: Decimal | None = None) -> None:
         self._pool = pool
+        if default_monthly_budget_usd is not None and not (
+                default_monthly_budget_usd.is_finite() and default_monthly_budget_usd >= 0):
+            raise ValueError("the default monthly AI budget must be a non-negative amount")
+        self._default_budget = default_monthly_budget_usd
 
     @activity.defn(name="usage.record")
     async def record(self, req: RecordUsage) -> UsageRecorded:
@@ -179,7 +193,7 @@ class UsageActivities:
                LEFT JOIN tenant_budgets b ON b.tenant_id = $1""",
             req.tenant_id,
         )
-        budget: Decimal | None = row["budget"]
+        budget: Decimal | None = row["budget"] if row["budget"] is not None else self._default_budget
         spent: Decimal = row["spent"]
         if budget is None:
             return BudgetStatus(tenant_id=req.tenant_id, spent_usd=spent)

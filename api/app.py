@@ -3,9 +3,11 @@ asyncpg pool; handlers receive them through dependency injection."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 from litestar import Litestar
@@ -22,8 +24,10 @@ from activities.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
 from api.errors import EXCEPTION_HANDLERS
 from api.health import health
+from api.inbox import prune_forever
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
+from api.ratelimit import StartLimiter
 from api.schedules import schedules_router
 from api.triggers import seed_triggers
 from api.webhooks import webhooks_router
@@ -49,9 +53,13 @@ def create_app(settings: Settings) -> Litestar:
         )
         # The trigger table's declared rows (new ones only; configuration, not business rows).
         await seed_triggers(app.state.db)
+        # The webhook inbox's retention: old deliveries deleted now and hourly (api/inbox.py).
+        pruning = asyncio.create_task(
+            prune_forever(app.state.db, timedelta(days=settings.webhooks.inbox_retention_days)))
         try:
             yield
         finally:
+            pruning.cancel()
             await app.state.db.close()
 
     def provide_temporal(state: State) -> Client:
@@ -61,7 +69,8 @@ def create_app(settings: Settings) -> Litestar:
         return state.db
 
     app = Litestar(
-        route_handlers=[health, workflows_router(), pending_actions_router(), outbox_router(), schedules_router(),
+        route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
+                        pending_actions_router(), outbox_router(), schedules_router(),
                         webhooks_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),

@@ -20,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError
+from api.ratelimit import StartLimiter
 from api.visibility import page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
 from workflows.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
@@ -73,10 +74,12 @@ async def describe_in_scope(temporal: Client, principal: Principal, wf_id: str) 
 
 
 async def _start(temporal: Client, cap: Capability, inp: Any, principal: Principal,
-                 idempotency_key: str | None = None) -> StartResponse:
+                 idempotency_key: str | None = None, limiter: StartLimiter | None = None) -> StartResponse:
     tenant = cap.tenant_in_input(inp) if cap.tenant_in_input else principal.tenant_id
     if tenant is None or not principal.can_see_tenant(tenant):
         raise NotFoundException(f"tenant {tenant!r} not found")
+    if limiter is not None:
+        limiter.take(tenant)  # 429 with Retry-After: nothing started
     if hasattr(inp, "requested_by"):
         inp = msgspec.structs.replace(inp, requested_by=principal.sub)
     wf_id = workflow_id(tenant, cap.name, cap.business_key(inp))
@@ -105,10 +108,10 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
     return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
 
 
-def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per capability
+def _start_handler(cap: Capability, limiter: StartLimiter | None):  # noqa: ANN202 - a route handler per capability
     async def start(data: Any, request: Request, temporal: NamedDependency[Client],
                     idempotency_key: str | None = None) -> StartResponse:
-        return await _start(temporal, cap, data, request.user, idempotency_key)
+        return await _start(temporal, cap, data, request.user, idempotency_key, limiter)
 
     # The body type is the capability's input: validated by Litestar, documented in OpenAPI.
     start.__annotations__ = {
@@ -126,7 +129,8 @@ def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per 
         summary=f"Start {cap.name}",
         description=cap.summary
         + " Starting the same business key twice answers 409 with the existing workflow_id, unless the "
-        "request repeats the Idempotency-Key that started it (then 202 with the same ids).",
+        "request repeats the Idempotency-Key that started it (then 202 with the same ids). Too many starts for "
+        "one tenant in a short time answer 429 with Retry-After.",
         status_code=HTTP_202_ACCEPTED,
         opt={"roles": cap.start_roles},
     )(start)
@@ -246,6 +250,7 @@ _STATUS_NAMES = {"running": "Running", "completed": "Completed", "failed": "Fail
                  "terminated": "Terminated", "timed_out": "TimedOut", "continued_as_new": "ContinuedAsNew"}
 
 
-def workflows_router() -> Router:
-    starts = [_start_handler(cap) for cap in CATALOGUE.values()]
+def workflows_router(limiter: StartLimiter | None = None) -> Router:
+    """``limiter``: the per-tenant start rate limit (create_app always gives one)."""
+    starts = [_start_handler(cap, limiter) for cap in CATALOGUE.values()]
     return Router(path="/v1/workflows", route_handlers=[*starts, WorkflowController], tags=["workflows"])

@@ -211,7 +211,7 @@ async def latency(http: hitl.Http, raw: Any, ours: Any, pool: Any, settings: Any
         # trigger (its look-up, the typed input, the start) on the platform client.
         body, headers = signed(orders.new())
         t = time.perf_counter()
-        resp = await _fire(ours, pool, await _shopify(Stub(headers), body, settings, pool))
+        resp = await _fire(ours, pool, await _shopify(Stub(headers), body, settings, pool), body)
         dt = time.perf_counter() - t
         if resp.status_code != 202 or resp.content.outcome != "started":
             raise RuntimeError(f"direct answered {resp.status_code} {resp.content!r}")

@@ -74,7 +74,8 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     """What each task queue runs. Activity classes are built once and shared."""
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
-        tenants, audit, usage = TenantActivities(pool), AuditActivities(pool), UsageActivities(pool)
+        tenants, audit = TenantActivities(pool), AuditActivities(pool)
+        usage = UsageActivities(pool, settings.ai.default_monthly_budget_usd)
         billing, reports, approvals = BillingCustomerActivities(pool), ReportActivities(pool), ApprovalActivities(pool)
         schedules, orders = ScheduleActivities(pool), OrderActivities(pool)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(

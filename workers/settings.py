@@ -8,10 +8,11 @@ environment at import time.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +40,11 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None
+    # Workflow starts per tenant (POST /v1/workflows/{capability}): a token bucket refilled at
+    # this rate, holding at most `start_burst`; over it, 429 with Retry-After. Each API
+    # process keeps its own buckets (api/ratelimit.py).
+    start_rate_per_minute: float = Field(default=30.0, gt=0)
+    start_burst: int = Field(default=20, ge=1)
 
 
 class AuthSettings(BaseModel):
@@ -50,6 +56,11 @@ class AuthSettings(BaseModel):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     token_ttl_hours: int = 24
+
+
+class AiSettings(BaseModel):
+    # The monthly AI budget (USD) of a tenant without a tenant_budgets row; None: unlimited.
+    default_monthly_budget_usd: Decimal | None = Field(default=Decimal("50"), ge=0)
 
 
 class LlmSettings(BaseModel):
@@ -74,6 +85,21 @@ class LagoSettings(BaseModel):
 class ShopifySettings(BaseModel):
     # The app's client secret: X-Shopify-Hmac-Sha256 of every webhook is an HMAC with it.
     webhook_secret: SecretStr | None = None
+
+
+class WebhooksSettings(BaseModel):
+    # A delivery the sender dates (Stripe `created`, X-Shopify-Triggered-At) older than this is
+    # refused; within it, a replay answers 200 "duplicate". Above the senders' retry spans
+    # (Stripe 3 days, Shopify 4 hours).
+    replay_window_hours: int = Field(default=72, ge=1)
+    # How long the inbox keeps accepted events (and so remembers them as already seen).
+    inbox_retention_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _retention_covers_the_window(self) -> WebhooksSettings:
+        if self.inbox_retention_days * 24 < self.replay_window_hours:
+            raise ValueError("BIZ_WEBHOOKS_INBOX_RETENTION_DAYS must cover BIZ_WEBHOOKS_REPLAY_WINDOW_HOURS")
+        return self
 
 
 class OtelSettings(BaseModel):
@@ -127,9 +153,11 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    ai: AiSettings = Field(default_factory=AiSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     lago: LagoSettings = Field(default_factory=LagoSettings)
     shopify: ShopifySettings = Field(default_factory=ShopifySettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)

@@ -150,7 +150,9 @@ async def test_enabling_seo_health_schedules_it_weekly_and_trigger_now_runs_it(
         assert (view["capability"], view["workflow_type"]) == ("seo-health", "SeoHealth")
         assert (view["spec"]["cron"], view["spec"]["time_zone"]) == (["0 7 * * 1"], "Europe/Paris")
 
-        r = await http.post(f"/v1/schedules/{sid}/trigger", headers=owner)
+        # Clients pause and resume their schedules only; an extra run is an admin's call.
+        assert (await http.post(f"/v1/schedules/{sid}/trigger", headers=owner)).status_code == 403
+        r = await http.post(f"/v1/schedules/{sid}/trigger", headers=tokens.admin())
         assert r.status_code == 202, r.text
 
         async def ran() -> list[str]:

@@ -4,7 +4,10 @@ and the sandboxes at the network edge (the sandbox MCP server, a fixture website
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -32,6 +35,22 @@ ROOT = Path(__file__).resolve().parent.parent
 STRIPE_TEST_KEY = "sk_test_bizosaas"
 LAGO_TEST_KEY = "lago-test-key"
 LAGO_PREFIX = "/lago"  # served under a path prefix: proves the trailing-slash handling
+
+# Tests choose dev explicitly, with a dev secret of their own (never the published one) and a
+# payload codec key, so every test's Temporal payloads are encrypted. The codec key is fixed:
+# histories the tests record stay readable in later runs.
+DEV_TEST_SECRET = secrets.token_urlsafe(32)
+CODEC_TEST_KEYS = "test-1:" + base64.b64encode(hashlib.sha256(b"bizosaas test codec key").digest()).decode()
+
+
+def dev_settings(**fields: object) -> Settings:
+    """Settings as the tests run the platform: dev said explicitly, test secret and codec key."""
+    base: dict[str, object] = {
+        "environment": "dev",
+        "auth": {"mode": "dev", "dev_secret": DEV_TEST_SECRET},
+        "codec": {"keys": CODEC_TEST_KEYS},
+    }
+    return Settings(_env_file=None, **{**base, **fields})  # type: ignore[arg-type]
 
 
 def free_port() -> int:

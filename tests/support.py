@@ -53,6 +53,17 @@ def dev_settings(**fields: object) -> Settings:
     return Settings(_env_file=None, **{**base, **fields})  # type: ignore[arg-type]
 
 
+def dev_env(settings: Settings) -> dict[str, str]:
+    """The same choice as BIZ_* variables, for a `bizosaas` process a test starts: dev said, the
+    dev secret and the codec keys (a worker must read what the session's clients encrypted)."""
+    env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": settings.auth.mode}
+    if settings.auth.dev_secret is not None:
+        env["BIZ_AUTH_DEV_SECRET"] = settings.auth.dev_secret.get_secret_value()
+    if settings.codec.keys is not None:
+        env["BIZ_CODEC_KEYS"] = settings.codec.keys.get_secret_value()
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -312,6 +312,21 @@ async def test_history_written_with_the_old_key_decodes_after_a_new_key_is_added
         await too_early.data_converter.decode(list(started.input.payloads))
 
 
+async def test_failure_messages_are_sealed_too(client: Client) -> None:
+    """An error text quoting a customer (a tool's or Stripe's message) is encrypted in history."""
+    from temporalio.api.failure.v1 import Failure
+    from temporalio.exceptions import ApplicationError
+
+    failure = Failure()
+    await client.data_converter.encode_failure(
+        ApplicationError("send_email: mailbox owner@x.example is full", type="ToolError"), failure)
+    assert b"owner@x.example" not in failure.SerializeToString()
+    assert failure.encoded_attributes.metadata["encoding"] == ENCODING
+    restored = await client.data_converter.decode_failure(failure)
+    assert isinstance(restored, ApplicationError)
+    assert (restored.message, restored.type) == ("send_email: mailbox owner@x.example is full", "ToolError")
+
+
 async def test_tampered_ciphertext_fails_loudly() -> None:
     codec = AesGcmCodec(parse_keys(f"{new_key('a')},{new_key('b')}"))
     clear = Payload(metadata={"encoding": b"json/plain"}, data=b'{"owner_email":"o@x.example"}')

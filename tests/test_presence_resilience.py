@@ -38,7 +38,7 @@ from activities.agents import CrewReport
 from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from activities.usage import estimate_cost
-from tests.support import ROOT, assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique
+from tests.support import ROOT, assert_eventually, connect_when_ready, dev_env, in_namespace, platform_workers, serve, unique
 from workers.settings import LlmSettings, Settings
 from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditResult, PresenceAuditWorkflow
@@ -201,6 +201,7 @@ async def agents_worker_process(settings: Settings, state_dir: Path, log: Path) 
         "BIZ_DEV_STATE_DIR": str(state_dir),
         "BIZ_LOG_LEVEL": "WARNING",
         "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
+        **dev_env(settings),
         "HOME": str(state_dir),  # CrewAI writes its user settings under $HOME
         "PYTHONUNBUFFERED": "1",
     })

@@ -7,7 +7,7 @@ import logging
 
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
 from workers.codec import payload_codec
 from workers.converter import data_converter
@@ -18,12 +18,16 @@ log = logging.getLogger(__name__)
 
 def platform_data_converter(settings: Settings) -> DataConverter:
     """The msgspec converter with the AES-GCM payload codec of ``BIZ_CODEC_KEYS`` (refused in
-    production without keys): what every client and worker of the platform uses."""
+    production without keys): what every client and worker of the platform uses. Failure
+    messages and stack traces travel as an encoded payload too (a tool's or Stripe's error text
+    may quote an email address); clients and workers decode them as before."""
     codec = payload_codec(settings)
     if codec is None:
         log.warning("BIZ_CODEC_KEYS is not set: Temporal payloads are stored in clear (dev only)")
         return data_converter()
-    return dataclasses.replace(data_converter(), payload_codec=codec)
+    return dataclasses.replace(
+        data_converter(), payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
+    )
 
 
 def _tls(settings: Settings) -> TLSConfig | bool:

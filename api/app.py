@@ -22,6 +22,7 @@ from temporalio.client import Client
 
 from activities.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
+from api.codec import codec_cors, codec_router
 from api.errors import EXCEPTION_HANDLERS
 from api.health import health
 from api.inbox import prune_forever
@@ -33,6 +34,7 @@ from api.triggers import seed_triggers
 from api.webhooks import webhooks_router
 from api.workflows import workflows_router
 from workers.client import connect
+from workers.codec import payload_codec
 from workers.settings import Settings
 from workers.telemetry import configure_tracing
 
@@ -43,6 +45,10 @@ PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/"]
 
 
 def create_app(settings: Settings) -> Litestar:
+    # Refuse unsafe or missing settings before serving anything (ConfigError names the variable).
+    token_verifier = TokenVerifier(settings)
+    codec = payload_codec(settings)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         configure_tracing(settings, "api")
@@ -71,13 +77,14 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), schedules_router(),
-                        webhooks_router()],
+                        webhooks_router(), codec_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False)},
         middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
         guards=[role_guard],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[codec_cors(settings.codec.cors_origins)],
         openapi_config=OpenAPIConfig(
             title="BizOSaaS Workflows API",
             version="1.0.0",
@@ -92,6 +99,7 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=LoggingConfig(log_exceptions="never", configure_root_logger=False),
         debug=False,
     )
-    app.state.token_verifier = TokenVerifier(settings)
+    app.state.token_verifier = token_verifier
+    app.state.codec = codec
     app.state.settings = settings
     return app

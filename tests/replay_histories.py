@@ -1,7 +1,8 @@
 """Replay stored workflow histories on the current code, in this (fresh) interpreter.
 
 ``python -m tests.replay_histories [DIR]`` replays every ``*.json`` history in DIR (default
-``tests/histories``) with the workflows and data converter a worker uses, prints one line per
+``tests/histories``) with the workflows and data converter a worker of the tests uses (the
+tests' codec key: histories recorded encrypted decode, those recorded in clear pass through), prints one line per
 history and exits 1 if any replay fails (non-determinism, or a payload that no longer decodes).
 Run as its own process, nothing is cached from having run the workflow: a type that only
 resolves where the workflow first ran fails here, as it would in a newly started worker.
@@ -18,7 +19,8 @@ from pathlib import Path
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from workers.converter import data_converter
+from tests.support import dev_settings
+from workers.client import platform_data_converter
 from workers.main import ALL_WORKFLOWS, WORKFLOW_FAILURE_TYPES
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "histories"
@@ -29,7 +31,7 @@ async def replay(directory: Path) -> int:
     if not files:
         print(f"no histories in {directory}", file=sys.stderr)
         return 1
-    replayer = Replayer(workflows=list(ALL_WORKFLOWS), data_converter=data_converter(),
+    replayer = Replayer(workflows=list(ALL_WORKFLOWS), data_converter=platform_data_converter(dev_settings()),
                         workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES)
     failed = 0
     for path in files:

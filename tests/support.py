@@ -4,8 +4,11 @@ and the sandboxes at the network edge (the sandbox MCP server, a fixture website
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,6 +37,33 @@ ROOT = Path(__file__).resolve().parent.parent
 STRIPE_TEST_KEY = "sk_test_bizosaas"
 LAGO_TEST_KEY = "lago-test-key"
 LAGO_PREFIX = "/lago"  # served under a path prefix: proves the trailing-slash handling
+
+# Tests choose dev explicitly, with a dev secret of their own (never the published one) and a
+# payload codec key, so every test's Temporal payloads are encrypted. The codec key is fixed:
+# histories the tests record stay readable in later runs.
+DEV_TEST_SECRET = secrets.token_urlsafe(32)
+CODEC_TEST_KEYS = "test-1:" + base64.b64encode(hashlib.sha256(b"bizosaas test codec key").digest()).decode()
+
+
+def dev_settings(**fields: object) -> Settings:
+    """Settings as the tests run the platform: dev said explicitly, test secret and codec key."""
+    base: dict[str, object] = {
+        "environment": "dev",
+        "auth": {"mode": "dev", "dev_secret": DEV_TEST_SECRET},
+        "codec": {"keys": CODEC_TEST_KEYS},
+    }
+    return Settings(_env_file=None, **{**base, **fields})  # type: ignore[arg-type]
+
+
+def dev_env(settings: Settings) -> dict[str, str]:
+    """The same choice as BIZ_* variables, for a `bizosaas` process a test starts: dev said, the
+    dev secret and the codec keys (a worker must read what the session's clients encrypted)."""
+    env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": settings.auth.mode}
+    if settings.auth.dev_secret is not None:
+        env["BIZ_AUTH_DEV_SECRET"] = settings.auth.dev_secret.get_secret_value()
+    if settings.codec.keys is not None:
+        env["BIZ_CODEC_KEYS"] = settings.codec.keys.get_secret_value()
+    return env
 
 
 def free_port() -> int:
@@ -244,6 +274,7 @@ async def worker_process(
         "BIZ_DEV_STATE_DIR": str(state_dir),
         "BIZ_LOG_LEVEL": "WARNING",
         "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
+        **dev_env(settings),
         "HOME": str(state_dir),  # CrewAI writes its user settings under $HOME
         "PYTHONUNBUFFERED": "1",
     })

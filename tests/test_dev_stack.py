@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import httpx
 import psutil
 
 from tests.conftest import ROOT, assert_eventually, free_port, unique
+from workers.dev import CODEC_KEYS_FILE, DEV_SECRET_FILE
 from workers.devcluster import temporal_cli
 
 READY = re.compile(r"BizOSaaS Workflows is up \(([\d.]+) s to healthy\)")
@@ -65,6 +67,24 @@ class Stack:
                 return elapsed, banner
         raise AssertionError("dev stack did not come up:\n" + "".join(self.output[-60:]))
 
+    def token(self, role: str) -> str:
+        """`bizosaas token` as a user runs it beside the stack: dev said, the stack's state dir."""
+        out = subprocess.run(
+            [sys.executable, "-m", "workers.cli", "token", "--role", role], cwd=ROOT,
+            env={**self.env, "BIZ_ENVIRONMENT": "dev"}, capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def show(self, workflow_id: str, *codec: str) -> dict:
+        """`temporal workflow show` of a workflow, as JSON."""
+        out = subprocess.run(
+            [temporal_cli(), "workflow", "show", "-w", workflow_id, "--address", f"127.0.0.1:{self.temporal_port}",
+             "-o", "json", *codec], capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
     def stop(self) -> list[psutil.Process]:
         assert self.proc is not None
         children = psutil.Process(self.proc.pid).children(recursive=True)
@@ -95,6 +115,11 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             assert health["temporal"]["ok"] and health["postgres"]["ok"]
             assert (await http.get("/schema")).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{stack.ui_port}", timeout=10).status_code == 200
+        # Dev was chosen by running it: its dev secret and codec key are made once, owner-only.
+        for name in (DEV_SECRET_FILE, CODEC_KEYS_FILE):
+            assert (state / name).stat().st_mode & 0o777 == 0o600
+        admin = await asyncio.to_thread(stack.token, "admin")
+        assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
     finally:
         children = await asyncio.to_thread(stack.stop)
 
@@ -123,6 +148,17 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             await assert_eventually(tenant_active, timeout=20)
         finally:
             await conn.close()
+        # The secret survived the restart: a token minted before it still works.
+        assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
+        # The onboarding's history: ciphertext to the `temporal` CLI, its input through the codec endpoint.
+        email = f"owner@{tenant}.example"
+        sealed = stack.show(wf_id)
+        assert email not in json.dumps(sealed)
+        [sealed_input] = sealed["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"]
+        assert base64.b64decode(sealed_input["metadata"]["encoding"]) == b"binary/encrypted"
+        clear = stack.show(wf_id, "--codec-endpoint", f"{stack.api}/codec", "--codec-auth", f"Bearer {admin}")
+        [clear_input] = clear["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"]
+        assert json.loads(base64.b64decode(clear_input["data"]))["owner_email"] == email
     finally:
         await asyncio.to_thread(stack.stop)
     assert stack.proc.returncode == 0

@@ -25,8 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.workflow import NondeterminismError
 
     from activities.tenants import AuditActivities, AuditEntry
-    from tests.support import HISTORIES, ROOT
-    from workers.converter import data_converter
+    from tests.support import HISTORIES, ROOT, dev_settings
+    from workers.client import platform_data_converter
     from workers.main import ALL_WORKFLOWS, WORKFLOW_FAILURE_TYPES
     from workflows.onboarding import OnboardingInput, OnboardingResult, OnboardingWorkflow
     from workflows.policies import DB_RETRY, DB_TIMEOUT
@@ -111,7 +111,7 @@ class UnguardedOnboarding(OnboardingWorkflow):
 async def replay_onboarding(workflow_cls: type) -> None:
     record = stored()["onboarding"]
     history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
-    await Replayer(workflows=[workflow_cls], data_converter=data_converter(),
+    await Replayer(workflows=[workflow_cls], data_converter=platform_data_converter(dev_settings()),
                    workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES).replay_workflow(history)
 
 

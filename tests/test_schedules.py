@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from schedules.cli import add_schedules_parser  # noqa: F401  (the command under test)
     from schedules.reconciler import describe_or_none, read_applied, reconcile
     from tests.conftest import ROOT, Tokens, assert_eventually, serve, unique
+    from tests.support import dev_env
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workers.settings import Settings
     from workflows.names import CAPABILITY, TENANT_ID
@@ -146,7 +147,7 @@ async def run_cli(settings: Settings, *argv: str) -> str:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "BIZ_TEMPORAL_ADDRESS": settings.temporal.address, "BIZ_TEMPORAL_NAMESPACE": settings.temporal.namespace,
-           "BIZ_DATABASE_URL": settings.database_url(), "BIZ_LOG_LEVEL": "WARNING"}
+           "BIZ_DATABASE_URL": settings.database_url(), "BIZ_LOG_LEVEL": "WARNING", **dev_env(settings)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, *argv, env=env, cwd=tempfile.gettempdir(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -4,6 +4,10 @@ Each concern is one nested model; an environment variable names the concern and 
 field, e.g. ``BIZ_TEMPORAL_ADDRESS``, ``BIZ_DATABASE_URL``, ``BIZ_AUTH_DEV_SECRET``.
 Entry points call :func:`load_settings` once and pass the result down; nothing reads the
 environment at import time.
+
+Nothing is open by default: ``BIZ_ENVIRONMENT`` has no default (an install that sets nothing
+refuses to start and says what to set), dev auth needs ``BIZ_ENVIRONMENT=dev`` and a secret of
+its own, and production needs OIDC and the payload codec's keys.
 """
 
 from __future__ import annotations
@@ -14,6 +18,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting missing or unsafe for this environment: the process refuses to start, and the
+    message names the variable to set (never a secret's value)."""
+
+
+# The dev secret earlier releases shipped as a default, published in their source: tokens signed
+# with it are anyone's, so it (like any short secret) is refused on a non-loopback bind.
+PUBLISHED_DEV_SECRETS = frozenset({"bizosaas-dev-secret-change-me-in-production"})
+MIN_DEV_SECRET_LENGTH = 32
 
 
 class TemporalSettings(BaseModel):
@@ -48,10 +63,11 @@ class ApiSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    # `dev`: HS256 tokens signed with dev_secret (and `bizosaas token` mints them).
-    # `oidc`: RS256 tokens verified against the issuer's JWKS.
+    # `dev`: HS256 tokens signed with dev_secret (and `bizosaas token` mints them), only with
+    # BIZ_ENVIRONMENT=dev. `oidc`: RS256 tokens verified against the issuer's JWKS (audience required).
     mode: Literal["dev", "oidc"] = "dev"
-    dev_secret: SecretStr = SecretStr("bizosaas-dev-secret-change-me-in-production")
+    # No default: `bizosaas dev` keeps a random one in its state dir.
+    dev_secret: SecretStr | None = None
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
@@ -61,6 +77,16 @@ class AuthSettings(BaseModel):
 class AiSettings(BaseModel):
     # The monthly AI budget (USD) of a tenant without a tenant_budgets row; None: unlimited.
     default_monthly_budget_usd: Decimal | None = Field(default=Decimal("50"), ge=0)
+
+
+class CodecSettings(BaseModel):
+    # AES-256-GCM keys of the Temporal payload codec: "kid:base64key" (32 bytes), comma-separated,
+    # or a JSON list of such strings. The first encrypts, every one decrypts (rotation: add the new
+    # key first, drop the old one once no history needs it). Required in production; `bizosaas dev`
+    # keeps one in its state dir.
+    keys: SecretStr | None = None
+    # Browser origins that may call /codec (the Temporal UI), JSON list in BIZ_CODEC_CORS_ORIGINS.
+    cors_origins: list[str] = ["http://127.0.0.1:8233", "http://localhost:8233"]
 
 
 class LlmSettings(BaseModel):
@@ -146,12 +172,14 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    environment: Literal["dev", "production"] = "dev"
+    # No default: `bizosaas dev` and the tests choose dev; a deployment says production.
+    environment: Literal["dev", "production"] | None = None
     log_level: str = "INFO"
     temporal: TemporalSettings = Field(default_factory=TemporalSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    codec: CodecSettings = Field(default_factory=CodecSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
@@ -168,6 +196,15 @@ class Settings(BaseSettings):
                 "BIZ_DATABASE_URL is not set (only `bizosaas dev` starts an embedded Postgres)"
             )
         return self.database.url.get_secret_value()
+
+    def require_environment(self) -> Literal["dev", "production"]:
+        """The environment, which every process needs said explicitly."""
+        if self.environment is None:
+            raise ConfigError(
+                "BIZ_ENVIRONMENT is not set: set BIZ_ENVIRONMENT=production (with BIZ_AUTH_MODE=oidc, the "
+                "BIZ_AUTH_OIDC_* settings and BIZ_CODEC_KEYS), or run `bizosaas dev` for a platform on this machine"
+            )
+        return self.environment
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -67,11 +67,11 @@ class Stack:
                 return elapsed, banner
         raise AssertionError("dev stack did not come up:\n" + "".join(self.output[-60:]))
 
-    def token(self, role: str) -> str:
+    def token(self, role: str, tenant: str | None = None) -> str:
         """`bizosaas token` as a user runs it beside the stack: dev said, the stack's state dir."""
         out = subprocess.run(
-            [sys.executable, "-m", "workers.cli", "token", "--role", role], cwd=ROOT,
-            env={**self.env, "BIZ_ENVIRONMENT": "dev"}, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-m", "workers.cli", "token", "--role", role, *(["--tenant", tenant] if tenant else [])],
+            cwd=ROOT, env={**self.env, "BIZ_ENVIRONMENT": "dev"}, capture_output=True, text=True, timeout=60,
         )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
@@ -120,6 +120,20 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             assert (state / name).stat().st_mode & 0o777 == 0o600
         admin = await asyncio.to_thread(stack.token, "admin")
         assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
+        # A campaign waits in the client's Pending Actions when the stack stops.
+        client = {"authorization": f"Bearer {await asyncio.to_thread(stack.token, "client", tenant)}"}
+        async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
+            r = await http.post("/v1/workflows/campaign", headers=client, json={
+                "tenant_id": tenant, "campaign_key": "spring-sale", "goal": "Sell more sourdough this spring",
+                "channels": ["google_ads"], "budget_usd": 600, "objective": "sales"})
+            assert r.status_code == 202, r.text
+            campaign = r.json()["workflow_id"]
+
+            async def waiting() -> None:
+                items = (await http.get("/v1/pending-actions", headers=client)).json()["items"]
+                assert [a for a in items if a["workflow_id"] == campaign], items
+
+            await assert_eventually(waiting, timeout=90, interval=0.5)
     finally:
         children = await asyncio.to_thread(stack.stop)
 
@@ -148,6 +162,17 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             await assert_eventually(tenant_active, timeout=20)
         finally:
             await conn.close()
+        # The campaign that waited across the restart is approved and launches.
+        async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
+            r = await http.post(f"/v1/pending-actions/{campaign}~creative-1/decision", headers=client,
+                                json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+
+            async def launched() -> None:
+                view = (await http.get(f"/v1/workflows/{campaign}", headers=client)).json()
+                assert view["status"] == "COMPLETED" and view["result"]["status"] == "launched", view
+
+            await assert_eventually(launched, timeout=60, interval=0.5)
         # The secret survived the restart: a token minted before it still works.
         assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
         # The onboarding's history: ciphertext to the `temporal` CLI, its input through the codec endpoint.

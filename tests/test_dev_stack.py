@@ -121,7 +121,8 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
         admin = await asyncio.to_thread(stack.token, "admin")
         assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
         # A campaign waits in the client's Pending Actions when the stack stops.
-        client = {"authorization": f"Bearer {await asyncio.to_thread(stack.token, "client", tenant)}"}
+        client_token = await asyncio.to_thread(stack.token, "client", tenant)
+        client = {"authorization": f"Bearer {client_token}"}
         async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
             r = await http.post("/v1/workflows/campaign", headers=client, json={
                 "tenant_id": tenant, "campaign_key": "spring-sale", "goal": "Sell more sourdough this spring",

@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.agents import LlmCall
+from activities.usage import RecordUsage, UsageLedger
 from workers.settings import LlmSettings
 
 INVALID_OUTPUT = "InvalidLLMOutput"
@@ -70,6 +71,9 @@ class LlmStepResult(msgspec.Struct, frozen=True, kw_only=True):
     calls: list[LlmCall] = msgspec.field(default_factory=list)  # one per request to the model
     provider: str = "offline"
     offline: bool = True
+    # True: each call was recorded as it returned (``usage_ids``), the loop only passes them on.
+    usage_per_call: bool = False
+    usage_ids: list[int] = msgspec.field(default_factory=list)
 
 
 def check_request(req: LlmStepRequest) -> None:
@@ -100,14 +104,27 @@ def check_request(req: LlmStepRequest) -> None:
 
 
 class AgentStepActivities:
-    """Holds the LLM settings; the agents worker registers :meth:`llm_step`."""
+    """Holds the LLM settings and the usage ledger; the agents worker registers :meth:`llm_step`."""
 
-    def __init__(self, llm: LlmSettings) -> None:
+    def __init__(self, llm: LlmSettings, ledger: UsageLedger | None = None) -> None:
         self._llm = llm
+        self._ledger = ledger
 
     @activity.defn(name="agents.llm_step")
     async def llm_step(self, req: LlmStepRequest) -> LlmStepResult:
         check_request(req)
         from agents.tool_agent import run_step  # LangChain: agents worker only
 
-        return await run_step(self._llm, req)
+        ledger = self._ledger
+        if ledger is None:
+            return await run_step(self._llm, req)
+        ids: list[int] = []
+
+        async def on_call(call: LlmCall) -> None:
+            key, wf_id = ledger.call_key(req.agent, len(ids))
+            ids.append(await ledger.record(RecordUsage(
+                idempotency_key=key, tenant_id=req.tenant_id, agent=req.agent, model=call.model,
+                provider=self._llm.provider, tokens_in=call.tokens_in, tokens_out=call.tokens_out, workflow_id=wf_id)))
+
+        result = await run_step(self._llm, req, on_call)
+        return msgspec.structs.replace(result, usage_per_call=True, usage_ids=ids)

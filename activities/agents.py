@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from temporalio import activity
 
+from activities.usage import RecordUsage, UsageLedger
 from workers.settings import LlmSettings
 
 Severity = Literal["low", "medium", "high"]
@@ -71,6 +72,10 @@ class CrewOutcome(msgspec.Struct, frozen=True, kw_only=True):
     offline: bool
     provider: str
     calls: list[LlmCall]
+    # True: the activity recorded each call as it returned (``usage_ids``); the workflow only
+    # reports them. False (results of older agent workers): the workflow records ``calls``.
+    usage_per_call: bool = False
+    usage_ids: list[int] = []
 
 
 
@@ -97,9 +102,14 @@ class CreativeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     offline: bool
     provider: str
     calls: list[LlmCall]
+    usage_per_call: bool = False  # as CrewOutcome
+    usage_ids: list[int] = []
 
 
 HEARTBEAT_EVERY = 5.0
+# The agent names of the crews' usage rows (the workflows record older results under these too).
+PRESENCE_CREW = "presence-crew"
+CREATIVE_CREW = "campaign-creative-crew"
 
 
 class _Heartbeat:
@@ -123,15 +133,33 @@ class _Heartbeat:
 
 
 class AgentActivities:
-    def __init__(self, llm: LlmSettings) -> None:
+    """The crews. With a usage ledger, every LLM call is a usage row as soon as it returns."""
+
+    def __init__(self, llm: LlmSettings, ledger: UsageLedger | None = None) -> None:
         self._llm = llm
+        self._ledger = ledger
+
+    def _meter(self, tenant_id: str, agent: str) -> tuple[Any, list[int]]:
+        from agents.llm import UsageMeter
+
+        ids: list[int] = []
+        ledger, provider = self._ledger, self._llm.provider
+        if ledger is None:
+            return UsageMeter(), ids
+
+        def on_call(n: int, model: str, tokens_in: int, tokens_out: int) -> None:
+            key, wf_id = ledger.call_key(agent, n)
+            ids.append(ledger.record_from_thread(RecordUsage(
+                idempotency_key=key, tenant_id=tenant_id, agent=agent, model=model, provider=provider,
+                tokens_in=tokens_in, tokens_out=tokens_out, workflow_id=wf_id)))
+
+        return UsageMeter(on_call=on_call), ids
 
     @activity.defn(name="agents.presence_crew")
     def presence_crew(self, req: CrewRequest) -> CrewOutcome:
-        from agents.llm import UsageMeter
         from agents.presence import run_presence_crew
 
-        meter = UsageMeter()
+        meter, usage_ids = self._meter(req.tenant_id, PRESENCE_CREW)
         with _Heartbeat("presence crew running"):
             report = run_presence_crew(self._llm, req.website_url, dict(req.social_handles), list(req.pages), meter)
         return CrewOutcome(
@@ -139,14 +167,15 @@ class AgentActivities:
             offline=self._llm.provider == "offline",
             provider=self._llm.provider,
             calls=[LlmCall(model=m, tokens_in=i, tokens_out=o) for m, i, o in meter.calls],
+            usage_per_call=self._ledger is not None,
+            usage_ids=usage_ids,
         )
 
     @activity.defn(name="agents.campaign_creative_crew")
     def campaign_creative_crew(self, req: CreativeRequest) -> CreativeOutcome:
         from agents.campaign import run_creative_crew
-        from agents.llm import UsageMeter
 
-        meter = UsageMeter()
+        meter, usage_ids = self._meter(req.tenant_id, CREATIVE_CREW)
         with _Heartbeat("creative crew running"):
             ads, summary = run_creative_crew(
                 self._llm, goal=req.goal, objective=req.objective, channels=list(req.channels),
@@ -157,4 +186,6 @@ class AgentActivities:
             offline=self._llm.provider == "offline",
             provider=self._llm.provider,
             calls=[LlmCall(model=m, tokens_in=i, tokens_out=o) for m, i, o in meter.calls],
+            usage_per_call=self._ledger is not None,
+            usage_ids=usage_ids,
         )

@@ -124,6 +124,9 @@ class ReportUsage(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str | None = None
     usage_ids: list[int] = msgspec.field(default_factory=list)
     limit: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500
+    # With usage_ids: also every unreported row of this workflow and of its children
+    # (`{workflow_id}:…`), e.g. the calls of an agent attempt that died.
+    workflow_id: str | None = None
 
 
 class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -386,10 +389,11 @@ class LagoActivities:
                FROM llm_usage
                WHERE reported_to_lago_at IS NULL
                  AND ($1::text IS NULL OR tenant_id = $1)
-                 AND (cardinality($2::bigint[]) = 0 OR id = ANY($2::bigint[]))
+                 AND (cardinality($2::bigint[]) = 0 OR id = ANY($2::bigint[])
+                      OR workflow_id = $4 OR starts_with(workflow_id, $4 || ':'))
                ORDER BY id
                LIMIT $3""",
-            req.tenant_id, req.usage_ids, req.limit,
+            req.tenant_id, req.usage_ids, req.limit, req.workflow_id,
         )
         sent = duplicates = 0
         marked: list[int] = []

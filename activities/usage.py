@@ -1,13 +1,19 @@
 """LLM usage and AI budgets: the light Postgres activities of the workflows queue.
 
-Every LLM call is recorded once (``usage.record``, idempotent on the key the workflow derives
-from its id and step), with its tokens and cost; ``lago.report_usage`` later sends the rows to
+Every LLM call is recorded once, with its tokens and cost: by the agent activity that made it,
+as it returns (:class:`UsageLedger`), or, for results of agent workers that predate that, by
+the workflow (``usage.record``, idempotent on the key the workflow derives from its id and
+step); ``lago.report_usage`` later sends the rows to
 Lago. Before an expensive step a workflow calls ``usage.check_budget``: a tenant whose spend
 this calendar month (UTC) has reached its budget gets a non-retryable ``AIBudgetExceeded``.
+A tenant's budget is its ``tenant_budgets`` row, or else the platform's default
+(``BIZ_AI_DEFAULT_MONTHLY_BUDGET_USD``, given to the class by the worker): no tenant has an
+unlimited AI budget unless the operator turns the default off.
 """
 
 from __future__ import annotations
 
+import asyncio
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated
 
@@ -89,47 +95,91 @@ class CheckBudget(msgspec.Struct, frozen=True, kw_only=True):
 class BudgetStatus(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     spent_usd: Decimal
-    # None: the tenant has no budget (unlimited).
+    # The tenant's row, else the platform default; None: no row and no default (unlimited).
     budget_usd: Decimal | None = None
     remaining_usd: Decimal | None = None
 
 
-class UsageActivities:
-    """Holds the pool; the worker registers the bound methods on the workflows queue."""
+async def insert_usage(pool: asyncpg.Pool, req: RecordUsage) -> UsageRecorded:
+    """One ``llm_usage`` row, once per idempotency key (a second insert returns the first row)."""
+    offline = req.provider == OFFLINE_PROVIDER
+    if offline:
+        cost = Decimal(0)
+    elif req.cost_usd is not None:
+        if not req.cost_usd.is_finite() or req.cost_usd < 0:
+            raise ApplicationError(
+                f"cost_usd must be a non-negative amount, not {req.cost_usd}",
+                type="InvalidUsage", non_retryable=True,
+            )
+        cost = req.cost_usd.quantize(_MICRO_USD, rounding=ROUND_HALF_UP)
+    else:
+        cost = estimate_cost(req.model, req.tokens_in, req.tokens_out, provider=req.provider)
+    async with pool.acquire() as conn:
+        usage_id = await conn.fetchval(
+            """INSERT INTO llm_usage (idempotency_key, tenant_id, workflow_id, agent, model, provider,
+                                      tokens_in, tokens_out, cost_usd, offline)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               ON CONFLICT (idempotency_key) DO NOTHING
+               RETURNING id""",
+            req.idempotency_key, req.tenant_id, req.workflow_id, req.agent, req.model, req.provider,
+            req.tokens_in, req.tokens_out, cost, offline,
+        )
+        if usage_id is not None:
+            return UsageRecorded(usage_id=usage_id, cost_usd=cost, recorded=True)
+        row = await conn.fetchrow(
+            "SELECT id, cost_usd FROM llm_usage WHERE idempotency_key = $1", req.idempotency_key
+        )
+    return UsageRecorded(usage_id=row["id"], cost_usd=row["cost_usd"], recorded=False)
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+
+class UsageLedger:
+    """Records each LLM call the moment it returns, from inside the agent activity that made it.
+
+    A crew or agent step that dies after paying for calls (a killed worker, a timeout, output
+    that never validates) has still spent the money: its calls are rows at once, so they count
+    against the tenant's budget and are billed with the workflow's usage. Keys name the
+    activity attempt (``{workflow}:{agent}:{activity id}:{attempt}:{n}``): a retried attempt's
+    calls are new calls, each recorded once.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._pool = pool
+        self._loop = loop or asyncio.get_running_loop()
+
+    async def record(self, req: RecordUsage) -> int:
+        return (await insert_usage(self._pool, req)).usage_id
+
+    def record_from_thread(self, req: RecordUsage, timeout: float = 30.0) -> int:
+        """The same, from a sync activity's thread (CrewAI crews), on the worker's event loop."""
+        return asyncio.run_coroutine_threadsafe(self.record(req), self._loop).result(timeout)
+
+    @staticmethod
+    def call_key(agent: str, n: int) -> tuple[str, str]:
+        """The row key of the ``n``-th call of the running activity attempt, and its workflow id."""
+        info = activity.info()
+        return f"{info.workflow_id}:{agent}:{info.activity_id}:{info.attempt}:{n}", info.workflow_id
+
+
+class UsageActivities:
+    """Holds the pool and the default monthly AI budget of tenants without a
+    ``tenant_budgets`` row (from settings: activities never read the environment); the worker
+    registers the bound methods on the workflows queue.
+
+    The default is applied at check time rather than written as a row at onboarding, so
+    changing the setting reaches every tenant at once (no backfill of rows, no tenant left
+    without a row because it was onboarded before the setting existed), while a row still
+    gives a tenant its own budget, higher or lower."""
+
+    def __init__(self, pool: asyncpg.Pool, default_monthly_budget_usd: Decimal | None = None) -> None:
+        self._pool = pool
+        if default_monthly_budget_usd is not None and not (
+                default_monthly_budget_usd.is_finite() and default_monthly_budget_usd >= 0):
+            raise ValueError("the default monthly AI budget must be a non-negative amount")
+        self._default_budget = default_monthly_budget_usd
 
     @activity.defn(name="usage.record")
     async def record(self, req: RecordUsage) -> UsageRecorded:
-        offline = req.provider == OFFLINE_PROVIDER
-        if offline:
-            cost = Decimal(0)
-        elif req.cost_usd is not None:
-            if not req.cost_usd.is_finite() or req.cost_usd < 0:
-                raise ApplicationError(
-                    f"cost_usd must be a non-negative amount, not {req.cost_usd}",
-                    type="InvalidUsage", non_retryable=True,
-                )
-            cost = req.cost_usd.quantize(_MICRO_USD, rounding=ROUND_HALF_UP)
-        else:
-            cost = estimate_cost(req.model, req.tokens_in, req.tokens_out, provider=req.provider)
-        async with self._pool.acquire() as conn:
-            usage_id = await conn.fetchval(
-                """INSERT INTO llm_usage (idempotency_key, tenant_id, workflow_id, agent, model, provider,
-                                          tokens_in, tokens_out, cost_usd, offline)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                   ON CONFLICT (idempotency_key) DO NOTHING
-                   RETURNING id""",
-                req.idempotency_key, req.tenant_id, req.workflow_id, req.agent, req.model, req.provider,
-                req.tokens_in, req.tokens_out, cost, offline,
-            )
-            if usage_id is not None:
-                return UsageRecorded(usage_id=usage_id, cost_usd=cost, recorded=True)
-            row = await conn.fetchrow(
-                "SELECT id, cost_usd FROM llm_usage WHERE idempotency_key = $1", req.idempotency_key
-            )
-        return UsageRecorded(usage_id=row["id"], cost_usd=row["cost_usd"], recorded=False)
+        return await insert_usage(self._pool, req)
 
     @activity.defn(name="usage.check_budget")
     async def check_budget(self, req: CheckBudget) -> BudgetStatus:
@@ -143,7 +193,7 @@ class UsageActivities:
                LEFT JOIN tenant_budgets b ON b.tenant_id = $1""",
             req.tenant_id,
         )
-        budget: Decimal | None = row["budget"]
+        budget: Decimal | None = row["budget"] if row["budget"] is not None else self._default_budget
         spent: Decimal = row["spent"]
         if budget is None:
             return BudgetStatus(tenant_id=req.tenant_id, spent_usd=spent)

@@ -18,6 +18,7 @@ import json
 import threading
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
@@ -30,14 +31,22 @@ OFFLINE_MODEL = "bizosaas-offline-1"
 
 @dataclass
 class UsageMeter:
-    """Token counts of every call made through one factory product (thread-safe)."""
+    """Token counts of every call made through one factory product (thread-safe).
+
+    ``on_call(n, model, tokens_in, tokens_out)``, when given, runs as each call returns (the
+    agent activities record the call there, so a crew that dies later has still paid for it).
+    """
 
     calls: list[tuple[str, int, int]] = field(default_factory=list)  # (model, tokens_in, tokens_out)
+    on_call: Callable[[int, str, int, int], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, model: str, tokens_in: int, tokens_out: int) -> None:
         with self._lock:
+            n = len(self.calls)
             self.calls.append((model, tokens_in, tokens_out))
+            if self.on_call is not None:
+                self.on_call(n, model, tokens_in, tokens_out)
 
     @property
     def tokens_in(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio.exceptions import ApplicationError
@@ -31,10 +32,17 @@ IDENTITY_ARGS = frozenset({"tenant_id", "idempotency_key", "workflow_id"})
 LLM_REQUEST_TIMEOUT = 120.0  # seconds per request; the activity's timeout bounds the step
 
 
-async def run_step(settings: LlmSettings, req: LlmStepRequest) -> LlmStepResult:
+async def run_step(settings: LlmSettings, req: LlmStepRequest,
+                   on_call: Callable[[LlmCall], Awaitable[None]] | None = None) -> LlmStepResult:
+    """One model turn. ``on_call`` runs as each request to the model returns, before anything
+    can fail (the activity records the call there)."""
     if settings.provider == "openai":
-        return await _openai_step(settings, req)
-    return _offline_step(req)
+        return await _openai_step(settings, req, on_call)
+    result = _offline_step(req)
+    if on_call is not None:
+        for call in result.calls:
+            await on_call(call)
+    return result
 
 
 # --- shared --------------------------------------------------------------------------------
@@ -225,7 +233,8 @@ def _parse_final(text: str, schema: dict[str, Any] | None) -> tuple[dict[str, An
     return (None, error) if error else (value, None)
 
 
-async def _openai_step(settings: LlmSettings, req: LlmStepRequest) -> LlmStepResult:
+async def _openai_step(settings: LlmSettings, req: LlmStepRequest,
+                       on_call: Callable[[LlmCall], Awaitable[None]] | None = None) -> LlmStepResult:
     from langchain_core.messages import AIMessage, HumanMessage
     from langchain_openai import ChatOpenAI
 
@@ -245,6 +254,8 @@ async def _openai_step(settings: LlmSettings, req: LlmStepRequest) -> LlmStepRes
             tokens_in=used.get("input_tokens") or _approx_tokens(str([m.content for m in messages])),
             tokens_out=used.get("output_tokens") or _approx_tokens(_text(reply.content) + str(reply.tool_calls)),
         ))
+        if on_call is not None:
+            await on_call(calls[-1])
         text = _text(reply.content)
         if reply.invalid_tool_calls:
             error = f"tool call arguments are not valid JSON: {reply.invalid_tool_calls[0].get('error')}"

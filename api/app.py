@@ -3,9 +3,11 @@ asyncpg pool; handlers receive them through dependency injection."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 from litestar import Litestar
@@ -21,16 +23,20 @@ from temporalio.client import Client
 from activities.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
 from api.bodies import MAX_BODY_BYTES, ApiRequest
+from api.codec import codec_cors, codec_router
 from api.errors import EXCEPTION_HANDLERS, document_errors
 from api.health import health
+from api.inbox import prune_forever
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
+from api.ratelimit import StartLimiter
 from api.schedules import schedules_router
 from api.triggers import seed_triggers
 from api.visibility import cursor_key
 from api.webhooks import webhooks_router
 from api.workflows import workflows_router
 from workers.client import connect
+from workers.codec import payload_codec
 from workers.settings import Settings
 from workers.telemetry import configure_tracing
 
@@ -41,6 +47,10 @@ PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/"]
 
 
 def create_app(settings: Settings) -> Litestar:
+    # Refuse unsafe or missing settings before serving anything (ConfigError names the variable).
+    token_verifier = TokenVerifier(settings)
+    codec = payload_codec(settings)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         configure_tracing(settings, "api")
@@ -52,9 +62,13 @@ def create_app(settings: Settings) -> Litestar:
         )
         # The trigger table's declared rows (new ones only; configuration, not business rows).
         await seed_triggers(app.state.db)
+        # The webhook inbox's retention: old deliveries deleted now and hourly (api/inbox.py).
+        pruning = asyncio.create_task(
+            prune_forever(app.state.db, timedelta(days=settings.webhooks.inbox_retention_days)))
         try:
             yield
         finally:
+            pruning.cancel()
             await app.state.db.close()
 
     def provide_temporal(state: State) -> Client:
@@ -67,8 +81,9 @@ def create_app(settings: Settings) -> Litestar:
         return state.cursor_key
 
     app = Litestar(
-        route_handlers=[health, workflows_router(), pending_actions_router(), outbox_router(), schedules_router(),
-                        webhooks_router()],
+        route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
+                        pending_actions_router(), outbox_router(), schedules_router(),
+                        webhooks_router(), codec_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),
@@ -78,6 +93,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=ApiRequest,
         request_max_body_size=MAX_BODY_BYTES,
+        before_send=[codec_cors(settings.codec.cors_origins)],
         openapi_config=OpenAPIConfig(
             title="BizOSaaS Workflows API",
             version="1.0.0",
@@ -93,6 +109,7 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     document_errors(app, PUBLIC_PATHS)
-    app.state.token_verifier = TokenVerifier(settings)
+    app.state.token_verifier = token_verifier
+    app.state.codec = codec
     app.state.settings = settings
     return app

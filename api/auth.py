@@ -1,16 +1,18 @@
 """Bearer JWT authentication and the caller's tenant scope.
 
-Production: OIDC, RS256 tokens verified against the issuer's JWKS. Dev: HS256 tokens signed
-with ``BIZ_AUTH_DEV_SECRET`` (``bizosaas token`` mints them, in dev mode only); the API
-refuses to start with dev auth outside ``BIZ_ENVIRONMENT=dev``.
+Production: OIDC, RS256 tokens verified against the issuer's JWKS, for the configured audience.
+Dev: HS256 tokens signed with ``BIZ_AUTH_DEV_SECRET`` (``bizosaas token`` mints them, in dev
+mode only). The API refuses to start with dev auth unless ``BIZ_ENVIRONMENT=dev`` was said, with
+no dev secret, and with a published or short one on a non-loopback bind.
 
-Claims: ``sub``, ``tenant_id``, ``roles`` and, for partners, ``tenants`` (the tenants they
-manage); ``act`` ({"sub": ...}) when an admin acts as someone else (impersonation).
+Claims: ``sub``, ``iat``, ``exp``, ``tenant_id``, ``roles`` and, for partners only, ``tenants``
+(the tenants they manage); ``act`` ({"sub": ...}) when an admin acts as someone else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from typing import Any, Literal
@@ -22,7 +24,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from workers.settings import Settings
+from workers.settings import MIN_DEV_SECRET_LENGTH, PUBLISHED_DEV_SECRETS, ConfigError, Settings
 
 Role = Literal["super_admin", "admin", "finance", "support", "partner", "client"]
 ROLES: tuple[str, ...] = ("super_admin", "admin", "finance", "support", "partner", "client")
@@ -67,9 +69,10 @@ def mint_dev_token(
     act: str | None = None,
     ttl_seconds: int | None = None,
 ) -> str:
-    """An HS256 token for dev mode; refuses outside it."""
+    """An HS256 token for dev mode; refuses outside it (dev said explicitly, with a dev secret)."""
     if settings.environment != "dev" or settings.auth.mode != "dev":
         raise PermissionError("dev tokens can only be minted in dev mode (BIZ_ENVIRONMENT=dev, BIZ_AUTH_MODE=dev)")
+    secret = _dev_secret(settings)
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles: {sorted(unknown)}; known: {', '.join(ROLES)}")
@@ -88,7 +91,26 @@ def mint_dev_token(
         claims["tenants"] = list(tenants)
     if act:
         claims["act"] = {"sub": act}
-    return jwt.encode(claims, settings.auth.dev_secret.get_secret_value(), algorithm="HS256")
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _dev_secret(settings: Settings) -> str:
+    secret = settings.auth.dev_secret.get_secret_value() if settings.auth.dev_secret is not None else ""
+    if not secret:
+        raise PermissionError(
+            "BIZ_AUTH_DEV_SECRET is not set (`bizosaas dev` keeps one in its state dir, BIZ_DEV_STATE_DIR)"
+        )
+    return secret
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 # JWKS: the key set is cached this long, so a key the provider retires stops being accepted
@@ -103,7 +125,7 @@ DEV_ALGORITHM = "HS256"
 # Clocks of the identity provider and the API drift apart a little (`iat`, `exp`, `nbf`).
 CLOCK_SKEW_SECONDS = 30
 # Present in every token; `iss` and `aud` are required by passing the expected values.
-REQUIRED_CLAIMS = ["exp", "sub"]
+REQUIRED_CLAIMS = ["exp", "iat", "sub"]
 
 
 class TokenVerifier:
@@ -115,20 +137,33 @@ class TokenVerifier:
         a = settings.auth
         self._settings = settings
         self._jwks: jwt.PyJWKClient | None = None
+        environment = settings.require_environment()
         if a.mode == "oidc":
-            if not a.oidc_jwks_url:
-                raise ValueError("BIZ_AUTH_OIDC_JWKS_URL is required when BIZ_AUTH_MODE=oidc")
-            if not a.oidc_issuer:
-                raise ValueError("BIZ_AUTH_OIDC_ISSUER is required when BIZ_AUTH_MODE=oidc")
+            for value, name in ((a.oidc_jwks_url, "JWKS_URL"), (a.oidc_issuer, "ISSUER"), (a.oidc_audience, "AUDIENCE")):
+                if not value:
+                    raise ConfigError(f"BIZ_AUTH_OIDC_{name} is required when BIZ_AUTH_MODE=oidc")
             self._jwks = jwt.PyJWKClient(
                 a.oidc_jwks_url, cache_keys=False, lifespan=JWKS_CACHE_SECONDS,
                 cooldown_duration=JWKS_REFRESH_COOLDOWN_SECONDS, timeout=JWKS_TIMEOUT_SECONDS,
             )
-        elif settings.environment != "dev":
-            # The dev secret has a public default: dev tokens would let anyone in.
-            raise ValueError(
-                f"BIZ_AUTH_MODE=dev is refused with BIZ_ENVIRONMENT={settings.environment}; "
+            return
+        if environment != "dev":
+            # Dev tokens are minted by anyone holding the dev secret, with any role.
+            raise ConfigError(
+                f"BIZ_AUTH_MODE=dev is refused with BIZ_ENVIRONMENT={environment}; "
                 "set BIZ_AUTH_MODE=oidc and the BIZ_AUTH_OIDC_* settings"
+            )
+        secret = a.dev_secret.get_secret_value() if a.dev_secret is not None else ""
+        if not secret:
+            raise ConfigError(
+                "BIZ_AUTH_DEV_SECRET is not set: dev auth needs a secret of its own "
+                "(`bizosaas dev` keeps a random one in its state dir)"
+            )
+        host = settings.api.host
+        if not is_loopback(host) and (secret in PUBLISHED_DEV_SECRETS or len(secret) < MIN_DEV_SECRET_LENGTH):
+            raise ConfigError(
+                f"BIZ_AUTH_DEV_SECRET is published or shorter than {MIN_DEV_SECRET_LENGTH} characters: refused "
+                f"with the API listening on {host}, beyond this machine; set a random one (or BIZ_API_HOST=127.0.0.1)"
             )
 
     async def verify(self, token: str) -> Principal:
@@ -148,12 +183,11 @@ class TokenVerifier:
                     raise ServiceUnavailableException("the identity provider's keys are unavailable") from None
                 claims = jwt.decode(
                     token, key.key, algorithms=[OIDC_ALGORITHM], audience=a.oidc_audience,
-                    issuer=a.oidc_issuer, leeway=CLOCK_SKEW_SECONDS,
-                    options={"verify_aud": a.oidc_audience is not None, "require": REQUIRED_CLAIMS},
+                    issuer=a.oidc_issuer, leeway=CLOCK_SKEW_SECONDS, options={"require": REQUIRED_CLAIMS},
                 )
             else:
                 claims = jwt.decode(
-                    token, a.dev_secret.get_secret_value(), algorithms=[DEV_ALGORITHM],
+                    token, _dev_secret(self._settings), algorithms=[DEV_ALGORITHM],
                     audience=AUDIENCE, issuer=DEV_ISSUER, leeway=CLOCK_SKEW_SECONDS,
                     options={"require": REQUIRED_CLAIMS},
                 )
@@ -190,11 +224,14 @@ def _principal(claims: dict[str, Any]) -> Principal:
         if not isinstance(act, dict) or not isinstance(act.get("sub"), str) or not act["sub"]:
             raise ValueError("malformed 'act' claim")
         acting_as = act["sub"]
+    roles = frozenset(r for r in _strings(claims.get("roles"), "roles") if r in ROLES)
+    tenants = frozenset(t for t in _strings(claims.get("tenants"), "tenants") if t)
     return Principal(
         sub=sub,
         tenant_id=tenant_id or None,
-        roles=frozenset(r for r in _strings(claims.get("roles"), "roles") if r in ROLES),
-        tenants=frozenset(t for t in _strings(claims.get("tenants"), "tenants") if t),
+        roles=roles,
+        # Only partners manage other tenants; everyone else's scope is their tenant or their role.
+        tenants=tenants if "partner" in roles else frozenset(),
         acting_as=acting_as,
     )
 

@@ -22,13 +22,15 @@ code                      status  meaning
 ``unprocessable``         422     refused by the workflow
 ``decision_not_allowed``  422     a decision the approval does not offer, or incomplete
 ``invalid_edits``         422     edits that do not match the approval's edit schema
+``too_frequent``          422     a schedule firing more often than its capability allows
 ``rate_limited``          429     too many requests; ``Retry-After`` says when to retry
 ``internal``              500     a fault of the service (logged, never detailed)
 ``unavailable``           503     Temporal, Postgres or the identity provider is unreachable
 ========================  ======  ==========================================================
 
-Extension members: ``invalid_params`` (400: each field, its location and what is wrong) and
-``workflow_id`` (409 on a start: the workflow that exists).
+Extension members: ``invalid_params`` (400: each field, its location and what is wrong),
+``workflow_id`` (409 on a start: the workflow that exists), and what an error adds of its own
+(``min_interval_seconds`` of ``too_frequent``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     workflow_id: str | None = None
 
 
+_MEMBERS = frozenset(f.name for f in msgspec.structs.fields(Problem))
+
+
 class ApiError(HTTPException):
     """An HTTP error with a specific problem ``code`` (the status's default code otherwise)."""
 
@@ -131,12 +136,19 @@ def invalid(name: str, reason: str, source: ParamSource = "query") -> Validation
 
 
 def problem(request: Request[Any, Any, Any] | None, status: int, detail: str, *, code: str | None = None,
-            invalid_params: list[InvalidParam] | None = None, workflow_id: str | None = None,
-            headers: dict[str, str] | None = None) -> Response[Problem]:
+            invalid_params: list[InvalidParam] | None = None, extensions: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+    """The problem answer; ``extensions``: further members (e.g. ``workflow_id``), plain values only."""
     code = code or CODES.get(status) or _snake(HTTPStatus(status).phrase)
-    body = Problem(type=PROBLEM_TYPE_BASE + code, title=HTTPStatus(status).phrase, status=status, detail=detail,
-                   code=code, instance=request.url.path if request is not None else None,
-                   invalid_params=invalid_params or None, workflow_id=workflow_id)
+    extensions = extensions or {}
+    workflow_id = extensions.get("workflow_id")
+    body = msgspec.to_builtins(Problem(
+        type=PROBLEM_TYPE_BASE + code, title=HTTPStatus(status).phrase, status=status, detail=detail, code=code,
+        instance=request.url.path if request is not None else None, invalid_params=invalid_params or None,
+        workflow_id=workflow_id if isinstance(workflow_id, str) else None))
+    for name, value in extensions.items():
+        if name not in _MEMBERS and isinstance(value, str | int | float | bool):
+            body[name] = value
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -161,7 +173,7 @@ def _invalid_params(extra: Any) -> list[InvalidParam]:
     return params
 
 
-def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     """Every HTTPException (Litestar's own, ours, the auth middleware's) as a problem."""
     status = exc.status_code
     if status >= HTTP_500_INTERNAL_SERVER_ERROR and status != HTTP_503_SERVICE_UNAVAILABLE:
@@ -174,12 +186,11 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
         handler = request.scope.get("route_handler")
         limit = handler.resolve_request_max_body_size() if handler is not None else None
         detail = f"the request body is over the limit of {limit} bytes" if limit else "the request body is too large"
-    workflow_id = exc.extra.get("workflow_id") if isinstance(exc.extra, dict) else None
     return problem(request, status, detail, code=getattr(exc, "code", None), invalid_params=params,
-                   workflow_id=workflow_id if isinstance(workflow_id, str) else None, headers=exc.headers)
+                   extensions=exc.extra if isinstance(exc.extra, dict) else None, headers=exc.headers)
 
 
-def rpc_error_handler(request: Request[Any, Any, Any], exc: RPCError) -> Response[Problem]:
+def rpc_error_handler(request: Request[Any, Any, Any], exc: RPCError) -> Response[dict[str, Any]]:
     """Temporal unreachable or overloaded: 503, never a stack trace."""
     if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED):
         log.warning("temporal unavailable for %s %s: %s", request.method, request.url.path, exc.status.name)
@@ -188,13 +199,13 @@ def rpc_error_handler(request: Request[Any, Any, Any], exc: RPCError) -> Respons
     return problem(request, HTTP_500_INTERNAL_SERVER_ERROR, "workflow service error")
 
 
-def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Postgres unreachable: 503, as for Temporal."""
     log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
     return problem(request, HTTP_503_SERVICE_UNAVAILABLE, "the database is unavailable")
 
 
-def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Anything unexpected: logged with its traceback, answered without it."""
     log.error("unhandled error for %s %s", request.method, request.url.path, exc_info=exc)
     return problem(request, HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")

@@ -4,7 +4,10 @@ scheduled capability.
 
 Only schedules the platform owns (``biz:`` ids, see schedules/reconciler.py) are served.
 Platform staff see every tenant's and the global ones; partners the tenants they manage;
-clients their own. A schedule or tenant out of scope reads as 404. Enabling a capability
+clients their own. Each run costs crawls and LLM calls, so clients and partners may only pause
+and unpause (and enable or disable a capability at its declared spec); admins re-time,
+trigger and backfill (at most ``MAX_BACKFILL``), and no spec may fire more often than its
+capability's minimum interval (``ScheduleDecl.min_interval``, 422 naming it). A schedule or tenant out of scope reads as 404. Enabling a capability
 starts the TenantCapabilities workflow, which writes the row and applies the schedules: the
 API never writes business rows.
 """
@@ -21,7 +24,7 @@ from litestar import Controller, Request, Router, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import JSONBody, Parameter, PathParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_422_UNPROCESSABLE_ENTITY
 from temporalio.client import (
     Client,
     ScheduleActionExecutionStartWorkflow,
@@ -40,11 +43,12 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import ADMIN_ROLES, ROLES, Principal
-from api.errors import ConflictError
+from api.errors import ApiError, ConflictError
 from api.workflows import StartResponse
 from schedules.catalogue import OWNED_PREFIX, schedule_id, scheduled_capabilities, tenant_schedules
 from schedules.reconciler import (
     SpecPatch,
+    TooFrequent,
     describe_or_none,
     is_owned,
     listed_owned_ids,
@@ -59,9 +63,11 @@ from workflows.tenant_schedules import CAPABILITY as CHANGE_CAPABILITY
 from workflows.tenant_schedules import CapabilityChange, TenantCapabilitiesWorkflow
 
 READ_ROLES = frozenset(ROLES)
-# Clients and partners act on their own tenants' schedules; finance and support only read.
+# Clients and partners pause and unpause their own tenants' schedules; finance and support only read.
 WRITE_ROLES = ADMIN_ROLES | {"partner", "client"}
-MAX_BACKFILL = timedelta(days=366)
+# What costs money (a new spec, a run now, past runs) is for admins only.
+SPEC_ROLES = ADMIN_ROLES
+MAX_BACKFILL = timedelta(days=31)
 MAX_LIST = 1000
 _SCHEDULE_ID = Annotated[str, PathParameter(min_length=5, max_length=200, pattern=r"^[a-z0-9:-]+$")]
 _TENANT_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
@@ -80,8 +86,9 @@ class NoteBody(msgspec.Struct, frozen=True, kw_only=True):
 class BackfillBody(msgspec.Struct, frozen=True, kw_only=True):
     start: Annotated[datetime, msgspec.Meta(tz=True)]
     end: Annotated[datetime, msgspec.Meta(tz=True)]
-    # Default: every missed run, one after the other (skip would start only the first).
-    overlap: Overlap = "buffer_all"
+    # Default: one run going and one waiting, the rest dropped; buffer_all (every missed
+    # run, one after the other) only when the admin says so.
+    overlap: Overlap = "buffer_one"
 
 
 class SpecBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,6 +169,13 @@ def _bad(key: str, message: str) -> ValidationException:
     """400 naming the field, shaped like Litestar's own validation errors."""
     return ValidationException(detail=f"Validation failed: {message}",
                                extra=[{"key": key, "message": message, "source": "body"}])
+
+
+class TooFrequentError(ApiError):
+    """422: the spec fires more often than the capability's minimum interval."""
+
+    status_code = HTTP_422_UNPROCESSABLE_ENTITY
+    code = "too_frequent"
 
 
 def _runs(actions: Any) -> list[RunView]:
@@ -315,8 +329,8 @@ class ScheduleController(Controller):
         return await _view(temporal, await handle.describe())
 
     @post("/{schedule_id:str}/trigger", operation_id="trigger_schedule", summary="Run the schedule's action now",
-          description="Follows the schedule's overlap policy (skip: nothing starts while a run is going).",
-          status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES})
+          description="Admins only. Follows the schedule's overlap policy (skip: nothing starts while a run is going).",
+          status_code=HTTP_202_ACCEPTED, opt={"roles": SPEC_ROLES})
     async def trigger_schedule(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                                schedule_id: _SCHEDULE_ID) -> Accepted:
         handle, _ = await describe_in_scope(temporal, request.user, schedule_id)
@@ -325,8 +339,9 @@ class ScheduleController(Controller):
 
     @post("/{schedule_id:str}/backfill", operation_id="backfill_schedule",
           summary="Take the actions of a past period now (start exclusive, end inclusive)",
-          description=f"At most {MAX_BACKFILL.days} days. Overlap defaults to buffer_all: every run, one after the other.",
-          status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES})
+          description=f"Admins only, at most {MAX_BACKFILL.days} days. Overlap defaults to buffer_one (one run going, "
+          "one waiting, the rest dropped); buffer_all takes every run, one after the other.",
+          status_code=HTTP_202_ACCEPTED, opt={"roles": SPEC_ROLES})
     async def backfill_schedule(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                                 schedule_id: _SCHEDULE_ID, data: JSONBody[BackfillBody]) -> Accepted:
         if data.end <= data.start:
@@ -340,14 +355,19 @@ class ScheduleController(Controller):
 
     @patch("/{schedule_id:str}/spec", operation_id="update_schedule_spec",
            summary="Change when a schedule runs (cron or interval, time zone, jitter)",
-           description="Kept by later syncs (the spec is marked as set through the API); the pause state is kept.",
-           opt={"roles": WRITE_ROLES}, raises=[ConflictError])
+           description="Admins only. Kept by later syncs (the spec is marked as set through the API); the pause "
+           "state is kept. A spec firing more often than the capability's minimum interval answers 422 naming it.",
+           opt={"roles": SPEC_ROLES}, raises=[ConflictError, TooFrequentError])
     async def update_schedule_spec(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                                    schedule_id: _SCHEDULE_ID, data: JSONBody[SpecBody]) -> ScheduleView:
         spec_patch = _check_spec(data)
         handle, _ = await describe_in_scope(temporal, request.user, schedule_id)
         try:
             await update_spec(temporal, schedule_id, spec_patch)
+        except TooFrequent as exc:
+            if exc.gap is None:
+                raise _bad("cron", str(exc)) from None
+            raise TooFrequentError(detail=str(exc), extra={"min_interval_seconds": int(exc.minimum.total_seconds())}) from None
         except ValueError as exc:
             raise ConflictError(str(exc)) from None
         except RPCError as exc:

@@ -7,9 +7,10 @@ an operator's ``enabled = false`` stays) and read on every event: a disabled or 
 means the event is acknowledged (202) and logged, nothing is started.
 
 The workflow id is ``{tenant}:{capability}:{business key}``, the key derived from the event
-(the Shopify order id, the Stripe invoice id, the tenant id of ``tenant.created``): a
-redelivery finds the workflow the first delivery started, answers 200 with its id and starts
-nothing. Temporal's workflow id is the record of the delivery; the API writes no row of its own.
+(the Shopify order id, the Stripe invoice id, the tenant id of ``tenant.created``): a second
+event for the same business key finds the workflow the first one started, answers 200 with its
+id and starts nothing. A replay of the same delivery is stopped before that, by the inbox
+(api/inbox.py), which keeps every accepted event.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str | None  # as resolved from the sender's own identification, when it has one
     payload: dict[str, Any]
     sender: str = "webhook"  # who it came from, recorded as requested_by
+    # When the sender says it sent the event, when it says (Stripe `created`, Shopify
+    # X-Shopify-Triggered-At, the generic X-Biz-Timestamp); older than the replay window is refused.
+    sent_at: datetime | None = None
 
 
 class Fired(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,16 +195,41 @@ async def lookup(pool: asyncpg.Pool, source: str, event_type: str) -> Trigger | 
     return declared
 
 
-async def fire(temporal: Client, pool: asyncpg.Pool, event: Event) -> Fired:
-    """Start (or signal-with-start) the workflow of this event, or acknowledge it unmatched."""
+@dataclass(frozen=True)
+class Plan:
+    """What an event will do: its trigger, tenant and typed input, and the workflow id."""
+
+    trigger: Trigger
+    tenant_id: str
+    input: Any
+    workflow_id: str
+
+
+async def plan(pool: asyncpg.Pool, event: Event) -> Plan | None:
+    """The workflow this event starts or signals, or None when no trigger takes it.
+    InvalidEvent when the event cannot become the workflow's input."""
     trigger = await lookup(pool, event.source, event.type)
     if trigger is None:
         log.info("%s event %r (id %s, tenant %s): no trigger, acknowledged and ignored",
                  event.source, event.type, event.id, event.tenant_id)
-        return Fired(outcome="ignored", event_type=event.type)
+        return None
     tenant, key, inp = trigger.build(event)
+    return Plan(trigger=trigger, tenant_id=tenant, input=inp,
+                workflow_id=workflow_id(tenant, CATALOGUE[trigger.capability].name, key))
+
+
+async def fire(temporal: Client, pool: asyncpg.Pool, event: Event) -> Fired:
+    """Start (or signal-with-start) the workflow of this event, or acknowledge it unmatched."""
+    planned = await plan(pool, event)
+    if planned is None:
+        return Fired(outcome="ignored", event_type=event.type)
+    return await start(temporal, event, planned)
+
+
+async def start(temporal: Client, event: Event, planned: Plan) -> Fired:
+    """Start (or signal-with-start) the planned workflow; its id makes a second start a no-op."""
+    trigger, tenant, inp, wf_id = planned.trigger, planned.tenant_id, planned.input, planned.workflow_id
     cap = CATALOGUE[trigger.capability]
-    wf_id = workflow_id(tenant, cap.name, key)
     options: dict[str, Any] = {}
     if trigger.action == "signal_with_start":
         options = {"start_signal": trigger.signal, "start_signal_args": [event.payload],

@@ -5,22 +5,34 @@ Both go through the trigger table (api/triggers.py).
 Sources and their signatures:
 
 - ``stripe``: ``Stripe-Signature`` verified by the stripe library with a 5-minute tolerance
-  (``BIZ_STRIPE_WEBHOOK_SECRET``); the event type is the event's ``type``, its id ``id``.
+  (``BIZ_STRIPE_WEBHOOK_SECRET``); the event type is the event's ``type``, its id ``id``, its
+  time ``created``.
 - ``shopify``: ``X-Shopify-Hmac-Sha256``, base64 HMAC-SHA256 of the raw body with the app's
   secret (``BIZ_SHOPIFY_WEBHOOK_SECRET``); the type is ``X-Shopify-Topic``, the tenant the one
-  whose ``tenants.settings.shopify_shop_domain`` is ``X-Shopify-Shop-Domain``.
+  whose ``tenants.settings.shopify_shop_domain`` is ``X-Shopify-Shop-Domain`` (unique across
+  tenants), the id ``X-Shopify-Event-Id`` (else ``X-Shopify-Webhook-Id``), the time
+  ``X-Shopify-Triggered-At``. Shopify signs the body only: these headers are the sender's word,
+  which is why the inbox also knows a replay by its body.
 - ``lago``: ``X-Lago-Signature``, base64 HMAC-SHA256 of the raw body
   (``X-Lago-Signature-Algorithm: hmac``; ``BIZ_LAGO_WEBHOOK_SECRET``); the type is
-  ``webhook_type``, the id ``X-Lago-Unique-Key``.
+  ``webhook_type``, the id ``X-Lago-Unique-Key`` (the same on every retry). Lago sends no time
+  (its headers are the signature, its algorithm and the unique key), so its deliveries are
+  never refused as old: they are known again by id and body for as long as the inbox keeps them.
 - ``generic``: per tenant. ``X-Biz-Tenant``, ``X-Biz-Timestamp`` (Unix seconds, 5-minute
   tolerance) and ``X-Biz-Signature: v1=<hex HMAC-SHA256 of "{timestamp}.{body}">`` with any
   unexpired secret of the tenant (table ``webhook_secrets``: two are valid during a
   rotation). Body ``{"id": ..., "type": ..., "data": {...}}``.
 
-Answers: 202 started (or acknowledged with no trigger: logged, nothing started), 200 the
-workflow of this event exists already (redelivery: same ``workflow_id``), 400 a body that is
-not the event, 401 a missing, forged or stale signature (logged, never with the secret), 404
-an unknown or unconfigured source, 413 a body over ``MAX_BODY_BYTES``.
+Every accepted event is kept in the inbox (api/inbox.py) before it is answered; a replay of a
+delivery (the same sender event id, or the same body) answers 200 "duplicate" and starts
+nothing. A delivery the sender dates older than the replay window
+(``BIZ_WEBHOOKS_REPLAY_WINDOW_HOURS``) is refused like a stale signature.
+
+Answers: 202 started (or acknowledged with no trigger: kept as ``no_trigger``, nothing
+started), 200 a replay, or an event whose workflow exists already (same ``workflow_id``), 400 a
+body that is not the event, 401 a missing, forged or stale signature or a delivery older than
+the window (logged, never with the secret), 404 an unknown or unconfigured source, 413 a body
+over ``MAX_BODY_BYTES``.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import hashlib
 import hmac
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -42,9 +55,10 @@ from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from temporalio.client import Client
 
+from api import inbox
 from api.bodies import decode_json_body
 from api.errors import BodyTooLarge
-from api.triggers import Event, Fired, InvalidEvent, fire
+from api.triggers import Event, Fired, InvalidEvent, plan, start
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +72,10 @@ _EVENT_ID = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 class Unsigned(Exception):
     """A missing, forged or stale signature; the reason is safe to log (no secret in it)."""
+
+
+class TooOld(Unsigned):
+    """A delivery the sender dates before the replay window."""
 
 
 class GenericEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +98,39 @@ class WebhookAnswer(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str
     workflow_id: str | None = None
     run_id: str | None = None
+
+
+def _event_id(value: Any) -> str | None:
+    """The sender's event id as the inbox keys it; one too long to be an id is refused."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if len(text) > 200:
+        raise ValidationException("the event id is longer than 200 characters")
+    return text
+
+
+def _from_unix(seconds: int) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _iso_time(value: str, header: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationException(f"{header} is not an ISO 8601 time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _check_age(event: Event, settings: Settings) -> None:
+    """Unsigned when the sender dates the delivery before the replay window."""
+    window = timedelta(hours=settings.webhooks.replay_window_hours)
+    if event.sent_at is not None and event.sent_at < datetime.now(UTC) - window:
+        raise TooOld(f"delivery sent at {event.sent_at.isoformat()}, before the "
+                       f"{settings.webhooks.replay_window_hours} h replay window")
 
 
 def _hmac_b64(secret: str, body: bytes) -> str:
@@ -127,8 +178,10 @@ async def _stripe(request: Request, body: bytes, settings: Settings, db: asyncpg
     tenant = _field(_field(obj, "metadata"), "tenant_id")
     if not isinstance(event.get("type"), str):
         raise ValidationException("the Stripe event has no type")
-    return Event(source="stripe", type=event["type"], id=event.get("id"), tenant_id=tenant, payload=event,
-                 sender="webhook:stripe")
+    created = event.get("created")
+    return Event(source="stripe", type=event["type"], id=_event_id(event.get("id")), tenant_id=tenant, payload=event,
+                 sender="webhook:stripe",
+                 sent_at=_from_unix(created) if isinstance(created, int) and not isinstance(created, bool) else None)
 
 
 async def _shopify(request: Request, body: bytes, settings: Settings, db: asyncpg.Pool) -> Event:
@@ -143,12 +196,14 @@ async def _shopify(request: Request, body: bytes, settings: Settings, db: asyncp
         raise ValidationException("no X-Shopify-Topic header")
     payload = _json(body)
     shop = request.headers.get("x-shopify-shop-domain", "").lower()
-    tenant = await db.fetchval(
+    tenant = await db.fetchval(  # one at most: the domain is unique across tenants (migration 0023)
         "SELECT id FROM tenants WHERE settings ? 'shopify_shop_domain' "
-        "AND lower(settings->>'shopify_shop_domain') = $1 ORDER BY id LIMIT 1", shop
+        "AND lower(settings->>'shopify_shop_domain') = $1", shop
     ) if shop else None
+    triggered = request.headers.get("x-shopify-triggered-at")
     return Event(source="shopify", type=topic, tenant_id=tenant, payload=payload, sender=f"webhook:shopify:{shop}",
-                 id=request.headers.get("x-shopify-event-id") or request.headers.get("x-shopify-webhook-id"))
+                 id=_event_id(request.headers.get("x-shopify-event-id") or request.headers.get("x-shopify-webhook-id")),
+                 sent_at=_iso_time(triggered, "X-Shopify-Triggered-At") if triggered else None)
 
 
 async def _lago(request: Request, body: bytes, settings: Settings, db: asyncpg.Pool) -> Event:
@@ -163,7 +218,7 @@ async def _lago(request: Request, body: bytes, settings: Settings, db: asyncpg.P
     payload = _json(body)
     if not isinstance(payload.get("webhook_type"), str):
         raise ValidationException("the Lago event has no webhook_type")
-    return Event(source="lago", type=payload["webhook_type"], id=request.headers.get("x-lago-unique-key"),
+    return Event(source="lago", type=payload["webhook_type"], id=_event_id(request.headers.get("x-lago-unique-key")),
                  tenant_id=None, payload=payload, sender="webhook:lago")
 
 
@@ -188,7 +243,7 @@ async def _generic(request: Request, body: bytes, settings: Settings, db: asyncp
     except msgspec.ValidationError as exc:
         raise ValidationException(f"not an event: {exc}") from None
     return Event(source="generic", type=event.type, id=event.id, tenant_id=tenant, payload=event.data,
-                 sender=f"webhook:generic:{tenant}")
+                 sender=f"webhook:generic:{tenant}", sent_at=_from_unix(int(stamp)))
 
 
 VERIFIERS = {"stripe": _stripe, "shopify": _shopify, "lago": _lago, "generic": _generic}
@@ -202,11 +257,36 @@ def _answer(fired: Fired) -> Response[WebhookAnswer]:
     )
 
 
-async def _fire(temporal: Client, db: asyncpg.Pool, event: Event) -> Response[WebhookAnswer]:
+async def _fire(temporal: Client, db: asyncpg.Pool, event: Event, body: bytes) -> Response[WebhookAnswer]:
+    """Keep the event in the inbox, then start its workflow; a replay answers 200 "duplicate"."""
+    if not 1 <= len(event.type) <= 200:
+        raise ValidationException("the event type must be 1 to 200 characters")
+    for what, value in (("event type", event.type), ("event id", event.id), ("tenant id", event.tenant_id)):
+        if value is not None and "\x00" in value:  # Postgres text cannot hold it
+            raise ValidationException(f"the {what} contains a NUL character")
     try:
-        return _answer(await fire(temporal, db, event))
+        planned = await plan(db, event)
     except InvalidEvent as exc:
         raise ValidationException(str(exc)) from None
+    kept = await inbox.claim(db, event, body, workflow_id=planned.workflow_id if planned else None,
+                             outcome="received" if planned else "no_trigger")
+    if not kept.fresh:
+        return Response(WebhookAnswer(outcome="duplicate", event_type=event.type, workflow_id=kept.workflow_id,
+                                      run_id=kept.run_id), status_code=HTTP_200_OK)
+    if planned is None:
+        if kept.outcome != "no_trigger":  # a delivery taken over whose trigger was turned off since
+            await inbox.settle(db, kept.id, "no_trigger")
+        return _answer(Fired(outcome="ignored", event_type=event.type))
+    try:
+        fired = await start(temporal, event, planned)
+    except Exception:
+        try:
+            await inbox.settle(db, kept.id, "failed")  # the sender's retry takes it over
+        except Exception:  # noqa: BLE001 - the first error is the one to answer; a minute later it is taken over anyway
+            log.warning("webhook inbox: delivery %d could not be marked failed", kept.id)
+        raise
+    await inbox.settle(db, kept.id, fired.outcome, workflow_id=fired.workflow_id, run_id=fired.run_id)
+    return _answer(fired)
 
 
 @post(
@@ -214,9 +294,11 @@ async def _fire(temporal: Client, db: asyncpg.Pool, event: Event) -> Response[We
     operation_id="receive_webhook",
     tags=["triggers"],
     summary="Receive a signed webhook",
-    description="Public: the sender's signature is the authentication (stripe, shopify, lago, generic). 202 when "
-    "the event's workflow was started or the event has no trigger (acknowledged, logged); 200 when its workflow "
-    "exists already (a redelivery); 401 for a missing, forged or stale signature; 404 for an unknown source.",
+    description="Public: the sender's signature is the authentication (stripe, shopify, lago, generic). Every "
+    "accepted event is kept in the inbox first. 202 when the event's workflow was started or the event has no "
+    "trigger (kept, nothing started); 200 for a replay of a delivery (same event id or body: nothing started) or "
+    "when its workflow exists already; 401 for a missing, forged or stale signature, or a delivery older than the "
+    "replay window; 404 for an unknown source.",
     status_code=HTTP_202_ACCEPTED,
     request_max_body_size=MAX_BODY_BYTES,
     security=[],
@@ -230,12 +312,15 @@ async def receive_webhook(source: Annotated[str, PathParameter(max_length=32)], 
     if verify is None:
         raise NotFoundException(f"unknown webhook source {source!r}")
     body = await request.body()
+    settings = request.app.state.settings
     try:
-        event = await verify(request, body, request.app.state.settings, db)
+        event = await verify(request, body, settings, db)
+        _check_age(event, settings)
     except Unsigned as exc:
         log.warning("webhook %s refused (401): %s; from %s", source, exc, request.client.host if request.client else "?")
-        raise NotAuthorizedException("invalid webhook signature") from None
-    return await _fire(temporal, db, event)
+        raise NotAuthorizedException("webhook delivery older than the replay window" if isinstance(exc, TooOld)
+                                     else "invalid webhook signature") from None
+    return await _fire(temporal, db, event, body)
 
 
 @post(
@@ -253,7 +338,7 @@ async def receive_platform_event(data: JSONBody[PlatformEvent], request: Request
                                  db: NamedDependency[asyncpg.Pool]) -> Response[WebhookAnswer]:
     event = Event(source="platform", type=data.type, id=data.id, tenant_id=None, payload=data.data,
                   sender=f"event:{request.user.sub}")
-    return await _fire(temporal, db, event)
+    return await _fire(temporal, db, event, await request.body())
 
 
 def webhooks_router() -> Router:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Router, get, post
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
@@ -20,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError
+from api.ratelimit import StartLimiter
 from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
 from workflows.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
@@ -75,10 +76,12 @@ async def describe_in_scope(temporal: Client, principal: Principal, wf_id: str) 
 
 
 async def _start(temporal: Client, cap: Capability, inp: Any, principal: Principal,
-                 idempotency_key: str | None = None) -> StartResponse:
+                 idempotency_key: str | None = None, limiter: StartLimiter | None = None) -> StartResponse:
     tenant = cap.tenant_in_input(inp) if cap.tenant_in_input else principal.tenant_id
     if tenant is None or not principal.can_see_tenant(tenant):
         raise NotFoundException(f"tenant {tenant!r} not found")
+    if limiter is not None:
+        limiter.take(tenant)  # 429 with Retry-After: nothing started
     if hasattr(inp, "requested_by"):
         inp = msgspec.structs.replace(inp, requested_by=principal.sub)
     wf_id = workflow_id(tenant, cap.name, cap.business_key(inp))
@@ -108,10 +111,10 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
     return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
 
 
-def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per capability
+def _start_handler(cap: Capability, limiter: StartLimiter | None):  # noqa: ANN202 - a route handler per capability
     async def start(data: Any, request: Request, temporal: NamedDependency[Client],
                     idempotency_key: str | None = None) -> StartResponse:
-        return await _start(temporal, cap, data, request.user, idempotency_key)
+        return await _start(temporal, cap, data, request.user, idempotency_key, limiter)
 
     # The body type is the capability's input: validated by Litestar, documented in OpenAPI.
     start.__annotations__ = {
@@ -129,7 +132,8 @@ def _start_handler(cap: Capability):  # noqa: ANN202 - a route handler made per 
         summary=f"Start {cap.name}",
         description=cap.summary
         + " Starting the same business key twice answers 409 with the existing workflow_id, unless the "
-        "request repeats the Idempotency-Key that started it (then 202 with the same ids).",
+        "request repeats the Idempotency-Key that started it (then 202 with the same ids). Too many starts for "
+        "one tenant in a short time answer 429 with Retry-After.",
         status_code=HTTP_202_ACCEPTED,
         opt={"roles": cap.start_roles, "rate_limited": True},
         raises=[ConflictError, NotFoundException],
@@ -226,11 +230,21 @@ class WorkflowController(Controller):
         "/{workflow_id:str}/cancel",
         operation_id="cancel_workflow",
         summary="Ask a running workflow to cancel",
+        description="Each capability names the roles that may cancel it (403 otherwise; a client never cancels "
+                    "its own dunning). Workflows holding money compensate: a canceled order releases its payment "
+                    "(canceled, or refunded if captured) and is recorded as `canceled`. 409: not running.",
         status_code=HTTP_202_ACCEPTED,
-        raises=[ConflictError],
+        raises=[ConflictError, PermissionDeniedException],
     )
     async def cancel_workflow(self, request: Request, temporal: NamedDependency[Client], workflow_id: FromPath[str]) -> StartResponse:
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
+        capability = CATALOGUE.get(desc.typed_search_attributes.get(CAPABILITY) or "")
+        # Workflows outside the catalogue (an agent loop, a tenant's capabilities) are the
+        # platform's own: admins only.
+        may_cancel = capability.cancel_roles if capability else frozenset({"super_admin", "admin"})
+        if not request.user.roles & may_cancel:
+            raise PermissionDeniedException(
+                f"your role may not cancel {workflow_id!r} (allowed: {', '.join(sorted(may_cancel))})")
         if desc.status != WorkflowExecutionStatus.RUNNING:
             raise ConflictError(f"workflow {workflow_id!r} is {desc.status.name}, not running")
         await handle.cancel()
@@ -241,6 +255,7 @@ _STATUS_NAMES = {"running": "Running", "completed": "Completed", "failed": "Fail
                  "terminated": "Terminated", "timed_out": "TimedOut", "continued_as_new": "ContinuedAsNew"}
 
 
-def workflows_router() -> Router:
-    starts = [_start_handler(cap) for cap in CATALOGUE.values()]
+def workflows_router(limiter: StartLimiter | None = None) -> Router:
+    """``limiter``: the per-tenant start rate limit (create_app always gives one)."""
+    starts = [_start_handler(cap, limiter) for cap in CATALOGUE.values()]
     return Router(path="/v1/workflows", route_handlers=[*starts, WorkflowController], tags=["workflows"])

@@ -240,7 +240,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
         await admin.close()
     results["_db"] = (pg_url, db_name)
     db_url = spine.with_database(pg_url, db_name)
-    settings = Settings(_env_file=None, temporal={"address": address, "namespace": cluster.namespace},
+    settings = Settings(_env_file=None, **spine.dev_fields(), temporal={"address": address, "namespace": cluster.namespace},
                         database={"url": db_url}, worker={"graceful_shutdown_seconds": 2},
                         dev={"state_dir": state / "dev"})
     pool = await create_pool(db_url)  # applies the migrations once, before the workers start
@@ -265,7 +265,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
             **{k: v for k, v in os.environ.items() if not k.startswith("BIZ_")},
             "BIZ_TEMPORAL_ADDRESS": address, "BIZ_TEMPORAL_NAMESPACE": cluster.namespace,
             "BIZ_DATABASE_URL": db_url, "BIZ_LOG_LEVEL": "WARNING", "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
-            "BIZ_DEV_STATE_DIR": str(state / "dev"),
+            "BIZ_DEV_STATE_DIR": str(state / "dev"), **spine.dev_env(),
         }
         spine.log("worker RSS: without the agents queue")
         no_agents = await worker_rss("worker-no-agents", (WORKFLOWS_QUEUE, INTEGRATIONS_QUEUE), env, state, client)

@@ -603,7 +603,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     results["_db"] = (pg_url, db_name)
     db_url = spine.with_database(pg_url, db_name)
     spine.log(f"database {db_name} created")
-    settings = Settings(_env_file=None, temporal={"address": addr, "namespace": cluster.namespace},
+    settings = Settings(_env_file=None, **spine.dev_fields(), temporal={"address": addr, "namespace": cluster.namespace},
                         database={"url": db_url}, worker={"graceful_shutdown_seconds": 2})
 
     # 2. The real API, and the worker of the bench workflow (the platform's set-up).
@@ -611,7 +611,9 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     queue = f"bench-hitl-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "BIZ_TEMPORAL_ADDRESS": addr, "BIZ_TEMPORAL_NAMESPACE": cluster.namespace,
            "BIZ_DATABASE_URL": db_url, "BIZ_API_HOST": "127.0.0.1", "BIZ_API_PORT": str(api_port),
-           "BIZ_LOG_LEVEL": "WARNING", "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2"}
+           "BIZ_LOG_LEVEL": "WARNING", "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2", **spine.dev_env(),
+           # One tenant starts every measured campaign: lift its start rate limit.
+           "BIZ_API_START_RATE_PER_MINUTE": "1000000", "BIZ_API_START_BURST": "1000000"}
     # The sandbox re-imports this file for every workflow run: a bytecode cache spares the
     # worker compiling it each time (see bench_spine.py).
     worker_env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}

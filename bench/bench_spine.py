@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     import asyncio
     import json
     import os
+    import secrets
     import signal
     import socket
     import statistics
@@ -108,6 +109,22 @@ def checkpoint() -> None:
     as an RPCError that a phase counts and carries on from."""
     if _INTERRUPTED:
         raise Interrupted(f"interrupted by signal {_INTERRUPTED[0]}")
+
+
+_DEV_SECRET: list[str] = []
+
+
+def dev_env() -> dict[str, str]:
+    """The platform in dev, said explicitly as `bizosaas dev` says it, with a dev secret of this
+    run (no codec keys: payloads in clear, as the raw SDK baseline writes them)."""
+    if not _DEV_SECRET:
+        _DEV_SECRET.append(secrets.token_urlsafe(32))
+    return {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_DEV_SECRET": _DEV_SECRET[0]}
+
+
+def dev_fields() -> dict[str, Any]:
+    """The same as Settings fields, for the bench's own process."""
+    return {"environment": "dev", "auth": {"mode": "dev", "dev_secret": dev_env()["BIZ_AUTH_DEV_SECRET"]}}
 
 
 def log(msg: str) -> None:
@@ -506,6 +523,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
 
     settings = Settings(
         _env_file=None,
+        **dev_fields(),
         temporal={"address": tuned_addr, "namespace": cluster.namespace},
         database={"url": db_url},
         worker={"graceful_shutdown_seconds": 2},
@@ -522,6 +540,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
         "BIZ_API_PORT": str(api_port),
         "BIZ_LOG_LEVEL": "WARNING",
         "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
+        **dev_env(),
     }
     # Onboarding creates the tenant's Stripe and Lago customers (integrations queue): run the
     # billing sandboxes `bizosaas dev` runs, and that queue beside the workflows queue.

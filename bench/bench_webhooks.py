@@ -211,7 +211,7 @@ async def latency(http: hitl.Http, raw: Any, ours: Any, pool: Any, settings: Any
         # trigger (its look-up, the typed input, the start) on the platform client.
         body, headers = signed(orders.new())
         t = time.perf_counter()
-        resp = await _fire(ours, pool, await _shopify(Stub(headers), body, settings, pool))
+        resp = await _fire(ours, pool, await _shopify(Stub(headers), body, settings, pool), body)
         dt = time.perf_counter() - t
         if resp.status_code != 202 or resp.content.outcome != "started":
             raise RuntimeError(f"direct answered {resp.status_code} {resp.content!r}")
@@ -439,14 +439,14 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
                VALUES ($1, 'Bench shop', 'starter', 'owner@bench-shop.example', 'active', $2)""",
             TENANT, {"shopify_shop_domain": SHOP})
         spine.log(f"database {db_name} created, migrated, tenant {TENANT} connected to {SHOP}")
-        settings = Settings(_env_file=None, temporal={"address": addr, "namespace": cluster.namespace},
+        settings = Settings(_env_file=None, **spine.dev_fields(), temporal={"address": addr, "namespace": cluster.namespace},
                             database={"url": db_url}, shopify={"webhook_secret": SECRET})
 
         # 2. The real API, with the app's secret.
         api_port = spine.free_port()
         env = {**os.environ, "BIZ_TEMPORAL_ADDRESS": addr, "BIZ_TEMPORAL_NAMESPACE": cluster.namespace,
                "BIZ_DATABASE_URL": db_url, "BIZ_API_HOST": "127.0.0.1", "BIZ_API_PORT": str(api_port),
-               "BIZ_LOG_LEVEL": "WARNING", "BIZ_SHOPIFY_WEBHOOK_SECRET": SECRET}
+               "BIZ_LOG_LEVEL": "WARNING", "BIZ_SHOPIFY_WEBHOOK_SECRET": SECRET, **spine.dev_env()}
         api_proc = spine.spawn("api", [sys.executable, "-m", "workers.cli", "api"], state, cwd=ROOT, env=env)
         api_url = f"http://127.0.0.1:{api_port}"
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from temporalio.client import ScheduleOverlapPolicy
 
+from schedules.frequency import HORIZON, shortest_gap
 from workflows.catalogue import CATALOGUE
 from workflows.presence_audit import PresenceAuditInput
 from workflows.seo_health import SeoHealthInput
@@ -50,7 +51,12 @@ class ScheduleDecl:
     # None: the tenant's time zone (per-tenant schedules), UTC for global ones.
     time_zone: str | None = None
     per_tenant: bool = True
+    # A run still going when the next is due: skip it, or keep one waiting. Never more, so a
+    # slow run cannot pile up paid work (an admin's backfill may choose otherwise).
     overlap: ScheduleOverlapPolicy = ScheduleOverlapPolicy.SKIP
+    # No spec, declared or set through the API (by an admin), may fire more often than this:
+    # each run costs crawls and LLM calls. At most a day (schedules/frequency.py).
+    min_interval: timedelta = timedelta(hours=1)
     # Runs missed while Temporal was down are made up within this window, then skipped.
     catchup_window: timedelta = timedelta(days=1)
     jitter: timedelta | None = None
@@ -65,6 +71,13 @@ class ScheduleDecl:
             raise ValueError(f"schedule {self.name!r}: unknown capability {self.capability!r}")
         if bool(self.cron) == (self.every is not None):
             raise ValueError(f"schedule {self.name!r}: give cron or every, not both")
+        if self.overlap not in (ScheduleOverlapPolicy.SKIP, ScheduleOverlapPolicy.BUFFER_ONE):
+            raise ValueError(f"schedule {self.name!r}: overlap must be SKIP or BUFFER_ONE")
+        if not timedelta(0) < self.min_interval <= HORIZON:
+            raise ValueError(f"schedule {self.name!r}: min_interval must be more than 0 and at most {HORIZON}")
+        gap = shortest_gap(self.cron, int(self.every.total_seconds()) if self.every else None)
+        if gap is None or gap < self.min_interval:
+            raise ValueError(f"schedule {self.name!r}: fires more often than its min_interval {self.min_interval}")
         unknown = set(self.requires) - set(TenantContext.__struct_fields__)
         if unknown:
             raise ValueError(f"schedule {self.name!r}: requires unknown fields {sorted(unknown)}")
@@ -87,6 +100,7 @@ SCHEDULES: dict[str, ScheduleDecl] = {
             # Monday 06:00 in the tenant's time zone; jitter spreads tenants over half an hour.
             cron=("0 6 * * 1",),
             jitter=timedelta(minutes=30),
+            min_interval=timedelta(days=1),
             requires=("website_url",),
             summary="Weekly Digital Presence Audit of the tenant's website.",
         ),
@@ -100,6 +114,7 @@ SCHEDULES: dict[str, ScheduleDecl] = {
             # Monday 07:00 in the tenant's time zone (after the audit); jitter spreads tenants.
             cron=("0 7 * * 1",),
             jitter=timedelta(minutes=30),
+            min_interval=timedelta(days=1),
             requires=("website_url",),
             summary="Weekly SEO Health Monitor of the tenant's website: technical scan and the shift since last week.",
         ),

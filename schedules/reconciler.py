@@ -47,6 +47,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from schedules.catalogue import GLOBAL, OWNED_PREFIX, SCHEDULES, ScheduleDecl, TenantContext, schedule_id
+from schedules.frequency import shortest_gap
 from workflows.catalogue import CATALOGUE
 from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 
@@ -416,8 +417,37 @@ def patched(spec: SpecParams, patch: SpecPatch) -> SpecParams:
     return msgspec.structs.replace(spec, **changes)
 
 
+class TooFrequent(Exception):
+    """The spec would fire more often than its capability allows (``ScheduleDecl.min_interval``)."""
+
+    def __init__(self, minimum: timedelta, gap: timedelta | None) -> None:
+        self.minimum, self.gap = minimum, gap
+        every = "cannot tell how often it fires" if gap is None else f"it fires every {_human(gap)}"
+        super().__init__(f"{every}; this schedule may fire at most once every {_human(minimum)}")
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def check_frequency(decl_name: str, spec: SpecParams) -> None:
+    """TooFrequent when ``spec`` fires more often than the declaration's minimum interval (a
+    schedule no longer declared keeps the strictest minimum of the catalogue)."""
+    decl = SCHEDULES.get(decl_name)
+    minimum = decl.min_interval if decl else max(d.min_interval for d in SCHEDULES.values())
+    gap = shortest_gap(spec.cron, spec.every_seconds)
+    if gap is None or gap < minimum:
+        raise TooFrequent(minimum, gap)
+
+
 async def update_spec(client: Client, schedule_id_: str, patch: SpecPatch) -> SpecParams:
     """Change an owned schedule's spec; marked as set through the API so syncs keep it.
+    TooFrequent when the new spec fires more often than the capability's minimum interval.
     The server validates the cron and time zone (``RPCError`` INVALID_ARGUMENT)."""
     result: list[SpecParams] = []
 
@@ -428,6 +458,7 @@ async def update_spec(client: Client, schedule_id_: str, patch: SpecPatch) -> Sp
         if applied is None:
             raise ValueError(f"schedule {schedule_id_!r} was not applied by the platform")
         new = patched(applied.spec, patch)
+        check_frequency(applied.schedule, new)
         memo[APPLIED_MEMO_KEY] = msgspec.structs.replace(applied, spec=new, spec_source="api")
         action = desc.schedule.action
         action.memo = memo  # type: ignore[attr-defined] - a start-workflow action

@@ -38,11 +38,14 @@ from workers.settings import Settings
 from workflows.names import TASK_QUEUES
 # Shared helpers, importable from here as before.
 from tests.support import (  # noqa: F401
+    CODEC_TEST_KEYS,
+    DEV_TEST_SECRET,
     LAGO_PREFIX,
     LAGO_TEST_KEY,
     ROOT,
     STRIPE_TEST_KEY,
     assert_eventually,
+    dev_settings,
     fixture_site_app,
     free_port,
     run_localstripe,
@@ -86,10 +89,11 @@ async def register_search_attributes(client: Client, namespace: str, dev_cluster
 
 @pytest_asyncio.fixture(scope="session")
 async def time_skipping_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnvironment]:
-    from workers.converter import data_converter
+    from workers.client import platform_data_converter
 
+    # The platform's converter and payload codec, as on every client.
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=temporal_test_server(), data_converter=data_converter()
+        test_server_existing_path=temporal_test_server(), data_converter=platform_data_converter(dev_settings())
     )
     await register_search_attributes(env.client, env.client.namespace, dev_cluster)
     try:
@@ -193,8 +197,7 @@ def settings(
     temporal_env: WorkflowEnvironment, database_url: str, dev_cluster: DevCluster, localstripe_url: str, lago_url: str
 ) -> Settings:
     target = temporal_env.client.service_client.config.target_host
-    return Settings(
-        _env_file=None,
+    return dev_settings(
         temporal={"address": target, "namespace": dev_cluster.namespace},
         database={"url": database_url},
         stripe={"api_base": localstripe_url, "api_key": STRIPE_TEST_KEY, "webhook_secret": "whsec_test_bizosaas"},
@@ -269,6 +272,9 @@ class Tokens:
 
     def admin(self) -> dict[str, str]:
         return self._bearer(sub="admin@bizosaas", roles=["admin"])
+
+    def finance(self) -> dict[str, str]:
+        return self._bearer(sub="finance@bizosaas", roles=["finance"])
 
     def client(self, tenant: str, sub: str | None = None) -> dict[str, str]:
         return self._bearer(sub=sub or f"owner@{tenant}", roles=["client"], tenant_id=tenant)

@@ -4,7 +4,12 @@ and the sandboxes at the network edge (the sandbox MCP server, a fixture website
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +23,7 @@ from typing import TypeVar
 
 import asyncpg
 import uvicorn
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from activities.sandbox_mcp import build_server, serve_http
@@ -32,6 +37,33 @@ ROOT = Path(__file__).resolve().parent.parent
 STRIPE_TEST_KEY = "sk_test_bizosaas"
 LAGO_TEST_KEY = "lago-test-key"
 LAGO_PREFIX = "/lago"  # served under a path prefix: proves the trailing-slash handling
+
+# Tests choose dev explicitly, with a dev secret of their own (never the published one) and a
+# payload codec key, so every test's Temporal payloads are encrypted. The codec key is fixed:
+# histories the tests record stay readable in later runs.
+DEV_TEST_SECRET = secrets.token_urlsafe(32)
+CODEC_TEST_KEYS = "test-1:" + base64.b64encode(hashlib.sha256(b"bizosaas test codec key").digest()).decode()
+
+
+def dev_settings(**fields: object) -> Settings:
+    """Settings as the tests run the platform: dev said explicitly, test secret and codec key."""
+    base: dict[str, object] = {
+        "environment": "dev",
+        "auth": {"mode": "dev", "dev_secret": DEV_TEST_SECRET},
+        "codec": {"keys": CODEC_TEST_KEYS},
+    }
+    return Settings(_env_file=None, **{**base, **fields})  # type: ignore[arg-type]
+
+
+def dev_env(settings: Settings) -> dict[str, str]:
+    """The same choice as BIZ_* variables, for a `bizosaas` process a test starts: dev said, the
+    dev secret and the codec keys (a worker must read what the session's clients encrypted)."""
+    env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": settings.auth.mode}
+    if settings.auth.dev_secret is not None:
+        env["BIZ_AUTH_DEV_SECRET"] = settings.auth.dev_secret.get_secret_value()
+    if settings.codec.keys is not None:
+        env["BIZ_CODEC_KEYS"] = settings.codec.keys.get_secret_value()
+    return env
 
 
 def free_port() -> int:
@@ -220,3 +252,72 @@ async def platform_workers(client: Client, settings: Settings, db: asyncpg.Pool,
         for reg in regs.values():
             for close in reg.closers:
                 await close()
+
+
+@asynccontextmanager
+async def worker_process(
+    settings: Settings, queues: Sequence[str], state_dir: Path, log: Path
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """``bizosaas worker --queue ...`` as a process of its own, configured only by BIZ_* variables
+    (a fresh interpreter: nothing of the test process's imports or caches). Stopped with SIGTERM
+    (it drains) when the block ends, unless the test stopped it already."""
+    llm = settings.llm
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BIZ_", "CREWAI_"))}
+    env.update({
+        "BIZ_TEMPORAL_ADDRESS": settings.temporal.address,
+        "BIZ_TEMPORAL_NAMESPACE": settings.temporal.namespace,
+        "BIZ_DATABASE_URL": settings.database_url(),
+        "BIZ_LLM_PROVIDER": llm.provider,
+        "BIZ_LLM_BASE_URL": llm.base_url or "",
+        "BIZ_LLM_API_KEY": llm.api_key.get_secret_value() if llm.api_key else "",
+        "BIZ_LLM_MODEL": llm.model,
+        "BIZ_DEV_STATE_DIR": str(state_dir),
+        "BIZ_LOG_LEVEL": "WARNING",
+        "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
+        **dev_env(settings),
+        "HOME": str(state_dir),  # CrewAI writes its user settings under $HOME
+        "PYTHONUNBUFFERED": "1",
+    })
+    args = [a for q in queues for a in ("--queue", q)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", *args],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        await stop_process(proc)
+
+
+async def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM (a worker drains), then SIGKILL after ``timeout``; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+    return proc.returncode
+
+
+HISTORIES = ROOT / "tests" / "histories"
+
+
+async def record_history(handle: WorkflowHandle, name: str) -> None:
+    """With ``BIZ_RECORD_HISTORIES=1``: the workflow's history as ``tests/histories/{name}.json``
+    (``tests/test_histories.py`` replays every stored history on the current code)."""
+    if os.environ.get("BIZ_RECORD_HISTORIES") != "1":
+        return
+    HISTORIES.mkdir(exist_ok=True)
+    history = await handle.fetch_history()
+    record = {"workflow_id": history.workflow_id, "history": history.to_json_dict()}
+    (HISTORIES / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+async def run_temporal_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``temporal`` CLI (a second client, written by others) against the settings' server
+    and namespace."""
+    from workers.devcluster import temporal_cli
+
+    cmd = [temporal_cli(), *args, "--address", settings.temporal.address, "--namespace", settings.temporal.namespace]
+    return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.mcp import MCPActivities
     from agents.llm import OFFLINE_MODEL
     from tests.conftest import serve, unique
+    from tests.support import record_history
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workers.settings import LlmSettings
     from workflows.agent_loop import AgentLoopInput, AgentLoopResult, AgentLoopWorkflow, ToolRef, run_agent
@@ -145,6 +146,7 @@ async def test_offline_agent_fetches_the_page_and_answers_to_the_schema(
         result = await client.execute_workflow(AgentParentWorkflow.run, inp, id=parent_id, task_queue=task_queue,
                                                execution_timeout=timedelta(seconds=90))
         messages = await transcript(client, f"{parent_id}:agent:seo-auditor")
+        await record_history(client.get_workflow_handle(f"{parent_id}:agent:seo-auditor"), "agent-loop")
 
     jsonschema.validate(result.final, AUDIT_SCHEMA)
     assert result.offline and result.provider == "offline" and result.final["summary"].startswith("offline")

@@ -116,7 +116,8 @@ def test_the_api_process_does_not_import_crewai(settings) -> None:  # noqa: ANN0
         from workers.settings import Settings
 
         async def main():
-            app = create_app(Settings(_env_file=None, temporal={"address": sys.argv[1]}, database={"url": sys.argv[2]}))
+            app = create_app(Settings(_env_file=None, environment="dev", auth={"dev_secret": "s" * 32},
+                                      temporal={"address": sys.argv[1]}, database={"url": sys.argv[2]}))
             async with AsyncTestClient(app) as c:
                 assert (await c.get("/health")).status_code == 200
             loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"crewai", "langchain", "langchain_core", "chromadb"})

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from litestar.exceptions import NotAuthorizedException
+from pydantic import SecretStr
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -41,8 +43,9 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 import api.auth
 from api.app import create_app
 from api.auth import AUDIENCE, DEV_ISSUER, ROLES, TokenVerifier, mint_dev_token
-from tests.conftest import ROOT, Tokens, assert_eventually, free_port, serve, unique
-from workers.settings import Settings
+from tests.conftest import ROOT, Tokens, assert_eventually, dev_settings, free_port, serve, unique
+from workers.dev import DEV_SECRET_FILE, dev_credentials
+from workers.settings import PUBLISHED_DEV_SECRETS, ConfigError, Settings
 from workflows.names import CAPABILITY, TENANT_ID, workflow_id
 
 ISSUER = "https://auth.test/application/o/bizosaas/"
@@ -193,6 +196,8 @@ async def test_oidc_rejects_forged_expired_and_misaddressed_tokens(oidc: Oidc, s
         "wrong audience": jwks.sign(_claims(aud="another-app"), "k1"),
         "no audience": jwks.sign(_claims(aud=None), "k1"),
         "expired": jwks.sign(_claims(iat=now - 3600, exp=now - 60), "k1"),
+        "no issued-at": jwks.sign(_claims(iat=None), "k1"),
+        "issued in the future": jwks.sign(_claims(iat=now + 3600, exp=now + 7200), "k1"),
         "never expires": jwks.sign(_claims(exp=None), "k1"),
         "no subject": jwks.sign(_claims(sub=None), "k1"),
         "another key, known kid": jwks.sign(admin, "k1", key=stranger),
@@ -283,11 +288,87 @@ async def test_oidc_provider_down_is_503_not_401(settings: Settings) -> None:
         assert r.status_code == HTTP_401_UNAUTHORIZED
 
 
-def test_oidc_mode_needs_issuer_and_jwks_url(settings: Settings) -> None:
-    with pytest.raises(ValueError, match="JWKS_URL"):
-        TokenVerifier(_with_auth(settings, mode="oidc", oidc_issuer=ISSUER, oidc_jwks_url=None))
-    with pytest.raises(ValueError, match="ISSUER"):
-        TokenVerifier(_with_auth(settings, mode="oidc", oidc_issuer=None, oidc_jwks_url="http://127.0.0.1:1/jwks"))
+def test_oidc_mode_needs_issuer_audience_and_jwks_url(settings: Settings) -> None:
+    full = {"mode": "oidc", "oidc_issuer": ISSUER, "oidc_audience": OIDC_AUDIENCE, "oidc_jwks_url": "http://127.0.0.1:1/jwks"}
+    for missing, name in (("oidc_jwks_url", "BIZ_AUTH_OIDC_JWKS_URL"), ("oidc_issuer", "BIZ_AUTH_OIDC_ISSUER"),
+                          ("oidc_audience", "BIZ_AUTH_OIDC_AUDIENCE")):
+        s = _with_auth(settings, **{**full, missing: None})
+        with pytest.raises(ConfigError, match=name):
+            TokenVerifier(s)
+        # The API refuses to start: no audience would accept tokens minted for any other application.
+        with pytest.raises(ConfigError, match=name):
+            create_app(s)
+
+
+async def test_oidc_tenants_claim_widens_scope_for_partners_only(oidc: Oidc, db: asyncpg.Pool) -> None:
+    own, other = unique("own"), unique("other")
+    await db.execute(
+        "INSERT INTO outbox (idempotency_key, tenant_id, tool, arguments) VALUES ($1, $2, 'send_email', $3)",
+        f"{other}:auth-test", other, {"to": f"owner@{other}.example"},
+    )
+    for roles in (["client"], ["finance-ish"], []):
+        # A client (or a token with no role of ours) naming other tenants gets its own tenant only.
+        token = oidc.jwks.sign(_claims(tenant_id=own, roles=roles, tenants=[other]), "k1")
+        r = await oidc.api.get("/v1/outbox", params={"tenant_id": other}, headers=_bearer(token))
+        assert r.status_code == HTTP_404_NOT_FOUND, (roles, r.text)
+        r = await oidc.api.get("/v1/outbox", headers=_bearer(token))
+        assert r.status_code == HTTP_200_OK and r.json()["items"] == [], (roles, r.text)
+        r = await oidc.api.get("/v1/outbox", params={"tenant_id": own}, headers=_bearer(token))
+        assert r.status_code == HTTP_200_OK, (roles, r.text)
+    # A partner's `tenants` are the tenants it manages.
+    partner = oidc.jwks.sign(_claims(sub="partner@agency", tenant_id=None, roles=["partner"], tenants=[other]), "k1")
+    r = await oidc.api.get("/v1/outbox", params={"tenant_id": other}, headers=_bearer(partner))
+    assert r.status_code == HTTP_200_OK, r.text
+    assert [i["tenant_id"] for i in r.json()["items"]] == [other]
+
+
+def test_dev_auth_needs_dev_said_explicitly_and_a_secret_of_its_own(settings: Settings) -> None:
+    published = next(iter(PUBLISHED_DEV_SECRETS))
+    strong = "s" * 40
+
+    def dev(environment: str | None = "dev", secret: str | None = strong, host: str = "127.0.0.1") -> Settings:
+        return settings.model_copy(update={
+            "environment": environment,
+            "auth": settings.auth.model_copy(update={"mode": "dev", "dev_secret": SecretStr(secret) if secret else None}),
+            "api": settings.api.model_copy(update={"host": host}),
+        })
+
+    refused = {
+        "nothing said": (dev(environment=None), "BIZ_ENVIRONMENT is not set"),
+        "no dev secret": (dev(secret=None), "BIZ_AUTH_DEV_SECRET is not set"),
+        "published secret on 0.0.0.0": (dev(secret=published, host="0.0.0.0"), "BIZ_AUTH_DEV_SECRET is published"),
+        "published secret on a LAN address": (dev(secret=published, host="10.1.2.3"), "BIZ_AUTH_DEV_SECRET"),
+        "published secret on ::": (dev(secret=published, host="::"), "BIZ_AUTH_DEV_SECRET"),
+        "short secret on 0.0.0.0": (dev(secret="short", host="0.0.0.0"), "shorter than 32"),
+    }
+    for case, (s, message) in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            TokenVerifier(s)
+        with pytest.raises(ConfigError):
+            create_app(s)
+    # On loopback a dev machine may use what it likes; beyond it, a strong secret of its own.
+    for s in (dev(secret=published), dev(secret="short", host="localhost"), dev(host="0.0.0.0"), dev(host="::1")):
+        TokenVerifier(s)
+    with pytest.raises(PermissionError, match="BIZ_AUTH_DEV_SECRET"):
+        mint_dev_token(dev(secret=None), sub="x", roles=["admin"])
+    with pytest.raises(PermissionError, match="BIZ_ENVIRONMENT=dev"):
+        mint_dev_token(dev(environment=None), sub="x", roles=["admin"])
+
+
+async def test_a_token_signed_with_the_published_secret_is_refused(
+    dev_api: httpx.AsyncClient, oidc: Oidc
+) -> None:
+    """The platform configured explicitly (dev with its own secret, or OIDC) refuses tokens
+    anyone can sign with the secret earlier releases shipped as a default."""
+    now = int(time.time())
+    for published in PUBLISHED_DEV_SECRETS:
+        token = jwt.encode({"iss": DEV_ISSUER, "aud": AUDIENCE, "sub": "mallory", "roles": ["super_admin"],
+                            "iat": now, "exp": now + 300}, published, algorithm="HS256")
+        for api_client in (dev_api, oidc.api):
+            r = await api_client.get("/v1/outbox", headers=_bearer(token))
+            _assert_401_without_secrets(r, token, published)
+            r = await api_client.post("/v1/workflows/onboarding", json=_onboarding(unique("mal")), headers=_bearer(token))
+            assert r.status_code == HTTP_401_UNAUTHORIZED, r.text
 
 
 def test_dev_tokens_are_refused_in_production(settings: Settings) -> None:
@@ -376,9 +457,9 @@ async def test_partner_sees_the_tenants_it_manages_only(
     handles = []
     for tenant in (a, c):
         handles.append(await client.start_workflow(
-            "OnboardingWorkflow", _onboarding(tenant), id=workflow_id(tenant, "onboarding", tenant), task_queue=queue,
+            "PresenceAudit", _onboarding(tenant), id=workflow_id(tenant, "presence-audit", tenant), task_queue=queue,
             search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, "onboarding")]
+                [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, "presence-audit")]
             ),
         ))
     try:
@@ -387,7 +468,7 @@ async def test_partner_sees_the_tenants_it_manages_only(
         assert (await dev_api.post(f"/v1/workflows/{wf_c}/cancel", headers=partner)).status_code == HTTP_404_NOT_FOUND
         missing = workflow_id(a, "onboarding", unique("none"))
         assert (await dev_api.get(f"/v1/workflows/{missing}", headers=partner)).status_code == HTTP_404_NOT_FOUND
-        # a's workflow is in scope: the partner may cancel it.
+        # a's workflow is in scope and partners may cancel an audit: the partner cancels it.
         assert (await dev_api.post(f"/v1/workflows/{wf_a}/cancel", headers=partner)).status_code == HTTP_202_ACCEPTED
         assert (await dev_api.post(f"/v1/workflows/{wf_c}/cancel", headers=tokens.client(a))).status_code == HTTP_404_NOT_FOUND
     finally:
@@ -432,35 +513,99 @@ async def _bizosaas(*args: str, **env: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def test_bizosaas_token_mints_dev_tokens_in_dev_mode_only() -> None:
-    dev = {"BIZ_ENVIRONMENT": "dev"}
-    ok, partner, prod, oidc_mode, unknown = await asyncio.gather(
+async def test_bizosaas_token_mints_dev_tokens_only_when_dev_is_said(tmp_path: Path) -> None:
+    secret = "t" * 40
+    empty, made = tmp_path / "empty", tmp_path / "made"
+    # What `bizosaas dev` leaves in its state dir on first run.
+    state = dev_credentials(Settings(_env_file=None, environment="dev", dev={"state_dir": made}), create=True)
+    assert (made / DEV_SECRET_FILE).stat().st_mode & 0o077 == 0  # owner-only
+    dev = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_DEV_SECRET": secret, "BIZ_DEV_STATE_DIR": str(empty)}
+    ok, partner, from_state, nothing, no_secret, prod, oidc_mode, unknown = await asyncio.gather(
         _bizosaas("token", "--tenant", "acme", "--role", "client", **dev),
         _bizosaas("token", "--role", "partner", "--manages", "acme", "--manages", "bolt", "--act", "admin@x", **dev),
-        _bizosaas("token", "--tenant", "acme", "--role", "client", BIZ_ENVIRONMENT="production"),
+        _bizosaas("token", "--role", "admin", BIZ_ENVIRONMENT="dev", BIZ_DEV_STATE_DIR=str(made)),
+        _bizosaas("token", "--role", "super_admin", BIZ_DEV_STATE_DIR=str(made)),
+        _bizosaas("token", "--role", "admin", BIZ_ENVIRONMENT="dev", BIZ_DEV_STATE_DIR=str(empty)),
+        _bizosaas("token", "--tenant", "acme", "--role", "client", BIZ_ENVIRONMENT="production",
+                  BIZ_AUTH_DEV_SECRET=secret),
         _bizosaas("token", "--tenant", "acme", "--role", "client", BIZ_ENVIRONMENT="dev", BIZ_AUTH_MODE="oidc",
                   BIZ_AUTH_OIDC_ISSUER=ISSUER, BIZ_AUTH_OIDC_JWKS_URL="http://127.0.0.1:1/jwks"),
         _bizosaas("token", "--tenant", "acme", "--role", "owner", **dev),
     )
     code, out, err = ok
     assert code == 0, err
-    verifier = TokenVerifier(Settings(_env_file=None))
+    verifier = TokenVerifier(dev_settings(auth={"mode": "dev", "dev_secret": secret}))
     p = await verifier.verify(out.strip())
     assert (p.tenant_id, p.roles, p.sub) == ("acme", frozenset({"client"}), "client@acme")
+    # Not accepted by a platform with another secret.
+    with pytest.raises(NotAuthorizedException):
+        await TokenVerifier(dev_settings()).verify(out.strip())
 
     code, out, err = partner
     assert code == 0, err
     p = await verifier.verify(out.strip())
     assert (p.roles, p.tenants, p.acting_as) == (frozenset({"partner"}), frozenset({"acme", "bolt"}), "admin@x")
 
-    for code, out, err in (prod, oidc_mode):
-        assert code != 0
+    # With BIZ_ENVIRONMENT=dev and no secret in the environment: the one `bizosaas dev` keeps.
+    code, out, err = from_state
+    assert code == 0, err
+    p = await TokenVerifier(state).verify(out.strip())
+    assert p.roles == frozenset({"admin"})
+
+    # Nothing said (even beside a dev state dir): refused, naming what to set.
+    for code, out, err in (nothing, prod, oidc_mode):
+        assert code == 2, err
         assert out == "" and "eyJ" not in err
         assert "dev mode" in err and "BIZ_ENVIRONMENT=dev" in err and "BIZ_AUTH_MODE=dev" in err
+    code, out, err = no_secret
+    assert code == 2 and out == "" and "BIZ_AUTH_DEV_SECRET is not set" in err, err
 
     code, out, err = unknown
     assert code != 0 and out == ""
     assert "owner" in err and all(role in err for role in ROLES)
+
+
+async def _refused_at_start(*args: str, **env: str) -> str:
+    """Runs a long-running command that must refuse to start; returns its error output."""
+    proc = await asyncio.create_subprocess_exec(
+        str(ROOT / ".venv" / "bin" / "bizosaas"), *args,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("BIZ_")}, **env},
+        cwd=os.environ.get("TMPDIR", "/tmp"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=45)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"`bizosaas {' '.join(args)}` started instead of refusing") from None
+    assert proc.returncode == 2, (proc.returncode, err.decode())
+    assert out == b""
+    return err.decode()
+
+
+async def test_the_api_and_workers_refuse_to_start_with_nothing_set(database_url: str, tmp_path: Path) -> None:
+    """An install that sets nothing gets a clear error naming the variable, not an open API."""
+    port = str(free_port())
+    pg = {"BIZ_DATABASE_URL": database_url, "BIZ_DEV_STATE_DIR": str(tmp_path)}
+    published = next(iter(PUBLISHED_DEV_SECRETS))
+    api_nothing, worker_nothing, api_prod, worker_prod, api_oidc, api_published = await asyncio.gather(
+        _refused_at_start("api", "--port", port, **pg),
+        _refused_at_start("worker", **pg),
+        _refused_at_start("api", "--port", port, BIZ_ENVIRONMENT="production", **pg),
+        _refused_at_start("worker", BIZ_ENVIRONMENT="production", **pg),
+        _refused_at_start("api", "--port", port, BIZ_ENVIRONMENT="production", BIZ_AUTH_MODE="oidc",
+                          BIZ_AUTH_OIDC_ISSUER=ISSUER, BIZ_AUTH_OIDC_JWKS_URL="http://127.0.0.1:1/jwks", **pg),
+        _refused_at_start("api", "--host", "0.0.0.0", "--port", port, BIZ_ENVIRONMENT="dev",
+                          BIZ_AUTH_DEV_SECRET=published, **pg),
+    )
+    for err in (api_nothing, worker_nothing):
+        assert "BIZ_ENVIRONMENT is not set" in err and "bizosaas dev" in err, err
+        assert "Traceback" not in err
+    assert "BIZ_AUTH_MODE=dev is refused with BIZ_ENVIRONMENT=production" in api_prod, api_prod
+    assert "BIZ_CODEC_KEYS is not set" in worker_prod, worker_prod
+    assert "BIZ_AUTH_OIDC_AUDIENCE is required" in api_oidc, api_oidc
+    assert "BIZ_AUTH_DEV_SECRET is published" in api_published and "0.0.0.0" in api_published
+    assert published not in api_published
 
 
 # --- 6. No token, malformed headers ------------------------------------------------------

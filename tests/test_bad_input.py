@@ -229,6 +229,7 @@ async def test_the_openapi_document_lists_each_routes_problems(http: httpx.Async
     assert statuses("get", "/v1/workflows") == {400, 401, 503}
     assert statuses("get", "/v1/admin/approvals") == {400, 401, 403, 503}
     assert statuses("get", "/v1/outbox") == {400, 401, 404, 503}
+    assert statuses("post", "/v1/workflows/{workflow_id}/cancel") == {400, 401, 403, 404, 409, 503}
     assert statuses("post", "/v1/webhooks/{source}") == {400, 401, 404, 413, 503}
 
 

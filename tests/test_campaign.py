@@ -134,9 +134,12 @@ async def test_request_changes_regenerates_then_reject_ends_without_launch(
     assert [d["decision"] for d in result["decisions"]] == ["request_changes", "reject"]
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
     # Both creative rounds were written by the crew and billed: usage rows for each round.
-    steps = await db.fetch("SELECT DISTINCT split_part(idempotency_key, ':', 4) AS step FROM llm_usage "
-                           "WHERE workflow_id = $1", wf_id)
-    assert {s["step"] for s in steps} >= {"strategy", "creative"}
+    # (The strategist runs as an agent child, `{id}:agent:campaign-strategist`.)
+    rows = await db.fetch("SELECT agent, idempotency_key FROM llm_usage WHERE workflow_id = $1 "
+                          "OR starts_with(workflow_id, $1 || ':')", wf_id)
+    assert {r["agent"] for r in rows} == {"campaign-strategist", "campaign-creative-crew"}
+    creative_runs = {r["idempotency_key"].split(":")[-3] for r in rows if r["agent"] == "campaign-creative-crew"}
+    assert len(creative_runs) == 2  # one crew activity per round
 
 
 async def test_budget_above_the_cap_needs_an_admin_in_the_approval_hub(

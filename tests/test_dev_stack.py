@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import httpx
 import psutil
 
 from tests.conftest import ROOT, assert_eventually, free_port, unique
+from workers.dev import CODEC_KEYS_FILE, DEV_SECRET_FILE
 from workers.devcluster import temporal_cli
 
 READY = re.compile(r"BizOSaaS Workflows is up \(([\d.]+) s to healthy\)")
@@ -65,6 +67,24 @@ class Stack:
                 return elapsed, banner
         raise AssertionError("dev stack did not come up:\n" + "".join(self.output[-60:]))
 
+    def token(self, role: str, tenant: str | None = None) -> str:
+        """`bizosaas token` as a user runs it beside the stack: dev said, the stack's state dir."""
+        out = subprocess.run(
+            [sys.executable, "-m", "workers.cli", "token", "--role", role, *(["--tenant", tenant] if tenant else [])],
+            cwd=ROOT, env={**self.env, "BIZ_ENVIRONMENT": "dev"}, capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def show(self, workflow_id: str, *codec: str) -> dict:
+        """`temporal workflow show` of a workflow, as JSON."""
+        out = subprocess.run(
+            [temporal_cli(), "workflow", "show", "-w", workflow_id, "--address", f"127.0.0.1:{self.temporal_port}",
+             "-o", "json", *codec], capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
     def stop(self) -> list[psutil.Process]:
         assert self.proc is not None
         children = psutil.Process(self.proc.pid).children(recursive=True)
@@ -95,6 +115,26 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             assert health["temporal"]["ok"] and health["postgres"]["ok"]
             assert (await http.get("/schema")).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{stack.ui_port}", timeout=10).status_code == 200
+        # Dev was chosen by running it: its dev secret and codec key are made once, owner-only.
+        for name in (DEV_SECRET_FILE, CODEC_KEYS_FILE):
+            assert (state / name).stat().st_mode & 0o777 == 0o600
+        admin = await asyncio.to_thread(stack.token, "admin")
+        assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
+        # A campaign waits in the client's Pending Actions when the stack stops.
+        client_token = await asyncio.to_thread(stack.token, "client", tenant)
+        client = {"authorization": f"Bearer {client_token}"}
+        async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
+            r = await http.post("/v1/workflows/campaign", headers=client, json={
+                "tenant_id": tenant, "campaign_key": "spring-sale", "goal": "Sell more sourdough this spring",
+                "channels": ["google_ads"], "budget_usd": 600, "objective": "sales"})
+            assert r.status_code == 202, r.text
+            campaign = r.json()["workflow_id"]
+
+            async def waiting() -> None:
+                items = (await http.get("/v1/pending-actions", headers=client)).json()["items"]
+                assert [a for a in items if a["workflow_id"] == campaign], items
+
+            await assert_eventually(waiting, timeout=90, interval=0.5)
     finally:
         children = await asyncio.to_thread(stack.stop)
 
@@ -123,6 +163,28 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             await assert_eventually(tenant_active, timeout=20)
         finally:
             await conn.close()
+        # The campaign that waited across the restart is approved and launches.
+        async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
+            r = await http.post(f"/v1/pending-actions/{campaign}~creative-1/decision", headers=client,
+                                json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+
+            async def launched() -> None:
+                view = (await http.get(f"/v1/workflows/{campaign}", headers=client)).json()
+                assert view["status"] == "COMPLETED" and view["result"]["status"] == "launched", view
+
+            await assert_eventually(launched, timeout=60, interval=0.5)
+        # The secret survived the restart: a token minted before it still works.
+        assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
+        # The onboarding's history: ciphertext to the `temporal` CLI, its input through the codec endpoint.
+        email = f"owner@{tenant}.example"
+        sealed = stack.show(wf_id)
+        assert email not in json.dumps(sealed)
+        [sealed_input] = sealed["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"]
+        assert base64.b64decode(sealed_input["metadata"]["encoding"]) == b"binary/encrypted"
+        clear = stack.show(wf_id, "--codec-endpoint", f"{stack.api}/codec", "--codec-auth", f"Bearer {admin}")
+        [clear_input] = clear["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"]
+        assert json.loads(base64.b64decode(clear_input["data"]))["owner_email"] == email
     finally:
         await asyncio.to_thread(stack.stop)
     assert stack.proc.returncode == 0

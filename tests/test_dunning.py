@@ -373,3 +373,22 @@ async def test_localstripe_pushes_invoice_payment_failed_and_a_dunning_starts(
             await handle.terminate("test over")
         finally:
             await raw.post(config, json={**hook, "events": []})  # localstripe has no way to delete one
+
+
+async def test_the_dunned_client_cannot_cancel_its_dunning_but_finance_can(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool
+) -> None:
+    tenant = await active_tenant(db)
+    inv = new_invoice_id()
+    r = await http.post("/v1/workflows/dunning", headers=tokens.admin(), json={
+        "tenant_id": tenant, "invoice_id": inv, "invoice_key": invoice_key(inv), "amount_due": 4900,
+        "retry_schedule_seconds": [86400]})
+    assert r.status_code == 202, r.text
+    wf_id = r.json()["workflow_id"]
+    r = await http.post(f"/v1/workflows/{wf_id}/cancel", headers=tokens.client(tenant))
+    assert r.status_code == 403, r.text
+    assert "finance" in r.text
+    view = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.admin())).json()
+    assert view["status"] == "RUNNING"
+    r = await http.post(f"/v1/workflows/{wf_id}/cancel", headers=tokens.finance())
+    assert r.status_code == 202, r.text

@@ -8,9 +8,8 @@ from pathlib import Path
 import httpx
 
 from api.app import create_app
-from tests.conftest import assert_eventually, free_port, serve
+from tests.conftest import assert_eventually, dev_settings, free_port, serve
 from workers.devcluster import DevCluster, temporal_cli
-from workers.settings import Settings
 
 
 async def test_health_names_temporal_while_it_is_down_then_recovers(
@@ -23,7 +22,7 @@ async def test_health_names_temporal_while_it_is_down_then_recovers(
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     server = start_server()
-    settings = Settings(_env_file=None, temporal={"address": f"127.0.0.1:{port}"}, database={"url": database_url})
+    settings = dev_settings(temporal={"address": f"127.0.0.1:{port}"}, database={"url": database_url})
     try:
         async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
 

@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from activities.billing import BillingCustomerActivities
 from activities.tenants import AuditActivities, TenantActivities
 from tests.conftest import unique
+from tests.support import record_history
 from workers.main import WORKFLOW_FAILURE_TYPES
 from workflows.onboarding import OnboardingInput, OnboardingResult, OnboardingWorkflow
 
@@ -43,6 +44,7 @@ async def test_onboarding_creates_activates_and_audits_the_tenant(
             task_queue=task_queue,
         )
         result = await handle.result()
+        await record_history(handle, "onboarding")
         assert isinstance(result, OnboardingResult)
         assert (result.tenant_id, result.status) == (tenant, "active")
         progress = await handle.query(OnboardingWorkflow.progress)

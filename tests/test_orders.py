@@ -64,8 +64,8 @@ async def test_a_small_order_is_captured_and_shipped_without_review(
                             wf_id)
     assert [row["arguments"]["ship_to_country"] for row in labels] == ["US"]
     # The fraud analyst's calls are billed like every LLM call.
-    assert await db.fetchval("SELECT count(*) FROM llm_usage WHERE workflow_id = $1 AND agent = 'fraud-analyst'",
-                             wf_id) >= 1
+    assert await db.fetchval("SELECT count(*) FROM llm_usage WHERE starts_with(workflow_id, $1 || ':agent:') "
+                             "AND agent = 'fraud-analyst'", wf_id) >= 1
 
 
 async def test_a_rejected_order_releases_its_payment_and_ships_nothing(
@@ -103,3 +103,39 @@ async def test_stock_comes_from_the_commerce_tool(http: httpx.AsyncClient, token
     result = await completed(http, tokens, tenant, r.json()["workflow_id"])
     assert result["status"] == "out_of_stock" and result["reasons"] == ["out of stock: SOUR-1"]
     assert result["payment"] is None
+
+
+async def test_the_merchant_cancels_an_order_in_review_and_the_payment_is_released(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, localstripe_url: str
+) -> None:
+    tenant = unique("bistro")
+    intent = await authorized_payment(localstripe_url, tenant, 90000)
+    r = await http.post("/v1/workflows/order", json=order(tenant, 900.0, payment_intent_id=intent),
+                        headers=tokens.admin())
+    wf_id = r.json()["workflow_id"]
+
+    async def in_inbox() -> None:
+        items = (await http.get("/v1/pending-actions", headers=tokens.client(tenant))).json()["items"]
+        assert [a for a in items if a["workflow_id"] == wf_id], items
+
+    await assert_eventually(in_inbox, timeout=60)
+    # Another tenant's client cannot even see it; the merchant may cancel it.
+    assert (await http.post(f"/v1/workflows/{wf_id}/cancel", headers=tokens.client(unique("other")))).status_code == 404
+    r = await http.post(f"/v1/workflows/{wf_id}/cancel", headers=tokens.client(tenant))
+    assert r.status_code == 202, r.text
+
+    async def canceled() -> dict[str, Any]:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.admin())).json()
+        assert view["status"] == "CANCELED", view
+        return view
+
+    await assert_eventually(canceled, timeout=60)
+    # The money held for it went back, the outcome is recorded, and nothing shipped.
+    assert await payment_status(localstripe_url, intent) == "canceled"
+    row = await db.fetchrow("SELECT status, details FROM orders WHERE workflow_id = $1", wf_id)
+    assert row["status"] == "canceled" and row["details"]["payment"]["action"] == "canceled"
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
+    items = (await http.get("/v1/pending-actions", headers=tokens.client(tenant))).json()["items"]
+    assert not [a for a in items if a["workflow_id"] == wf_id]
+    # Canceled once: a second cancel is a conflict.
+    assert (await http.post(f"/v1/workflows/{wf_id}/cancel", headers=tokens.admin())).status_code == 409

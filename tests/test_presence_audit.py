@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import httpx
 import msgspec
+from temporalio.client import Client
 
 from activities.agents import CrewReport
 from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from agents.llm import OFFLINE_MODEL
 from tests.conftest import Tokens, assert_eventually, unique
+from tests.support import record_history
 
 
 async def test_client_runs_a_presence_audit_offline(
-    http: httpx.AsyncClient, tokens: Tokens, db, lago_state: LagoState, fixture_site: str  # noqa: ANN001
+    http: httpx.AsyncClient, tokens: Tokens, db, lago_state: LagoState, fixture_site: str, client: Client  # noqa: ANN001
 ) -> None:
     """No network, no keys: started over HTTP on the running platform, the audit fetches the
     fixture site through the sandbox MCP tool, stores a typed report marked offline, records one
@@ -33,6 +35,7 @@ async def test_client_runs_a_presence_audit_offline(
         return view
 
     view = await assert_eventually(completed, timeout=60)
+    await record_history(client.get_workflow_handle(wf_id), "presence-audit")
     result = view["result"]
     assert result["offline"] is True
     assert result["pages"] == [f"{fixture_site}/", f"{fixture_site}/about", f"{fixture_site}/"]
@@ -52,7 +55,9 @@ async def test_client_runs_a_presence_audit_offline(
     usage = await db.fetch(
         """SELECT idempotency_key, model, provider, offline, tokens_in, cost_usd, reported_to_lago_at
            FROM llm_usage WHERE workflow_id = $1 ORDER BY id""", wf_id)
-    assert [u["idempotency_key"] for u in usage] == [f"{wf_id}:presence_crew:{i}" for i in range(4)]
+    # Recorded by the crew as each call returned: {workflow}:{agent}:{activity id}:{attempt}:{n}.
+    assert [u["idempotency_key"].split(":")[-2:] for u in usage] == [["1", str(i)] for i in range(4)]
+    assert all(u["idempotency_key"].startswith(f"{wf_id}:presence-crew:") for u in usage)
     assert {(u["model"], u["provider"], u["offline"]) for u in usage} == {(OFFLINE_MODEL, "offline", True)}
     assert all(u["cost_usd"] == 0 and u["tokens_in"] > 0 and u["reported_to_lago_at"] for u in usage)
     assert sum(u["tokens_in"] for u in usage) == result["tokens_in"]

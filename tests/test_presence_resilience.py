@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -38,7 +35,7 @@ from activities.agents import CrewReport
 from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from activities.usage import estimate_cost
-from tests.support import ROOT, assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique
+from tests.support import assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique, worker_process
 from workers.settings import LlmSettings, Settings
 from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditResult, PresenceAuditWorkflow
@@ -75,13 +72,14 @@ def schema_instance(schema: dict[str, Any], defs: dict[str, Any], tag: str) -> A
 class CrewStub:
     """POST /v1/chat/completions of a server without JSON-schema mode: a request that asks for
     ``response_format`` is refused (400, as such servers do); it reads the output schema CrewAI
-    put in the prompt and answers a JSON instance of it. Keeps every request and answer. ``hold`` requests wait for ``release()``."""
+    put in the prompt and answers a JSON instance of it. Keeps every request and answer. The
+    ``hold_at``-th request (1-based) waits for ``release()``."""
 
-    def __init__(self, hold: int = 0) -> None:
+    def __init__(self, hold_at: int | None = None) -> None:
         self.requests: list[dict[str, Any]] = []
         self.answers: list[str] = []
         self.refused = 0  # requests that asked for JSON-schema mode
-        self._hold = hold
+        self._hold_at = hold_at
         self._released = asyncio.Event()
 
     def release(self) -> None:
@@ -95,7 +93,7 @@ class CrewStub:
                 return Response({"error": {"message": "response_format is not supported", "type": "invalid_request_error"}},
                                 status_code=400)
             self.requests.append(data)
-            if len(self.requests) <= self._hold:
+            if len(self.requests) == self._hold_at:
                 await self._released.wait()
             prompt = data["messages"][-1]["content"]
             schema, _ = json.JSONDecoder().raw_decode(prompt[prompt.index(SCHEMA_MARK) + len(SCHEMA_MARK):])
@@ -185,44 +183,11 @@ async def test_openai_provider_runs_the_crew_against_a_compatible_server(
 
 # --- SIGKILL of the agents worker during the crew ----------------------------------------
 
-@asynccontextmanager
-async def agents_worker_process(settings: Settings, state_dir: Path, log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """``bizosaas worker --queue biz-agents`` as its own process, configured by BIZ_* variables."""
-    llm = settings.llm
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BIZ_", "CREWAI_"))}
-    env.update({
-        "BIZ_TEMPORAL_ADDRESS": settings.temporal.address,
-        "BIZ_TEMPORAL_NAMESPACE": settings.temporal.namespace,
-        "BIZ_DATABASE_URL": settings.database_url(),
-        "BIZ_LLM_PROVIDER": llm.provider,
-        "BIZ_LLM_BASE_URL": llm.base_url or "",
-        "BIZ_LLM_API_KEY": llm.api_key.get_secret_value() if llm.api_key else "",
-        "BIZ_LLM_MODEL": llm.model,
-        "BIZ_DEV_STATE_DIR": str(state_dir),
-        "BIZ_LOG_LEVEL": "WARNING",
-        "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
-        "HOME": str(state_dir),  # CrewAI writes its user settings under $HOME
-        "PYTHONUNBUFFERED": "1",
-    })
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--queue", AGENTS_QUEUE],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # drains
-            try:
-                await asyncio.to_thread(proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-
-
 async def test_agents_worker_killed_during_the_crew_completes_once(
     settings: Settings, namespace: str, db: asyncpg.Pool, lago_state: LagoState, mcp_sandbox: str, fixture_site: str
 ) -> None:
-    stub = CrewStub(hold=1)  # the first LLM call of the crew hangs until the worker is dead
+    # The crew's first LLM call is answered (and paid for); its second hangs until the worker is dead.
+    stub = CrewStub(hold_at=2)
     with tempfile.TemporaryDirectory(prefix="bizosaas-agents-worker-") as tmp:
         state, log = Path(tmp), Path(tmp) / "worker.log"
         async with serving(stub) as url:
@@ -231,12 +196,12 @@ async def test_agents_worker_killed_during_the_crew_completes_once(
             # Workflows and integrations in this process; the agents queue in a process of its own.
             async with platform_workers(client, ours, db, [WORKFLOWS_QUEUE, INTEGRATIONS_QUEUE]):
                 tenant = unique("acme")
-                async with agents_worker_process(ours, state, log) as first:
+                async with worker_process(ours, [AGENTS_QUEUE], state, log) as first:
                     handle = await start_audit(client, tenant, fixture_site)
 
                     async def crew_is_thinking() -> None:
                         assert first.poll() is None, log.read_text(errors="replace")[-3000:]
-                        assert len(stub.requests) == 1
+                        assert len(stub.requests) == 2
                         [pending] = (await handle.describe()).raw_description.pending_activities
                         assert pending.activity_type.name == CREW_ACTIVITY and pending.attempt == 1
                         assert pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
@@ -244,7 +209,7 @@ async def test_agents_worker_killed_during_the_crew_completes_once(
                     await assert_eventually(crew_is_thinking, timeout=120)
                     first.kill()  # SIGKILL: no drain, no activity failure reported
                     assert await asyncio.to_thread(first.wait, 10) == -signal.SIGKILL
-                async with agents_worker_process(ours, state, log):
+                async with worker_process(ours, [AGENTS_QUEUE], state, log):
                     # Temporal notices the missing heartbeats (CREW_HEARTBEAT) and retries the crew.
                     result = await asyncio.wait_for(handle.result(), timeout=150)
                 history = [e async for e in handle.fetch_history_events()]
@@ -257,15 +222,21 @@ async def test_agents_worker_killed_during_the_crew_completes_once(
                  and e.activity_task_started_event_attributes.scheduled_event_id in crew]
     assert started.attempt == 2
     assert started.last_failure.timeout_failure_info.timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT
-    assert len(stub.requests) == 1 + 4 and result.llm_calls == 4 and not result.offline
+    assert len(stub.requests) == 2 + 4 and result.llm_calls == 4 and not result.offline
 
-    # One report, usage counted once (the retried crew's calls), each reported to Lago once.
+    # One report. Usage: every call that returned is a row, once: the dead attempt's first call
+    # (paid for before the worker died) and the retried crew's four; each reported to Lago once
+    # and counted against the tenant's budget.
     reports = await db.fetch("SELECT id, offline FROM reports WHERE workflow_id = $1", handle.id)
     assert [(r["id"], r["offline"]) for r in reports] == [(result.report_id, False)]
     usage = await usage_rows(db, handle.id)
-    assert [u["idempotency_key"] for u in usage] == [f"{handle.id}:presence_crew:{i}" for i in range(result.llm_calls)]
-    assert sum(u["tokens_in"] for u in usage) == result.tokens_in == 44
+    assert [u["idempotency_key"].split(":")[-2:] for u in usage] == [["1", "0"], *[["2", str(i)] for i in range(4)]]
+    assert all(u["idempotency_key"].startswith(f"{handle.id}:presence-crew:") for u in usage)
+    assert sum(u["tokens_in"] for u in usage) == 5 * 11 and result.tokens_in == 44
+    assert all(u["reported_to_lago_at"] is not None for u in usage)
     events = lago_events(lago_state, tenant, handle.id)
-    assert sorted(e["transaction_id"] for e in events) == [u["idempotency_key"] for u in usage]
+    assert sorted(e["transaction_id"] for e in events) == sorted(u["idempotency_key"] for u in usage)
+    spent = await db.fetchval("SELECT sum(cost_usd) FROM llm_usage WHERE tenant_id = $1", tenant)
+    assert spent == sum(u["cost_usd"] for u in usage) > 0
     # The audit's only tool is fetch_web_page, which records nothing: no outbox rows at all.
     assert await db.fetch("SELECT id FROM outbox WHERE tenant_id = $1", tenant) == []

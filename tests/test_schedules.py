@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from schedules.cli import add_schedules_parser  # noqa: F401  (the command under test)
     from schedules.reconciler import describe_or_none, read_applied, reconcile
     from tests.conftest import ROOT, Tokens, assert_eventually, serve, unique
+    from tests.support import dev_env
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workers.settings import Settings
     from workflows.names import CAPABILITY, TENANT_ID
@@ -146,7 +147,7 @@ async def run_cli(settings: Settings, *argv: str) -> str:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "BIZ_TEMPORAL_ADDRESS": settings.temporal.address, "BIZ_TEMPORAL_NAMESPACE": settings.temporal.namespace,
-           "BIZ_DATABASE_URL": settings.database_url(), "BIZ_LOG_LEVEL": "WARNING"}
+           "BIZ_DATABASE_URL": settings.database_url(), "BIZ_LOG_LEVEL": "WARNING", **dev_env(settings)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, *argv, env=env, cwd=tempfile.gettempdir(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -266,7 +267,11 @@ async def test_enabling_a_capability_schedules_it_and_trigger_now_runs_it(
 
     await assert_eventually(listed, timeout=15)
 
+    # Running it now costs a run: the owner may not, an admin may.
     r = await http.post(f"/v1/schedules/{sid}/trigger", headers=owner)
+    assert r.status_code == 403, r.text
+    assert (await client.get_schedule_handle(sid).describe()).info.num_actions == 0
+    r = await http.post(f"/v1/schedules/{sid}/trigger", headers=tokens.admin())
     assert r.status_code == 202, r.text
 
     async def ran() -> list[str]:
@@ -301,7 +306,16 @@ async def test_a_three_week_backfill_of_a_weekly_schedule_gives_three_runs(
     await enable(worker, tenant)
     await reconcile(client, db, tenant_ids=[tenant], task_queue=task_queue)
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)  # a Thursday: Mondays 5, 12 and 19 follow
-    body = {"start": start.isoformat(), "end": (start + timedelta(weeks=3)).isoformat()}
+    # Every missed run, one after the other: the admin says so (the default keeps one waiting).
+    body = {"start": start.isoformat(), "end": (start + timedelta(weeks=3)).isoformat(), "overlap": "buffer_all"}
+    # Past runs cost as much as new ones: the tenant's owner may not backfill, nor anyone beyond 31 days.
+    r = await http.post(f"/v1/schedules/{sid}/backfill", json=body, headers=tokens.client(tenant))
+    assert r.status_code == 403, r.text
+    year = {"start": start.isoformat(), "end": (start + timedelta(days=366)).isoformat()}
+    r = await http.post(f"/v1/schedules/{sid}/backfill", json=year, headers=tokens.admin())
+    assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "end", r.text
+    assert "at most 31 days" in r.json()["invalid_params"][0]["reason"]
+    assert (await client.get_schedule_handle(sid).describe()).info.num_actions == 0
     r = await http.post(f"/v1/schedules/{sid}/backfill", json=body, headers=tokens.admin())
     assert r.status_code == 202, r.text
 
@@ -354,13 +368,17 @@ async def test_another_tenant_sees_404_and_changes_nothing(
     await enable(worker, tenant)
     await reconcile(client, db, tenant_ids=[tenant], task_queue=task_queue)
     intruder = tokens.client(other)
-    attempts = [
-        http.get(f"/v1/schedules/{sid}", headers=intruder),
-        http.post(f"/v1/schedules/{sid}/pause", json={"note": "x"}, headers=intruder),
+    # Running, backfilling and re-timing are for admins: any client is refused before the lookup.
+    for answer in await asyncio.gather(
         http.post(f"/v1/schedules/{sid}/trigger", headers=intruder),
         http.post(f"/v1/schedules/{sid}/backfill", headers=intruder,
                   json={"start": "2026-01-01T00:00:00Z", "end": "2026-01-22T00:00:00Z"}),
         http.patch(f"/v1/schedules/{sid}/spec", json={"cron": ["0 3 * * *"]}, headers=intruder),
+    ):
+        assert answer.status_code == 403, (answer.request.method, answer.request.url, answer.text)
+    attempts = [
+        http.get(f"/v1/schedules/{sid}", headers=intruder),
+        http.post(f"/v1/schedules/{sid}/pause", json={"note": "x"}, headers=intruder),
         http.post(f"/v1/tenants/{tenant}/schedules/pause", json={"note": "x"}, headers=intruder),
         http.delete(f"/v1/tenants/{tenant}/capabilities/presence-audit", headers=intruder),
         http.get("/v1/schedules", params={"tenant_id": tenant}, headers=intruder),
@@ -386,28 +404,43 @@ async def test_respecifying_a_schedule_validates_and_survives_sync(
     sid = schedule_id(tenant, WEEKLY)
     await enable(worker, tenant)
     await reconcile(client, db, tenant_ids=[tenant], task_queue=task_queue)
-    owner = tokens.client(tenant)
+    owner, admin = tokens.client(tenant), tokens.admin()
+    # The owner may pause and unpause, never re-time (a 60-second audit would cost a fortune).
+    r = await http.patch(f"/v1/schedules/{sid}/spec", json={"every_seconds": 60}, headers=owner)
+    assert r.status_code == 403, r.text
+    r = await http.post(f"/v1/schedules/{sid}/pause", json={"note": "on holiday"}, headers=owner)
+    assert r.status_code == 200 and r.json()["paused"] is True, r.text
+    r = await http.post(f"/v1/schedules/{sid}/unpause", json={}, headers=owner)
+    assert r.status_code == 200 and r.json()["paused"] is False, r.text
     for body, field in (
-        ({"cron": ["61 * * * *"]}, "cron"),  # well formed, refused by the server
+        ({"cron": ["61 * * * *"]}, "cron"),  # well formed, out of range
         ({"cron": ["every monday"]}, "cron"),
         ({"time_zone": "Mars/Olympus_Mons"}, "time_zone"),
         ({"cron": ["0 6 * * 1"], "every_seconds": 3600}, "every_seconds"),
         ({"every_seconds": 5}, "every_seconds"),
     ):
-        r = await http.patch(f"/v1/schedules/{sid}/spec", json=body, headers=owner)
+        r = await http.patch(f"/v1/schedules/{sid}/spec", json=body, headers=admin)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["invalid_params"][0]["name"] == field, (body, r.json())
+    # Not even an admin may make the audit fire more than once a day (its declared minimum).
+    for body in ({"every_seconds": 60}, {"every_seconds": 3600}, {"cron": ["*/5 * * * *"]},
+                 {"cron": ["0 6 * * 1", "0 18 * * 1"]}, {"cron": ["@hourly"]}):
+        r = await http.patch(f"/v1/schedules/{sid}/spec", json=body, headers=admin)
+        assert r.status_code == 422, (body, r.text)
+        assert "at most once every 1 day" in r.json()["detail"], r.json()
+    desc = await client.get_schedule_handle(sid).describe()
+    assert (await read_applied(client, desc)).spec.cron == ["0 6 * * 1"]  # nothing changed
     r = await http.post("/v1/tenants/{}/capabilities/presence-audit".format(tenants[1]), json={}, headers=tokens.admin())
     assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "website_url"
 
-    r = await http.patch(f"/v1/schedules/{sid}/spec", headers=owner,
+    r = await http.patch(f"/v1/schedules/{sid}/spec", headers=admin,
                          json={"cron": ["30 9 * * 2"], "time_zone": "America/New_York", "jitter_seconds": 0})
     assert r.status_code == 200, r.text
     assert r.json()["spec"] == {"cron": ["30 9 * * 2"], "every_seconds": None, "time_zone": "America/New_York",
                                 "jitter_seconds": None, "source": "api"}
     new_york = [datetime.fromisoformat(t).astimezone(ZoneInfo("America/New_York")) for t in r.json()["next_runs"]]
     assert new_york and {(t.weekday(), t.hour, t.minute) for t in new_york} == {(1, 9, 30)}
-    # The next sync keeps what the tenant chose.
+    # The next sync keeps what the admin chose.
     report = await reconcile(client, db, tenant_ids=[tenant], task_queue=task_queue)
     assert [(c.change, c.detail) for c in report.changes] == [("unchanged", "spec set through the API")]
     desc = await client.get_schedule_handle(sid).describe()

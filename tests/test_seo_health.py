@@ -18,7 +18,7 @@ from activities.sandbox_lago import LagoState
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique
-from tests.support import Site
+from tests.support import Site, record_history
 from workflows.names import TENANT_ID
 from workflows.seo_health import PageScan, SeoHealthReport, technical_scan
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
@@ -54,6 +54,7 @@ async def completed(http: httpx.AsyncClient, headers: dict[str, str], wf_id: str
 
 async def test_two_scans_store_reports_and_the_second_names_the_shift(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, lago_state: LagoState, site: tuple[Site, str],
+    client: Client,
 ) -> None:
     app, url = site
     tenant = unique("florist")
@@ -71,6 +72,7 @@ async def test_two_scans_store_reports_and_the_second_names_the_shift(
     first_id = r.json()["workflow_id"]
     assert first_id == f"{tenant}:seo-health:week-1"
     view = await completed(http, owner, first_id)
+    await record_history(client.get_workflow_handle(first_id), "seo-health")
     first = view["result"]
     assert first["offline"] is True and first["shift"]["first_run"] is True
     assert first["pages"] == [f"{url}/", f"{url}/bouquets", f"{url}/contact"]
@@ -88,12 +90,14 @@ async def test_two_scans_store_reports_and_the_second_names_the_shift(
     assert report.technical_score == first["technical_score"] == 95
 
     # Usage: one row per LLM call of the analyst, each reported to Lago.
-    usage = await db.fetch("SELECT idempotency_key, offline, reported_to_lago_at FROM llm_usage "
-                           "WHERE workflow_id = $1 ORDER BY id", first_id)
-    assert [u["idempotency_key"] for u in usage] == [f"{first_id}:seo_analysis:{i}" for i in range(first["llm_calls"])]
-    assert first["llm_calls"] >= 1 and all(u["offline"] and u["reported_to_lago_at"] for u in usage)
-    events = [e for e in lago_state.events_of(tenant, USAGE_METRIC_CODE) if e["properties"]["workflow_id"] == first_id]
-    assert sorted(e["transaction_id"] for e in events) == [u["idempotency_key"] for u in usage]
+    # The analyst is an agent child (`{id}:agent:…`); each step recorded its call as it returned.
+    usage = await db.fetch("SELECT idempotency_key, workflow_id, offline, reported_to_lago_at FROM llm_usage "
+                           "WHERE starts_with(workflow_id, $1 || ':agent:') ORDER BY id", first_id)
+    assert len(usage) == first["llm_calls"] >= 1
+    assert all(u["offline"] and u["reported_to_lago_at"] for u in usage)
+    events = [e for e in lago_state.events_of(tenant, USAGE_METRIC_CODE)
+              if e["properties"]["workflow_id"] in {u["workflow_id"] for u in usage}]
+    assert sorted(e["transaction_id"] for e in events) == sorted(u["idempotency_key"] for u in usage)
 
     # The site changes: the description is added, /contact is gone, a new page is linked.
     app.pages = {
@@ -138,13 +142,17 @@ async def test_enabling_seo_health_schedules_it_weekly_and_trigger_now_runs_it(
         r = await http.post(f"/v1/tenants/{tenant}/capabilities/seo-health", headers=owner,
                             json={"website_url": f"{fixture_site}/"})
         assert r.status_code == 202, r.text
-        result = await client.get_workflow_handle_for(TenantCapabilitiesWorkflow.run, r.json()["workflow_id"]).result()
+        caps = client.get_workflow_handle_for(TenantCapabilitiesWorkflow.run, r.json()["workflow_id"])
+        result = await caps.result()
+        await record_history(caps, "tenant-capabilities")
         assert [(c.schedule_id, c.change) for c in result.schedules] == [(sid, "create")]
         view = (await http.get(f"/v1/schedules/{sid}", headers=owner)).json()
         assert (view["capability"], view["workflow_type"]) == ("seo-health", "SeoHealth")
         assert (view["spec"]["cron"], view["spec"]["time_zone"]) == (["0 7 * * 1"], "Europe/Paris")
 
-        r = await http.post(f"/v1/schedules/{sid}/trigger", headers=owner)
+        # Clients pause and resume their schedules only; an extra run is an admin's call.
+        assert (await http.post(f"/v1/schedules/{sid}/trigger", headers=owner)).status_code == 403
+        r = await http.post(f"/v1/schedules/{sid}/trigger", headers=tokens.admin())
         assert r.status_code == 202, r.text
 
         async def ran() -> list[str]:

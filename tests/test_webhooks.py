@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,9 @@ import stripe
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import inbox
 from api.auth import mint_dev_token
+from api.triggers import Event
 from api.webhooks import MAX_BODY_BYTES
 from tests.conftest import Tokens, assert_eventually, unique
 from workers.settings import Settings
@@ -282,3 +285,158 @@ async def test_platform_event_tenant_created_onboards_once(
     other = {**event, "type": "tenant.deleted"}
     r = await http.post("/v1/events", json=other, headers=service)
     assert r.status_code == 202 and r.json()["outcome"] == "ignored"
+
+
+# --- replays, the inbox, the shop domain ---------------------------------------------------
+
+def lago_headers(settings: Settings, body: bytes, key: str) -> dict[str, str]:
+    sig = base64.b64encode(hmac.new(secret(settings.lago.webhook_secret).encode(), body, hashlib.sha256).digest())
+    return {"content-type": "application/json", "x-lago-signature": sig.decode(),
+            "x-lago-signature-algorithm": "hmac", "x-lago-unique-key": key}
+
+
+def stripe_headers(settings: Settings, payload: str) -> dict[str, str]:
+    """Signed now by Stripe's own helper, as every (re)delivery is."""
+    return {"content-type": "application/json", "stripe-signature": stripe.WebhookSignature.generate_signature_header(
+        payload, secret(settings.stripe.webhook_secret))}
+
+
+async def inbox_rows(db: asyncpg.Pool, source: str, **where: Any) -> list[asyncpg.Record]:
+    clauses = " AND ".join(f"{k} = ${i + 2}" for i, k in enumerate(where))
+    return await db.fetch(
+        f"SELECT * FROM webhook_inbox WHERE source = $1{' AND ' + clauses if clauses else ''} ORDER BY id",
+        source, *where.values())
+
+
+async def test_a_replayed_shopify_delivery_starts_nothing_even_under_other_headers(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, client: Client
+) -> None:
+    tenant, domain = await shop_tenant(db)
+    other, other_domain = await shop_tenant(db)
+    order = shopify_order(order_id())
+    body = json.dumps(order).encode()
+    event_id = unique("evt")
+    headers = {**shopify_headers(settings, domain, body), "x-shopify-event-id": event_id,
+               "x-shopify-triggered-at": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+    r = await http.post("/v1/webhooks/shopify", content=body, headers=headers)
+    assert r.status_code == 202 and r.json()["outcome"] == "started", r.text
+    wf_id = f"{tenant}:order:shopify-{order['id']}"
+    assert r.json()["workflow_id"] == wf_id
+
+    # Shopify's own retry (same ids), then the captured body replayed under fresh ids and the
+    # shop domain of another tenant (Shopify signs the body, not its headers).
+    forged = {**shopify_headers(settings, other_domain, body), "x-shopify-event-id": unique("evt")}
+    for again in (headers, forged):
+        r = await http.post("/v1/webhooks/shopify", content=body, headers=again)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"outcome": "duplicate", "event_type": "orders/create", "workflow_id": wf_id,
+                            "run_id": r.json()["run_id"]}
+    assert not await exists(client, f"{other}:order:shopify-{order['id']}")
+
+    # A delivery Shopify dates four days back is refused, whatever its body.
+    stale_order = shopify_order(order_id())
+    stale = json.dumps(stale_order).encode()
+    old = (datetime.now(UTC) - timedelta(days=4)).isoformat()
+    r = await http.post("/v1/webhooks/shopify", content=stale,
+                        headers={**shopify_headers(settings, domain, stale), "x-shopify-triggered-at": old})
+    assert r.status_code == 401 and "replay window" in r.text, r.text
+    assert not await exists(client, f"{tenant}:order:shopify-{stale_order['id']}")
+    bad_time = {**shopify_headers(settings, domain, stale), "x-shopify-triggered-at": "yesterday"}
+    assert (await http.post("/v1/webhooks/shopify", content=stale, headers=bad_time)).status_code == 400
+
+    # One delivery kept, as received, with what it started.
+    (row,) = await inbox_rows(db, "shopify", event_id=event_id)
+    assert (row["tenant_id"], row["event_type"], row["outcome"], row["workflow_id"]) == (
+        tenant, "orders/create", "started", wf_id)
+    assert bytes(row["body"]) == body and row["run_id"] and row["sent_at"] is not None
+    assert len(await inbox_rows(db, "shopify", body_sha256=hashlib.sha256(body).digest())) == 1
+
+
+async def test_lago_and_stripe_replays_answer_duplicate_and_events_without_a_trigger_are_kept(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, client: Client
+) -> None:
+    # Lago: no trigger for invoice.created, yet the event is kept; its retry (same unique key)
+    # and the body under a new key are replays.
+    lago = json.dumps({"webhook_type": "invoice.created", "object_type": "invoice",
+                       "invoice": {"lago_id": unique("inv")}}).encode()
+    key = unique("lago")
+    r = await http.post("/v1/webhooks/lago", content=lago, headers=lago_headers(settings, lago, key))
+    assert r.status_code == 202 and r.json()["outcome"] == "ignored", r.text
+    for again in (key, unique("lago")):
+        r = await http.post("/v1/webhooks/lago", content=lago, headers=lago_headers(settings, lago, again))
+        assert r.status_code == 200 and r.json()["outcome"] == "duplicate", r.text
+    (row,) = await inbox_rows(db, "lago", event_id=key)
+    assert (row["outcome"], row["event_type"], row["workflow_id"], bytes(row["body"])) == (
+        "no_trigger", "invoice.created", None, lago)
+
+    # Stripe: invoice.paid signals (with start) the dunning once; Stripe's redelivery of the
+    # same event, signed anew, changes nothing.
+    tenant, _ = await shop_tenant(db)
+    invoice = "in_" + unique("x").replace("-", "")
+    event = {"id": "evt_" + unique("x"), "type": "invoice.paid", "created": int(time.time()),
+             "data": {"object": {"id": invoice, "amount_due": 1200, "currency": "usd",
+                                 "metadata": {"tenant_id": tenant}}}}
+    payload = json.dumps(event)
+    r = await http.post("/v1/webhooks/stripe", content=payload, headers=stripe_headers(settings, payload))
+    assert r.status_code == 202 and r.json()["outcome"] == "signalled", r.text
+    wf_id = r.json()["workflow_id"]
+    again = await http.post("/v1/webhooks/stripe", content=payload, headers=stripe_headers(settings, payload))
+    assert again.status_code == 200 and again.json()["outcome"] == "duplicate", again.text
+    assert again.json()["workflow_id"] == wf_id
+    signals = [e async for e in client.get_workflow_handle(wf_id).fetch_history_events()
+               if e.HasField("workflow_execution_signaled_event_attributes")]
+    assert len(signals) == 1  # the first delivery's
+    (row,) = await inbox_rows(db, "stripe", event_id=event["id"])
+    assert (row["outcome"], row["tenant_id"], row["workflow_id"]) == ("signalled", tenant, wf_id)
+
+    # An event Stripe created four days ago, signed now, is past the replay window.
+    old = {**event, "id": "evt_" + unique("x"), "created": int(time.time()) - 4 * 86400}
+    payload = json.dumps(old)
+    r = await http.post("/v1/webhooks/stripe", content=payload, headers=stripe_headers(settings, payload))
+    assert r.status_code == 401 and "replay window" in r.text, r.text
+    assert await inbox_rows(db, "stripe", event_id=old["id"]) == []
+
+    # What the inbox cannot keep is refused naming it, never a 500.
+    for bad, named in (({"type": ""}, "event type"), ({"type": "x" * 201}, "event type"),
+                       ({"type": "invoice.paid\u0000"}, "NUL"),
+                       ({"data": {"object": {"id": invoice, "metadata": {"tenant_id": "a\u0000b"}}}}, "NUL")):
+        payload = json.dumps({**event, "id": "evt_" + unique("x"), **bad})
+        r = await http.post("/v1/webhooks/stripe", content=payload, headers=stripe_headers(settings, payload))
+        assert r.status_code == 400 and named in r.text, (bad, r.text)
+
+
+async def test_a_shop_domain_belongs_to_one_tenant(db: asyncpg.Pool) -> None:
+    tenant, domain = await shop_tenant(db)
+    with pytest.raises(asyncpg.UniqueViolationError) as refused:
+        await shop_tenant(db, shopify_shop_domain=domain.upper())
+    assert refused.value.constraint_name == "tenants_shopify_shop_domain_unique"
+    other, _ = await shop_tenant(db)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute("UPDATE tenants SET settings = settings || $2 WHERE id = $1",
+                         other, {"shopify_shop_domain": domain})
+    assert await db.fetchval("SELECT id FROM tenants WHERE lower(settings->>'shopify_shop_domain') = $1",
+                             domain) == tenant
+
+
+async def test_a_failed_delivery_is_taken_over_by_the_retry_and_old_ones_are_pruned(db: asyncpg.Pool) -> None:
+    event = Event(source="stripe", type="invoice.paid", id="evt_" + unique("x"), tenant_id="acme", payload={})
+    body = json.dumps({"id": event.id}).encode()
+    first = await inbox.claim(db, event, body, workflow_id="acme:dunning:x", outcome="received")
+    assert first.fresh
+    # While the first is being handled, a retry is a replay.
+    assert not (await inbox.claim(db, event, body, workflow_id="acme:dunning:x", outcome="received")).fresh
+    await inbox.settle(db, first.id, "failed")  # e.g. Temporal unreachable: answered 503
+    retry = await inbox.claim(db, event, body, workflow_id="acme:dunning:x", outcome="received")
+    assert (retry.fresh, retry.id) == (True, first.id)
+    await inbox.settle(db, retry.id, "signalled", workflow_id="acme:dunning:x", run_id="r1")
+    done = await inbox.claim(db, event, body, workflow_id="acme:dunning:x", outcome="received")
+    assert (done.fresh, done.outcome, done.run_id) == (False, "signalled", "r1")
+
+    # Retention: a delivery older than it is deleted, a recent one kept.
+    old = Event(source="stripe", type="invoice.paid", id="evt_" + unique("x"), tenant_id="acme", payload={})
+    kept = await inbox.claim(db, old, json.dumps({"id": old.id}).encode(), workflow_id=None, outcome="no_trigger")
+    await db.execute("UPDATE webhook_inbox SET received_at = now() - interval '31 days' WHERE id = $1", kept.id)
+    assert await inbox.prune(db, timedelta(days=30)) >= 1
+    assert await db.fetchval("SELECT count(*) FROM webhook_inbox WHERE id = ANY($1)", [kept.id, first.id]) == 1
+    with pytest.raises(ValueError, match="must cover"):
+        Settings(_env_file=None, webhooks={"replay_window_hours": 72, "inbox_retention_days": 2})

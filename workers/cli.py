@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from workers.settings import Settings, load_settings
+from workers.settings import ConfigError, Settings, load_settings
 from workflows.names import TASK_QUEUES
 
 
@@ -45,15 +45,17 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
     host = args.host or settings.api.host
     port = args.port or settings.api.port
+    # The bind address is part of what the settings are checked against (dev secrets on 0.0.0.0).
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"host": host, "port": port})})
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=10)
     _exit(0)
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
-    from workers.dev import run_dev
+    from workers.dev import dev_settings, run_dev
 
-    _exit(run_dev(settings))
+    _exit(run_dev(dev_settings(settings)))
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
@@ -108,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int)
     a.set_defaults(fn=cmd_api)
 
-    t = sub.add_parser("token", help="mint a dev token (dev mode only)")
+    t = sub.add_parser("token", help="mint a dev token (BIZ_ENVIRONMENT=dev only)")
     t.add_argument("--role", required=True)
     t.add_argument("--tenant", help="the caller's tenant (clients, partners)")
     t.add_argument("--sub", help="subject; default ROLE@TENANT")
@@ -129,7 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     settings = load_settings()
     _configure_logging(settings)
-    args.fn(settings, args)
+    try:
+        if settings.environment == "dev" and args.command != "dev":
+            from workers.dev import dev_credentials
+
+            # What `bizosaas dev` keeps in its state dir, unless the environment says otherwise.
+            settings = dev_credentials(settings, create=False)
+        args.fn(settings, args)
+    except ConfigError as exc:
+        print(f"bizosaas {args.command}: {exc}", file=sys.stderr)
+        _exit(2)
 
 
 if __name__ == "__main__":

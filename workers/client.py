@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
+from workers.codec import payload_codec
 from workers.converter import data_converter
 from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def platform_data_converter(settings: Settings) -> DataConverter:
+    """The msgspec converter with the AES-GCM payload codec of ``BIZ_CODEC_KEYS`` (refused in
+    production without keys): what every client and worker of the platform uses. Failure
+    messages and stack traces travel as an encoded payload too (a tool's or Stripe's error text
+    may quote an email address); clients and workers decode them as before."""
+    codec = payload_codec(settings)
+    if codec is None:
+        log.warning("BIZ_CODEC_KEYS is not set: Temporal payloads are stored in clear (dev only)")
+        return data_converter()
+    return dataclasses.replace(
+        data_converter(), payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
+    )
 
 
 def _tls(settings: Settings) -> TLSConfig | bool:
@@ -23,7 +44,7 @@ def _tls(settings: Settings) -> TLSConfig | bool:
 
 
 async def connect(settings: Settings, *, lazy: bool = False) -> Client:
-    """Connect with the msgspec converter, tracing and TLS/API key from settings.
+    """Connect with the msgspec converter and payload codec, tracing and TLS/API key from settings.
 
     ``lazy=True`` returns at once and connects on first use, so a process can start (and
     report itself unhealthy) while the Temporal server is unreachable.
@@ -32,7 +53,7 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
     return await Client.connect(
         t.address,
         namespace=t.namespace,
-        data_converter=data_converter(),
+        data_converter=platform_data_converter(settings),
         interceptors=[TracingInterceptor()],
         tls=_tls(settings),
         api_key=t.api_key.get_secret_value() if t.api_key else None,

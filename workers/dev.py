@@ -6,6 +6,10 @@ applies migrations, starts the sandboxes at the network edge (the sandbox MCP se
 and Lago sandboxes unless real ones are configured), the worker and the API, waits until /health is 200, onboards the
 demo tenant and prints where everything is. SIGINT/SIGTERM stops every child. Everything is
 kept in the state dir, so running it again finds the earlier workflows and rows.
+
+Running it is the explicit choice of dev: the worker and API get ``BIZ_ENVIRONMENT=dev``, dev auth
+with a random secret and a payload codec key, both made once and kept in the state dir (mode
+0600), so tokens and encrypted histories survive restarts.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,9 +27,11 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
+from workers.codec import new_key
 from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli
-from workers.settings import Settings
+from workers.settings import ConfigError, Settings
 
 log = logging.getLogger("bizosaas.dev")
 
@@ -47,6 +54,50 @@ def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = 
             raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
         time.sleep(0.1)
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+DEV_SECRET_FILE = "dev-auth-secret"
+CODEC_KEYS_FILE = "codec-keys"
+
+
+def _state_secret(path: Path, make, create: bool) -> str | None:  # noqa: ANN001
+    """A secret kept in a file of the state dir: read, or made once (owner-only) when ``create``."""
+    if path.exists():
+        return path.read_text().strip() or None
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def dev_credentials(settings: Settings, *, create: bool) -> Settings:
+    """Dev only: the dev auth secret and the codec key of the state dir, where the environment
+    names none. ``create`` (``bizosaas dev``) makes them on first use; other commands (``bizosaas
+    token``, a worker or API started by hand with ``BIZ_ENVIRONMENT=dev``) only read them."""
+    state = settings.dev.state_dir
+    auth, codec = settings.auth, settings.codec
+    if auth.dev_secret is None:
+        secret = _state_secret(state / DEV_SECRET_FILE, lambda: secrets.token_urlsafe(32), create)
+        if secret is not None:
+            auth = auth.model_copy(update={"dev_secret": SecretStr(secret)})
+    if codec.keys is None:
+        keys = _state_secret(state / CODEC_KEYS_FILE, lambda: new_key(f"dev-{time.strftime('%Y%m%d')}"), create)
+        if keys is not None:
+            codec = codec.model_copy(update={"keys": SecretStr(keys)})
+    return settings.model_copy(update={"auth": auth, "codec": codec})
+
+
+def dev_settings(settings: Settings) -> Settings:
+    """``bizosaas dev`` chooses dev: refused over an explicit production or OIDC configuration."""
+    if settings.environment == "production":
+        raise ConfigError("BIZ_ENVIRONMENT=production: `bizosaas dev` runs the dev platform only")
+    if settings.auth.mode != "dev":
+        raise ConfigError(f"BIZ_AUTH_MODE={settings.auth.mode}: `bizosaas dev` runs with dev auth")
+    return dev_credentials(settings.model_copy(update={"environment": "dev"}), create=True)
 
 
 class EmbeddedPostgres:
@@ -110,10 +161,25 @@ class DevStack:
             "BIZ_API_PORT": str(self.settings.api.port),
         }
         env.update(self._start_sandboxes(env))
+        env.update(self._platform_env())
         python = sys.executable
         self.procs["worker"] = subprocess.Popen([python, "-m", "workers.cli", "worker"], env=env)
         self.procs["api"] = subprocess.Popen([python, "-m", "workers.cli", "api"], env=env)
         _wait_for("the API", self._healthy, STARTUP_TIMEOUT, self.procs["api"])
+
+    def _platform_env(self) -> dict[str, str]:
+        """Dev, said explicitly, and the state dir's secrets: for the worker and the API only."""
+        s = self.settings
+        env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": "dev"}
+        if s.auth.dev_secret is not None:
+            env["BIZ_AUTH_DEV_SECRET"] = s.auth.dev_secret.get_secret_value()
+        if s.codec.keys is not None:
+            env["BIZ_CODEC_KEYS"] = s.codec.keys.get_secret_value()
+        if "cors_origins" not in s.codec.model_fields_set:
+            # The codec endpoint answers this stack's Temporal UI, wherever its port was moved.
+            env["BIZ_CODEC_CORS_ORIGINS"] = json.dumps(
+                [f"http://{self.cluster.ip}:{self.ui_port}", f"http://localhost:{self.ui_port}"])
+        return env
 
     def _start_temporal(self) -> None:
         logfile = open(self.state_dir / "temporal.log", "ab")  # noqa: SIM115 - owned by the child
@@ -243,6 +309,7 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"  API            {stack.api_url}",
         f"  OpenAPI docs   {stack.api_url}/schema   (spec: {stack.api_url}/schema/openapi.json)",
         f"  Health         {stack.api_url}/health",
+        f"  Codec endpoint {stack.api_url}/codec   (payloads in Temporal are encrypted; admin token)",
         f"  Temporal UI    http://{stack.cluster.ip}:{stack.ui_port}",
         f"  Temporal       {stack.address}  namespace {stack.cluster.namespace}",
         f"  Postgres       {pg}",
@@ -256,6 +323,8 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"    {admin_token}",
         "",
         "  Try: curl -H \"Authorization: Bearer $ADMIN_TOKEN\" " + f"{stack.api_url}/v1/workflows/{demo_workflow}",
+        f"       .venv/bin/temporal workflow show -w {demo_workflow} --address {stack.address} \\",
+        f"         --codec-endpoint {stack.api_url}/codec --codec-auth \"Bearer $ADMIN_TOKEN\"",
         "Ctrl-C stops everything; data stays in the state dir.",
         "",
     ])

@@ -20,7 +20,8 @@ from pathlib import Path
 import asyncpg
 import msgspec
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
@@ -29,8 +30,9 @@ from activities.orders import OrderActivities
 from activities.reports import ReportActivities
 from activities.schedules import ScheduleActivities
 from activities.tenants import AuditActivities, TenantActivities
-from activities.usage import UsageActivities
+from activities.usage import UsageActivities, UsageLedger
 from workers.client import connect
+from workers.converter import resolve_struct_annotations
 from workers.settings import Settings
 from workers.telemetry import configure_tracing
 from workflows.agent_loop import AgentLoopWorkflow
@@ -39,6 +41,9 @@ from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKF
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
 
 log = logging.getLogger(__name__)
+
+# Every workflow type a worker of the workflows queue runs (and a replay must know).
+ALL_WORKFLOWS: Sequence[type] = (*WORKFLOWS, AgentLoopWorkflow, TenantCapabilitiesWorkflow)
 
 # Invalid input fails the workflow at once instead of retrying its task forever.
 WORKFLOW_FAILURE_TYPES: Sequence[type[BaseException]] = (msgspec.ValidationError,)
@@ -69,11 +74,12 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     """What each task queue runs. Activity classes are built once and shared."""
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
-        tenants, audit, usage = TenantActivities(pool), AuditActivities(pool), UsageActivities(pool)
+        tenants, audit = TenantActivities(pool), AuditActivities(pool)
+        usage = UsageActivities(pool, settings.ai.default_monthly_budget_usd)
         billing, reports, approvals = BillingCustomerActivities(pool), ReportActivities(pool), ApprovalActivities(pool)
         schedules, orders = ScheduleActivities(pool), OrderActivities(pool)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
-            workflows=[*WORKFLOWS, AgentLoopWorkflow, TenantCapabilitiesWorkflow],
+            workflows=list(ALL_WORKFLOWS),
             activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,
                         billing.record_customer, reports.store, reports.latest, approvals.notify, approvals.tenant_policy,
                         schedules.set_capability, schedules.apply_tenant, orders.policy, orders.record],
@@ -84,7 +90,9 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         from activities.agent_steps import AgentStepActivities
         from activities.agents import AgentActivities
 
-        agents, steps = AgentActivities(settings.llm), AgentStepActivities(settings.llm)
+        # Every LLM call is a usage row as it returns (budget and billing see failed attempts too).
+        ledger = UsageLedger(pool)
+        agents, steps = AgentActivities(settings.llm, ledger), AgentStepActivities(settings.llm, ledger)
         regs[AGENTS_QUEUE] = QueueRegistration(
             activities=[agents.presence_crew, agents.campaign_creative_crew, steps.llm_step],
             max_concurrent_activities=settings.worker.agents_max_concurrent,
@@ -110,7 +118,22 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     return regs
 
 
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """Worker Versioning when a deployment name and build id are set; None polls unversioned."""
+    w = settings.worker
+    if not w.deployment_name and not w.build_id:
+        return None
+    if not (w.deployment_name and w.build_id):
+        raise SystemExit("set both BIZ_WORKER_DEPLOYMENT_NAME and BIZ_WORKER_BUILD_ID, or neither")
+    behavior = {"auto_upgrade": VersioningBehavior.AUTO_UPGRADE, "pinned": VersioningBehavior.PINNED}
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=w.deployment_name, build_id=w.build_id),
+        use_worker_versioning=True, default_versioning_behavior=behavior[w.versioning_behavior])
+
+
 def build_workers(client: Client, settings: Settings, regs: dict[str, QueueRegistration]) -> list[Worker]:
+    # Every payload type is imported by now: resolve their annotations outside the sandbox.
+    resolve_struct_annotations()
     workers = []
     for queue, reg in regs.items():
         if not reg.workflows and not reg.activities:
@@ -127,6 +150,7 @@ def build_workers(client: Client, settings: Settings, regs: dict[str, QueueRegis
                 max_activities_per_second=reg.max_activities_per_second,
                 workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES,
                 graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_seconds),
+                deployment_config=deployment_config(settings),
             )
         )
     return workers

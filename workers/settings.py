@@ -4,15 +4,31 @@ Each concern is one nested model; an environment variable names the concern and 
 field, e.g. ``BIZ_TEMPORAL_ADDRESS``, ``BIZ_DATABASE_URL``, ``BIZ_AUTH_DEV_SECRET``.
 Entry points call :func:`load_settings` once and pass the result down; nothing reads the
 environment at import time.
+
+Nothing is open by default: ``BIZ_ENVIRONMENT`` has no default (an install that sets nothing
+refuses to start and says what to set), dev auth needs ``BIZ_ENVIRONMENT=dev`` and a secret of
+its own, and production needs OIDC and the payload codec's keys.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting missing or unsafe for this environment: the process refuses to start, and the
+    message names the variable to set (never a secret's value)."""
+
+
+# The dev secret earlier releases shipped as a default, published in their source: tokens signed
+# with it are anyone's, so it (like any short secret) is refused on a non-loopback bind.
+PUBLISHED_DEV_SECRETS = frozenset({"bizosaas-dev-secret-change-me-in-production"})
+MIN_DEV_SECRET_LENGTH = 32
 
 
 class TemporalSettings(BaseModel):
@@ -39,19 +55,40 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None
+    # Workflow starts per tenant (POST /v1/workflows/{capability}): a token bucket refilled at
+    # this rate, holding at most `start_burst`; over it, 429 with Retry-After. Each API
+    # process keeps its own buckets (api/ratelimit.py).
+    start_rate_per_minute: float = Field(default=30.0, gt=0)
+    start_burst: int = Field(default=20, ge=1)
     # Signs list cursors (the API takes back only cursors it issued); unset: derived from the database URL.
     cursor_secret: SecretStr | None = None
 
 
 class AuthSettings(BaseModel):
-    # `dev`: HS256 tokens signed with dev_secret (and `bizosaas token` mints them).
-    # `oidc`: RS256 tokens verified against the issuer's JWKS.
+    # `dev`: HS256 tokens signed with dev_secret (and `bizosaas token` mints them), only with
+    # BIZ_ENVIRONMENT=dev. `oidc`: RS256 tokens verified against the issuer's JWKS (audience required).
     mode: Literal["dev", "oidc"] = "dev"
-    dev_secret: SecretStr = SecretStr("bizosaas-dev-secret-change-me-in-production")
+    # No default: `bizosaas dev` keeps a random one in its state dir.
+    dev_secret: SecretStr | None = None
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     token_ttl_hours: int = 24
+
+
+class AiSettings(BaseModel):
+    # The monthly AI budget (USD) of a tenant without a tenant_budgets row; None: unlimited.
+    default_monthly_budget_usd: Decimal | None = Field(default=Decimal("50"), ge=0)
+
+
+class CodecSettings(BaseModel):
+    # AES-256-GCM keys of the Temporal payload codec: "kid:base64key" (32 bytes), comma-separated,
+    # or a JSON list of such strings. The first encrypts, every one decrypts (rotation: add the new
+    # key first, drop the old one once no history needs it). Required in production; `bizosaas dev`
+    # keeps one in its state dir.
+    keys: SecretStr | None = None
+    # Browser origins that may call /codec (the Temporal UI), JSON list in BIZ_CODEC_CORS_ORIGINS.
+    cors_origins: list[str] = ["http://127.0.0.1:8233", "http://localhost:8233"]
 
 
 class LlmSettings(BaseModel):
@@ -78,6 +115,21 @@ class ShopifySettings(BaseModel):
     webhook_secret: SecretStr | None = None
 
 
+class WebhooksSettings(BaseModel):
+    # A delivery the sender dates (Stripe `created`, X-Shopify-Triggered-At) older than this is
+    # refused; within it, a replay answers 200 "duplicate". Above the senders' retry spans
+    # (Stripe 3 days, Shopify 4 hours).
+    replay_window_hours: int = Field(default=72, ge=1)
+    # How long the inbox keeps accepted events (and so remembers them as already seen).
+    inbox_retention_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _retention_covers_the_window(self) -> WebhooksSettings:
+        if self.inbox_retention_days * 24 < self.replay_window_hours:
+            raise ValueError("BIZ_WEBHOOKS_INBOX_RETENTION_DAYS must cover BIZ_WEBHOOKS_REPLAY_WINDOW_HOURS")
+        return self
+
+
 class OtelSettings(BaseModel):
     otlp_endpoint: str | None = None
     service_name: str = "bizosaas"
@@ -91,6 +143,10 @@ class WorkerSettings(BaseModel):
     # Override the URL of servers in mcp-servers.yaml by name, e.g. {"sandbox": "http://..."}
     # (JSON in BIZ_WORKER_MCP_URLS).
     mcp_urls: dict[str, str] = {}
+    # Worker Versioning (README: Restarts, deploys and versioning): both set, or neither.
+    deployment_name: str | None = None
+    build_id: str | None = None
+    versioning_behavior: Literal["auto_upgrade", "pinned"] = "auto_upgrade"
 
 
 class DevSettings(BaseModel):
@@ -118,16 +174,20 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    environment: Literal["dev", "production"] = "dev"
+    # No default: `bizosaas dev` and the tests choose dev; a deployment says production.
+    environment: Literal["dev", "production"] | None = None
     log_level: str = "INFO"
     temporal: TemporalSettings = Field(default_factory=TemporalSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    codec: CodecSettings = Field(default_factory=CodecSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    ai: AiSettings = Field(default_factory=AiSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     lago: LagoSettings = Field(default_factory=LagoSettings)
     shopify: ShopifySettings = Field(default_factory=ShopifySettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)
@@ -138,6 +198,15 @@ class Settings(BaseSettings):
                 "BIZ_DATABASE_URL is not set (only `bizosaas dev` starts an embedded Postgres)"
             )
         return self.database.url.get_secret_value()
+
+    def require_environment(self) -> Literal["dev", "production"]:
+        """The environment, which every process needs said explicitly."""
+        if self.environment is None:
+            raise ConfigError(
+                "BIZ_ENVIRONMENT is not set: set BIZ_ENVIRONMENT=production (with BIZ_AUTH_MODE=oidc, the "
+                "BIZ_AUTH_OIDC_* settings and BIZ_CODEC_KEYS), or run `bizosaas dev` for a platform on this machine"
+            )
+        return self.environment
 
 
 def load_settings(**overrides: object) -> Settings:

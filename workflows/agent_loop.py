@@ -9,7 +9,8 @@ server fails the loop. More than ``max_turns`` LLM steps fails with ``AgentTurnL
 ``turns_per_run`` turns (or when Temporal suggests it) the run continues as new, carrying the
 transcript, so long runs keep a short history.
 
-Parents call :func:`run_agent` and record ``result.calls`` as usage rows.
+Parents call :func:`run_agent`; each step records its LLM calls as they return, and the parent
+reports them (``workflows.usage.account``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ class AgentLoopInput(msgspec.Struct, frozen=True, kw_only=True):
     tool_calls: list[ToolCallRecord] = []
     tool_specs: list[AgentTool] | None = None  # listed once, in the first run
     offline: bool = False
+    # Usage: rows the steps recorded as their calls returned, and calls no step recorded (steps
+    # of older agent workers), which the parent records. False: a run continued from a version
+    # that did not track this, whose ``calls`` are all unrecorded.
+    usage_tracked: bool = False
+    usage_ids: list[int] = []
+    unrecorded_calls: list[LlmCall] = []
 
 
 class AgentLoopResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,8 +90,13 @@ class AgentLoopResult(msgspec.Struct, frozen=True, kw_only=True):
     offline: bool
     provider: str
     turns: int
-    calls: list[LlmCall]  # one per LLM request: record them as usage rows
+    calls: list[LlmCall]  # one per LLM request
     tool_calls: list[ToolCallRecord]
+    # True: ``usage_ids`` are the rows of the calls, recorded by the steps as they returned, and
+    # the parent records only ``unrecorded_calls``. False (older runs): it records ``calls``.
+    usage_per_call: bool = False
+    usage_ids: list[int] = []
+    unrecorded_calls: list[LlmCall] = []
 
 
 class AgentTranscript(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +115,8 @@ class AgentLoopWorkflow:
         self._transcript = list(inp.transcript) or [Message(role="user", content=inp.task)]
         self._turns = inp.turns_done
         calls, records, offline = list(inp.calls), list(inp.tool_calls), inp.offline
+        usage_ids = list(inp.usage_ids)
+        unrecorded = list(inp.unrecorded_calls) if inp.usage_tracked else list(inp.calls)
         specs = inp.tool_specs if inp.tool_specs is not None else await self._list_tools(inp)
         allowed = {(t.server, t.tool) for t in inp.tools}
         turns_this_run = 0
@@ -114,7 +128,8 @@ class AgentLoopWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(msgspec.structs.replace(
                     inp, transcript=self._transcript, turns_done=self._turns, calls=calls, tool_calls=records,
-                    tool_specs=specs, offline=offline))
+                    tool_specs=specs, offline=offline, usage_tracked=True, usage_ids=usage_ids,
+                    unrecorded_calls=unrecorded))
             step = await workflow.execute_activity_method(
                 AgentStepActivities.llm_step,
                 LlmStepRequest(tenant_id=inp.tenant_id, agent=inp.agent, task=inp.task, system_prompt=inp.system_prompt,
@@ -124,11 +139,16 @@ class AgentLoopWorkflow:
             self._turns += 1
             turns_this_run += 1
             calls.extend(step.calls)
+            if step.usage_per_call:
+                usage_ids.extend(step.usage_ids)
+            else:
+                unrecorded.extend(step.calls)
             offline = offline or step.offline
             if step.final is not None:
                 self._transcript.append(Message(role="assistant", content=json.dumps(step.final)))
                 return AgentLoopResult(agent=inp.agent, final=step.final, offline=offline, provider=step.provider,
-                                       turns=self._turns, calls=calls, tool_calls=records)
+                                       turns=self._turns, calls=calls, tool_calls=records, usage_per_call=True,
+                                       usage_ids=usage_ids, unrecorded_calls=unrecorded)
             self._transcript.append(Message(role="assistant", content=step.text, tool_calls=step.tool_calls))
             for call in step.tool_calls:
                 error = await self._call_tool(inp, call, allowed)

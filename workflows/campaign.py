@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.agent_loop import AgentLoopInput, run_agent
     from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
     from workflows.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
-    from workflows.usage import check_ai_budget, record_usage, report_usage
+    from workflows.usage import account, check_ai_budget, report_usage
 
 CAPABILITY = "campaign"
 
@@ -164,8 +164,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
             task=f"Plan a {inp.objective} campaign on {', '.join(channels)} with a budget of ${inp.budget_usd:,.2f} "
                  f"over {inp.duration_days} days. The business's goal: {inp.goal}",
         ))
-        self._usage_ids += await record_usage(inp.tenant_id, "campaign-strategist", strategy.provider, strategy.calls,
-                                        "strategy")
+        self._usage_ids += await account(inp.tenant_id, "campaign-strategist", strategy, "strategy")
         calls += len(strategy.calls)
         offline = strategy.offline
 
@@ -183,8 +182,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
                 task_queue=AGENTS_QUEUE, start_to_close_timeout=CREW_TIMEOUT, heartbeat_timeout=CREW_HEARTBEAT,
                 retry_policy=CREW_RETRY,
             )
-            self._usage_ids += await record_usage(inp.tenant_id, "campaign-creative-crew", creative.provider,
-                                            creative.calls, f"creative:{self._round}")
+            self._usage_ids += await account(inp.tenant_id, "campaign-creative-crew", creative, f"creative:{self._round}")
             calls += len(creative.calls)
             offline = offline or creative.offline
 

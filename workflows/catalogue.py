@@ -30,6 +30,9 @@ class Capability:
     start_roles: frozenset[str]
     tenant_in_input: Callable[[Any], str] | None = None
     summary: str = ""
+    # Roles that may cancel a run (in their tenant scope). Workflows holding money or promises
+    # compensate when canceled (an order releases its payment).
+    cancel_roles: frozenset[str] = frozenset({"super_admin", "admin"})
 
     @property
     def run(self) -> Callable[..., Any]:
@@ -62,6 +65,7 @@ CATALOGUE: dict[str, Capability] = {
             business_key=lambda inp: inp.audit_key or f"{_host_key(inp.website_url)}-{date.today():%Y%m%d}",
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+            cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
             summary="Audit a website and its social presence with a 4-agent crew; stores a typed report.",
         ),
         Capability(
@@ -72,6 +76,7 @@ CATALOGUE: dict[str, Capability] = {
             business_key=lambda inp: inp.key or f"{_host_key(inp.website_url)}-{date.today():%Y%m%d}",
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+            cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
             summary="SEO Health Monitor: fetch the site, scan it technically, an agent analyses it; stores a report "
                     "with the shift since the last run (score delta, issues new and resolved, pages changed).",
         ),
@@ -82,6 +87,7 @@ CATALOGUE: dict[str, Capability] = {
             business_key=lambda inp: inp.campaign_key,
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+            cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
             summary="Plan and write a multi-channel ad campaign with AI; the client approves creative and budget "
                     "(Pending Actions), a budget above the tenant's cap also needs an admin; then it launches.",
         ),
@@ -92,6 +98,8 @@ CATALOGUE: dict[str, Capability] = {
             business_key=lambda inp: inp.order_key,
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin"}),
+            # The merchant may cancel its order; the payment is released (canceled or refunded).
+            cancel_roles=frozenset({"super_admin", "admin", "client"}),
             summary="Process an order: validate, check stock, score fraud by rules; above the tenant's threshold "
                     "the client approves (Pending Actions). Usually started by the Shopify orders/create webhook.",
         ),
@@ -102,6 +110,8 @@ CATALOGUE: dict[str, Capability] = {
             business_key=lambda inp: inp.invoice_key,
             tenant_in_input=lambda inp: inp.tenant_id,
             start_roles=frozenset({"super_admin", "admin", "finance"}),
+            # Never the dunned client: only platform staff stop collecting a debt.
+            cancel_roles=frozenset({"super_admin", "admin", "finance"}),
             summary="Dunning of a failed invoice: Stripe retries at day 1, 3 and 7, the customer emailed each time, "
                     "then an admin retries, writes off or suspends the tenant; invoice.paid ends it. Usually started "
                     "by the Stripe invoice.payment_failed webhook.",

@@ -23,6 +23,8 @@ orders), so a redelivered webhook finds the same workflow.
 
 from __future__ import annotations
 
+import asyncio
+
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -38,13 +40,13 @@ with workflow.unsafe.imports_passed_through():
     from workflows.agent_loop import AgentLoopInput, run_agent
     from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
     from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
-    from workflows.usage import record_usage, report_usage
+    from workflows.usage import account, report_usage
 
 CAPABILITY = "order"
 
-Status = Literal["accepted", "rejected", "out_of_stock", "invalid"]
+Status = Literal["accepted", "rejected", "out_of_stock", "invalid", "canceled"]
 Stage = Literal["started", "validating", "checking_inventory", "scoring", "awaiting_client_approval",
-                "capturing_payment", "shipping", "releasing_payment", "recording", "completed"]
+                "capturing_payment", "shipping", "releasing_payment", "recording", "completed", "canceled"]
 
 REMIND_AFTER = timedelta(hours=24)
 ESCALATE_AFTER = timedelta(hours=72)
@@ -147,14 +149,28 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
 
     @workflow.run
     async def run(self, inp: OrderInput) -> OrderResult:
-        result = await self._process(inp)
-        if result.status == "accepted":
-            result = await self._fulfil(inp, result)
-        elif inp.payment_intent_id:
-            self._enter("releasing_payment", result.status)
-            result = msgspec.structs.replace(result, payment=await self._payment(inp, PaymentActivities.release))
+        try:
+            result = await self._process(inp)
+            if result.status == "accepted":
+                result = await self._fulfil(inp, result)
+            elif inp.payment_intent_id:
+                self._enter("releasing_payment", result.status)
+                result = msgspec.structs.replace(result, payment=await self._payment(inp, PaymentActivities.release))
+        except asyncio.CancelledError:
+            # Canceled (an admin, or the merchant): the money held for the order goes back, the
+            # outcome is recorded, then the run ends as canceled. These commands follow the
+            # cancel request in history, so histories of runs never canceled are unchanged.
+            await self._compensate(inp)
+            raise
+        recorded = await self._record_order(inp, result)
+        await report_usage(inp.tenant_id, self._usage_ids)
+        self._enter("completed", "recorded")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return msgspec.structs.replace(result, order_row_id=recorded.order_row_id)
+
+    async def _record_order(self, inp: OrderInput, result: OrderResult) -> Any:
         self._enter("recording", result.status)
-        recorded = await workflow.execute_activity_method(
+        return await workflow.execute_activity_method(
             OrderActivities.record,
             OrderRecord(workflow_id=workflow.info().workflow_id, tenant_id=inp.tenant_id, order_key=inp.order_key,
                         source=inp.source, status=result.status, total=inp.total, currency=inp.currency,
@@ -164,10 +180,20 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
                                  "tracking_number": (result.shipping_label or {}).get("tracking_number")}),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
+
+    async def _compensate(self, inp: OrderInput) -> None:
+        """Release the payment (cancel it, or refund it if captured) and record the order as
+        canceled. Each step is idempotent on the workflow id, like the steps it undoes."""
+        payment = None
+        if inp.payment_intent_id:
+            self._enter("releasing_payment", "cancel_requested")
+            payment = await self._payment(inp, PaymentActivities.release)
+        canceled = OrderResult(tenant_id=inp.tenant_id, order_key=inp.order_key, status="canceled", total=inp.total,
+                               currency=inp.currency, fraud_score=self._score or 0, reasons=["canceled"],
+                               reviewed=False, payment=payment)
+        await self._record_order(inp, canceled)
         await report_usage(inp.tenant_id, self._usage_ids)
-        self._enter("completed", "recorded")
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return msgspec.structs.replace(result, order_row_id=recorded.order_row_id)
+        self._enter("canceled", "recorded")
 
     async def _fulfil(self, inp: OrderInput, result: OrderResult) -> OrderResult:
         payment = None
@@ -210,7 +236,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
                  f"{inp.billing_country or '?'}, shipping country {inp.shipping_country or '?'}; "
                  f"the rules scored it {rules_score}.",
         ))
-        self._usage_ids += await record_usage(inp.tenant_id, "fraud-analyst", result.provider, result.calls, "fraud")
+        self._usage_ids += await account(inp.tenant_id, "fraud-analyst", result, "fraud")
         return int(result.final.get("risk_score", 0)), result.offline
 
     async def _process(self, inp: OrderInput) -> OrderResult:

@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.reports import ReportActivities, StoreReport
     from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
     from workflows.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
-    from workflows.usage import check_ai_budget, record_usage, report_usage
+    from workflows.usage import account, check_ai_budget, report_usage
 
 CAPABILITY = "presence-audit"
 
@@ -127,8 +127,7 @@ class PresenceAuditWorkflow(Stages):
                 start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
             )
             self._enter("recording_usage", "report_stored")
-            usage_ids = await record_usage(inp.tenant_id, "presence-crew", outcome.provider, outcome.calls,
-                                           "presence_crew")
+            usage_ids = await account(inp.tenant_id, "presence-crew", outcome, "presence_crew")
             self._enter("reporting_usage", "usage_recorded")
             await report_usage(inp.tenant_id, usage_ids)
             self._enter("completed", "usage_reported")

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
     from workflows.policies import DB_RETRY, DB_TIMEOUT, Stages
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN, WEB_SERVER
-    from workflows.usage import check_ai_budget, record_usage, report_usage
+    from workflows.usage import account, check_ai_budget, report_usage
 
 CAPABILITY = "seo-health"
 AGENT = "seo-analyst"
@@ -418,7 +418,7 @@ class SeoHealthWorkflow(Stages):
         )
 
         self._enter("recording_usage", "report_stored")
-        usage_ids = await record_usage(inp.tenant_id, AGENT, agent.provider, agent.calls, "seo_analysis")
+        usage_ids = await account(inp.tenant_id, AGENT, agent, "seo_analysis")
         self._enter("reporting_usage", "usage_recorded")
         await report_usage(inp.tenant_id, usage_ids)
         self._enter("completed", "usage_reported")

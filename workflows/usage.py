@@ -4,6 +4,8 @@ the Lago events for them (one per row: Lago keeps one event per transaction id).
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -37,10 +39,28 @@ async def record_usage(tenant_id: str, agent: str, provider: str, calls: list[Ll
     return ids
 
 
+async def account(tenant_id: str, agent: str, outcome: Any, step: str) -> list[int]:
+    """The usage rows of an agent's outcome (a crew's, or an agent loop's result).
+
+    New agent workers record every call as it returns (``usage_per_call``): their rows are
+    passed on, and only calls no step recorded are recorded here. Results of older workers
+    (in histories from before, which must replay the same) have their calls recorded here."""
+    if getattr(outcome, "usage_per_call", False):
+        ids = list(outcome.usage_ids)
+        extra = list(getattr(outcome, "unrecorded_calls", []))
+        if extra:
+            ids += await record_usage(tenant_id, agent, outcome.provider, extra, step)
+        return ids
+    return await record_usage(tenant_id, agent, outcome.provider, outcome.calls, step)
+
+
 async def report_usage(tenant_id: str, usage_ids: list[int]) -> None:
+    """Bill the rows to Lago: these, and every unreported row of this workflow and its agent
+    children (calls of attempts that died before returning are billed too)."""
     if not usage_ids:
         return
     await workflow.execute_activity_method(
-        LagoActivities.report_usage, ReportUsage(tenant_id=tenant_id, usage_ids=usage_ids),
+        LagoActivities.report_usage,
+        ReportUsage(tenant_id=tenant_id, usage_ids=usage_ids, workflow_id=workflow.info().workflow_id),
         task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
     )

@@ -1,0 +1,128 @@
+"""The webhook inbox: every accepted inbound event, kept before it is answered.
+
+The API writes no business rows; this table is its own record of deliveries, as the trigger
+table is its configuration (migration 0023). A delivery is claimed by inserting its row, keyed
+twice: by the sender's event id and by the SHA-256 of the exact body, within the source, the
+event type and the scope (the tenant for generic webhooks, whose ids are each tenant's own).
+An insert that hits either key is a replay: answered 200 "duplicate" with the workflow of the
+first delivery, starting nothing. The body key stops replays that change unsigned headers (a
+new X-Shopify-Webhook-Id or X-Lago-Unique-Key, another shop domain): the body is what the
+sender signed.
+
+A delivery whose handling failed (Temporal unreachable: answered 5xx, so the sender retries)
+is marked ``failed``, and the retry takes it over; so is one still ``received`` a minute after
+its handler took it (the process died between the insert and the answer).
+
+Retention: rows older than ``BIZ_WEBHOOKS_INBOX_RETENTION_DAYS`` are deleted when the API
+starts and every hour after (:func:`prune_forever`); every API process does it, and the
+DELETE is the same whoever runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from datetime import timedelta
+from typing import Literal
+
+import asyncpg
+import msgspec
+
+from api.triggers import Event
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["received", "started", "signalled", "duplicate", "no_trigger", "failed"]
+# A delivery still `received` this long after its handler took it is taken over by a retry.
+ABANDONED_AFTER = timedelta(minutes=1)
+PRUNE_EVERY = timedelta(hours=1)
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    # False: a replay of a delivery already handled (or being handled); nothing to do.
+    fresh: bool
+    outcome: Outcome
+    workflow_id: str | None = None
+    run_id: str | None = None
+
+
+def scope_of(event: Event) -> str:
+    return (event.tenant_id or "") if event.source == "generic" else ""
+
+
+async def claim(pool: asyncpg.Pool, event: Event, body: bytes, *, workflow_id: str | None,
+                outcome: Outcome) -> Claim:
+    """Keep the event (``outcome``: ``received`` when a workflow is to be started, else
+    ``no_trigger``), or find the delivery it replays."""
+    digest = hashlib.sha256(body).digest()
+    scope = scope_of(event)
+    for _ in range(3):
+        async with pool.acquire() as conn:
+            row_id = await conn.fetchval(
+                """INSERT INTO webhook_inbox (source, event_id, event_type, scope, body_sha256, tenant_id, sent_at,
+                                              body, outcome, workflow_id)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   ON CONFLICT DO NOTHING
+                   RETURNING id""",
+                event.source, event.id, event.type, scope, digest, event.tenant_id, event.sent_at, body, outcome,
+                workflow_id,
+            )
+            if row_id is not None:
+                return Claim(id=row_id, fresh=True, outcome=outcome, workflow_id=workflow_id)
+            # The first delivery: by the sender's id, else by the body.
+            seen = await conn.fetchrow(
+                """SELECT id, outcome, workflow_id, run_id FROM webhook_inbox
+                   WHERE source = $1 AND scope = $2 AND event_type = $3
+                     AND ((event_id = $4 AND $4::text IS NOT NULL) OR body_sha256 = $5)
+                   ORDER BY (event_id IS NOT DISTINCT FROM $4) DESC, id LIMIT 1""",
+                event.source, scope, event.type, event.id, digest,
+            )
+            if seen is None:  # pruned between the two statements: insert again
+                continue
+            retaken = await conn.fetchrow(
+                """UPDATE webhook_inbox SET outcome = 'received', updated_at = now()
+                   WHERE id = $1 AND (outcome = 'failed'
+                                      OR (outcome = 'received' AND updated_at < now() - $2::interval))
+                   RETURNING id, workflow_id""",
+                seen["id"], ABANDONED_AFTER,
+            )
+        if retaken is not None:
+            log.info("%s event %r (id %s): taking over delivery %d that was not handled", event.source, event.type,
+                     event.id, retaken["id"])
+            return Claim(id=retaken["id"], fresh=True, outcome="received", workflow_id=retaken["workflow_id"])
+        log.info("%s event %r (id %s): a replay of delivery %d (%s); nothing started", event.source, event.type,
+                 event.id, seen["id"], seen["outcome"])
+        return Claim(id=seen["id"], fresh=False, outcome=seen["outcome"], workflow_id=seen["workflow_id"],
+                     run_id=seen["run_id"])
+    raise RuntimeError("the webhook inbox kept conflicting with rows it could not find")
+
+
+async def settle(pool: asyncpg.Pool, row_id: int, outcome: Outcome, *, workflow_id: str | None = None,
+                 run_id: str | None = None) -> None:
+    """What became of the delivery."""
+    await pool.execute(
+        """UPDATE webhook_inbox SET outcome = $2, workflow_id = coalesce($3, workflow_id), run_id = $4,
+                                    updated_at = now()
+           WHERE id = $1""",
+        row_id, outcome, workflow_id, run_id,
+    )
+
+
+async def prune(pool: asyncpg.Pool, retention: timedelta) -> int:
+    """Delete deliveries older than ``retention``; how many."""
+    status = await pool.execute("DELETE FROM webhook_inbox WHERE received_at < now() - $1::interval", retention)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def prune_forever(pool: asyncpg.Pool, retention: timedelta, every: timedelta = PRUNE_EVERY) -> None:
+    """Prune now and then every ``every``, until cancelled (the API's lifespan runs it)."""
+    while True:
+        try:
+            deleted = await prune(pool, retention)
+            if deleted:
+                log.info("webhook inbox: %d deliveries older than %s deleted", deleted, retention)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # the next round tries again
+            log.warning("webhook inbox prune failed: %s", exc)
+        await asyncio.sleep(every.total_seconds())

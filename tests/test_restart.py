@@ -1,0 +1,227 @@
+"""Every capability that waits survives a restart of the worker at its wait.
+
+Each test takes a workflow to its wait (an approval, a retry timer) with the workflow worker
+running as a process of its own (``bizosaas worker --queue biz-workflows``), stops that process,
+starts a new one (a fresh interpreter: it must rebuild the workflow from its history alone), and
+takes the workflow to its end from there. The agents and integrations queues run in this process.
+
+Each test runs in a namespace of its own, so the session's platform worker never takes a task.
+With ``BIZ_RECORD_HISTORIES=1`` the histories are written to ``tests/histories/`` (see
+``tests/test_histories.py``, which replays them all in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import stripe
+from temporalio.client import Client, WorkflowHandle
+
+from hitl.protocol import ApprovalsView, Decider, DecisionInput, DecisionReceipt
+from tests.support import (
+    STRIPE_TEST_KEY,
+    assert_eventually,
+    connect_when_ready,
+    in_namespace,
+    platform_workers,
+    record_history,
+    run_temporal_cli,
+    stop_process,
+    unique,
+    worker_process,
+)
+from tests.test_dunning import failing_invoice
+from tests.test_orders import authorized_payment, payment_status
+from workers.settings import Settings
+from workflows.campaign import CampaignInput, CampaignResult, CampaignWorkflow
+from workflows.dunning import DunningInput, DunningProgress, DunningResult, DunningWorkflow, invoice_key
+from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
+from workflows.orders import OrderInput, OrderLine, OrderProcessingWorkflow, OrderResult
+
+
+@pytest.fixture
+async def ours(settings: Settings, namespace: str) -> Settings:
+    return in_namespace(settings, namespace)
+
+
+@pytest.fixture
+async def ns_client(ours: Settings) -> Client:
+    return await connect_when_ready(ours)
+
+
+@pytest.fixture
+async def side_workers(ns_client: Client, ours: Settings, db: asyncpg.Pool, mcp_sandbox: str) -> AsyncIterator[None]:
+    """Agents and integrations in this process; the workflow worker is the test's process."""
+    async with platform_workers(ns_client, ours, db, [AGENTS_QUEUE, INTEGRATIONS_QUEUE]):
+        yield
+
+
+@pytest.fixture
+def state_dir() -> AsyncIterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="bizosaas-restart-") as tmp:
+        yield Path(tmp)
+
+
+async def restart_at(ours: Settings, state: Path, waiting: Any, then: Any) -> Any:
+    """Run the workflow worker until ``waiting()`` passes, stop it (SIGTERM, drained), start a new
+    process and return what ``then()`` returns with it running."""
+    log = state / "worker.log"
+    async with worker_process(ours, [WORKFLOWS_QUEUE], state, log) as first:
+        async def at_wait() -> Any:
+            assert first.poll() is None, log.read_text(errors="replace")[-4000:]
+            return await waiting()
+
+        await assert_eventually(at_wait, timeout=120, interval=0.2)
+        assert await stop_process(first) == 0, log.read_text(errors="replace")[-4000:]
+    async with worker_process(ours, [WORKFLOWS_QUEUE], state, log) as second:
+        try:
+            return await then()
+        finally:
+            assert second.poll() is None, log.read_text(errors="replace")[-4000:]
+
+
+def client_decider(tenant: str) -> Decider:
+    return Decider(sub=f"owner@{tenant}", roles=["client"], tenant_id=tenant)
+
+
+async def open_request(handle: WorkflowHandle, workflow_cls: Any, request_id: str) -> ApprovalsView:
+    view = await handle.query(workflow_cls.approvals, result_type=ApprovalsView)
+    assert view.open is not None and view.open.request.request_id == request_id, view
+    return view
+
+
+async def test_a_campaign_waiting_for_the_client_survives_a_restart_and_launches(
+    ours: Settings, ns_client: Client, side_workers: None, state_dir: Path, db: asyncpg.Pool
+) -> None:
+    tenant = unique("bakery")
+    inp = CampaignInput(tenant_id=tenant, campaign_key=unique("spring"), goal="Sell more sourdough this spring",
+                        channels=["google_ads", "meta_ads"], budget_usd=600, objective="sales")
+    handle = await ns_client.start_workflow(CampaignWorkflow.run, inp, id=f"{tenant}:campaign:{inp.campaign_key}",
+                                            task_queue=WORKFLOWS_QUEUE)
+
+    async def waiting() -> ApprovalsView:
+        view = await open_request(handle, CampaignWorkflow, "creative-1")
+        await record_history(handle, "campaign-waiting-for-approval")
+        return view
+
+    async def then() -> CampaignResult:
+        receipt = await handle.execute_update(
+            CampaignWorkflow.decide,
+            DecisionInput(request_id="creative-1", decision="edit", edits={"budget_usd": 900}, by=client_decider(tenant)),
+            result_type=DecisionReceipt)
+        assert receipt.closed and receipt.decided_by == f"owner@{tenant}"
+        return await handle.result()
+
+    result = await restart_at(ours, state_dir, waiting, then)
+    assert result.status == "launched" and result.budget_usd == 900
+    assert {c.channel for c in result.launched} == {"google_ads", "meta_ads"}
+    launches = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1 AND tool = 'upsert_ads_campaign'",
+                              handle.id)
+    assert len(launches) == 2
+    await record_history(handle, "campaign")
+
+
+async def test_an_order_in_review_survives_a_restart_and_is_captured(
+    ours: Settings, ns_client: Client, side_workers: None, state_dir: Path, db: asyncpg.Pool, localstripe_url: str
+) -> None:
+    tenant = unique("shop")
+    intent = await authorized_payment(localstripe_url, tenant, 90000)
+    inp = OrderInput(tenant_id=tenant, order_key=unique("web"), total=900.0, customer_email="ann@example.com",
+                     lines=[OrderLine(sku="SOUR-1", quantity=2, unit_price=450.0, title="Sourdough")],
+                     billing_country="US", shipping_country="US", payment_intent_id=intent)
+    handle = await ns_client.start_workflow(OrderProcessingWorkflow.run, inp, id=f"{tenant}:order:{inp.order_key}",
+                                            task_queue=WORKFLOWS_QUEUE)
+
+    async def waiting() -> ApprovalsView:
+        return await open_request(handle, OrderProcessingWorkflow, "review")
+
+    async def then() -> OrderResult:
+        await handle.execute_update(
+            OrderProcessingWorkflow.decide,
+            DecisionInput(request_id="review", decision="approve", by=client_decider(tenant)),
+            result_type=DecisionReceipt)
+        return await handle.result()
+
+    result = await restart_at(ours, state_dir, waiting, then)
+    assert result.status == "accepted" and result.reviewed
+    assert await payment_status(localstripe_url, intent) == "succeeded"
+    assert await db.fetchval("SELECT status FROM orders WHERE workflow_id = $1", handle.id) == "accepted"
+    await record_history(handle, "order")
+
+
+async def test_a_dunning_survives_restarts_in_its_retry_timer_and_at_the_admin_decision(
+    ours: Settings, ns_client: Client, side_workers: None, state_dir: Path, db: asyncpg.Pool, localstripe_url: str
+) -> None:
+    tenant = unique("dun")
+    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, status)
+                        VALUES ($1, 'Dunned Co', 'starter', $2, 'active')""", tenant, f"owner@{tenant}.example")
+    transport = stripe.HTTPXClient()
+    sc = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": localstripe_url}, max_network_retries=0,
+                             http_client=transport)
+    try:
+        inv = await failing_invoice(sc, tenant)
+    finally:
+        await transport.close_async()
+    inp = DunningInput(tenant_id=tenant, invoice_id=inv, invoice_key=invoice_key(inv), amount_due=4900,
+                       currency="eur", retry_schedule_seconds=[6], max_admin_retries=0)
+    handle = await ns_client.start_workflow(DunningWorkflow.run, inp, id=f"{tenant}:dunning:{inp.invoice_key}",
+                                            task_queue=WORKFLOWS_QUEUE)
+    finance = Decider(sub="finance@bizosaas", roles=["finance"])
+
+    # First restart: while the first retry's timer runs. Second: while the admin is asked.
+    async def in_timer() -> None:
+        progress = await handle.query(DunningWorkflow.progress, result_type=DunningProgress)
+        assert progress.next_retry_at is not None and not progress.attempts, progress
+
+    async def asked() -> ApprovalsView:
+        return await open_request(handle, DunningWorkflow, "decision-1")
+
+    await restart_at(ours, state_dir, in_timer, lambda: assert_eventually(asked, timeout=60, interval=0.2))
+
+    async def then() -> DunningResult:
+        await handle.execute_update(
+            DunningWorkflow.decide,
+            DecisionInput(request_id="decision-1", decision="approve", choice="write_off", by=finance),
+            result_type=DecisionReceipt)
+        return await handle.result()
+
+    result = await restart_at(ours, state_dir, asked, then)
+    assert result.status == "written_off" and [a.status for a in result.attempts] == ["open"]
+    assert result.emails_sent == 1
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1 AND tool = 'send_email'",
+                             handle.id) == 1
+    await record_history(handle, "dunning")
+
+
+async def test_a_versioned_worker_runs_workflows_once_its_build_is_current(
+    ours: Settings, ns_client: Client, db: asyncpg.Pool, mcp_sandbox: str
+) -> None:
+    """Worker Versioning: workers of build ``v1`` of a deployment take work once an operator makes
+    that build current with the ``temporal`` CLI; the run records the build that ran it."""
+    from temporalio.common import VersioningBehavior
+
+    from workflows.onboarding import OnboardingInput, OnboardingWorkflow
+
+    versioned = ours.model_copy(update={"worker": ours.worker.model_copy(
+        update={"deployment_name": "bizosaas", "build_id": "v1"})})
+    tenant = unique("ver")
+    async with platform_workers(ns_client, versioned, db, [WORKFLOWS_QUEUE, INTEGRATIONS_QUEUE]):
+        async def current() -> None:
+            proc = await run_temporal_cli(ours, "worker", "deployment", "set-current-version",
+                                          "--deployment-name", "bizosaas", "--build-id", "v1", "--yes")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+
+        await assert_eventually(current, timeout=30, interval=0.5)  # once the workers have polled
+        handle = await ns_client.start_workflow(
+            OnboardingWorkflow.run, OnboardingInput(tenant_id=tenant, name="Versioned Co", owner_email="o@v.example"),
+            id=f"{tenant}:onboarding:{tenant}", task_queue=WORKFLOWS_QUEUE)
+        result = await handle.result()
+    assert result.status == "active"
+    info = (await handle.describe()).raw_description.workflow_execution_info.versioning_info
+    assert info.deployment_version.build_id == "v1" and info.deployment_version.deployment_name == "bizosaas"
+    assert info.behavior == VersioningBehavior.AUTO_UPGRADE.value

@@ -12,11 +12,15 @@ its own, and production needs OIDC and the payload codec's keys.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import secrets
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +78,50 @@ class AuthSettings(BaseModel):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     token_ttl_hours: int = 24
+
+
+DECISION_KEY_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"
+
+
+class DecisionSettings(BaseModel):
+    # Keys that sign deciders (key id -> secret; JSON in BIZ_DECISION_KEYS). The first signs
+    # (the API, `bizosaas approvals decide`), every one verifies (workers): to rotate, put a new
+    # key first, keep the old one until its signed decisions have expired (at most a day).
+    keys: dict[str, SecretStr] = {}
+
+    @field_validator("keys")
+    @classmethod
+    def _strong_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, secret in keys.items():
+            if not re.fullmatch(DECISION_KEY_ID_PATTERN, key_id):
+                raise ValueError(f"decision key id {key_id!r} must match {DECISION_KEY_ID_PATTERN}")
+            if len(secret.get_secret_value()) < 32:
+                raise ValueError(f"decision key {key_id!r} is shorter than 32 characters")
+        return keys
+
+    def signing_key(self) -> tuple[str, bytes]:
+        """``(key id, secret)`` of the key that signs; LookupError when none is configured."""
+        for key_id, secret in self.keys.items():
+            return key_id, secret.get_secret_value().encode()
+        raise LookupError("no decision signing key: set BIZ_DECISION_KEYS (JSON: key id -> secret)")
+
+
+DEV_DECISION_KEYS_FILE = "decision-keys.json"
+
+
+def dev_decision_keys(state_dir: Path, *, create: bool) -> dict[str, str] | None:
+    """The decision keys `bizosaas dev` made for its state dir (made now if ``create``), or None."""
+    path = state_dir / DEV_DECISION_KEYS_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    if not create:
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    keys = {"dev-1": secrets.token_urlsafe(32)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(keys, f)
+    return keys
 
 
 class AiSettings(BaseModel):
@@ -172,6 +220,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="_",
         env_nested_max_split=1,
         extra="ignore",
+        hide_input_in_errors=True,  # a refused setting is named, its value (maybe a secret) never shown
     )
 
     # No default: `bizosaas dev` and the tests choose dev; a deployment says production.
@@ -182,6 +231,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     codec: CodecSettings = Field(default_factory=CodecSettings)
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)

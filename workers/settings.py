@@ -12,10 +12,7 @@ its own, and production needs OIDC and the payload codec's keys.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -103,25 +100,8 @@ class DecisionSettings(BaseModel):
         """``(key id, secret)`` of the key that signs; LookupError when none is configured."""
         for key_id, secret in self.keys.items():
             return key_id, secret.get_secret_value().encode()
-        raise LookupError("no decision signing key: set BIZ_DECISION_KEYS (JSON: key id -> secret)")
-
-
-DEV_DECISION_KEYS_FILE = "decision-keys.json"
-
-
-def dev_decision_keys(state_dir: Path, *, create: bool) -> dict[str, str] | None:
-    """The decision keys `bizosaas dev` made for its state dir (made now if ``create``), or None."""
-    path = state_dir / DEV_DECISION_KEYS_FILE
-    if path.exists():
-        return json.loads(path.read_text())
-    if not create:
-        return None
-    state_dir.mkdir(parents=True, exist_ok=True)
-    keys = {"dev-1": secrets.token_urlsafe(32)}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(keys, f)
-    return keys
+        raise LookupError("no decision signing key: set BIZ_DECISION_KEYS (JSON: key id -> secret); in dev, "
+                          "`bizosaas dev` makes one in its state dir")
 
 
 class AiSettings(BaseModel):

@@ -32,8 +32,11 @@ bound to another workflow, expired, signed with an unknown key, or the protocol 
 is recorded in the ``approvals`` query's ``rejected_signals`` and changes nothing.
 
 Running workflows that started before signed deciders keep replaying: the new path is behind
-``workflow.patched(SIGNED_DECISIONS)``; a run that already took a decision before the deploy
-replays it (and keeps accepting decisions) as it did then.
+``workflow.patched(SIGNED_DECISIONS)``, asked when a ``decide`` message is handled. A run whose
+first ``decide`` message comes after the deploy verifies from then on; one that handled a
+``decide`` message before the deploy replays it as it was taken and, a patch being decided once
+per run, keeps taking decisions unverified until it ends (an unsigned update is still refused:
+validators do not replay).
 """
 
 from __future__ import annotations

@@ -260,7 +260,7 @@ async def approvals_view(client: Client, wf_id: str) -> ApprovalsView:
 
 
 async def test_signed_cli_decisions_move_the_campaign_on_and_forged_ones_do_not(
-    http: httpx.AsyncClient, tokens: Tokens, settings: Settings, client: Client
+    http: httpx.AsyncClient, tokens: Tokens, settings: Settings, client: Client, api_url: str
 ) -> None:
     """Fire-and-forget senders decide with the `decide` signal, signed by `bizosaas approvals
     decide`: sent by it, or printed by it for the `temporal` CLI. A hand-written decider is refused."""
@@ -268,11 +268,11 @@ async def test_signed_cli_decisions_move_the_campaign_on_and_forged_ones_do_not(
     wf_id = await start_campaign(http, tokens, tenant)
     await pending_action(http, tokens, tenant, wf_id)
 
-    async def temporal_signal(payload: str) -> None:
+    async def temporal_signal(payload: str, *codec: str) -> None:
         proc = await asyncio.create_subprocess_exec(
             temporal_cli(), "workflow", "signal", "--address", settings.temporal.address,
             "--namespace", settings.temporal.namespace, "--workflow-id", wf_id, "--name", "decide",
-            "--input", payload, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "--input", payload, *codec, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
         assert proc.returncode == 0, err.decode()
 
@@ -296,13 +296,19 @@ async def test_signed_cli_decisions_move_the_campaign_on_and_forged_ones_do_not(
     view = await assert_eventually(refused_two, timeout=15)
     assert view.open is not None and view.open.decisions == []
 
-    # Printed by the CLI and sent with `temporal workflow signal --input`: request changes.
+    # Printed by the CLI and sent with `temporal workflow signal --input` through the API's codec
+    # endpoint (as the README shows): request changes. The comment is ciphertext in history.
     code, out, err = await bizosaas(settings, "approvals", "decide", "--workflow-id", wf_id, "--request", "creative-1",
                                     "--decision", "request_changes", "--comment", "mention the bakery's name",
                                     "--as", f"owner@{tenant}", "--role", "client", "--tenant", tenant, "--print")
     assert code == 0, err
-    await temporal_signal(out.strip())
+    await temporal_signal(out.strip(), "--codec-endpoint", f"{api_url}/codec",
+                          "--codec-auth", tokens.admin()["authorization"])
     await pending_action(http, tokens, tenant, wf_id, request_id="creative-2")
+    encodings = [e.workflow_execution_signaled_event_attributes.input.payloads[0].metadata["encoding"]
+                 async for e in client.get_workflow_handle(wf_id).fetch_history_events()
+                 if e.HasField("workflow_execution_signaled_event_attributes")]
+    assert encodings == [b"json/plain", b"json/plain", b"binary/encrypted"]
     # Sent by the CLI itself: approve the second creative.
     code, out, err = await bizosaas(settings, "approvals", "decide", "--workflow-id", wf_id, "--request", "creative-2",
                                     "--decision", "approve", "--comment", "ok from the CLI", "--as", f"owner@{tenant}",

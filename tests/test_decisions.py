@@ -34,7 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from hitl.protocol import ApprovalOutcome, ApprovalsView, Decider, DecisionInput, DecisionReceipt
-from tests.support import ROOT, RETIRED_DECISION_KEY, assert_eventually, signed
+from tests.support import CODEC_TEST_KEYS, ROOT, RETIRED_DECISION_KEY, assert_eventually, free_port, signed
 from tests.test_approvals_timeskip import AskOnce, Recorder, campaign_like, verifier
 from workers.converter import data_converter
 from workers.main import WORKFLOW_FAILURE_TYPES
@@ -219,3 +219,12 @@ async def test_bizosaas_dev_keeps_a_decision_key_in_its_state_dir(no_keys_env: d
     payload = json.loads(out)
     assert payload["signature"]["key_id"] == next(iter(made)) and payload["by"]["sub"] == "owner@demo"
     assert next(iter(made.values())) not in out + err
+
+
+async def test_production_refuses_to_run_the_api_without_decision_keys(no_keys_env: dict[str, str]) -> None:
+    env = {**no_keys_env, "BIZ_ENVIRONMENT": "production", "BIZ_AUTH_MODE": "oidc",
+           "BIZ_AUTH_OIDC_ISSUER": "https://auth.example.com/", "BIZ_AUTH_OIDC_AUDIENCE": "bizosaas-api",
+           "BIZ_AUTH_OIDC_JWKS_URL": "https://auth.example.com/jwks/", "BIZ_CODEC_KEYS": CODEC_TEST_KEYS,
+           "BIZ_API_PORT": str(free_port())}
+    code, out, err = await run_cli(env, "api")
+    assert code == 2 and "BIZ_DECISION_KEYS is not set" in err, err

@@ -47,7 +47,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     port = args.port or settings.api.port
     # The bind address is part of what the settings are checked against (dev secrets on 0.0.0.0).
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"host": host, "port": port})})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+    app = create_app(settings)
+    settings.require_decision_keys()  # the API signs every decider it passes on
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=10)
     _exit(0)
 

@@ -80,9 +80,10 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         billing, reports, approvals = BillingCustomerActivities(pool), ReportActivities(pool), ApprovalActivities(pool)
         schedules, orders = ScheduleActivities(pool), OrderActivities(pool)
         # The local activity that verifies signed deciders: the keys stay in this process.
+        settings.require_decision_keys()
         decision_keys = DecisionKeyActivities(settings.decision.keys)
         if not settings.decision.keys:
-            log.warning("BIZ_DECISION_KEYS is not set: every signed decision will be refused (unknown key)")
+            log.warning("BIZ_DECISION_KEYS is not set: every decision will be refused (signed with an unknown key)")
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(ALL_WORKFLOWS),
             activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,

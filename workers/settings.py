@@ -234,9 +234,19 @@ class Settings(BaseSettings):
         if self.environment is None:
             raise ConfigError(
                 "BIZ_ENVIRONMENT is not set: set BIZ_ENVIRONMENT=production (with BIZ_AUTH_MODE=oidc, the "
-                "BIZ_AUTH_OIDC_* settings and BIZ_CODEC_KEYS), or run `bizosaas dev` for a platform on this machine"
+                "BIZ_AUTH_OIDC_* settings, BIZ_CODEC_KEYS and BIZ_DECISION_KEYS), or run `bizosaas dev` for a platform on this machine"
             )
         return self.environment
+
+    def require_decision_keys(self) -> None:
+        """Production signs deciders (API) and verifies them (workers): it refuses to run without
+        BIZ_DECISION_KEYS. Dev without keys runs, and refuses every decision."""
+        if not self.decision.keys and self.environment == "production":
+            raise ConfigError(
+                "BIZ_DECISION_KEYS is not set: production signs and verifies every decider; set it to a JSON "
+                "object of key id -> secret (32+ characters), the same on the API and the workers, e.g. "
+                "BIZ_DECISION_KEYS='{\"d1\": \"<output of openssl rand -base64 32>\"}'"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:

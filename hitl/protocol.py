@@ -31,6 +31,14 @@ the receipt. A signal that fails anywhere (its payload is no decision, it is uns
 bound to another workflow, expired, signed with an unknown key, or the protocol refuses it)
 is recorded in the ``approvals`` query's ``rejected_signals`` and changes nothing.
 
+Why this way: keys in the workflow's input, memo or code would put secrets in history or tie
+rotation to deploys; checking only in the API leaves direct senders unchecked; a validator runs
+in the workflow sandbox and cannot call out; a regular activity would cost a task queue round
+trip. A local activity runs in the worker that runs the workflow, within the same workflow
+task, and leaves only its verdict in history. A signed decision is visible in history; sent
+again it can only repeat itself on the same request of the same workflow, which the protocol
+refuses (already decided, or no longer open), and it expires (the API's after 5 minutes).
+
 Running workflows that started before signed deciders keep replaying: the new path is behind
 ``workflow.patched(SIGNED_DECISIONS)``, asked when a ``decide`` message is handled. A run whose
 first ``decide`` message comes after the deploy verifies from then on; one that handled a

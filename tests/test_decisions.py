@@ -228,3 +228,13 @@ async def test_production_refuses_to_run_the_api_without_decision_keys(no_keys_e
            "BIZ_API_PORT": str(free_port())}
     code, out, err = await run_cli(env, "api")
     assert code == 2 and "BIZ_DECISION_KEYS is not set" in err, err
+
+
+def test_a_refused_decision_key_is_named_never_shown() -> None:
+    from pydantic import ValidationError
+
+    for keys, named in (({"d1": "too-short-a-secret"}, "shorter than 32"),
+                        ({"d 1": "a-long-enough-secret-0123456789abcdef"}, "must match")):
+        with pytest.raises(ValidationError) as err:
+            Settings(_env_file=None, environment="dev", decision={"keys": keys})
+        assert named in str(err.value) and next(iter(keys.values())) not in str(err.value)

@@ -5,12 +5,16 @@ An inbox page is one visibility call: open approvals carry ``BizPendingApproval`
 audience, role and due search attributes, and their title, summary and due time in the
 ``approval`` memo. Deciding is the workflow's ``decide`` update: its validator refuses what the
 protocol refuses before anything enters history, and the receipt comes back in the answer.
-The decider's identity is the verified token's, never the body's.
+The decider's identity is the verified token's, never the body's, and the API signs it with
+the first of ``BIZ_DECISION_KEYS`` (bound to the workflow, valid a few minutes), so the
+workflow can tell it from a decider anyone with namespace access could write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Annotated, Any
@@ -18,7 +22,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Router, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException, PermissionDeniedException, ServiceUnavailableException
 from litestar.params import JSONBody, Parameter, PathParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
@@ -37,6 +41,7 @@ from hitl.protocol import (
     DECISION_NOT_ALLOWED,
     INVALID_EDITS,
     ROLE_NOT_ALLOWED,
+    SIGNATURE_TYPES,
     STALE_REQUEST,
     TENANT_NOT_ALLOWED,
     UNPROCESSABLE_TYPES,
@@ -51,15 +56,20 @@ from hitl.protocol import (
     OpenApproval,
     Outcome,
     action_id,
+    sign_decision,
     split_action_id,
 )
+from workers.settings import Settings
 from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, tenant_of
+
+log = logging.getLogger(__name__)
 
 STREAM_POLL_SECONDS = 1.0
 STREAM_MAX_POLLS = 3600  # an hour, then the client reconnects
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 HUB_ROLES = frozenset({"super_admin", "admin", "finance", "support", "partner"})
+DECISION_SIGNATURE_TTL_SECONDS = 300  # sent at once; minutes cover clock skew between hosts
 _ACTION_ID = Annotated[str, PathParameter(min_length=3, max_length=500, description="`{workflow_id}~{request_id}`")]
 
 
@@ -146,6 +156,17 @@ def _decider(principal: Principal) -> Decider:
                    tenants=sorted(principal.tenants), acting_as=principal.acting_as)
 
 
+def _signed(settings: Settings, decision: DecisionInput, wf_id: str) -> DecisionInput:
+    """``decision`` signed for ``wf_id`` with the API's decision key (503 when none is set)."""
+    try:
+        key_id, secret = settings.decision.signing_key()
+    except LookupError:
+        log.error("a decision was refused: BIZ_DECISION_KEYS is not set on the API")
+        raise ServiceUnavailableException("decisions are not configured on this server") from None
+    return sign_decision(decision, workflow_id=wf_id, key_id=key_id, secret=secret, issued_at=int(time.time()),
+                         ttl_seconds=DECISION_SIGNATURE_TTL_SECONDS)
+
+
 _LIMIT = Annotated[int, Parameter(ge=1, le=MAX_LIMIT)]
 _CURSOR = Annotated[str | None, Parameter(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")]
 _TENANT = Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Only this tenant (within scope)")]
@@ -228,8 +249,9 @@ class PendingActionsController(Controller):
         # begin with their tenant, so a caller out of scope is answered without a call at all.
         if not request.user.can_see_tenant(tenant_of(wf_id)):
             raise NotFoundException(f"pending action {action_id!r} not found")
-        decision = DecisionInput(request_id=request_id, decision=data.decision, comment=data.comment,
-                                 edits=data.edits, choice=data.choice, by=_decider(request.user))
+        decision = _signed(request.app.state.settings, DecisionInput(
+            request_id=request_id, decision=data.decision, comment=data.comment, edits=data.edits,
+            choice=data.choice, by=_decider(request.user)), wf_id)
         try:
             return await temporal.get_workflow_handle(wf_id).execute_update(
                 "decide", decision, result_type=DecisionReceipt)
@@ -271,6 +293,11 @@ def _http_error(cause: BaseException | None, action: str) -> Exception:
         return PermissionDeniedException(message)
     if kind == TENANT_NOT_ALLOWED:
         return NotFoundException(f"pending action {action!r} not found")
+    if kind in SIGNATURE_TYPES:
+        # The API signed it: the workers verify with other keys (or the clocks are far apart).
+        log.error("the workflow refused the API's signed decision on %s (%s): are BIZ_DECISION_KEYS the same "
+                  "on the API and the workers?", action, kind)
+        return ServiceUnavailableException("the decision could not be verified; try again later")
     return RejectedError(message)
 
 

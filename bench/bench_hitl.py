@@ -46,7 +46,9 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     import argparse
     import asyncio
+    import json
     import os
+    import secrets
     import signal
     import statistics
     import sys
@@ -241,11 +243,11 @@ class Http:
 # --- 1. decision -> receipt -----------------------------------------------------------------
 
 async def decision_latency(http: Http, token: str, raw: Any, ours: Any, queue: str, tenant: str, n: int,
-                           warmup: int) -> dict[str, Any]:
+                           warmup: int, signing: tuple[str, bytes]) -> dict[str, Any]:
     from temporalio.service import RPCError, RPCStatusCode
 
     from api.auth import Principal
-    from hitl.protocol import Decider, DecisionInput, DecisionReceipt, action_id
+    from hitl.protocol import Decider, DecisionInput, DecisionReceipt, action_id, sign_decision
 
     try:  # the API's own decision code (private names: skipped if they change shape)
         from api.pending_actions import _decider
@@ -255,6 +257,7 @@ async def decision_latency(http: Http, token: str, raw: Any, ours: Any, queue: s
         _decider = describe_in_scope = None
 
     sub = "bench-decider"
+    key_id, secret = signing  # raw and direct sign deciders as the API does
     principal = Principal(sub=sub, tenant_id=tenant, roles=frozenset({"client"}))
     # Decisions per round (the 400 decides nothing): the API with each client, raw, direct.
     per_round = len(http.clients) + 1 + (describe_in_scope is not None)
@@ -305,8 +308,10 @@ async def decision_latency(http: Http, token: str, raw: Any, ours: Any, queue: s
 
     async def via_raw(i: int) -> float:
         handle, request_id = await next_open()
-        decision = DecisionInput(request_id=request_id, decision="approve", comment="",
-                                 by=Decider(sub=sub, roles=["client"], tenant_id=tenant))
+        decision = sign_decision(DecisionInput(request_id=request_id, decision="approve", comment="",
+                                               by=Decider(sub=sub, roles=["client"], tenant_id=tenant)),
+                                 workflow_id=handle.id, key_id=key_id, secret=secret, issued_at=int(time.time()),
+                                 ttl_seconds=300)
         t = time.perf_counter()
         receipt = await handle.execute_update("decide", decision, result_type=DecisionReceipt)
         t1 = time.perf_counter()
@@ -320,8 +325,9 @@ async def decision_latency(http: Http, token: str, raw: Any, ours: Any, queue: s
         t = time.perf_counter()
         assert principal.can_see_tenant(handle.id.split(":", 1)[0])
         h = ours.get_workflow_handle(handle.id)
-        receipt = await h.execute_update("decide", DecisionInput(
+        receipt = await h.execute_update("decide", sign_decision(DecisionInput(
             request_id=request_id, decision="approve", comment="", edits=None, by=_decider(principal)),
+            workflow_id=handle.id, key_id=key_id, secret=secret, issued_at=int(time.time()), ttl_seconds=300),
             result_type=DecisionReceipt)
         t1 = time.perf_counter()
         await decided(handle, request_id, receipt, t1)
@@ -603,8 +609,10 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     results["_db"] = (pg_url, db_name)
     db_url = spine.with_database(pg_url, db_name)
     spine.log(f"database {db_name} created")
+    decision_keys = {"bench-1": secrets.token_urlsafe(32)}  # signs deciders (API, raw, direct); the worker verifies
     settings = Settings(_env_file=None, **spine.dev_fields(), temporal={"address": addr, "namespace": cluster.namespace},
-                        database={"url": db_url}, worker={"graceful_shutdown_seconds": 2})
+                        database={"url": db_url}, worker={"graceful_shutdown_seconds": 2},
+                        decision={"keys": decision_keys})
 
     # 2. The real API, and the worker of the bench workflow (the platform's set-up).
     api_port = spine.free_port()
@@ -613,7 +621,8 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
            "BIZ_DATABASE_URL": db_url, "BIZ_API_HOST": "127.0.0.1", "BIZ_API_PORT": str(api_port),
            "BIZ_LOG_LEVEL": "WARNING", "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2", **spine.dev_env(),
            # One tenant starts every measured campaign: lift its start rate limit.
-           "BIZ_API_START_RATE_PER_MINUTE": "1000000", "BIZ_API_START_BURST": "1000000"}
+           "BIZ_API_START_RATE_PER_MINUTE": "1000000", "BIZ_API_START_BURST": "1000000",
+           "BIZ_DECISION_KEYS": json.dumps(decision_keys)}
     # The sandbox re-imports this file for every workflow run: a bytecode cache spares the
     # worker compiling it each time (see bench_spine.py).
     worker_env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -659,7 +668,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
         spine.log(f"decision latency: {cfg['decisions']} decisions each way (+{cfg['decision_warmup']} warm-up)")
         token = mint_dev_token(settings, sub="bench-decider", roles=["client"], tenant_id=dec_tenant)
         results["decision"] = await decision_latency(http, token, raw, ours, queue, dec_tenant, cfg["decisions"],
-                                                     cfg["decision_warmup"])
+                                                     cfg["decision_warmup"], settings.decision.signing_key())
 
         # 5. Inbox pages over many open approvals.
         spine.checkpoint()

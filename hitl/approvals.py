@@ -7,33 +7,48 @@ A workflow class inherits :class:`HumanDecisions` (and calls its ``__init__``). 
   reminders, applies the timeout action (escalate, auto-reject or auto-approve), writes each
   decision to the audit log once (activity, idempotency key per request and person), clears
   the attributes and returns the :class:`~hitl.protocol.ApprovalOutcome`.
-- the ``decide`` update: its validator refuses a stale request, a decision or role not allowed,
-  a second decision by the same person and edits that fail the schema before anything enters
-  history; the handler records the decision and answers a receipt.
-- the ``decide`` signal: the same payload for fire-and-forget senders (``temporal workflow
-  signal``, other SDKs); an invalid one is recorded in ``rejected_signals`` and ignored.
+- the ``decide`` update: its validator refuses an unsigned, expired or misbound decision, a
+  stale request, a decision or role not allowed, a second decision by the same person and edits
+  that fail the schema before anything enters history; the handler has the signature verified
+  (local activity ``approvals.verify_decision``), records the decision and answers a receipt.
+- the ``decide`` signal: the same signed payload for fire-and-forget senders (``bizosaas
+  approvals decide``, ``temporal workflow signal``); one that fails anywhere (not a decision,
+  unsigned, forged, refused) is recorded in ``rejected_signals`` and changes nothing.
 - the ``approvals`` query: the open request, the closed ones and the refused signals.
 
-Handlers only record; the workflow's own coroutine in ``ask`` reacts and runs the activities.
+Handlers only verify and record; the workflow's own coroutine in ``ask`` reacts and runs the
+activities. A decision accepted before ``ask`` acts on a deadline is always honoured: a
+timeout that wakes in the same activation as a decision (or while one is being verified)
+looks at the current state, never at the snapshot taken before it waited. How signatures work
+and why verification is an activity: ``hitl.protocol`` ("Signed deciders").
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
 
     from activities.approvals import ApprovalActivities, Notify
+    from activities.decision_keys import DecisionKeyActivities, VerifyDecision
     from activities.tenants import AuditActivities, AuditEntry
     from hitl.protocol import (
         ApprovalOutcome,
         ApprovalRequest,
         ApprovalsView,
+        BAD_SIGNATURE,
+        MALFORMED_DECISION,
+        SIGNED_DECISIONS,
+        UNVERIFIED_SIGNATURE,
         DecisionInput,
         DecisionReceipt,
         DecisionRecord,
@@ -44,6 +59,8 @@ with workflow.unsafe.imports_passed_through():
         apply_edits,
         check_decision,
         diff,
+        signature_problem,
+        signing_input,
     )
     from workflows.names import (
         APPROVAL_AUDIENCE,
@@ -56,6 +73,11 @@ with workflow.unsafe.imports_passed_through():
 
 APPROVING = ("approve", "edit")
 MEMO_KEY = "approval"
+NO_PAYLOAD = RawValue(Payload())  # a `decide` signal sent without input
+T = TypeVar("T")
+# Verifying a MAC is a few microseconds in the worker's process: short, few attempts.
+VERIFY_TIMEOUT = timedelta(seconds=5)
+VERIFY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=3)
 
 
 class HumanDecisions:
@@ -66,37 +88,115 @@ class HumanDecisions:
         self._approval_proposal: dict = {}
         self._approvals_closed: list[OpenApproval] = []
         self._rejected_signals: list[RejectedSignal] = []
+        # Decisions take effect in the order they arrived, though each is verified on its own:
+        # tickets handed out, and taken into effect (recorded or refused). A deadline waits
+        # until every decision that arrived before it has taken effect.
+        self._decisions_arrived = 0
+        self._decisions_done = 0
 
     # --- messages ------------------------------------------------------------------------
     @workflow.update(name="decide")
     async def decide(self, d: DecisionInput) -> DecisionReceipt:
-        # Validators of updates arriving together all run before the first handler; check again.
+        if not workflow.patched(SIGNED_DECISIONS):  # a run from before signed deciders
+            return _or_application_error(lambda: self._record(d, "update"))
+        ticket = self._ticket()
         try:
-            return self._record(d, "update")
-        except DecisionRefused as refused:
-            raise ApplicationError(refused.message, type=refused.type, non_retryable=True) from None
+            refused = await self._verify(d)
+            await self._turn(ticket)
+            if refused is not None:
+                raise ApplicationError(refused.message, type=refused.type, non_retryable=True)
+            # The validator ran before verifying (and before other decisions took effect): check again.
+            return _or_application_error(lambda: self._record(d, "update"))
+        finally:
+            self._decisions_done += 1
 
     @decide.validator
     def _validate_decide(self, d: DecisionInput) -> None:
-        try:
-            check_decision(self._approval, d, tenant_of(workflow.info().workflow_id))
-        except DecisionRefused as refused:
-            raise ApplicationError(refused.message, type=refused.type, non_retryable=True) from None
+        # Only what needs no key: the MAC is verified by the handler (validators cannot run
+        # activities). Validators run on new updates only, never on replay.
+        wf_id = workflow.info().workflow_id
+        problem = signature_problem(d, wf_id, workflow.now())
+        if problem is not None:
+            raise ApplicationError(problem.message, type=problem.type, non_retryable=True)
+        _or_application_error(lambda: check_decision(self._approval, d, tenant_of(wf_id)))
 
     @workflow.signal(name="decide")
-    def decide_signal(self, d: DecisionInput) -> None:
+    async def decide_signal(self, payload: RawValue = NO_PAYLOAD) -> None:
+        """A ``DecisionInput``, decoded here rather than by the SDK: a payload that is not a
+        decision (or none at all) is recorded as refused, not dropped with a log line."""
+        d: DecisionInput | None = None
+        refused: DecisionRefused | None = None
+        received_at = workflow.now()
         try:
-            self._record(d, "signal")
-        except DecisionRefused as refused:
-            workflow.logger.warning("decide signal refused (%s): %s", refused.type, refused.message)
-            self._rejected_signals.append(RejectedSignal(
-                request_id=d.request_id, decided_by=d.by.sub, error_type=refused.type, reason=refused.message,
-                received_at=workflow.now()))
+            if not payload.payload.metadata:
+                raise ValueError("the signal has no payload")
+            d = workflow.payload_converter().from_payload(payload.payload, DecisionInput)
+            who = (d.request_id, d.by.sub)
+        except Exception as exc:  # noqa: BLE001 - any undecodable payload is refused the same way
+            who = _signal_fields(payload)
+            refused = DecisionRefused(MALFORMED_DECISION, f"the signal is not a decision: {exc}"[:500])
+        if not workflow.patched(SIGNED_DECISIONS):  # a run from before signed deciders
+            self._take_signal(d, who, refused, received_at)
+            return
+        ticket = self._ticket()
+        try:
+            if d is not None:
+                refused = await self._verify(d)
+            await self._turn(ticket)
+            self._take_signal(d, who, refused, received_at)
+        finally:
+            self._decisions_done += 1
 
     @workflow.query(name="approvals")
     def approvals(self) -> ApprovalsView:
         return ApprovalsView(open=self._approval, closed=list(self._approvals_closed),
                              rejected_signals=list(self._rejected_signals))
+
+    def _take_signal(self, d: DecisionInput | None, who: tuple[str, str], refused: DecisionRefused | None,
+                     received_at: datetime) -> None:
+        """Record the signalled decision, or record why it is refused."""
+        if refused is None and d is not None:
+            try:
+                self._record(d, "signal")
+                return
+            except DecisionRefused as exc:
+                refused = exc
+        assert refused is not None
+        workflow.logger.warning("decide signal refused (%s): %s", refused.type, refused.message)
+        self._rejected_signals.append(RejectedSignal(
+            request_id=who[0], decided_by=who[1], error_type=refused.type, reason=refused.message,
+            received_at=received_at))
+
+    def _ticket(self) -> int:
+        self._decisions_arrived += 1
+        return self._decisions_arrived - 1
+
+    async def _turn(self, ticket: int) -> None:
+        """Until every decision that arrived before ``ticket`` has taken effect."""
+        await workflow.wait_condition(lambda: self._decisions_done == ticket)
+
+    async def _verify(self, d: DecisionInput) -> DecisionRefused | None:
+        """Why ``d``'s decider is not proven (or the protocol refuses it already), else None:
+        signed, for this workflow, unexpired, and its MAC verifies with one of the worker's
+        decision keys (local activity; replay reads the verdict from history)."""
+        wf_id = workflow.info().workflow_id
+        problem = signature_problem(d, wf_id, workflow.now())
+        if problem is not None:
+            return problem
+        try:
+            check_decision(self._approval, d, tenant_of(wf_id))  # no activity for what is refused anyway
+        except DecisionRefused as refused:
+            return refused
+        sig = d.signature
+        assert sig is not None  # signature_problem refuses an unsigned decision
+        try:
+            verdict = await workflow.execute_local_activity_method(
+                DecisionKeyActivities.verify_decision,
+                VerifyDecision(key_id=sig.key_id, message=signing_input(d, sig).decode(), mac=sig.mac),
+                start_to_close_timeout=VERIFY_TIMEOUT, retry_policy=VERIFY_RETRY)
+        except ActivityError as err:
+            return DecisionRefused(UNVERIFIED_SIGNATURE, f"the signature could not be verified: {err.cause}")
+        return None if verdict.valid else DecisionRefused(BAD_SIGNATURE, verdict.reason)
 
     def _record(self, d: DecisionInput, via: str) -> DecisionReceipt:
         role = check_decision(self._approval, d, tenant_of(workflow.info().workflow_id))
@@ -164,6 +264,16 @@ class HumanDecisions:
                 continue
             except asyncio.TimeoutError:
                 pass
+            # Woken by the clock. A decision that arrived with the timer, or is still being
+            # verified, came first: it is honoured (its receipt may be out already).
+            if self._decisions_done < self._decisions_arrived:
+                await workflow.wait_condition(lambda: self._decisions_done == self._decisions_arrived)
+            current = self._approval
+            if (current is not None and (len(current.decisions) > audited or current.status == "closed")
+                    and workflow.patched(SIGNED_DECISIONS)):
+                continue
+            # Past this point nothing arrived since `approval` was read, except in a run from
+            # before signed deciders replaying what it did then (the decision lost to the timer).
             now = workflow.now()
             if approval.due_at is not None and now >= approval.due_at:
                 if req.timeout_action == "escalate" and not approval.escalated:
@@ -256,3 +366,28 @@ class HumanDecisions:
                    roles=a.roles, title=a.request.title, due_at=a.due_at),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
+
+
+def _or_application_error(take: Callable[[], T]) -> T:
+    """``take()``, a protocol refusal raised as the ApplicationError the caller sees (its type
+    is the refusal's: the API maps it to HTTP)."""
+    try:
+        return take()
+    except DecisionRefused as refused:
+        raise ApplicationError(refused.message, type=refused.type, non_retryable=True) from None
+
+
+def _signal_fields(payload: RawValue) -> tuple[str, str]:
+    """``(request_id, decider)`` of an undecodable ``decide`` signal, as far as they can be read."""
+    if not payload.payload.metadata:
+        return "", ""
+    try:
+        value: Any = workflow.payload_converter().from_payload(payload.payload)
+    except Exception:  # noqa: BLE001 - not even JSON
+        return "", ""
+    if not isinstance(value, dict):
+        return "", ""
+    by = value.get("by")
+    request_id = value.get("request_id")
+    sub = by.get("sub") if isinstance(by, dict) else None
+    return (request_id[:100] if isinstance(request_id, str) else "", sub[:320] if isinstance(sub, str) else "")

@@ -6,6 +6,45 @@ inside the workflow, and the API maps the error types it raises to HTTP (403/404
 
 A request is identified by its ``request_id`` (deterministic: the workflow names it, e.g.
 ``creative-1``); the pending action a person sees is ``{workflow_id}~{request_id}``.
+
+Signed deciders
+---------------
+Anyone who may signal or update in the namespace could otherwise write any ``by``. So every
+decision carries a :class:`DecisionSignature`: an HMAC-SHA256 (key from ``BIZ_DECISION_KEYS``,
+named by its key id) over :func:`signing_input`, the msgspec JSON (sorted keys) of the whole
+decision without the signature, with the workflow id, key id, issue and expiry times bound in.
+The API signs the decider it builds from the verified token; operators sign with ``bizosaas
+approvals decide`` (which sends the signal, or prints the signed payload for ``temporal
+workflow signal --input``). The first configured key signs, every configured key verifies:
+rotate by adding a new key id first, removing the old one once its decisions have expired.
+
+The workflow verifies, but workflow code may not read settings and must replay the same, so
+the keys never enter it: the decision is checked statically in the workflow (signed at all,
+for this workflow, not expired, lifetime at most a day: :func:`signature_problem`, against
+``workflow.now()``), then the MAC by the local activity ``approvals.verify_decision``, whose
+worker holds the keys; its verdict is recorded in history, so replay needs no key. Both the
+update and the signal carry a signature (an update is no more authenticated than a signal:
+anyone with namespace access can send one). An update's validator cannot run an activity, so
+it refuses only what is checkable statically (unsigned, another workflow, expired) before
+anything enters history; its handler runs the verification before it records and answers
+the receipt. A signal that fails anywhere (its payload is no decision, it is unsigned, forged,
+bound to another workflow, expired, signed with an unknown key, or the protocol refuses it)
+is recorded in the ``approvals`` query's ``rejected_signals`` and changes nothing.
+
+Why this way: keys in the workflow's input, memo or code would put secrets in history or tie
+rotation to deploys; checking only in the API leaves direct senders unchecked; a validator runs
+in the workflow sandbox and cannot call out; a regular activity would cost a task queue round
+trip. A local activity runs in the worker that runs the workflow, within the same workflow
+task, and leaves only its verdict in history. A signed decision is visible in history; sent
+again it can only repeat itself on the same request of the same workflow, which the protocol
+refuses (already decided, or no longer open), and it expires (the API's after 5 minutes).
+
+Running workflows that started before signed deciders keep replaying: the new path is behind
+``workflow.patched(SIGNED_DECISIONS)``, asked when a ``decide`` message is handled. A run whose
+first ``decide`` message comes after the deploy verifies from then on; one that handled a
+``decide`` message before the deploy replays it as it was taken and, a patch being decided once
+per run, keeps taking decisions unverified until it ends (an unsigned update is still refused:
+validators do not replay).
 """
 
 from __future__ import annotations
@@ -15,6 +54,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from jsonschema import Draft202012Validator  # pure Python, deterministic
+
+from activities.decision_keys import decision_mac
 
 DecisionKind = Literal["approve", "reject", "request_changes", "edit"]
 Audience = Literal["client", "admin"]
@@ -31,9 +72,24 @@ DECISION_NOT_ALLOWED = "DecisionNotAllowed"  # 422
 INVALID_EDITS = "InvalidEdits"  # 422
 ROLE_NOT_ALLOWED = "RoleNotAllowed"  # 403
 TENANT_NOT_ALLOWED = "TenantNotAllowed"  # 404 (out of scope reads as not found)
+# A decider that is not proven (see "Signed deciders"). Through the API these mean the API's
+# and the workers' BIZ_DECISION_KEYS differ: the API answers 503, never blames the caller.
+UNSIGNED = "UnsignedDecision"
+BAD_SIGNATURE = "InvalidDecisionSignature"  # forged, unknown key id, another workflow, bad lifetime
+EXPIRED_SIGNATURE = "ExpiredDecisionSignature"
+UNVERIFIED_SIGNATURE = "DecisionSignatureUnverified"  # the verifying activity failed
+MALFORMED_DECISION = "MalformedDecision"  # a signal whose payload is not a decision
 CONFLICT_TYPES = frozenset({STALE_REQUEST, ALREADY_DECIDED})
 UNPROCESSABLE_TYPES = frozenset({DECISION_NOT_ALLOWED, INVALID_EDITS})
-DECISION_ERROR_TYPES = CONFLICT_TYPES | UNPROCESSABLE_TYPES | {ROLE_NOT_ALLOWED, TENANT_NOT_ALLOWED}
+SIGNATURE_TYPES = frozenset({UNSIGNED, BAD_SIGNATURE, EXPIRED_SIGNATURE, UNVERIFIED_SIGNATURE})
+DECISION_ERROR_TYPES = (CONFLICT_TYPES | UNPROCESSABLE_TYPES | SIGNATURE_TYPES
+                        | {ROLE_NOT_ALLOWED, TENANT_NOT_ALLOWED})
+
+SIGNED_DECISIONS = "signed-decisions"  # the workflow.patched id of verified deciders
+SIGNATURE_VERSION = 1
+MAX_SIGNATURE_TTL_SECONDS = 24 * 3600  # a signed decision is valid at most a day
+CLOCK_SKEW_SECONDS = 300  # a signer's clock may run this far ahead of the workflow's
+KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 PLATFORM_ROLES = frozenset({"super_admin", "admin", "finance", "support"})
 
 
@@ -70,6 +126,16 @@ class Decider(msgspec.Struct, frozen=True, kw_only=True):
     acting_as: str | None = None  # the impersonating admin, from the `act` claim
 
 
+class DecisionSignature(msgspec.Struct, frozen=True, kw_only=True):
+    """Proof that a holder of a decision key vouches for the decider (see "Signed deciders")."""
+
+    key_id: Annotated[str, msgspec.Meta(pattern=KEY_ID_PATTERN)]
+    workflow_id: str  # the workflow the decision is for
+    issued_at: int  # Unix seconds
+    expires_at: int  # Unix seconds
+    mac: str  # base64url HMAC-SHA256 of signing_input(), no padding
+
+
 class DecisionInput(msgspec.Struct, frozen=True, kw_only=True):
     """The payload of the ``decide`` update and of the ``decide`` signal."""
 
@@ -79,6 +145,24 @@ class DecisionInput(msgspec.Struct, frozen=True, kw_only=True):
     comment: Annotated[str, msgspec.Meta(max_length=4000)] = ""
     edits: dict[str, Any] | None = None
     choice: str | None = None  # with approve, where the request offers choices
+    signature: DecisionSignature | None = None  # required since signed deciders; see above
+
+
+class _SigningInput(msgspec.Struct, frozen=True, kw_only=True):
+    """What a signature covers: the decision without its signature, bound to a workflow, a
+    key and a lifetime. Encoded with sorted keys, so the bytes do not depend on field order."""
+
+    v: int
+    workflow_id: str
+    request_id: str
+    decision: str
+    by: Decider
+    comment: str
+    edits: dict[str, Any] | None
+    choice: str | None
+    key_id: str
+    issued_at: int
+    expires_at: int
 
 
 class EditChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,6 +254,45 @@ class DecisionRefused(Exception):
         super().__init__(message)
         self.type = type_
         self.message = message
+
+
+def signing_input(d: DecisionInput, sig: DecisionSignature) -> bytes:
+    """The canonical bytes a decision's MAC is computed over (``sig.mac`` is not part of it)."""
+    return msgspec.json.encode(_SigningInput(
+        v=SIGNATURE_VERSION, workflow_id=sig.workflow_id, request_id=d.request_id, decision=d.decision, by=d.by,
+        comment=d.comment, edits=d.edits, choice=d.choice, key_id=sig.key_id, issued_at=sig.issued_at,
+        expires_at=sig.expires_at), order="sorted")
+
+
+def sign_decision(d: DecisionInput, *, workflow_id: str, key_id: str, secret: bytes, issued_at: int,
+                  ttl_seconds: int) -> DecisionInput:
+    """``d`` with a signature for ``workflow_id`` by key ``key_id``, valid ``ttl_seconds`` from
+    ``issued_at`` (Unix seconds; at most :data:`MAX_SIGNATURE_TTL_SECONDS`)."""
+    if not 0 < ttl_seconds <= MAX_SIGNATURE_TTL_SECONDS:
+        raise ValueError(f"a signed decision lives 1 to {MAX_SIGNATURE_TTL_SECONDS} seconds, not {ttl_seconds}")
+    sig = DecisionSignature(key_id=key_id, workflow_id=workflow_id, issued_at=issued_at,
+                            expires_at=issued_at + ttl_seconds, mac="")
+    mac = decision_mac(secret, signing_input(d, sig))
+    return msgspec.structs.replace(d, signature=msgspec.structs.replace(sig, mac=mac))
+
+
+def signature_problem(d: DecisionInput, workflow_id: str, now: datetime) -> DecisionRefused | None:
+    """What is wrong with ``d``'s signature short of its MAC (which needs the keys), checked
+    against the workflow's own id and clock; None: only the MAC is left to verify."""
+    sig = d.signature
+    if sig is None:
+        return DecisionRefused(UNSIGNED, "the decision is not signed: decide through the API or sign it with "
+                                         "`bizosaas approvals decide`")
+    if sig.workflow_id != workflow_id:
+        return DecisionRefused(BAD_SIGNATURE, f"the decision is signed for another workflow ({sig.workflow_id!r})")
+    if not 0 < sig.expires_at - sig.issued_at <= MAX_SIGNATURE_TTL_SECONDS:
+        return DecisionRefused(BAD_SIGNATURE, "the signature's lifetime is not between 1 second and a day")
+    at = int(now.timestamp())
+    if sig.issued_at > at + CLOCK_SKEW_SECONDS:
+        return DecisionRefused(BAD_SIGNATURE, "the signature is issued in the future")
+    if at >= sig.expires_at:
+        return DecisionRefused(EXPIRED_SIGNATURE, "the signature has expired: sign the decision again")
+    return None
 
 
 def action_id(workflow_id: str, request_id: str) -> str:

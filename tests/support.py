@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +28,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from activities.sandbox_mcp import build_server, serve_http
+from hitl.protocol import DecisionInput, sign_decision
 from workers.client import connect
 from workers.main import build_workers, registrations
 from workers.settings import LlmSettings, Settings
@@ -35,6 +37,10 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 STRIPE_TEST_KEY = "sk_test_bizosaas"
+# The suite's decision keys, as after one rotation: test-2 signs, test-1 (the previous key)
+# still verifies. test-0 was retired: the workers no longer hold it.
+DECISION_KEYS = {"test-2": "decision-key-test-2-0123456789abcdef", "test-1": "decision-key-test-1-0123456789abcdef"}
+RETIRED_DECISION_KEY = ("test-0", "decision-key-test-0-0123456789abcdef")
 LAGO_TEST_KEY = "lago-test-key"
 LAGO_PREFIX = "/lago"  # served under a path prefix: proves the trailing-slash handling
 
@@ -51,19 +57,33 @@ def dev_settings(**fields: object) -> Settings:
         "environment": "dev",
         "auth": {"mode": "dev", "dev_secret": DEV_TEST_SECRET},
         "codec": {"keys": CODEC_TEST_KEYS},
+        "decision": {"keys": DECISION_KEYS},  # deciders are signed with the first, verified with any
     }
     return Settings(_env_file=None, **{**base, **fields})  # type: ignore[arg-type]
 
 
 def dev_env(settings: Settings) -> dict[str, str]:
     """The same choice as BIZ_* variables, for a `bizosaas` process a test starts: dev said, the
-    dev secret and the codec keys (a worker must read what the session's clients encrypted)."""
+    dev secret, the codec keys (a worker must read what the session's clients encrypted) and the
+    decision keys (it verifies what the tests sign)."""
     env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": settings.auth.mode}
     if settings.auth.dev_secret is not None:
         env["BIZ_AUTH_DEV_SECRET"] = settings.auth.dev_secret.get_secret_value()
     if settings.codec.keys is not None:
         env["BIZ_CODEC_KEYS"] = settings.codec.keys.get_secret_value()
+    if settings.decision.keys:
+        env["BIZ_DECISION_KEYS"] = json.dumps({k: v.get_secret_value() for k, v in settings.decision.keys.items()})
     return env
+
+
+def signed(d: DecisionInput, workflow_id: str, now: datetime | None = None, *, key: tuple[str, str] | None = None,
+           ttl_seconds: int = 600) -> DecisionInput:
+    """``d`` signed for ``workflow_id`` as the API signs (the suite's signing key unless ``key``),
+    issued at ``now`` (workflow time on the time-skipping server; default the wall clock)."""
+    key_id, secret = key or next(iter(DECISION_KEYS.items()))
+    issued = int((now or datetime.now(timezone.utc)).timestamp())
+    return sign_decision(d, workflow_id=workflow_id, key_id=key_id, secret=secret.encode(), issued_at=issued,
+                         ttl_seconds=ttl_seconds)
 
 
 def free_port() -> int:

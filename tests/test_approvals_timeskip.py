@@ -1,7 +1,9 @@
 """The approval protocol's clock: reminders, escalation, timeout actions and quorum, on the
 time-skipping test server (days pass in milliseconds). That server has no updates, so decisions
-arrive as the ``decide`` signal, which fire-and-forget senders use. The notification and audit
-activities are fakes registered under the real names; the protocol code is the real one."""
+arrive as the ``decide`` signal, which fire-and-forget senders use, signed as the API and
+``bizosaas approvals decide`` sign them (issued at the server's time); deciders that are not
+proven are refused. The notification and audit activities are fakes registered under the real
+names; the protocol code and the verifying activity (with the suite's keys) are the real ones."""
 
 from __future__ import annotations
 
@@ -11,15 +13,19 @@ from datetime import timedelta
 from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():
+    import msgspec
     import pytest
+    from pydantic import SecretStr
+    from temporalio.client import WorkflowHandle
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
     from activities.approvals import Notified, Notify
+    from activities.decision_keys import DecisionKeyActivities
     from activities.tenants import AuditEntry, AuditReceipt
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, ApprovalsView, Decider, DecisionInput
-    from tests.support import assert_eventually
+    from tests.support import DECISION_KEYS, RETIRED_DECISION_KEY, assert_eventually, signed
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workflows.campaign import ESCALATE_AFTER, ESCALATION_ROLES, REMIND_AFTER
 
@@ -87,6 +93,17 @@ async def start(env: WorkflowEnvironment, req: ApprovalRequest):  # noqa: ANN201
 TASK_QUEUE = "approvals-timeskip"
 
 
+async def send(env: WorkflowEnvironment, handle: WorkflowHandle, d: DecisionInput, **kw: object) -> None:
+    """``d`` signed for ``handle``'s workflow at the server's time, as the ``decide`` signal."""
+    now = await env.get_current_time()
+    await handle.signal(AskOnce.decide_signal, signed(d, handle.id, now, **kw))  # type: ignore[arg-type]
+
+
+def verifier() -> DecisionKeyActivities:
+    """The real verifying activity, holding the keys a worker of the suite holds."""
+    return DecisionKeyActivities({k: SecretStr(v) for k, v in DECISION_KEYS.items()})
+
+
 async def opened(handle) -> None:  # noqa: ANN001
     """Until the request is open: a decision sent before it exists is refused as stale."""
     async def check() -> None:
@@ -99,7 +116,8 @@ async def opened(handle) -> None:  # noqa: ANN001
 @pytest.fixture
 async def recorder(env: WorkflowEnvironment):  # noqa: ANN201
     rec = Recorder()
-    async with Worker(env.client, task_queue=TASK_QUEUE, workflows=[AskOnce], activities=[rec.notify, rec.audit],
+    async with Worker(env.client, task_queue=TASK_QUEUE, workflows=[AskOnce],
+                      activities=[rec.notify, rec.audit, verifier().verify_decision],
                       workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES):
         yield rec
 
@@ -118,10 +136,8 @@ async def test_reminder_after_a_day_escalation_after_three_then_an_admin_decides
     view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
     assert view.open.escalated and view.open.audience == "admin" and view.open.roles == ESCALATION_ROLES
     # Once escalated, the client may no longer decide: the signal is recorded and ignored.
-    await handle.signal(AskOnce.decide_signal, DecisionInput(request_id="creative-1", decision="approve",
-                                                               by=client_decider("owner@acme")))
-    await handle.signal(AskOnce.decide_signal, DecisionInput(request_id="creative-1", decision="edit",
-                                                               edits={"budget_usd": 450}, by=ADMIN))
+    await send(env, handle, DecisionInput(request_id="creative-1", decision="approve", by=client_decider("owner@acme")))
+    await send(env, handle, DecisionInput(request_id="creative-1", decision="edit", edits={"budget_usd": 450}, by=ADMIN))
     outcome = await handle.result()
     assert outcome.outcome == "approved" and outcome.escalated
     assert outcome.proposal == {"budget_usd": 450}
@@ -157,18 +173,23 @@ async def test_a_quorum_needs_distinct_people(env: WorkflowEnvironment, recorder
     handle = await start(env, campaign_like(approvals_needed=2))
     await opened(handle)
     first = DecisionInput(request_id="creative-1", decision="approve", by=client_decider("a@acme"))
-    await handle.signal(AskOnce.decide_signal, first)
-    await handle.signal(AskOnce.decide_signal, first)  # the same person again
-    await handle.signal(AskOnce.decide_signal, DecisionInput(request_id="creative-9", decision="approve",
-                                                               by=client_decider("b@acme")))  # stale id
-    await handle.signal(AskOnce.decide_signal, DecisionInput(request_id="creative-1", decision="approve",
-                                                               by=client_decider("c@other", tenant="other")))
-    view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
+    await send(env, handle, first)
+    await send(env, handle, first)  # the same person again
+    await send(env, handle, DecisionInput(request_id="creative-9", decision="approve",
+                                          by=client_decider("b@acme")))  # stale id
+    await send(env, handle, DecisionInput(request_id="creative-1", decision="approve",
+                                          by=client_decider("c@other", tenant="other")))
+
+    async def refused_three() -> ApprovalsView:
+        view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
+        assert len(view.rejected_signals) == 3, view.rejected_signals
+        return view
+
+    view = await assert_eventually(refused_three)
     assert view.open is not None and len(view.open.decisions) == 1
     assert [r.error_type for r in view.rejected_signals] == ["AlreadyDecided", "StaleApprovalRequest",
                                                              "TenantNotAllowed"]
-    await handle.signal(AskOnce.decide_signal, DecisionInput(request_id="creative-1", decision="approve",
-                                                               by=client_decider("b@acme")))
+    await send(env, handle, DecisionInput(request_id="creative-1", decision="approve", by=client_decider("b@acme")))
     result = await handle.result()
     assert result.outcome == "approved" and [d.decided_by for d in result.decisions] == ["a@acme", "b@acme"]
     assert sorted(e.actor for e in recorder.audited.values() if e.workflow_id == handle.id) == ["a@acme", "b@acme"]
@@ -180,10 +201,67 @@ async def test_choices_an_approve_must_pick_one(env: WorkflowEnvironment, record
     await opened(handle)
     for wrong in (DecisionInput(request_id="creative-1", decision="approve", by=ADMIN),
                   DecisionInput(request_id="creative-1", decision="approve", choice="forgive", by=ADMIN)):
-        await handle.signal(AskOnce.decide_signal, wrong)
-    await handle.signal(AskOnce.decide_signal, DecisionInput(request_id="creative-1", decision="approve",
-                                                               choice="write_off", by=ADMIN))
+        await send(env, handle, wrong)
+    await send(env, handle, DecisionInput(request_id="creative-1", decision="approve", choice="write_off", by=ADMIN))
     result = await handle.result()
     assert result.outcome == "approved" and result.choice == "write_off"
     view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
     assert [r.error_type for r in view.rejected_signals] == ["DecisionNotAllowed", "DecisionNotAllowed"]
+
+
+async def test_unproven_deciders_are_refused_recorded_and_change_nothing(
+    env: WorkflowEnvironment, recorder: Recorder
+) -> None:
+    """Anyone with namespace access can send ``decide``; only a signed decider counts. Each way
+    of failing is recorded in ``rejected_signals``; then a decision signed with the previous key
+    (kept after a rotation) is taken."""
+    handle = await start(env, campaign_like())
+    await opened(handle)
+    now = await env.get_current_time()
+
+    def as_(sub: str, request_id: str = "creative-1") -> DecisionInput:
+        return DecisionInput(request_id=request_id, decision="approve", by=client_decider(sub))
+
+    good = signed(as_("forger@acme"), handle.id, now)
+    unproven: dict[str, object] = {
+        "unsigned@acme": as_("unsigned@acme"),
+        # Signed for a client, then the decider rewritten into an admin: the MAC no longer matches.
+        "forger@acme": msgspec.structs.replace(good, by=Decider(sub="forger@acme", roles=["admin"])),
+        "elsewhere@acme": signed(as_("elsewhere@acme"), f"{handle.id}-other", now),  # another workflow
+        # Signed for another request, then pointed at this one: the request id is signed too.
+        "rebound@acme": msgspec.structs.replace(signed(as_("rebound@acme", request_id="creative-2"), handle.id, now),
+                                                request_id="creative-1"),
+        "late@acme": signed(as_("late@acme"), handle.id, now - timedelta(hours=2), ttl_seconds=3600),
+        "retired@acme": signed(as_("retired@acme"), handle.id, now, key=RETIRED_DECISION_KEY),
+        "garbled@acme": {"request_id": "creative-1", "decision": "maybe", "by": {"sub": "garbled@acme"}},
+    }
+    for payload in unproven.values():
+        await handle.signal("decide", payload)
+    await handle.signal("decide")  # no payload at all
+
+    async def all_refused() -> ApprovalsView:
+        view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
+        assert len(view.rejected_signals) == len(unproven) + 1, view.rejected_signals
+        return view
+
+    view = await assert_eventually(all_refused)
+    refused = {r.decided_by: (r.error_type, r.reason) for r in view.rejected_signals}
+    assert {sub: kind for sub, (kind, _) in refused.items()} == {
+        "unsigned@acme": "UnsignedDecision", "forger@acme": "InvalidDecisionSignature",
+        "elsewhere@acme": "InvalidDecisionSignature", "rebound@acme": "InvalidDecisionSignature",
+        "late@acme": "ExpiredDecisionSignature", "retired@acme": "InvalidDecisionSignature",
+        "garbled@acme": "MalformedDecision", "": "MalformedDecision"}
+    assert "another workflow" in refused["elsewhere@acme"][1]
+    assert "does not match" in refused["forger@acme"][1] and "does not match" in refused["rebound@acme"][1]
+    assert "unknown key 'test-0'" in refused["retired@acme"][1]
+    assert "no payload" in refused[""][1]
+    # Nothing changed: still open, undecided, nothing audited or notified.
+    assert view.open is not None and view.open.status == "open" and view.open.decisions == []
+    assert not [e for e in recorder.audited.values() if e.workflow_id == handle.id]
+
+    old_key = ("test-1", DECISION_KEYS["test-1"])
+    await handle.signal(AskOnce.decide_signal, signed(as_("owner@acme"), handle.id, now, key=old_key))  # type: ignore[arg-type]
+    outcome = await handle.result()
+    assert outcome.outcome == "approved" and [(d.decided_by, d.via) for d in outcome.decisions] == [
+        ("owner@acme", "signal")]
+    assert [e.actor for e in recorder.audited.values() if e.workflow_id == handle.id] == ["owner@acme"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from typing import Any
 
 import asyncpg
@@ -14,7 +16,10 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
-from tests.conftest import Tokens, assert_eventually, unique
+from api.app import create_app
+from hitl.protocol import ApprovalsView
+from tests.conftest import Tokens, assert_eventually, serve, unique
+from tests.support import dev_env
 from workers.main import WORKFLOW_FAILURE_TYPES
 from workflows.campaign import CampaignWorkflow
 from workers.devcluster import temporal_cli
@@ -238,25 +243,119 @@ async def test_bad_decisions_get_clear_4xx_and_change_nothing(http: httpx.AsyncC
     assert r.status_code == 409
 
 
-async def test_temporal_cli_signal_with_a_decision_moves_the_campaign_on(
-    http: httpx.AsyncClient, tokens: Tokens, settings: Settings
+async def bizosaas(settings: Settings, *args: str) -> tuple[int, str, str]:
+    """Run the ``bizosaas`` command (this checkout's) against the test stack's settings."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BIZ_")}, **dev_env(settings),
+           "BIZ_TEMPORAL_ADDRESS": settings.temporal.address, "BIZ_TEMPORAL_NAMESPACE": settings.temporal.namespace,
+           "BIZ_DEV_STATE_DIR": str(settings.dev.state_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers.cli", *args, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def approvals_view(client: Client, wf_id: str) -> ApprovalsView:
+    return await client.get_workflow_handle(wf_id).query("approvals", result_type=ApprovalsView)
+
+
+async def test_signed_cli_decisions_move_the_campaign_on_and_forged_ones_do_not(
+    http: httpx.AsyncClient, tokens: Tokens, settings: Settings, client: Client, api_url: str
 ) -> None:
-    """Fire-and-forget senders (the `temporal` CLI, other SDKs) decide with the `decide` signal."""
+    """Fire-and-forget senders decide with the `decide` signal, signed by `bizosaas approvals
+    decide`: sent by it, or printed by it for the `temporal` CLI. A hand-written decider is refused."""
     tenant = unique("deli")
     wf_id = await start_campaign(http, tokens, tenant)
     await pending_action(http, tokens, tenant, wf_id)
-    payload = {"request_id": "creative-1", "decision": "approve", "comment": "ok from the CLI",
-               "by": {"sub": f"owner@{tenant}", "roles": ["client"], "tenant_id": tenant}}
-    proc = await asyncio.create_subprocess_exec(
-        temporal_cli(), "workflow", "signal", "--address", settings.temporal.address,
-        "--namespace", settings.temporal.namespace, "--workflow-id", wf_id, "--name", "decide",
-        "--input", json.dumps(payload), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-    assert proc.returncode == 0, err.decode()
+
+    async def temporal_signal(payload: str, *codec: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            temporal_cli(), "workflow", "signal", "--address", settings.temporal.address,
+            "--namespace", settings.temporal.namespace, "--workflow-id", wf_id, "--name", "decide",
+            "--input", payload, *codec, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode == 0, err.decode()
+
+    # What the README used to show: a decider anyone can write. Refused, recorded, nothing moves.
+    await temporal_signal(json.dumps({"request_id": "creative-1", "decision": "approve", "by": {
+        "sub": f"owner@{tenant}", "roles": ["client"], "tenant_id": tenant}}))
+    # Signed by the CLI, then the decider rewritten into an admin: refused too.
+    code, out, err = await bizosaas(settings, "approvals", "decide", "--workflow-id", wf_id, "--request", "creative-1",
+                                    "--decision", "approve", "--as", f"owner@{tenant}", "--role", "client",
+                                    "--tenant", tenant, "--print")
+    assert code == 0, err
+    forged = json.loads(out)
+    forged["by"] = {"sub": "boss@bizosaas", "roles": ["admin"]}
+    await temporal_signal(json.dumps(forged))
+
+    async def refused_two() -> ApprovalsView:
+        view = await approvals_view(client, wf_id)
+        assert [r.error_type for r in view.rejected_signals] == ["UnsignedDecision", "InvalidDecisionSignature"]
+        return view
+
+    view = await assert_eventually(refused_two, timeout=15)
+    assert view.open is not None and view.open.decisions == []
+
+    # Printed by the CLI and sent with `temporal workflow signal --input` through the API's codec
+    # endpoint (as the README shows): request changes. The comment is ciphertext in history.
+    code, out, err = await bizosaas(settings, "approvals", "decide", "--workflow-id", wf_id, "--request", "creative-1",
+                                    "--decision", "request_changes", "--comment", "mention the bakery's name",
+                                    "--as", f"owner@{tenant}", "--role", "client", "--tenant", tenant, "--print")
+    assert code == 0, err
+    await temporal_signal(out.strip(), "--codec-endpoint", f"{api_url}/codec",
+                          "--codec-auth", tokens.admin()["authorization"])
+    await pending_action(http, tokens, tenant, wf_id, request_id="creative-2")
+    encodings = [e.workflow_execution_signaled_event_attributes.input.payloads[0].metadata["encoding"]
+                 async for e in client.get_workflow_handle(wf_id).fetch_history_events()
+                 if e.HasField("workflow_execution_signaled_event_attributes")]
+    assert encodings == [b"json/plain", b"json/plain", b"binary/encrypted"]
+    # Sent by the CLI itself: approve the second creative.
+    code, out, err = await bizosaas(settings, "approvals", "decide", "--workflow-id", wf_id, "--request", "creative-2",
+                                    "--decision", "approve", "--comment", "ok from the CLI", "--as", f"owner@{tenant}",
+                                    "--role", "client", "--tenant", tenant)
+    assert code == 0, err
+    assert f"sent the decide signal to {wf_id}" in out
     result = (await finished(http, tokens.client(tenant), wf_id))["result"]
     assert result["status"] == "launched"
-    assert [(d["decided_by"], d["via"], d["comment"]) for d in result["decisions"]] == [
-        (f"owner@{tenant}", "signal", "ok from the CLI")]
+    assert [(d["decided_by"], d["via"], d["decision"], d["comment"]) for d in result["decisions"]] == [
+        (f"owner@{tenant}", "signal", "request_changes", "mention the bakery's name"),
+        (f"owner@{tenant}", "signal", "approve", "ok from the CLI")]
+
+
+async def test_an_api_whose_decision_keys_the_workers_do_not_hold_answers_503_and_changes_nothing(
+    http: httpx.AsyncClient, tokens: Tokens, settings: Settings
+) -> None:
+    tenant = unique("grocer")
+    wf_id = await start_campaign(http, tokens, tenant)
+    action = await pending_action(http, tokens, tenant, wf_id)
+    path = f"/v1/pending-actions/{action['action_id']}/decision"
+    other_key = settings.model_copy(update={"decision": type(settings.decision)(
+        keys={"stray-1": "a-key-the-workers-never-heard-of-0123456789"})})
+    no_key = settings.model_copy(update={"decision": type(settings.decision)()})
+    for misconfigured in (other_key, no_key):
+        async with serve(create_app(misconfigured)) as url, httpx.AsyncClient(base_url=url, timeout=15) as api:
+            r = await api.post(path, json={"decision": "approve"}, headers=tokens.client(tenant))
+            assert r.status_code == 503, r.text
+            assert "stray-1" not in r.text and "never-heard" not in r.text
+    detail = (await http.get(f"/v1/pending-actions/{action['action_id']}", headers=tokens.client(tenant))).json()
+    assert detail["status"] == "open" and detail["decisions"] == []
+    r = await http.post(path, json={"decision": "approve"}, headers=tokens.client(tenant))
+    assert r.status_code == 200, r.text
+
+
+async def test_approvals_decide_refuses_bad_input_without_sending(settings: Settings) -> None:
+    base = ["approvals", "decide", "--workflow-id", "acme:campaign:x", "--request", "creative-1", "--as", "o@acme",
+            "--role", "client", "--tenant", "acme", "--print"]
+    code, out, err = await bizosaas(settings, *base, "--decision", "edit", "--edits", "{not json")
+    assert code == 2 and out == "" and "bizosaas approvals decide:" in err
+    code, out, err = await bizosaas(settings, *base, "--decision", "approve", "--ttl", "90000")
+    assert code == 2 and "86400" in err
+    code, _, err = await bizosaas(settings, *base, "--decision", "approve", "--comment", "x" * 4001)
+    assert code == 2 and "comment" in err
+    # The signing key never shows: not in the payload, not in an error.
+    code, out, err = await bizosaas(settings, *base, "--decision", "approve")
+    assert code == 0 and json.loads(out)["signature"]["key_id"] == next(iter(settings.decision.keys))
+    assert not any(v.get_secret_value() in out + err for v in settings.decision.keys.values())
 
 
 async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, tokens: Tokens) -> None:

@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from tests.conftest import ROOT, assert_eventually, free_port, unique
-from workers.dev import CODEC_KEYS_FILE, DEV_SECRET_FILE
+from workers.dev import CODEC_KEYS_FILE, DECISION_KEYS_FILE, DEV_SECRET_FILE
 from workers.devcluster import temporal_cli
 
 READY = re.compile(r"BizOSaaS Workflows is up \(([\d.]+) s to healthy\)")
@@ -123,11 +123,14 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             assert health["temporal"]["ok"] and health["postgres"]["ok"]
             assert (await http.get("/schema")).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{stack.ui_port}", timeout=10).status_code == 200
-        # Dev was chosen by running it: its dev secret and codec key are made once, owner-only.
-        for name in (DEV_SECRET_FILE, CODEC_KEYS_FILE):
+        # Dev was chosen by running it: its dev secret, codec key and decision key are made once,
+        # owner-only.
+        for name in (DEV_SECRET_FILE, CODEC_KEYS_FILE, DECISION_KEYS_FILE):
             assert (state / name).stat().st_mode & 0o777 == 0o600
         admin = await asyncio.to_thread(stack.token, "admin")
         assert httpx.get(f"{stack.api}/v1/outbox", headers={"authorization": f"Bearer {admin}"}, timeout=10).status_code == 200
+        decision_keys = json.loads((state / DECISION_KEYS_FILE).read_text())
+        assert len(decision_keys) == 1
         # A campaign waits in the client's Pending Actions when the stack stops.
         client_token = await asyncio.to_thread(stack.token, "client", tenant)
         client = {"authorization": f"Bearer {client_token}"}
@@ -152,9 +155,11 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     await _nothing_left_using(state)
 
-    # Started again: the demo tenant's onboarding workflow and its rows are still there.
+    # Started again: the demo tenant's onboarding workflow and its rows are still there, and the
+    # decision key is the same (decisions signed before the restart still verify).
     elapsed, banner = await asyncio.to_thread(stack.start)
     try:
+        assert json.loads((state / DECISION_KEYS_FILE).read_text()) == decision_keys
         wf_id = f"{tenant}:onboarding:{tenant}"
         listed = subprocess.run(
             [temporal_cli(), "workflow", "list", "--address", f"127.0.0.1:{stack.temporal_port}", "-o", "json"],

@@ -30,7 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.tenants import AuditEntry, AuditReceipt, SetTenantStatus, TenantRecord
     from hitl.protocol import ApprovalsView, Decider, DecisionInput
     from tests.conftest import Tokens
-    from tests.support import STRIPE_TEST_KEY, assert_eventually, unique
+    from tests.support import STRIPE_TEST_KEY, assert_eventually, signed, unique
+    from tests.test_approvals_timeskip import verifier
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workers.settings import Settings
     from workflows.dunning import DAY, DunningInput, DunningProgress, DunningResult, DunningWorkflow, invoice_key
@@ -96,7 +97,8 @@ async def env(time_skipping_env: WorkflowEnvironment):  # noqa: ANN201
 async def fakes(env: WorkflowEnvironment, task_queue: str):  # noqa: ANN201
     rec = Fakes(unique("acme"))
     acts = [rec.pay_invoice, rec.call_tool, rec.set_status, rec.audit, rec.notify]
-    async with Worker(env.client, task_queue=task_queue, workflows=[DunningWorkflow], activities=acts,
+    async with Worker(env.client, task_queue=task_queue, workflows=[DunningWorkflow],
+                      activities=[*acts, verifier().verify_decision],
                       workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES), \
             Worker(env.client, task_queue=INTEGRATIONS_QUEUE, activities=acts):
         yield rec
@@ -123,9 +125,10 @@ async def asked(handle: WorkflowHandle, request_id: str) -> ApprovalsView:
     return await assert_eventually(check)
 
 
-async def decide(handle: WorkflowHandle, request_id: str, choice: str) -> None:
-    await handle.signal(DunningWorkflow.decide_signal,
-                        DecisionInput(request_id=request_id, decision="approve", choice=choice, by=ADMIN))
+async def decide(env: WorkflowEnvironment, handle: WorkflowHandle, request_id: str, choice: str) -> None:
+    """An admin's choice as the signed ``decide`` signal (signed at the server's time)."""
+    d = DecisionInput(request_id=request_id, decision="approve", choice=choice, by=ADMIN)
+    await handle.signal(DunningWorkflow.decide_signal, signed(d, handle.id, await env.get_current_time()))  # type: ignore[arg-type]
 
 
 async def three_failed_retries(env: WorkflowEnvironment, fakes: Fakes, handle: WorkflowHandle) -> None:
@@ -149,7 +152,7 @@ async def test_three_retries_an_email_each_then_the_admin_writes_it_off(
 ) -> None:
     handle = await start(env, fakes, task_queue)
     await three_failed_retries(env, fakes, handle)
-    await decide(handle, "decision-1", "write_off")
+    await decide(env, handle, "decision-1", "write_off")
     result = await handle.result()
     assert result.status == "written_off" and result.emails_sent == 3 and len(result.attempts) == 3
     assert [(d.decided_by, d.choice) for d in result.decisions] == [("finance@bizosaas", "write_off")]
@@ -164,11 +167,11 @@ async def test_the_admin_retries_once_more_then_suspends_the_tenant(
 ) -> None:
     handle = await start(env, fakes, task_queue, max_admin_retries=1)
     await three_failed_retries(env, fakes, handle)
-    await decide(handle, "decision-1", "retry")
+    await decide(env, handle, "decision-1", "retry")
     view = await asked(handle, "decision-2")  # the retry failed: asked again, retry no longer offered
     assert view.open.request.choices == ["write_off", "suspend"]
     assert len(fakes.payments) == 4 and len(fakes.emails) == 4
-    await decide(handle, "decision-2", "suspend")
+    await decide(env, handle, "decision-2", "suspend")
     result = await handle.result()
     assert result.status == "suspended" and [a.by for a in result.attempts] == ["schedule"] * 3 + ["admin"]
     assert fakes.statuses == [SetTenantStatus(tenant_id=fakes.tenant, status="suspended")]

@@ -31,6 +31,7 @@ from tests.support import (
     platform_workers,
     record_history,
     run_temporal_cli,
+    signed,
     stop_process,
     unique,
     worker_process,
@@ -112,7 +113,8 @@ async def test_a_campaign_waiting_for_the_client_survives_a_restart_and_launches
     async def then() -> CampaignResult:
         receipt = await handle.execute_update(
             CampaignWorkflow.decide,
-            DecisionInput(request_id="creative-1", decision="edit", edits={"budget_usd": 900}, by=client_decider(tenant)),
+            signed(DecisionInput(request_id="creative-1", decision="edit", edits={"budget_usd": 900},
+                                 by=client_decider(tenant)), handle.id),
             result_type=DecisionReceipt)
         assert receipt.closed and receipt.decided_by == f"owner@{tenant}"
         return await handle.result()
@@ -143,7 +145,7 @@ async def test_an_order_in_review_survives_a_restart_and_is_captured(
     async def then() -> OrderResult:
         await handle.execute_update(
             OrderProcessingWorkflow.decide,
-            DecisionInput(request_id="review", decision="approve", by=client_decider(tenant)),
+            signed(DecisionInput(request_id="review", decision="approve", by=client_decider(tenant)), handle.id),
             result_type=DecisionReceipt)
         return await handle.result()
 
@@ -186,7 +188,7 @@ async def test_a_dunning_survives_restarts_in_its_retry_timer_and_at_the_admin_d
     async def then() -> DunningResult:
         await handle.execute_update(
             DunningWorkflow.decide,
-            DecisionInput(request_id="decision-1", decision="approve", choice="write_off", by=finance),
+            signed(DecisionInput(request_id="decision-1", decision="approve", choice="write_off", by=finance), handle.id),
             result_type=DecisionReceipt)
         return await handle.result()
 

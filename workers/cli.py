@@ -1,4 +1,4 @@
-"""The ``bizosaas`` command: dev stack, worker, API, dev tokens, migrations, schedules."""
+"""The ``bizosaas`` command: dev stack, worker, API, dev tokens, migrations, schedules, signed decisions."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     port = args.port or settings.api.port
     # The bind address is part of what the settings are checked against (dev secrets on 0.0.0.0).
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"host": host, "port": port})})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+    app = create_app(settings)
+    settings.require_decision_keys()  # the API signs every decider it passes on
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=10)
     _exit(0)
 
@@ -95,6 +97,49 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     _exit(0)
 
 
+def cmd_approvals_decide(settings: Settings, args: argparse.Namespace) -> None:
+    import json
+    import time
+
+    import msgspec
+
+    from hitl.protocol import Decider, DecisionInput, sign_decision
+
+    try:
+        edits = json.loads(args.edits) if args.edits is not None else None
+        decision = msgspec.convert(msgspec.to_builtins(DecisionInput(
+            request_id=args.request, decision=args.decision, comment=args.comment or "", edits=edits,
+            choice=args.choice, by=Decider(sub=args.sub, roles=args.role, tenant_id=args.tenant,
+                                           tenants=args.manages or []))), DecisionInput)
+        key_id, secret = settings.decision.signing_key()  # in dev, the state dir's (main)
+        signed = sign_decision(decision, workflow_id=args.workflow_id, key_id=key_id, secret=secret,
+                               issued_at=int(time.time()), ttl_seconds=args.ttl)
+    except (ValueError, LookupError, msgspec.ValidationError) as exc:
+        print(f"bizosaas approvals decide: {exc}", file=sys.stderr)
+        _exit(2)
+    payload = msgspec.json.encode(signed).decode()
+    if args.print:
+        print(payload)
+        _exit(0)
+
+    async def send() -> None:
+        from workers.client import connect
+
+        client = await connect(settings)
+        await client.get_workflow_handle(args.workflow_id).signal("decide", signed)
+
+    from temporalio.service import RPCError
+
+    try:
+        asyncio.run(send())
+    except RPCError as exc:
+        print(f"bizosaas approvals decide: {args.workflow_id}: {exc.message}", file=sys.stderr)
+        _exit(1)
+    print(f"sent the decide signal to {args.workflow_id}: {args.decision} {args.request} as {args.sub}; "
+          "`temporal workflow query --name approvals` shows whether it was taken or refused")
+    _exit(0)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bizosaas", description="BizOSaaS Workflows")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +165,24 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_token)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+
+    ap = sub.add_parser("approvals", help="decide on a workflow's approval from the command line")
+    apsub = ap.add_subparsers(dest="approvals_command", required=True)
+    d = apsub.add_parser("decide", help="sign a decision with the first of BIZ_DECISION_KEYS and send it as the "
+                                        "`decide` signal (or --print it for `temporal workflow signal --input`)")
+    d.add_argument("--workflow-id", required=True)
+    d.add_argument("--request", required=True, help="the request id, e.g. creative-1")
+    d.add_argument("--decision", required=True, choices=["approve", "reject", "request_changes", "edit"])
+    d.add_argument("--comment")
+    d.add_argument("--edits", help="JSON object of proposal fields (with --decision edit)")
+    d.add_argument("--choice", help="with approve, where the request offers choices")
+    d.add_argument("--as", dest="sub", required=True, help="the decider's subject, e.g. owner@acme")
+    d.add_argument("--role", action="append", required=True, help="a role of the decider (repeatable)")
+    d.add_argument("--tenant", help="the decider's tenant (clients)")
+    d.add_argument("--manages", action="append", help="a tenant a partner decider manages (repeatable)")
+    d.add_argument("--ttl", type=int, default=900, help="seconds the signed decision stays valid (max 86400)")
+    d.add_argument("--print", action="store_true", help="print the signed payload instead of sending it")
+    d.set_defaults(fn=cmd_approvals_decide)
 
     from schedules.cli import add_schedules_parser
 

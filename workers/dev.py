@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from workers.codec import new_key
 from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli
-from workers.settings import ConfigError, Settings
+from workers.settings import ConfigError, DecisionSettings, Settings
 
 log = logging.getLogger("bizosaas.dev")
 
@@ -58,6 +58,7 @@ def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = 
 
 DEV_SECRET_FILE = "dev-auth-secret"
 CODEC_KEYS_FILE = "codec-keys"
+DECISION_KEYS_FILE = "decision-keys"  # JSON {key id: secret}, as BIZ_DECISION_KEYS
 
 
 def _state_secret(path: Path, make, create: bool) -> str | None:  # noqa: ANN001
@@ -75,11 +76,12 @@ def _state_secret(path: Path, make, create: bool) -> str | None:  # noqa: ANN001
 
 
 def dev_credentials(settings: Settings, *, create: bool) -> Settings:
-    """Dev only: the dev auth secret and the codec key of the state dir, where the environment
-    names none. ``create`` (``bizosaas dev``) makes them on first use; other commands (``bizosaas
-    token``, a worker or API started by hand with ``BIZ_ENVIRONMENT=dev``) only read them."""
+    """Dev only: the dev auth secret, the codec key and the decision key of the state dir, where
+    the environment names none. ``create`` (``bizosaas dev``) makes them on first use; other
+    commands (``bizosaas token``, ``bizosaas approvals decide``, a worker or API started by hand
+    with ``BIZ_ENVIRONMENT=dev``) only read them."""
     state = settings.dev.state_dir
-    auth, codec = settings.auth, settings.codec
+    auth, codec, decision = settings.auth, settings.codec, settings.decision
     if auth.dev_secret is None:
         secret = _state_secret(state / DEV_SECRET_FILE, lambda: secrets.token_urlsafe(32), create)
         if secret is not None:
@@ -88,7 +90,12 @@ def dev_credentials(settings: Settings, *, create: bool) -> Settings:
         keys = _state_secret(state / CODEC_KEYS_FILE, lambda: new_key(f"dev-{time.strftime('%Y%m%d')}"), create)
         if keys is not None:
             codec = codec.model_copy(update={"keys": SecretStr(keys)})
-    return settings.model_copy(update={"auth": auth, "codec": codec})
+    if not decision.keys:
+        made = _state_secret(state / DECISION_KEYS_FILE, lambda: json.dumps({"dev-1": secrets.token_urlsafe(32)}),
+                             create)
+        if made is not None:
+            decision = DecisionSettings(keys=json.loads(made))
+    return settings.model_copy(update={"auth": auth, "codec": codec, "decision": decision})
 
 
 def dev_settings(settings: Settings) -> Settings:
@@ -175,6 +182,8 @@ class DevStack:
             env["BIZ_AUTH_DEV_SECRET"] = s.auth.dev_secret.get_secret_value()
         if s.codec.keys is not None:
             env["BIZ_CODEC_KEYS"] = s.codec.keys.get_secret_value()
+        if s.decision.keys:
+            env["BIZ_DECISION_KEYS"] = json.dumps({k: v.get_secret_value() for k, v in s.decision.keys.items()})
         if "cors_origins" not in s.codec.model_fields_set:
             # The codec endpoint answers this stack's Temporal UI, wherever its port was moved.
             env["BIZ_CODEC_CORS_ORIGINS"] = json.dumps(

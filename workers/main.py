@@ -26,6 +26,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
 from activities.database import create_pool
+from activities.decision_keys import DecisionKeyActivities
 from activities.orders import OrderActivities
 from activities.reports import ReportActivities
 from activities.schedules import ScheduleActivities
@@ -78,11 +79,17 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         usage = UsageActivities(pool, settings.ai.default_monthly_budget_usd)
         billing, reports, approvals = BillingCustomerActivities(pool), ReportActivities(pool), ApprovalActivities(pool)
         schedules, orders = ScheduleActivities(pool), OrderActivities(pool)
+        # The local activity that verifies signed deciders: the keys stay in this process.
+        settings.require_decision_keys()
+        decision_keys = DecisionKeyActivities(settings.decision.keys)
+        if not settings.decision.keys:
+            log.warning("BIZ_DECISION_KEYS is not set: every decision will be refused (signed with an unknown key)")
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(ALL_WORKFLOWS),
             activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,
                         billing.record_customer, reports.store, reports.latest, approvals.notify, approvals.tenant_policy,
-                        schedules.set_capability, schedules.apply_tenant, orders.policy, orders.record],
+                        schedules.set_capability, schedules.apply_tenant, orders.policy, orders.record,
+                        decision_keys.verify_decision],
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
     if AGENTS_QUEUE in queues:

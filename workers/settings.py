@@ -12,11 +12,12 @@ its own, and production needs OIDC and the payload codec's keys.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +75,33 @@ class AuthSettings(BaseModel):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     token_ttl_hours: int = 24
+
+
+DECISION_KEY_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"
+
+
+class DecisionSettings(BaseModel):
+    # Keys that sign deciders (key id -> secret; JSON in BIZ_DECISION_KEYS). The first signs
+    # (the API, `bizosaas approvals decide`), every one verifies (workers): to rotate, put a new
+    # key first, keep the old one until its signed decisions have expired (at most a day).
+    keys: dict[str, SecretStr] = {}
+
+    @field_validator("keys")
+    @classmethod
+    def _strong_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, secret in keys.items():
+            if not re.fullmatch(DECISION_KEY_ID_PATTERN, key_id):
+                raise ValueError(f"decision key id {key_id!r} must match {DECISION_KEY_ID_PATTERN}")
+            if len(secret.get_secret_value()) < 32:
+                raise ValueError(f"decision key {key_id!r} is shorter than 32 characters")
+        return keys
+
+    def signing_key(self) -> tuple[str, bytes]:
+        """``(key id, secret)`` of the key that signs; LookupError when none is configured."""
+        for key_id, secret in self.keys.items():
+            return key_id, secret.get_secret_value().encode()
+        raise LookupError("no decision signing key: set BIZ_DECISION_KEYS (JSON: key id -> secret); in dev, "
+                          "`bizosaas dev` makes one in its state dir")
 
 
 class AiSettings(BaseModel):
@@ -172,6 +200,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="_",
         env_nested_max_split=1,
         extra="ignore",
+        hide_input_in_errors=True,  # a refused setting is named, its value (maybe a secret) never shown
     )
 
     # No default: `bizosaas dev` and the tests choose dev; a deployment says production.
@@ -182,6 +211,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     codec: CodecSettings = Field(default_factory=CodecSettings)
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
@@ -204,9 +234,19 @@ class Settings(BaseSettings):
         if self.environment is None:
             raise ConfigError(
                 "BIZ_ENVIRONMENT is not set: set BIZ_ENVIRONMENT=production (with BIZ_AUTH_MODE=oidc, the "
-                "BIZ_AUTH_OIDC_* settings and BIZ_CODEC_KEYS), or run `bizosaas dev` for a platform on this machine"
+                "BIZ_AUTH_OIDC_* settings, BIZ_CODEC_KEYS and BIZ_DECISION_KEYS), or run `bizosaas dev` for a platform on this machine"
             )
         return self.environment
+
+    def require_decision_keys(self) -> None:
+        """Production signs deciders (API) and verifies them (workers): it refuses to run without
+        BIZ_DECISION_KEYS. Dev without keys runs, and refuses every decision."""
+        if not self.decision.keys and self.environment == "production":
+            raise ConfigError(
+                "BIZ_DECISION_KEYS is not set: production signs and verifies every decider; set it to a JSON "
+                "object of key id -> secret (32+ characters), the same on the API and the workers, e.g. "
+                "BIZ_DECISION_KEYS='{\"d1\": \"<output of openssl rand -base64 32>\"}'"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:

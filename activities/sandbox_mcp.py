@@ -12,7 +12,9 @@ the stored answer, so a retried activity gets the same ids. Reusing a key for a 
 (another tenant, tool or arguments) is a tool error, as with Stripe.
 
 ``fetch_web_page`` really fetches a URL (http/https) and reports what an SEO audit needs; it
-records nothing.
+records nothing. Clients and agents choose its URLs, so it fetches public addresses only (the
+policy of :mod:`activities.netguard`, from the ``BIZ_FETCH_*`` settings): each hop is resolved
+once, checked and connected to by address; a refused URL is a tool error.
 
 Run it: ``python -m activities.sandbox_mcp --port 8765 --database-url postgresql://...``
 (``BIZ_DATABASE_URL`` when the flag is absent; ``--transport stdio`` for a stdio server).
@@ -29,8 +31,9 @@ import logging
 import math
 import os
 import re
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from html.parser import HTMLParser
@@ -44,6 +47,8 @@ from mcp.server.fastmcp.exceptions import ToolError
 from pydantic import Field
 from typing_extensions import TypedDict
 
+from activities import netguard
+from workers.settings import FetchSettings, load_settings
 from workflows.names import SLUG_PATTERN
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,7 @@ DEFAULT_PORT = 8765
 SERVER_NAME = "bizosaas-sandbox"
 FETCH_MAX_BYTES = 5 * 1024 * 1024
 FETCH_MAX_LINKS = 500
+FETCH_MAX_REDIRECTS = 5
 USER_AGENT = "BizOSaaS-Sandbox/1.0 (+https://bizosaas.example/bot)"
 
 # --- argument types (validated by FastMCP: a bad argument is a tool error) -------------------
@@ -332,8 +338,48 @@ class _PageParser(HTMLParser):
         self.words += len(re.findall(r"\w+", data))
 
 
-async def fetch_page(url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> WebPage:
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives for ``host`` (TCP)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class _Unresolvable(Exception):
+    pass
+
+
+async def _pin(target: netguard.Target, policy: netguard.FetchPolicy, resolve: Resolver) -> netguard.IPAddress:
+    """The one address this hop connects to: the literal, or the checked answer of one lookup."""
+    if target.literal is not None:
+        return netguard.check_address(target.literal, target.port, policy)
+    try:
+        addresses = await resolve(target.host, target.port)
+    except OSError as exc:
+        raise _Unresolvable(f"{target.host} does not resolve: {exc}") from None
+    return netguard.check_addresses(target, addresses, policy)
+
+
+async def fetch_page(
+    url: str,
+    *,
+    timeout: float,
+    policy: netguard.FetchPolicy | None = None,
+    resolver: Resolver | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    max_bytes: int = FETCH_MAX_BYTES,
+    max_redirects: int = FETCH_MAX_REDIRECTS,
+) -> WebPage:
+    """GET ``url`` and report what an SEO audit needs. Every hop (the URL, each redirect) is
+    checked by ``policy`` and connects to the address it checked; ``timeout`` bounds the whole
+    fetch, all hops included; the body is read up to ``max_bytes``. A refused URL raises
+    :class:`netguard.URLRefused`; an unreachable or slow page is a finding (``error``)."""
+    policy = policy or netguard.FetchPolicy()
+    resolve = resolver or system_resolver
     started = time.perf_counter()
+    deadline = started + timeout
 
     def page(**kw: Any) -> WebPage:
         base: dict[str, Any] = dict(
@@ -343,22 +389,48 @@ async def fetch_page(url: str, *, timeout: float, transport: httpx.AsyncBaseTran
         base.update(kw)
         return WebPage(load_time_ms=round((time.perf_counter() - started) * 1000, 1), **base)
 
+    current = httpx.URL(url)
     try:
-        async with httpx.AsyncClient(
-            follow_redirects=True, timeout=timeout, headers={"user-agent": USER_AGENT}, transport=transport
-        ) as http, http.stream("GET", url) as resp:
-            body = bytearray()
-            async for chunk in resp.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > FETCH_MAX_BYTES:
+        async with asyncio.timeout(timeout):
+            for hop in range(max_redirects + 1):
+                target = netguard.check_url(current)
+                ip = await _pin(target, policy, resolve)
+                # A client per hop: a connection is never reused for another host name.
+                async with httpx.AsyncClient(
+                    follow_redirects=False, trust_env=False, transport=transport,
+                    timeout=max(deadline - time.perf_counter(), 0.001),
+                    headers={"user-agent": USER_AGENT},
+                ) as http, http.stream(
+                    "GET", target.pinned(ip), headers={"host": target.host_header},
+                    extensions={"sni_hostname": target.host} if target.url.scheme == "https" else None,
+                ) as resp:
+                    location = resp.headers.get("location")
+                    if resp.is_redirect and location:
+                        try:
+                            current = current.join(location.strip())
+                        except (httpx.InvalidURL, ValueError) as exc:
+                            raise netguard.URLRefused(netguard.HOST, f"redirect to an invalid URL: {exc}") from None
+                        continue
+                    body = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        body.extend(chunk)
+                        if len(body) >= max_bytes:
+                            break
+                    text = bytes(body[:max_bytes]).decode(resp.encoding or "utf-8", errors="replace")
                     break
-            text = bytes(body[:FETCH_MAX_BYTES]).decode(resp.encoding or "utf-8", errors="replace")
-    except httpx.HTTPError as exc:
+            else:
+                return page(error=f"TooManyRedirects: more than {max_redirects} redirects")
+    except netguard.URLRefused as exc:
+        where = "" if current == httpx.URL(url) else f" (redirected to {current})"
+        raise netguard.URLRefused(exc.reason, f"{exc.message}{where}") from None
+    except TimeoutError:
+        return page(error=f"Timeout: the page did not load within {timeout:g} s")
+    except (httpx.HTTPError, _Unresolvable) as exc:
         # An unreachable page is a finding for an audit, not a failure of the tool.
-        return page(error=f"{exc.__class__.__name__}: {exc}"[:500])
+        return page(error=f"{exc.__class__.__name__.lstrip('_')}: {exc}"[:500])
 
     content_type = resp.headers.get("content-type")
-    final_url = str(resp.url)
+    final_url = str(current.copy_with(fragment=None))
     if content_type and "html" not in content_type.lower():
         return page(final_url=final_url, ok=resp.is_success, status_code=resp.status_code, content_type=content_type)
     parser = _PageParser()
@@ -391,13 +463,17 @@ def build_server(
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    fetch_policy: netguard.FetchPolicy | None = None,
+    fetch_resolver: Resolver | None = None,
     fetch_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastMCP:
     """The sandbox server (a FastMCP; streamable HTTP path ``/mcp``). Serve it with
     :func:`serve_http`, or ``await server.run_stdio_async()``. Its HTTP app runs once: build a
     new one to serve again. Given a URL rather than a pool, it opens a pool on first use; close
-    that with ``await close_server(server)``. ``fetch_transport`` replaces the HTTP transport of
-    fetch_web_page (e.g. ``httpx.MockTransport``)."""
+    that with ``await close_server(server)``. ``fetch_policy`` says where fetch_web_page may
+    connect (default: public addresses on web ports only; see :mod:`activities.netguard`);
+    ``fetch_resolver`` replaces the system's DNS lookup and ``fetch_transport`` the HTTP
+    transport (e.g. ``httpx.MockTransport``)."""
     pools = _PoolSource(pool_or_url)
     outbox = Outbox(pools)
     mcp = FastMCP(
@@ -662,8 +738,9 @@ def build_server(
     @mcp.tool(
         name="fetch_web_page",
         description=(
-            "Fetch a web page (HTTP GET, redirects followed) and report status, title, meta description, "
-            "headings, links, word count and load time. Records nothing."
+            "Fetch a web page (HTTP GET, up to 5 redirects followed) and report status, title, meta "
+            "description, headings, links, word count and load time. Only public addresses on web ports are "
+            "fetched (every redirect is checked); timeout_seconds bounds the whole fetch. Records nothing."
         ),
         structured_output=True,
     )
@@ -674,7 +751,12 @@ def build_server(
         timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 15.0,
         workflow_id: WorkflowId = None,
     ) -> WebPage:
-        return await fetch_page(url, timeout=timeout_seconds, transport=fetch_transport)
+        try:
+            return await fetch_page(url, timeout=timeout_seconds, policy=fetch_policy, resolver=fetch_resolver,
+                                    transport=fetch_transport)
+        except netguard.URLRefused as exc:
+            # Permanent: the MCP activity reports it as a non-retryable MCPToolError.
+            raise ToolError(f"URL refused ({exc.reason}): {exc.message}") from None
 
     @mcp.tool(
         name="check_inventory",
@@ -800,13 +882,14 @@ async def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     transport: Literal["streamable-http", "stdio"] = "streamable-http",
+    fetch_policy: netguard.FetchPolicy | None = None,
 ) -> None:
     """Serve the sandbox (streamable HTTP on ``host:port``, or stdio) until interrupted."""
     from activities.database import create_pool
 
     pool = await create_pool(database_url, min_size=1, max_size=5)
     try:
-        server = build_server(pool, host=host, port=port)
+        server = build_server(pool, host=host, port=port, fetch_policy=fetch_policy)
         if transport == "stdio":
             await server.run_stdio_async()
             return
@@ -815,6 +898,11 @@ async def serve(
         await runner.run()
     finally:
         await pool.close()
+
+
+def fetch_policy_of(settings: FetchSettings) -> netguard.FetchPolicy:
+    return netguard.FetchPolicy.from_settings(settings.allow_private_networks, settings.allowed_networks,
+                                              settings.public_ports)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -831,7 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     # Logs go to stderr: with the stdio transport, stdout carries the protocol.
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(database_url, host=args.host, port=args.port, transport=args.transport))
+        asyncio.run(serve(database_url, host=args.host, port=args.port, transport=args.transport,
+                          fetch_policy=fetch_policy_of(load_settings().fetch)))
     except KeyboardInterrupt:
         pass
     return 0

@@ -27,6 +27,7 @@ import uvicorn
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
+from activities.netguard import FetchPolicy
 from activities.sandbox_mcp import build_server, serve_http
 from hitl.protocol import DecisionInput, sign_decision
 from workers.client import connect
@@ -187,12 +188,18 @@ class Site:
 fixture_site_app = Site(SITE_PAGES)
 
 
+# The tests' websites live on loopback: the tests open private networks explicitly, as
+# `bizosaas dev` does (BIZ_FETCH_ALLOW_PRIVATE_NETWORKS); production fetches public sites only.
+LOOPBACK_SITES = FetchPolicy(allow_private_networks=True)
+
+
 @asynccontextmanager
-async def serve_sandbox(db: asyncpg.Pool, port: int | None = None) -> AsyncIterator[str]:
+async def serve_sandbox(db: asyncpg.Pool, port: int | None = None,
+                        fetch_policy: FetchPolicy = LOOPBACK_SITES) -> AsyncIterator[str]:
     """The sandbox MCP server, in-process, on a loopback port (free unless given); yields its
     MCP endpoint URL."""
     port = port or free_port()
-    async with serve_http(build_server(db, port=port), port=port) as url:
+    async with serve_http(build_server(db, port=port, fetch_policy=fetch_policy), port=port) as url:
         yield url
 
 

@@ -210,7 +210,10 @@ class DevStack:
             )
             starting.append((name, port))
 
-        spawn("sandbox-mcp", "activities.sandbox_mcp", d.mcp_port, env)
+        # A dev machine audits its own sites too (localhost, the LAN): fetch_web_page may reach
+        # private networks here, unless BIZ_FETCH_ALLOW_PRIVATE_NETWORKS says otherwise.
+        spawn("sandbox-mcp", "activities.sandbox_mcp", d.mcp_port,
+              {"BIZ_FETCH_ALLOW_PRIVATE_NETWORKS": "true", **env})
         mcp_url = f"http://127.0.0.1:{d.mcp_port}/mcp"
         extra["BIZ_WORKER_MCP_URLS"] = json.dumps({"sandbox": mcp_url})
         self.sandboxes["MCP tools"] = mcp_url

@@ -50,6 +50,8 @@ class DatabaseSettings(BaseModel):
     url: SecretStr | None = None
     pool_min: int = 1
     pool_max: int = 10
+    # A statement running longer is cancelled (asyncio.TimeoutError); migrations are not bound.
+    command_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class ApiSettings(BaseModel):
@@ -63,6 +65,8 @@ class ApiSettings(BaseModel):
     start_burst: int = Field(default=20, ge=1)
     # Signs list cursors (the API takes back only cursors it issued); unset: derived from the database URL.
     cursor_secret: SecretStr | None = None
+    # How long a decision waits for the workflow's worker before answering 503 (Retry-After).
+    decision_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class AuthSettings(BaseModel):
@@ -158,6 +162,18 @@ class WebhooksSettings(BaseModel):
         return self
 
 
+class FetchSettings(BaseModel):
+    """Where the sandbox's fetch_web_page may connect (activities/netguard.py). By default only
+    public addresses on web ports: loopback and private networks are for `bizosaas dev` and tests."""
+
+    # Loopback, RFC 1918, CGNAT and IPv6 unique-local addresses, on any port.
+    allow_private_networks: bool = False
+    # Networks opened explicitly, as JSON: ["10.1.0.0/16", "127.0.0.1/32:8081"] (CIDR[:port]).
+    allowed_networks: list[str] = []
+    # Ports a public address may be fetched on (JSON list).
+    public_ports: list[int] = [80, 443, 8080, 8443]
+
+
 class OtelSettings(BaseModel):
     otlp_endpoint: str | None = None
     service_name: str = "bizosaas"
@@ -218,6 +234,7 @@ class Settings(BaseSettings):
     lago: LagoSettings = Field(default_factory=LagoSettings)
     shopify: ShopifySettings = Field(default_factory=ShopifySettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)

@@ -4,6 +4,10 @@ Migrations live in ``activities/migrations/NNNN_name.sql`` and are applied in or
 start-up by every process that opens a pool, under a Postgres advisory lock: processes that
 start together wait for each other and each migration is applied exactly once, recorded in
 ``schema_migrations`` with its checksum.
+
+Every pool statement is bound by a command timeout (``BIZ_DATABASE_COMMAND_TIMEOUT_SECONDS``).
+An activity that breaks a constraint or sends data Postgres refuses fails at once, not retried
+(:class:`DatabaseErrorInterceptor`, on every worker): retrying the same statement cannot help.
 """
 
 from __future__ import annotations
@@ -15,8 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ArgumentDataError  # a query argument asyncpg cannot encode
+from temporalio import worker
+from temporalio.exceptions import ApplicationError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND_TIMEOUT = 30.0
+# Error types of the permanent database failures (callers match on these).
+CONSTRAINT_VIOLATION = "DatabaseConstraintViolation"
+DATA_ERROR = "DatabaseDataError"
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # pg_advisory_lock key: "bizosaas" as a number, shared by every process.
@@ -86,10 +98,60 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> asyncpg.Pool:
-    """Open a pool (jsonb as Python objects) and bring the schema up to date."""
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True,
+    command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+) -> asyncpg.Pool:
+    """Open a pool (jsonb as Python objects; a statement longer than ``command_timeout``
+    seconds is cancelled with ``TimeoutError``) and bring the schema up to date (on a
+    connection of its own, without that bound: a migration or the wait for another process's
+    migration may take longer)."""
     if migrate:
-        async with pool.acquire() as conn:
+        conn = await asyncpg.connect(url)
+        try:
             await apply_migrations(conn)
-    return pool
+        finally:
+            await conn.close()
+    return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
+                                     command_timeout=command_timeout)
+
+
+def permanent_database_error(exc: BaseException) -> ApplicationError | None:
+    """The non-retryable error for a database failure no retry can fix (a constraint
+    violation, data Postgres refuses), or None. The message names the table, constraint and
+    column, never the values (they may be personal data, and failures are stored in clear)."""
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        kind = CONSTRAINT_VIOLATION
+    elif isinstance(exc, asyncpg.DataError | ArgumentDataError):
+        kind = DATA_ERROR
+    else:
+        return None
+    where = [f"{name} {value}" for name, value in (
+        ("table", getattr(exc, "table_name", None)), ("constraint", getattr(exc, "constraint_name", None)),
+        ("column", getattr(exc, "column_name", None)), ("type", getattr(exc, "data_type_name", None)),
+    ) if value]
+    sqlstate = getattr(exc, "sqlstate", None)
+    message = f"{exc.__class__.__name__}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+    if where:
+        message += ": " + ", ".join(where)
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+class _PermanentDatabaseErrors(worker.ActivityInboundInterceptor):
+    async def execute_activity(self, input: worker.ExecuteActivityInput) -> object:
+        try:
+            return await self.next.execute_activity(input)
+        except Exception as exc:
+            permanent = permanent_database_error(exc)
+            if permanent is None:
+                raise
+            log.warning("activity %s failed permanently: %s", input.fn.__name__, permanent.message)
+            raise permanent from None
+
+
+class DatabaseErrorInterceptor(worker.Interceptor):
+    """Turns constraint violations and data errors raised by any activity into non-retryable
+    ``DatabaseConstraintViolation`` / ``DatabaseDataError`` failures."""
+
+    def intercept_activity(self, next: worker.ActivityInboundInterceptor) -> worker.ActivityInboundInterceptor:
+        return _PermanentDatabaseErrors(next)

@@ -55,12 +55,17 @@ T = TypeVar("T")
 REGISTRY_FILE = Path(__file__).resolve().parent.parent / "mcp-servers.yaml"
 
 # Activity options for workflows calling MCP tools (STYLE: named per kind of dependency).
-# The per-server timeout (registry) bounds each call; this bounds an attempt as a whole.
+# The per-server timeout (registry) bounds each call; MCP_TOOL_TIMEOUT bounds an attempt as a
+# whole; a server down for longer than the attempts or MCP_TOOL_DEADLINE (all attempts and
+# back-offs together) fails the call with its last error (MCPUnavailable) instead of retrying
+# forever. Pass all three: start_to_close_timeout, schedule_to_close_timeout, retry_policy.
 MCP_TOOL_TIMEOUT = timedelta(seconds=120)
+MCP_TOOL_DEADLINE = timedelta(minutes=15)
 MCP_TOOL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=60),
+    maximum_attempts=12,  # about 7.5 minutes of back-off
 )
 
 # Error types (callers match on these, never on message text).

@@ -58,7 +58,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.temporal = await connect(settings, lazy=True)
         app.state.cursor_key = cursor_key(settings)
         app.state.db = await create_pool(
-            settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max
+            settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max,
+            command_timeout=settings.database.command_timeout_seconds,
         )
         # The trigger table's declared rows (new ones only; configuration, not business rows).
         await seed_triggers(app.state.db)

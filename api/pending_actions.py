@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import msgspec
@@ -26,7 +27,8 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException, Se
 from litestar.params import JSONBody, Parameter, PathParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
-from temporalio.client import Client, WorkflowExecution, WorkflowUpdateFailedError
+from temporalio.client import (Client, WorkflowExecution, WorkflowUpdateFailedError,
+                               WorkflowUpdateRPCTimeoutOrCancelledError)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -239,7 +241,10 @@ class PendingActionsController(Controller):
           summary="Approve, reject, request changes to or edit what the AI proposed",
           description="200 with the receipt once the workflow has recorded the decision. 409: already decided "
                       "by you, or the approval is closed; 422: a decision not allowed here or edits that do not "
-                      "match the edit schema; 403: your role may not decide it; 404: not in your tenants.",
+                      "match the edit schema; 403: your role may not decide it; 404: not in your tenants; "
+                      "503 with Retry-After: the workflow's worker did not take the decision in time "
+                      "(BIZ_API_DECISION_TIMEOUT_SECONDS); Temporal keeps it for the worker's return, so "
+                      "asking again answers 409 once it was recorded.",
           raises=[ConflictError, RejectedError, PermissionDeniedException])
     async def decide(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                      action_id: _ACTION_ID, data: JSONBody[DecisionBody]) -> DecisionReceipt:
@@ -252,9 +257,18 @@ class PendingActionsController(Controller):
         decision = _signed(request.app.state.settings, DecisionInput(
             request_id=request_id, decision=data.decision, comment=data.comment, edits=data.edits,
             choice=data.choice, by=_decider(request.user)), wf_id)
+        bound = request.app.state.settings.api.decision_timeout_seconds
         try:
-            return await temporal.get_workflow_handle(wf_id).execute_update(
-                "decide", decision, result_type=DecisionReceipt)
+            # Bounded: with no worker polling, Temporal would hold the call open indefinitely.
+            async with asyncio.timeout(bound):
+                return await temporal.get_workflow_handle(wf_id).execute_update(
+                    "decide", decision, result_type=DecisionReceipt, rpc_timeout=timedelta(seconds=bound))
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            raise ServiceUnavailableException(
+                f"the workflow did not take the decision within {bound:g} s (its worker is not running?); the "
+                "decision is recorded if the worker returns: ask again later (409 then means it was)",
+                headers={"Retry-After": str(max(1, math.ceil(bound)))},
+            ) from None
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type in DECISION_ERROR_TYPES:

@@ -25,7 +25,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
-from activities.database import create_pool
+from activities.database import DatabaseErrorInterceptor, create_pool
 from activities.decision_keys import DecisionKeyActivities
 from activities.orders import OrderActivities
 from activities.reports import ReportActivities
@@ -158,6 +158,7 @@ def build_workers(client: Client, settings: Settings, regs: dict[str, QueueRegis
                 workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES,
                 graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_seconds),
                 deployment_config=deployment_config(settings),
+                interceptors=[DatabaseErrorInterceptor()],
             )
         )
     return workers
@@ -170,7 +171,8 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
     configure_tracing(settings, "worker")
     client = await connect(settings)
     pool = await create_pool(
-        settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max
+        settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max,
+        command_timeout=settings.database.command_timeout_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

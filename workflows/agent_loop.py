@@ -28,8 +28,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.agent_steps import (INVALID_OUTPUT, INVALID_REQUEST, AgentStepActivities, AgentTool,
                                         LlmStepRequest, Message, ToolCall)
     from activities.agents import LlmCall
-    from activities.mcp import (MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, SERVER_DISABLED, SERVER_NOT_FOUND,
-                                CallToolRequest, ListToolsRequest, MCPActivities)
+    from activities.mcp import (MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, SERVER_DISABLED,
+                                SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities)
     from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 TURN_LIMIT = "AgentTurnLimit"
@@ -162,6 +162,7 @@ class AgentLoopWorkflow:
                 listing = await workflow.execute_activity_method(
                     MCPActivities.list_tools, ListToolsRequest(tenant_id=inp.tenant_id, server=server),
                     task_queue=inp.integrations_queue, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+                    schedule_to_close_timeout=MCP_TOOL_DEADLINE,
                     retry_policy=MCP_TOOL_RETRY,
                 )
             except ActivityError as err:  # permanent (MCP_TOOL_RETRY retries the rest): fail on its type
@@ -182,7 +183,8 @@ class AgentLoopWorkflow:
                     CallToolRequest(tenant_id=inp.tenant_id, server=call.server, tool=call.tool,
                                     arguments=dict(call.arguments),
                                     idempotency_key=f"{workflow.info().workflow_id}:turn{self._turns}:{call.id}"),
-                    task_queue=inp.integrations_queue, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+                    task_queue=inp.integrations_queue, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+                    schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
                 )
             except ActivityError as err:
                 cause = err.cause

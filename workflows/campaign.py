@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.agents import AgentActivities, CreativeOutcome, CreativeRequest
     from activities.approvals import ApprovalActivities, TenantPolicyRequest
-    from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
@@ -259,7 +259,8 @@ class CampaignWorkflow(HumanDecisions, Stages):
                                              "call_to_action": ad["call_to_action"]},
                                "workflow_id": workflow.info().workflow_id},
                 ),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+                schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
             )
             launched.append(LaunchedCampaign(channel=channel, campaign_id=done.content["campaign_id"],
                                              status=done.content["status"], daily_budget=done.content["daily_budget"],

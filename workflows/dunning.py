@@ -35,7 +35,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.billing import INVOICE_ID_PATTERN, InvoicePayment, PayInvoice, StripeActivities
-    from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
     from hitl.approvals import MEMO_KEY, HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, DecisionRecord
@@ -286,7 +286,8 @@ class DunningWorkflow(HumanDecisions, Stages):
                                        f"(attempt {attempt.attempt}). {later}",
                                "workflow_id": workflow.info().workflow_id},
                 ),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+                schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
             )
         except ActivityError as err:  # a refused email must not stop the dunning
             workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, err.cause)

@@ -32,7 +32,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
-    from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
     from activities.payments import PAYMENT_INTENT, PaymentActivities, PaymentChange, PaymentOutcome
     from hitl.approvals import HumanDecisions
@@ -221,7 +221,8 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             MCPActivities.call_tool,
             CallToolRequest(tenant_id=inp.tenant_id, server=COMMERCE_SERVER, tool=tool,
                             idempotency_key=f"{wf_id}:{step}", arguments={**arguments, "workflow_id": wf_id}),
-            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+            schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
         )
         return done.content
 

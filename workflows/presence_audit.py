@@ -15,7 +15,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
     from activities.agents import AgentActivities, CrewReport, CrewRequest, PageSnapshot
-    from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.reports import ReportActivities, StoreReport
     from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
     from workflows.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
@@ -102,7 +102,8 @@ class PresenceAuditWorkflow(Stages):
                     MCPActivities.call_tool,
                     CallToolRequest(tenant_id=inp.tenant_id, server=WEB_SERVER, tool=FETCH_TOOL,
                                     arguments={"url": url}, idempotency_key=f"{wf_id}:fetch:{i}"),
-                    task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+                    task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+                    schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
                 )
                 self._pages.append(_snapshot(url, fetched.content))
             # A tenant over its monthly AI budget fails here, non-retryable, naming the budget.

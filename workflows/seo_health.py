@@ -28,7 +28,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
-    from activities.mcp import MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.reports import LatestReport, ReportActivities, StoredReport, StoreReport
     from workflows.agent_loop import AgentLoopInput, ToolRef, run_agent
     from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
@@ -446,7 +446,8 @@ class SeoHealthWorkflow(Stages):
                 MCPActivities.call_tool,
                 CallToolRequest(tenant_id=inp.tenant_id, server=WEB_SERVER, tool=FETCH_TOOL, arguments={"url": url},
                                 idempotency_key=f"{wf_id}:fetch:{len(self._pages)}"),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT, retry_policy=MCP_TOOL_RETRY,
+                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
+                schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
             )
             page, found = _page(url, fetched.content)
             self._pages.append(page)

@@ -139,3 +139,28 @@ async def test_the_merchant_cancels_an_order_in_review_and_the_payment_is_releas
     assert not [a for a in items if a["workflow_id"] == wf_id]
     # Canceled once: a second cancel is a conflict.
     assert (await http.post(f"/v1/workflows/{wf_id}/cancel", headers=tokens.admin())).status_code == 409
+
+
+async def test_an_order_whose_label_cannot_be_bought_refunds_the_captured_payment(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, localstripe_url: str
+) -> None:
+    """A step that fails for good after the money was taken (the carrier refuses the address):
+    the payment is refunded, the order recorded as failed, and the workflow fails visibly."""
+    tenant = unique("pantry")
+    intent = await authorized_payment(localstripe_url, tenant, 4000)
+    r = await http.post("/v1/workflows/order", json=order(tenant, 40.0, payment_intent_id=intent,
+                                                          billing_country="U1", shipping_country="U1"),
+                        headers=tokens.admin())
+    assert r.status_code == 202, r.text
+    wf_id = r.json()["workflow_id"]
+
+    async def failed() -> dict[str, Any]:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.admin())).json()
+        assert view["status"] == "FAILED", view
+        return view
+
+    await assert_eventually(failed, timeout=60)
+    row = await db.fetchrow("SELECT status, details FROM orders WHERE workflow_id = $1", wf_id)
+    assert row["status"] == "failed" and row["details"]["payment"]["action"] == "refunded"
+    assert row["details"]["reasons"][0].startswith("failed: ")
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0

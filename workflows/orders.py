@@ -29,6 +29,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
@@ -44,9 +45,9 @@ with workflow.unsafe.imports_passed_through():
 
 CAPABILITY = "order"
 
-Status = Literal["accepted", "rejected", "out_of_stock", "invalid", "canceled"]
+Status = Literal["accepted", "rejected", "out_of_stock", "invalid", "canceled", "failed"]
 Stage = Literal["started", "validating", "checking_inventory", "scoring", "awaiting_client_approval",
-                "capturing_payment", "shipping", "releasing_payment", "recording", "completed", "canceled"]
+                "capturing_payment", "shipping", "releasing_payment", "recording", "completed", "canceled", "failed"]
 
 REMIND_AFTER = timedelta(hours=24)
 ESCALATE_AFTER = timedelta(hours=72)
@@ -156,11 +157,14 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             elif inp.payment_intent_id:
                 self._enter("releasing_payment", result.status)
                 result = msgspec.structs.replace(result, payment=await self._payment(inp, PaymentActivities.release))
-        except asyncio.CancelledError:
-            # Canceled (an admin, or the merchant): the money held for the order goes back, the
-            # outcome is recorded, then the run ends as canceled. These commands follow the
-            # cancel request in history, so histories of runs never canceled are unchanged.
-            await self._compensate(inp)
+        except (asyncio.CancelledError, ActivityError, ChildWorkflowError) as exc:
+            # Canceled (an admin, or the merchant), or a step failed for good (a tool down past
+            # its deadline, Stripe refusing): the money held for the order goes back, the outcome
+            # is recorded, then the run ends canceled or failed. These commands only follow the
+            # cancel request or the failure in history: histories of other runs are unchanged.
+            canceled = isinstance(exc, asyncio.CancelledError)
+            await self._compensate(inp, "canceled" if canceled else "failed",
+                                   "canceled" if canceled else f"failed: {exc.cause or exc}")
             raise
         recorded = await self._record_order(inp, result)
         await report_usage(inp.tenant_id, self._usage_ids)
@@ -181,19 +185,19 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
-    async def _compensate(self, inp: OrderInput) -> None:
+    async def _compensate(self, inp: OrderInput, status: Status, reason: str) -> None:
         """Release the payment (cancel it, or refund it if captured) and record the order as
-        canceled. Each step is idempotent on the workflow id, like the steps it undoes."""
+        ``status``. Each step is idempotent on the workflow id, like the steps it undoes."""
         payment = None
         if inp.payment_intent_id:
-            self._enter("releasing_payment", "cancel_requested")
+            self._enter("releasing_payment", f"{status}_order")
             payment = await self._payment(inp, PaymentActivities.release)
-        canceled = OrderResult(tenant_id=inp.tenant_id, order_key=inp.order_key, status="canceled", total=inp.total,
-                               currency=inp.currency, fraud_score=self._score or 0, reasons=["canceled"],
-                               reviewed=False, payment=payment)
-        await self._record_order(inp, canceled)
+        undone = OrderResult(tenant_id=inp.tenant_id, order_key=inp.order_key, status=status, total=inp.total,
+                             currency=inp.currency, fraud_score=self._score or 0, reasons=[reason[:500]],
+                             reviewed=False, payment=payment)
+        await self._record_order(inp, undone)
         await report_usage(inp.tenant_id, self._usage_ids)
-        self._enter("canceled", "recorded")
+        self._enter(status, "recorded")
 
     async def _fulfil(self, inp: OrderInput, result: OrderResult) -> OrderResult:
         payment = None

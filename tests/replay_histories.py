@@ -1,7 +1,7 @@
 """Replay stored workflow histories on the current code, in this (fresh) interpreter.
 
-``python -m tests.replay_histories [DIR]`` replays every ``*.json`` history in DIR (default
-``tests/histories``) with the workflows and data converter a worker of the tests uses (the
+``python -m tests.replay_histories [DIR ...]`` replays every ``*.json`` history in the DIRs
+(default ``tests/histories`` and ``tests/histories/released``) with the workflows and data converter a worker of the tests uses (the
 tests' codec key: histories recorded encrypted decode, those recorded in clear pass through), prints one line per
 history and exits 1 if any replay fails (non-determinism, or a payload that no longer decodes).
 Run as its own process, nothing is cached from having run the workflow: a type that only
@@ -24,12 +24,14 @@ from workers.client import platform_data_converter
 from workers.main import ALL_WORKFLOWS, WORKFLOW_FAILURE_TYPES
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "histories"
+# Histories recorded by earlier releases, kept as they were: runs they started may still be open.
+RELEASED = "released"
 
 
-async def replay(directory: Path) -> int:
-    files = sorted(directory.glob("*.json"))
+async def replay(directories: list[Path]) -> int:
+    files = [f for d in directories for f in sorted(d.glob("*.json"))]
     if not files:
-        print(f"no histories in {directory}", file=sys.stderr)
+        print(f"no histories in {', '.join(map(str, directories))}", file=sys.stderr)
         return 1
     replayer = Replayer(workflows=list(ALL_WORKFLOWS), data_converter=platform_data_converter(dev_settings()),
                         workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES)
@@ -39,16 +41,16 @@ async def replay(directory: Path) -> int:
         history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         if result.replay_failure is None:
-            print(f"ok      {path.name}")
+            print(f"ok      {path.parent.name}/{path.name}")
         else:
             failed += 1
-            print(f"FAILED  {path.name}: {type(result.replay_failure).__name__}: {result.replay_failure}")
+            print(f"FAILED  {path.parent.name}/{path.name}: {type(result.replay_failure).__name__}: {result.replay_failure}")
     return 1 if failed else 0
 
 
 def main() -> None:
-    directory = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR
-    code = asyncio.run(replay(directory))
+    directories = [Path(a) for a in sys.argv[1:]] or [DEFAULT_DIR, DEFAULT_DIR / RELEASED]
+    code = asyncio.run(replay(directories))
     sys.stdout.flush()
     os._exit(code)  # the SDK can abort at interpreter exit (sdk-python#300)
 

@@ -25,7 +25,7 @@ from typing import TypeVar
 import asyncpg
 import uvicorn
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.netguard import FetchPolicy
 from activities.sandbox_mcp import build_server, serve_http
@@ -67,14 +67,9 @@ def dev_env(settings: Settings) -> dict[str, str]:
     """The same choice as BIZ_* variables, for a `bizosaas` process a test starts: dev said, the
     dev secret, the codec keys (a worker must read what the session's clients encrypted) and the
     decision keys (it verifies what the tests sign)."""
-    env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": settings.auth.mode}
-    if settings.auth.dev_secret is not None:
-        env["BIZ_AUTH_DEV_SECRET"] = settings.auth.dev_secret.get_secret_value()
-    if settings.codec.keys is not None:
-        env["BIZ_CODEC_KEYS"] = settings.codec.keys.get_secret_value()
-    if settings.decision.keys:
-        env["BIZ_DECISION_KEYS"] = json.dumps({k: v.get_secret_value() for k, v in settings.decision.keys.items()})
-    return env
+    from workers.dev import dev_env as secrets_env
+
+    return secrets_env(settings)
 
 
 def signed(d: DecisionInput, workflow_id: str, now: datetime | None = None, *, key: tuple[str, str] | None = None,
@@ -85,6 +80,16 @@ def signed(d: DecisionInput, workflow_id: str, now: datetime | None = None, *, k
     issued = int((now or datetime.now(timezone.utc)).timestamp())
     return sign_decision(d, workflow_id=workflow_id, key_id=key_id, secret=secret.encode(), issued_at=issued,
                          ttl_seconds=ttl_seconds)
+
+
+async def workflow_exists(client: Client, wf_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(wf_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 def free_port() -> int:

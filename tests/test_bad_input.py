@@ -17,7 +17,8 @@ from api.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.test_campaign import campaign_body, pending_action, start_campaign
 from tests.test_dunning import stripe_event
-from tests.test_webhooks import exists, order_id, shop_tenant, shopify_headers, shopify_order
+from tests.support import workflow_exists
+from tests.test_webhooks import order_id, shop_tenant, shopify_headers, shopify_order
 from workers.settings import Settings
 from workflows.dunning import invoice_key
 
@@ -110,7 +111,7 @@ async def test_a_decision_on_a_workflow_that_does_not_exist_is_a_404(
     r = await http.post(f"/v1/pending-actions/{wf_id}~creative-1/decision", json={"decision": "approve"},
                         headers=tokens.client(tenant))
     problem(r, 404, "not_found")
-    assert not await exists(client, wf_id)
+    assert not await workflow_exists(client, wf_id)
 
 
 @pytest.mark.parametrize("kind", ["invalid_utf8", "deep", "nul"])
@@ -153,7 +154,7 @@ async def test_an_unreadable_start_body_is_a_4xx_and_starts_nothing(
         assert str(MAX_BODY_BYTES) in problem(r, 413, "body_too_large")["detail"]
     else:
         problem(r, 400, "malformed_body")
-    assert not await exists(client, f"{tenant}:campaign:{key}")
+    assert not await workflow_exists(client, f"{tenant}:campaign:{key}")
 
 
 async def test_a_field_error_names_the_field_and_where(http: httpx.AsyncClient, tokens: Tokens) -> None:
@@ -177,7 +178,7 @@ async def test_a_signed_shopify_body_that_is_not_json_is_a_400_and_starts_nothin
             else good.replace('"currency"', '"note": ' + deep() + ', "currency"').encode())
     r = await http.post("/v1/webhooks/shopify", content=body, headers=shopify_headers(settings, domain, body))
     problem(r, 400, "malformed_body")
-    assert not await exists(client, f"{tenant}:order:shopify-{oid}")
+    assert not await workflow_exists(client, f"{tenant}:order:shopify-{oid}")
 
 
 @pytest.mark.parametrize("kind", ["invalid_utf8", "deep"])
@@ -193,7 +194,7 @@ async def test_a_signed_stripe_body_that_is_not_json_is_a_400_and_starts_nothing
         body.decode("utf-8", "replace"), settings.stripe.webhook_secret.get_secret_value())
     r = await http.post("/v1/webhooks/stripe", content=body, headers={"stripe-signature": header})
     problem(r, 400, "malformed_body")
-    assert not await exists(client, f"{tenant}:dunning:{invoice_key(invoice)}")
+    assert not await workflow_exists(client, f"{tenant}:dunning:{invoice_key(invoice)}")
 
 
 # --- one error schema, documented ----------------------------------------------------------
@@ -249,4 +250,4 @@ async def test_a_signed_stripe_event_of_the_wrong_shape_is_a_400_and_starts_noth
     header = stripe.WebhookSignature.generate_signature_header(payload, settings.stripe.webhook_secret.get_secret_value())
     r = await http.post("/v1/webhooks/stripe", content=payload, headers={"stripe-signature": header})
     problem(r, 400, "validation")
-    assert not await exists(client, f"{tenant}:dunning:{invoice_key(invoice)}")
+    assert not await workflow_exists(client, f"{tenant}:dunning:{invoice_key(invoice)}")

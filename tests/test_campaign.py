@@ -358,7 +358,7 @@ async def test_approvals_decide_refuses_bad_input_without_sending(settings: Sett
     assert not any(v.get_secret_value() in out + err for v in settings.decision.keys.values())
 
 
-async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, tokens: Tokens) -> None:
+async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool) -> None:
     tenant = unique("salon")
     body = campaign_body(tenant)
     headers = {**tokens.client(tenant), "idempotency-key": "req-7f3a"}
@@ -394,6 +394,11 @@ async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, 
         assert r.json()["items"] == []
 
     await assert_eventually(canceled, timeout=15)
+    # The AI work done before the cancel is billed all the same (strategist and creative crew).
+    usage = await db.fetch("SELECT agent, reported_to_lago_at FROM llm_usage WHERE workflow_id = $1 "
+                           "OR starts_with(workflow_id, $1 || ':')", wf_id)
+    assert {u["agent"] for u in usage} == {"campaign-strategist", "campaign-creative-crew"}
+    assert all(u["reported_to_lago_at"] is not None for u in usage)
 
 
 async def test_pending_actions_stream_shows_an_approval_open_and_close(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.usage import CheckBudget, RecordUsage, UsageActivities
 from api.app import create_app
@@ -22,6 +22,7 @@ from api.ratelimit import StartLimiter
 from schedules.catalogue import SCHEDULES
 from schedules.frequency import shortest_gap
 from tests.conftest import Tokens, serve, unique
+from tests.support import workflow_exists
 from workers.main import registrations
 from workers.settings import Settings
 from workflows.names import WORKFLOWS_QUEUE
@@ -30,16 +31,6 @@ from workflows.names import WORKFLOWS_QUEUE
 def campaign(tenant: str, key: str) -> dict[str, object]:
     return {"tenant_id": tenant, "campaign_key": key, "goal": "Sell more sourdough this spring",
             "channels": ["google_ads"], "budget_usd": 100, "duration_days": 7}
-
-
-async def exists(client: Client, wf_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(wf_id).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
 
 
 # --- start rate limit ---------------------------------------------------------------------
@@ -58,7 +49,7 @@ async def test_a_tenant_starting_too_fast_gets_429_with_retry_after_and_nothing_
         # One token back every 30 s at 2 a minute; the answer says when, in whole seconds.
         assert 1 <= int(answers[2].headers["retry-after"]) <= 30, answers[2].headers
         assert tenant in answers[2].json()["detail"]
-        assert not await exists(client, f"{tenant}:campaign:{keys[2]}")
+        assert not await workflow_exists(client, f"{tenant}:campaign:{keys[2]}")
         # A retried start of one already going spends a token too: it is still a start request.
         again = await http.post("/v1/workflows/campaign", json=campaign(tenant, keys[0]), headers=tokens.client(tenant))
         assert again.status_code == 429

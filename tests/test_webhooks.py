@@ -21,13 +21,13 @@ import httpx
 import pytest
 import stripe
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from api import inbox
 from api.auth import mint_dev_token
 from api.triggers import Event
 from api.webhooks import MAX_BODY_BYTES
 from tests.conftest import Tokens, assert_eventually, unique
+from tests.support import workflow_exists
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,6 @@ def generic_headers(tenant: str, key: str, body: bytes, stamp: int | None = None
 
 def order_id() -> int:
     return random.randrange(10**14, 10**15)
-
-
-async def exists(client: Client, wf_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(wf_id).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
 
 
 async def test_each_order_delivered_five_times_at_once_starts_exactly_one_workflow(
@@ -200,7 +190,7 @@ async def test_missing_forged_and_stale_signatures_are_refused_and_start_nothing
     for source, payload, headers in refused:
         r = await http.post(f"/v1/webhooks/{source}", content=payload, headers=headers)
         assert r.status_code == 401, (source, headers, r.text)
-    assert not await exists(client, f"{tenant}:order:shopify-{order['id']}")
+    assert not await workflow_exists(client, f"{tenant}:order:shopify-{order['id']}")
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "api.webhooks"]
     assert len([line for line in lines if "refused (401)" in line]) == len(refused), lines
     text = "\n".join(lines)
@@ -331,7 +321,7 @@ async def test_a_replayed_shopify_delivery_starts_nothing_even_under_other_heade
         assert r.status_code == 200, r.text
         assert r.json() == {"outcome": "duplicate", "event_type": "orders/create", "workflow_id": wf_id,
                             "run_id": r.json()["run_id"]}
-    assert not await exists(client, f"{other}:order:shopify-{order['id']}")
+    assert not await workflow_exists(client, f"{other}:order:shopify-{order['id']}")
 
     # A delivery Shopify dates four days back is refused, whatever its body.
     stale_order = shopify_order(order_id())
@@ -340,7 +330,7 @@ async def test_a_replayed_shopify_delivery_starts_nothing_even_under_other_heade
     r = await http.post("/v1/webhooks/shopify", content=stale,
                         headers={**shopify_headers(settings, domain, stale), "x-shopify-triggered-at": old})
     assert r.status_code == 401 and "replay window" in r.text, r.text
-    assert not await exists(client, f"{tenant}:order:shopify-{stale_order['id']}")
+    assert not await workflow_exists(client, f"{tenant}:order:shopify-{stale_order['id']}")
     bad_time = {**shopify_headers(settings, domain, stale), "x-shopify-triggered-at": "yesterday"}
     assert (await http.post("/v1/webhooks/shopify", content=stale, headers=bad_time)).status_code == 400
 

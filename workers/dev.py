@@ -107,6 +107,19 @@ def dev_settings(settings: Settings) -> Settings:
     return dev_credentials(settings.model_copy(update={"environment": "dev"}), create=True)
 
 
+def dev_env(settings: Settings) -> dict[str, str]:
+    """Dev said explicitly and the settings' secrets (dev token secret, codec keys, decision
+    keys) as BIZ_* variables, for a `bizosaas` process started beside this one."""
+    env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": settings.auth.mode}
+    if settings.auth.dev_secret is not None:
+        env["BIZ_AUTH_DEV_SECRET"] = settings.auth.dev_secret.get_secret_value()
+    if settings.codec.keys is not None:
+        env["BIZ_CODEC_KEYS"] = settings.codec.keys.get_secret_value()
+    if settings.decision.keys:
+        env["BIZ_DECISION_KEYS"] = json.dumps({k: v.get_secret_value() for k, v in settings.decision.keys.items()})
+    return env
+
+
 class EmbeddedPostgres:
     """An embedded Postgres kept in the state dir (data survives restarts)."""
 
@@ -177,13 +190,7 @@ class DevStack:
     def _platform_env(self) -> dict[str, str]:
         """Dev, said explicitly, and the state dir's secrets: for the worker and the API only."""
         s = self.settings
-        env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": "dev"}
-        if s.auth.dev_secret is not None:
-            env["BIZ_AUTH_DEV_SECRET"] = s.auth.dev_secret.get_secret_value()
-        if s.codec.keys is not None:
-            env["BIZ_CODEC_KEYS"] = s.codec.keys.get_secret_value()
-        if s.decision.keys:
-            env["BIZ_DECISION_KEYS"] = json.dumps({k: v.get_secret_value() for k, v in s.decision.keys.items()})
+        env = dev_env(s)
         if "cors_origins" not in s.codec.model_fields_set:
             # The codec endpoint answers this stack's Temporal UI, wherever its port was moved.
             env["BIZ_CODEC_CORS_ORIGINS"] = json.dumps(

@@ -22,6 +22,8 @@ Workflow id: ``{tenant_id}:campaign:{campaign_key}``.
 
 from __future__ import annotations
 
+import asyncio
+
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -44,7 +46,7 @@ CAPABILITY = "campaign"
 Channel = Literal["google_ads", "meta_ads", "linkedin_ads", "tiktok_ads"]
 Objective = Literal["awareness", "traffic", "leads", "sales"]
 Stage = Literal["started", "checking_budget", "planning_strategy", "writing_creative", "awaiting_client_approval",
-                "awaiting_budget_approval", "launching", "reporting_usage", "completed", "failed"]
+                "awaiting_budget_approval", "launching", "reporting_usage", "completed", "failed", "canceled"]
 Status = Literal["launched", "rejected", "budget_rejected", "changes_limit_reached"]
 
 # The approval timings of the catalogue: remind after a day, escalate after three.
@@ -145,6 +147,13 @@ class CampaignWorkflow(HumanDecisions, Stages):
             self._enter("reporting_usage", result.status)
             await report_usage(inp.tenant_id, self._usage_ids)
             self._enter("completed", "usage_reported")
+        except asyncio.CancelledError:
+            # Canceled (the client, or an admin): the LLM calls made so far are billed all the
+            # same. These commands only follow the cancel request in history.
+            self._enter("reporting_usage", "cancel_requested")
+            await report_usage(inp.tenant_id, self._usage_ids)
+            self._enter("canceled", "usage_reported")
+            raise
         except Exception:
             self._enter("failed")
             raise

@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.agents import LlmCall
 from activities.usage import RecordUsage, UsageLedger
-from workers.settings import LlmSettings
+from core.settings import LlmSettings
 
 INVALID_OUTPUT = "InvalidLLMOutput"
 INVALID_REQUEST = "InvalidAgentStep"

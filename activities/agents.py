@@ -16,7 +16,7 @@ import msgspec
 from temporalio import activity
 
 from activities.usage import RecordUsage, UsageLedger
-from workers.settings import LlmSettings
+from core.settings import LlmSettings
 
 Severity = Literal["low", "medium", "high"]
 

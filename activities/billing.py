@@ -33,13 +33,13 @@ import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from workflows.names import SLUG_PATTERN
+from core.names import SLUG_PATTERN
 
 if TYPE_CHECKING:
     import stripe
     from lago_python_client.client import Client as LagoClient
 
-    from workers.settings import Settings
+    from core.settings import Settings
 
 # The SDKs (about 1 s of imports together) load when an activity class is built, so
 # workflows and the API can import the payload types from here cheaply.

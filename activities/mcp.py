@@ -46,7 +46,7 @@ from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from workflows.names import SLUG_PATTERN
+from core.names import SLUG_PATTERN
 
 log = logging.getLogger(__name__)
 

@@ -48,8 +48,8 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from activities import netguard
-from workers.settings import FetchSettings, load_settings
-from workflows.names import SLUG_PATTERN
+from core.settings import FetchSettings, load_settings
+from core.names import SLUG_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class _PoolSource:
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
-                    from activities.database import create_pool
+                    from core.database import create_pool
 
                     self._pool = await create_pool(self._url, min_size=1, max_size=5)
         return self._pool
@@ -885,7 +885,7 @@ async def serve(
     fetch_policy: netguard.FetchPolicy | None = None,
 ) -> None:
     """Serve the sandbox (streamable HTTP on ``host:port``, or stdio) until interrupted."""
-    from activities.database import create_pool
+    from core.database import create_pool
 
     pool = await create_pool(database_url, min_size=1, max_size=5)
     try:

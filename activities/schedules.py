@@ -15,7 +15,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from schedules.reconciler import SyncReport, reconcile
-from workflows.names import WORKFLOWS_QUEUE
+from core.names import WORKFLOWS_QUEUE
 
 
 class SetCapability(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agents.llm import UsageMeter, crewai_llm
-from workers.settings import LlmSettings
+from core.settings import LlmSettings
 
 
 class AdCopyModel(BaseModel):

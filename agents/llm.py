@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from workers.settings import LlmSettings
+from core.settings import LlmSettings
 
 OFFLINE_MODEL = "bizosaas-offline-1"
 

@@ -13,7 +13,7 @@ import msgspec
 from pydantic import BaseModel, Field
 
 from agents.llm import UsageMeter, crewai_llm
-from workers.settings import LlmSettings
+from core.settings import LlmSettings
 from activities.agents import CrewReport, PageSnapshot
 
 Severity = Literal["low", "medium", "high"]

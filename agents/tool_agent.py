@@ -1,6 +1,6 @@
 """One step of a single agent with tools: given the transcript, call tools or answer.
 
-Providers (``workers.settings.LlmSettings``):
+Providers (``core.settings.LlmSettings``):
 - ``openai``: LangChain's ``ChatOpenAI`` with the agent's MCP tools bound as functions, against
   any OpenAI-compatible endpoint. The final answer is asked for as JSON in the system prompt and
   validated against the output schema here; an invalid answer is sent back once with the error.
@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from activities.agent_steps import INVALID_OUTPUT, AgentTool, LlmStepRequest, LlmStepResult, Message, ToolCall
 from activities.agents import LlmCall
 from agents.llm import OFFLINE_MODEL, _approx_tokens, _digest
-from workers.settings import LlmSettings
+from core.settings import LlmSettings
 
 # Filled by mcp.call_tool from the request; the model never chooses them.
 IDENTITY_ARGS = frozenset({"tenant_id", "idempotency_key", "workflow_id"})

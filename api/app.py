@@ -20,7 +20,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from temporalio.client import Client
 
-from activities.database import create_pool
+from core.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
 from api.bodies import MAX_BODY_BYTES, ApiRequest
 from api.codec import codec_cors, codec_router
@@ -35,10 +35,10 @@ from api.triggers import seed_triggers
 from api.visibility import cursor_key
 from api.webhooks import webhooks_router
 from api.workflows import workflows_router
-from workers.client import connect
-from workers.codec import payload_codec
-from workers.settings import Settings
-from workers.telemetry import configure_tracing
+from core.client import connect
+from core.codec import payload_codec
+from core.settings import Settings
+from core.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 

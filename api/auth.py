@@ -24,7 +24,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from workers.settings import MIN_DEV_SECRET_LENGTH, PUBLISHED_DEV_SECRETS, ConfigError, Settings
+from core.settings import MIN_DEV_SECRET_LENGTH, PUBLISHED_DEV_SECRETS, ConfigError, Settings
 
 Role = Literal["super_admin", "admin", "finance", "support", "partner", "client"]
 ROLES: tuple[str, ...] = ("super_admin", "admin", "finance", "support", "partner", "client")

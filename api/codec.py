@@ -31,7 +31,7 @@ from litestar.status_codes import HTTP_200_OK
 from litestar.types import Message, Scope
 from temporalio.api.common.v1 import Payload
 
-from workers.codec import AesGcmCodec, CodecError
+from core.codec import AesGcmCodec, CodecError
 
 PATH = "/codec"
 DECODE_ROLES = frozenset({"super_admin", "admin", "support"})

@@ -19,7 +19,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from api.auth import Principal
-from workflows.names import SLUG_PATTERN
+from core.names import SLUG_PATTERN
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

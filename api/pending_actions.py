@@ -61,8 +61,8 @@ from hitl.protocol import (
     sign_decision,
     split_action_id,
 )
-from workers.settings import Settings
-from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, tenant_of
+from core.settings import Settings
+from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, tenant_of
 
 log = logging.getLogger(__name__)
 

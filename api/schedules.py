@@ -57,7 +57,7 @@ from schedules.reconciler import (
     update_spec,
     valid_time_zone,
 )
-from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 from workflows.presence_audit import URL_PATTERN
 from workflows.tenant_schedules import CAPABILITY as CHANGE_CAPABILITY
 from workflows.tenant_schedules import CapabilityChange, TenantCapabilitiesWorkflow

@@ -29,7 +29,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from workflows.catalogue import CATALOGUE
 from workflows.dunning import PAID_SIGNAL, DunningInput, invoice_key
-from workflows.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from core.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 from workflows.onboarding import OnboardingInput
 from workflows.orders import OrderInput, OrderLine
 

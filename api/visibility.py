@@ -20,7 +20,7 @@ from temporalio.client import Client, WorkflowExecution
 
 from api.auth import Principal
 from api.errors import invalid
-from workers.settings import Settings
+from core.settings import Settings
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.:@-]{1,200}$")
 

@@ -59,7 +59,7 @@ from api import inbox
 from api.bodies import decode_json_body
 from api.errors import BodyTooLarge
 from api.triggers import Event, Fired, InvalidEvent, plan, start
-from workers.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

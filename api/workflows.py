@@ -23,7 +23,7 @@ from api.errors import ConflictError
 from api.ratelimit import StartLimiter
 from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
-from workflows.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from core.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 
 
 log = logging.getLogger(__name__)

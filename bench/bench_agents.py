@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
             sys.path.append(_p)
     import bench_spine as spine
     from activities.agents import AgentActivities, CrewRequest, PageSnapshot
-    from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
+    from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 
 ROOT = spine.ROOT
 CREW_TIMEOUT = timedelta(minutes=5)
@@ -116,7 +116,7 @@ def crew_request(i: int) -> CrewRequest:
 # those are built).
 NON_AGENT_WORKER = (
     "from workers.main import registrations\n"
-    "from workers.settings import Settings\n"
+    "from core.settings import Settings\n"
     "registrations(Settings(_env_file=None), None, ['biz-workflows', 'biz-integrations'])"
 )
 
@@ -202,11 +202,11 @@ async def worker_rss(name: str, queues: tuple[str, ...], env: dict[str, str], st
 async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) -> None:  # noqa: PLR0915
     import asyncpg
 
-    from activities.database import create_pool
-    from workers.client import connect
+    from core.database import create_pool
+    from core.client import connect
     from workers.devcluster import load_dev_cluster
     from workers.main import QueueRegistration, build_workers, registrations
-    from workers.settings import Settings
+    from core.settings import Settings
 
     quick = args.quick
     runs = 5 if quick else 30

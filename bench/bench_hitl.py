@@ -117,12 +117,12 @@ async def serve_worker(queue: str) -> None:
     ``registrations`` builds them, this file's workflow instead of the catalogue's."""
     import logging
 
-    from activities.database import create_pool
-    from workers.client import connect
+    from core.database import create_pool
+    from core.client import connect
     from workers.main import build_workers, registrations, serve_until
-    from workers.settings import Settings
-    from workers.telemetry import configure_tracing
-    from workflows.names import WORKFLOWS_QUEUE
+    from core.settings import Settings
+    from core.telemetry import configure_tracing
+    from core.names import WORKFLOWS_QUEUE
 
     settings = Settings(_env_file=None)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -173,7 +173,7 @@ async def interleaved(ways: list[tuple[str, Callable[[int], Awaitable[float | No
 def search_attributes(tenant: str, capability: str) -> Any:
     from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-    from workflows.names import CAPABILITY, TENANT_ID
+    from core.names import CAPABILITY, TENANT_ID
 
     return TypedSearchAttributes([SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, capability)])
 
@@ -476,7 +476,7 @@ async def start_latency(http: Http, token: str, raw: Any, ours: Any, tenant: str
 
     from api.auth import Principal
     from workflows.campaign import CampaignInput, CampaignWorkflow
-    from workflows.names import WORKFLOWS_QUEUE
+    from core.names import WORKFLOWS_QUEUE
 
     try:  # the API's own start code (a private function: skipped if it changes shape)
         from api.workflows import _start
@@ -578,11 +578,11 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     from temporalio.client import Client
 
     from api.auth import mint_dev_token
-    from workers.client import connect
-    from workers.converter import data_converter
+    from core.client import connect
+    from core.converter import data_converter
     from workers.devcluster import load_dev_cluster
-    from workers.settings import Settings
-    from workers.telemetry import configure_tracing
+    from core.settings import Settings
+    from core.telemetry import configure_tracing
 
     quick = args.quick
     cfg = {

@@ -17,7 +17,7 @@ It measures:
    API vs ``client.start_workflow`` on a plain SDK client (sequential, interleaved), with two
    figures that split the API's overhead (its start code without HTTP; HTTP alone);
 2. throughput of a no-op workflow (bounded concurrency, started and awaited): raw SDK worker
-   and client vs the platform's client (``workers.client.connect``) and worker
+   and client vs the platform's client (``core.client.connect``) and worker
    (``workers.main.build_workers``) on the tuned server, and raw on the default server;
 3. import time of ``api.app`` and ``workers.main`` (fresh interpreters, best of 3, as the
    environment is and with a bytecode cache), whether they import crewai, and the RSS of the
@@ -471,11 +471,11 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     from temporalio.worker import Worker
 
     from api.auth import mint_dev_token
-    from workers.client import connect
+    from core.client import connect
     from workers.devcluster import load_dev_cluster
     from workers.main import QueueRegistration, build_workers
-    from workers.settings import Settings
-    from workers.telemetry import configure_tracing
+    from core.settings import Settings
+    from core.telemetry import configure_tracing
 
     quick = args.quick
     n_starts = 40 if quick else 200

@@ -102,7 +102,7 @@ def order_start(order: dict[str, Any]) -> tuple[str, Any]:
     """What the trigger starts for this order: (workflow id, typed OrderInput), built by the
     trigger's own function (``api.triggers.shopify_order``) from the event the API would see."""
     from api.triggers import Event, shopify_order
-    from workflows.names import workflow_id
+    from core.names import workflow_id
 
     event = Event(source="shopify", type=TOPIC, id=uuid.uuid4().hex, tenant_id=TENANT, payload=order,
                   sender=f"webhook:shopify:{SHOP}")
@@ -160,7 +160,7 @@ async def latency(http: hitl.Http, raw: Any, ours: Any, pool: Any, settings: Any
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
     from api.triggers import TRIGGER_MEMO
-    from workflows.names import WORKFLOWS_QUEUE
+    from core.names import WORKFLOWS_QUEUE
     from workflows.orders import OrderProcessingWorkflow
 
     try:  # the handler's own code (private names: skipped if they change shape)
@@ -320,7 +320,7 @@ class Batches:
         WorkflowAlreadyStartedError (counted as a duplicate)."""
         from temporalio.exceptions import WorkflowAlreadyStartedError
 
-        from workflows.names import WORKFLOWS_QUEUE
+        from core.names import WORKFLOWS_QUEUE
         from workflows.orders import OrderProcessingWorkflow
 
         starts = [order_start(o) for o in orders]
@@ -405,12 +405,12 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     import httpx
     from temporalio.client import Client
 
-    from activities.database import create_pool
-    from workers.client import connect
-    from workers.converter import data_converter
+    from core.database import create_pool
+    from core.client import connect
+    from core.converter import data_converter
     from workers.devcluster import load_dev_cluster
-    from workers.settings import Settings
-    from workers.telemetry import configure_tracing
+    from core.settings import Settings
+    from core.telemetry import configure_tracing
 
     quick = args.quick
     cfg = {"quick": quick, "cpus": os.cpu_count(), "latency_n": 40 if quick else 200,

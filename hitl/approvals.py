@@ -62,14 +62,14 @@ with workflow.unsafe.imports_passed_through():
         signature_problem,
         signing_input,
     )
-    from workflows.names import (
+    from core.names import (
         APPROVAL_AUDIENCE,
         APPROVAL_DUE_AT,
         APPROVAL_ROLE,
         PENDING_APPROVAL,
         tenant_of,
     )
-    from workflows.policies import DB_RETRY, DB_TIMEOUT
+    from core.policies import DB_RETRY, DB_TIMEOUT
 
 APPROVING = ("approve", "edit")
 MEMO_KEY = "approval"

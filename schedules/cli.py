@@ -11,16 +11,16 @@ import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
-from workers.settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from schedules.reconciler import SyncReport
 
 
 async def run_sync(settings: Settings, *, dry_run: bool, tenants: list[str] | None) -> SyncReport:
-    from activities.database import create_pool
+    from core.database import create_pool
     from schedules.reconciler import reconcile
-    from workers.client import connect
+    from core.client import connect
 
     client = await connect(settings)
     pool = await create_pool(settings.database_url(), min_size=1, max_size=4)
@@ -40,7 +40,7 @@ def cmd_schedules_sync(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _tenant_id(value: str) -> str:
-    from workflows.names import SLUG_PATTERN
+    from core.names import SLUG_PATTERN
 
     if not re.match(SLUG_PATTERN, value):
         raise argparse.ArgumentTypeError(f"not a tenant id: {value!r}")

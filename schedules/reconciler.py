@@ -49,7 +49,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from schedules.catalogue import GLOBAL, OWNED_PREFIX, SCHEDULES, ScheduleDecl, TenantContext, schedule_id
 from schedules.frequency import shortest_gap
 from workflows.catalogue import CATALOGUE
-from workflows.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 
 log = logging.getLogger(__name__)
 

@@ -26,16 +26,16 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.database import create_pool
+from core.database import create_pool
 from activities.mcp import seed_registry
 from activities.sandbox_lago import LagoState, create_lago_app
 from api.app import create_app
 from api.auth import mint_dev_token
-from workers.client import connect
+from core.client import connect
 from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli, temporal_test_server
 from workers.main import build_workers, registrations
-from workers.settings import Settings
-from workflows.names import TASK_QUEUES
+from core.settings import Settings
+from core.names import TASK_QUEUES
 # Shared helpers, importable from here as before.
 from tests.support import (  # noqa: F401
     CODEC_TEST_KEYS,
@@ -89,7 +89,7 @@ async def register_search_attributes(client: Client, namespace: str, dev_cluster
 
 @pytest_asyncio.fixture(scope="session")
 async def time_skipping_env(dev_cluster: DevCluster) -> AsyncIterator[WorkflowEnvironment]:
-    from workers.client import platform_data_converter
+    from core.client import platform_data_converter
 
     # The platform's converter and payload codec, as on every client.
     env = await WorkflowEnvironment.start_time_skipping(

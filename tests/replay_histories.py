@@ -20,7 +20,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from tests.support import dev_settings
-from workers.client import platform_data_converter
+from core.client import platform_data_converter
 from workers.main import ALL_WORKFLOWS, WORKFLOW_FAILURE_TYPES
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "histories"

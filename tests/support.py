@@ -30,9 +30,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.netguard import FetchPolicy
 from activities.sandbox_mcp import build_server, serve_http
 from hitl.protocol import DecisionInput, sign_decision
-from workers.client import connect
+from core.client import connect
 from workers.main import build_workers, registrations
-from workers.settings import LlmSettings, Settings
+from core.settings import LlmSettings, Settings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from tests.conftest import serve, unique
     from tests.support import record_history
     from workers.main import WORKFLOW_FAILURE_TYPES
-    from workers.settings import LlmSettings
+    from core.settings import LlmSettings
     from workflows.agent_loop import AgentLoopInput, AgentLoopResult, AgentLoopWorkflow, ToolRef, run_agent
 
 TITLE = "Acme Bakery | Fresh bread in Springfield"

@@ -113,7 +113,7 @@ def test_the_api_process_does_not_import_crewai(settings) -> None:  # noqa: ANN0
         import asyncio, sys
         from litestar.testing import AsyncTestClient
         from api.app import create_app
-        from workers.settings import Settings
+        from core.settings import Settings
 
         async def main():
             app = create_app(Settings(_env_file=None, environment="dev", auth={"dev_secret": "s" * 32},

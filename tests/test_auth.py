@@ -45,8 +45,8 @@ from api.app import create_app
 from api.auth import AUDIENCE, DEV_ISSUER, ROLES, TokenVerifier, mint_dev_token
 from tests.conftest import ROOT, Tokens, assert_eventually, dev_settings, free_port, serve, unique
 from workers.dev import DEV_SECRET_FILE, dev_credentials
-from workers.settings import PUBLISHED_DEV_SECRETS, ConfigError, Settings
-from workflows.names import CAPABILITY, TENANT_ID, workflow_id
+from core.settings import PUBLISHED_DEV_SECRETS, ConfigError, Settings
+from core.names import CAPABILITY, TENANT_ID, workflow_id
 
 ISSUER = "https://auth.test/application/o/bizosaas/"
 OIDC_AUDIENCE = "bizosaas-api"

@@ -19,7 +19,7 @@ from tests.test_campaign import campaign_body, pending_action, start_campaign
 from tests.test_dunning import stripe_event
 from tests.support import workflow_exists
 from tests.test_webhooks import order_id, shop_tenant, shopify_headers, shopify_order
-from workers.settings import Settings
+from core.settings import Settings
 from workflows.dunning import invoice_key
 
 INVALID_UTF8 = b"\xff\xfe"

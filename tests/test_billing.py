@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from tests.conftest import free_port, unique
     from activities.sandbox_lago import LagoState
     from workers.main import WORKFLOW_FAILURE_TYPES
-    from workers.settings import Settings
+    from core.settings import Settings
 
 
 def _stripe_customer_req(tenant: str) -> CreateStripeCustomer:

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.approvals import ApprovalActivities, Notified, Notify
-    from activities.database import create_pool
+    from core.database import create_pool
     from activities.mcp import (
         MCP_TOOL_DEADLINE,
         MCP_TOOL_RETRY,
@@ -37,9 +37,9 @@ with workflow.unsafe.imports_passed_through():
     from tests.support import assert_eventually, connect_when_ready, free_port, in_namespace, platform_workers, serve, unique
     from tests.test_campaign import campaign_body, pending_action
     from workers.main import WORKFLOW_FAILURE_TYPES, QueueRegistration, build_workers
-    from workers.settings import Settings
-    from workflows.names import TASK_QUEUES
-    from workflows.policies import DB_RETRY, DB_TIMEOUT
+    from core.settings import Settings
+    from core.names import TASK_QUEUES
+    from core.policies import DB_RETRY, DB_TIMEOUT
 
 
 async def activity_attempts(handle: WorkflowHandle) -> list[int]:

@@ -23,7 +23,7 @@ from tests.support import dev_env
 from workers.main import WORKFLOW_FAILURE_TYPES
 from workflows.campaign import CampaignWorkflow
 from workers.devcluster import temporal_cli
-from workers.settings import Settings
+from core.settings import Settings
 
 
 def campaign_body(tenant: str, key: str | None = None, **kw: Any) -> dict[str, Any]:

@@ -32,11 +32,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from api.app import create_app
 from api.auth import AUDIENCE, DEV_ISSUER, mint_dev_token
 from tests.conftest import CODEC_TEST_KEYS, Tokens, assert_eventually, serve, unique
-from workers.client import connect
-from workers.codec import ENCODING, KEY_ID, AesGcmCodec, CodecError, new_key, parse_keys, payload_codec
+from core.client import connect
+from core.codec import ENCODING, KEY_ID, AesGcmCodec, CodecError, new_key, parse_keys, payload_codec
 from workers.dev import CODEC_KEYS_FILE, DEV_SECRET_FILE, dev_credentials
 from workers.devcluster import temporal_cli
-from workers.settings import ConfigError, Settings
+from core.settings import ConfigError, Settings
 
 UI_ORIGIN = "http://127.0.0.1:8233"
 TEST_KID = CODEC_TEST_KEYS.split(":", 1)[0]

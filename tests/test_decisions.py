@@ -36,10 +36,10 @@ from temporalio.worker import Replayer, Worker
 from hitl.protocol import ApprovalOutcome, ApprovalsView, Decider, DecisionInput, DecisionReceipt
 from tests.support import CODEC_TEST_KEYS, ROOT, RETIRED_DECISION_KEY, assert_eventually, free_port, signed
 from tests.test_approvals_timeskip import AskOnce, Recorder, campaign_like, verifier
-from workers.converter import data_converter
+from core.converter import data_converter
 from workers.main import WORKFLOW_FAILURE_TYPES
 from workers.dev import DECISION_KEYS_FILE, dev_credentials
-from workers.settings import Settings
+from core.settings import Settings
 
 OWNER = Decider(sub="owner@acme", roles=["client"], tenant_id="acme")
 STORED = ROOT / "tests" / "histories" / "unsigned-decisions"

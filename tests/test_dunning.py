@@ -33,9 +33,9 @@ with workflow.unsafe.imports_passed_through():
     from tests.support import STRIPE_TEST_KEY, assert_eventually, signed, unique
     from tests.test_approvals_timeskip import verifier
     from workers.main import WORKFLOW_FAILURE_TYPES
-    from workers.settings import Settings
+    from core.settings import Settings
     from workflows.dunning import DAY, DunningInput, DunningProgress, DunningResult, DunningWorkflow, invoice_key
-    from workflows.names import INTEGRATIONS_QUEUE
+    from core.names import INTEGRATIONS_QUEUE
 
 ADMIN = Decider(sub="finance@bizosaas", roles=["finance"])
 CUSTOMER = "billing@acme.example"

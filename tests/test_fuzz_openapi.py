@@ -26,7 +26,7 @@ import pytest
 
 from api.app import create_app
 from tests.conftest import ROOT, Tokens, serve, unique
-from workers.settings import Settings
+from core.settings import Settings
 
 REPORTS = ROOT / "build" / "fuzz"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

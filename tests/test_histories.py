@@ -26,10 +26,10 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.tenants import AuditActivities, AuditEntry
     from tests.support import HISTORIES, ROOT, dev_settings
-    from workers.client import platform_data_converter
+    from core.client import platform_data_converter
     from workers.main import ALL_WORKFLOWS, WORKFLOW_FAILURE_TYPES
     from workflows.onboarding import OnboardingInput, OnboardingResult, OnboardingWorkflow
-    from workflows.policies import DB_RETRY, DB_TIMEOUT
+    from core.policies import DB_RETRY, DB_TIMEOUT
 
 def stored() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(HISTORIES.glob("*.json"))}
@@ -71,7 +71,7 @@ def test_stored_histories_replay_in_a_fresh_interpreter() -> None:
 def test_every_payload_type_resolves_outside_the_sandbox_in_a_fresh_interpreter() -> None:
     """The cause of the lost-approval bug: a Struct whose string annotations only resolve where
     it was first used. Every Struct a worker loads must resolve ahead of the sandbox."""
-    code = ("import workers.main, api.app; from workers.converter import resolve_struct_annotations; "
+    code = ("import workers.main, api.app; from core.converter import resolve_struct_annotations; "
             "import sys; failures = resolve_struct_annotations(); print('\\n'.join(failures)); "
             "sys.stdout.flush(); import os; os._exit(1 if failures else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from tests.conftest import Tokens, assert_eventually, free_port, serve, unique
     from tests.support import serve_sandbox
     from workers.main import WORKFLOW_FAILURE_TYPES
-    from workers.settings import Settings
+    from core.settings import Settings
 
 SANDBOX_TOOLS = {
     "send_email", "send_whatsapp", "send_sms", "publish_social_post", "upsert_ads_campaign",

@@ -12,7 +12,7 @@ import stripe
 
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.support import STRIPE_TEST_KEY
-from workers.settings import Settings
+from core.settings import Settings
 
 
 async def authorized_payment(url: str, tenant: str, cents: int) -> str:

@@ -36,8 +36,8 @@ from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from activities.usage import estimate_cost
 from tests.support import assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique, worker_process
-from workers.settings import LlmSettings, Settings
-from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
+from core.settings import LlmSettings, Settings
+from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditResult, PresenceAuditWorkflow
 
 STUB_MODEL = "stub-model-7"

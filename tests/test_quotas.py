@@ -24,8 +24,8 @@ from schedules.frequency import shortest_gap
 from tests.conftest import Tokens, serve, unique
 from tests.support import workflow_exists
 from workers.main import registrations
-from workers.settings import Settings
-from workflows.names import WORKFLOWS_QUEUE
+from core.settings import Settings
+from core.names import WORKFLOWS_QUEUE
 
 
 def campaign(tenant: str, key: str) -> dict[str, object]:

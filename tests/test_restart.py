@@ -38,10 +38,10 @@ from tests.support import (
 )
 from tests.test_dunning import failing_invoice
 from tests.test_orders import authorized_payment, payment_status
-from workers.settings import Settings
+from core.settings import Settings
 from workflows.campaign import CampaignInput, CampaignResult, CampaignWorkflow
 from workflows.dunning import DunningInput, DunningProgress, DunningResult, DunningWorkflow, invoice_key
-from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
+from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
 from workflows.orders import OrderInput, OrderLine, OrderProcessingWorkflow, OrderResult
 
 

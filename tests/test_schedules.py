@@ -46,8 +46,8 @@ with workflow.unsafe.imports_passed_through():
     from tests.conftest import ROOT, Tokens, assert_eventually, serve, unique
     from tests.support import dev_env
     from workers.main import WORKFLOW_FAILURE_TYPES
-    from workers.settings import Settings
-    from workflows.names import CAPABILITY, TENANT_ID
+    from core.settings import Settings
+    from core.names import CAPABILITY, TENANT_ID
     from workflows.presence_audit import PresenceAuditInput
     from workflows.tenant_schedules import TenantCapabilitiesWorkflow
 
@@ -139,7 +139,7 @@ async def run_cli(settings: Settings, *argv: str) -> str:
     script = (
         "import argparse, sys\n"
         "from schedules.cli import add_schedules_parser\n"
-        "from workers.settings import load_settings\n"
+        "from core.settings import load_settings\n"
         "p = argparse.ArgumentParser(prog='bizosaas')\n"
         "add_schedules_parser(p.add_subparsers(dest='command', required=True))\n"
         "args = p.parse_args(sys.argv[1:])\n"

@@ -19,7 +19,7 @@ from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique
 from tests.support import Site, record_history
-from workflows.names import TENANT_ID
+from core.names import TENANT_ID
 from workflows.seo_health import PageScan, SeoHealthReport, technical_scan
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
 

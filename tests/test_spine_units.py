@@ -9,11 +9,11 @@ import asyncpg
 import msgspec
 import pytest
 
-from activities.database import apply_migrations, load_migrations
-from workers.converter import MsgspecPayloadConverter
+from core.database import apply_migrations, load_migrations
+from core.converter import MsgspecPayloadConverter
 from workers.devcluster import load_dev_cluster
-from workers.settings import Settings
-from workflows.names import SEARCH_ATTRIBUTES
+from core.settings import Settings
+from core.names import SEARCH_ATTRIBUTES
 from workflows.onboarding import OnboardingInput
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ from api.triggers import Event
 from api.webhooks import MAX_BODY_BYTES
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.support import workflow_exists
-from workers.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 # How many distinct orders the redelivery test sends, each 5 times at once.

@@ -14,8 +14,8 @@ from temporalio.client import WorkflowExecutionStatus
 from api.app import create_app
 from tests.support import assert_eventually, connect_when_ready, in_namespace, platform_workers, serve
 from tests.test_webhooks import order_id, shop_tenant, shopify_headers, shopify_order
-from workers.settings import Settings
-from workflows.names import TASK_QUEUES
+from core.settings import Settings
+from core.names import TASK_QUEUES
 
 DELIVERIES = 20
 

@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 
-from workers.settings import ConfigError, Settings, load_settings
-from workflows.names import TASK_QUEUES
+from core.settings import ConfigError, Settings, load_settings
+from core.names import TASK_QUEUES
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -83,7 +83,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     import asyncpg
 
-    from activities.database import apply_migrations
+    from core.database import apply_migrations
 
     async def migrate() -> list[int]:
         conn = await asyncpg.connect(settings.database_url())
@@ -123,7 +123,7 @@ def cmd_approvals_decide(settings: Settings, args: argparse.Namespace) -> None:
         _exit(0)
 
     async def send() -> None:
-        from workers.client import connect
+        from core.client import connect
 
         client = await connect(settings)
         await client.get_workflow_handle(args.workflow_id).signal("decide", signed)

@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from workers.codec import new_key
+from core.codec import new_key
 from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli
-from workers.settings import ConfigError, DecisionSettings, Settings
+from core.settings import ConfigError, DecisionSettings, Settings
 
 log = logging.getLogger("bizosaas.dev")
 
@@ -248,7 +248,7 @@ class DevStack:
     def _migrate(self, db_url: str) -> None:
         import asyncpg
 
-        from activities.database import apply_migrations
+        from core.database import apply_migrations
 
         async def migrate() -> None:
             conn = await asyncpg.connect(db_url)

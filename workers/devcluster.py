@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from temporalio.common import SearchAttributeKey
 
-from workflows.names import SEARCH_ATTRIBUTES
+from core.names import SEARCH_ATTRIBUTES
 
 _KEY_BY_TYPE = {
     "Keyword": SearchAttributeKey.for_keyword,
@@ -118,7 +118,7 @@ def load_dev_cluster(path: Path | str = "temporal-dev.yaml") -> DevCluster:
     declared = {key.name: key for key in SEARCH_ATTRIBUTES}
     for key in cluster.search_attribute_keys():
         if key.name not in declared or declared[key.name].indexed_value_type != key.indexed_value_type:
-            raise ValueError(f"{path}: search attribute {key.name} does not match workflows/names.py")
+            raise ValueError(f"{path}: search attribute {key.name} does not match core/names.py")
     missing = set(declared) - set(cluster.search_attributes)
     if missing:
         raise ValueError(f"{path}: search attributes missing: {sorted(missing)}")

@@ -25,20 +25,20 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
-from activities.database import DatabaseErrorInterceptor, create_pool
+from core.database import DatabaseErrorInterceptor, create_pool
 from activities.decision_keys import DecisionKeyActivities
 from activities.orders import OrderActivities
 from activities.reports import ReportActivities
 from activities.schedules import ScheduleActivities
 from activities.tenants import AuditActivities, TenantActivities
 from activities.usage import UsageActivities, UsageLedger
-from workers.client import connect
-from workers.converter import resolve_struct_annotations
-from workers.settings import Settings
-from workers.telemetry import configure_tracing
+from core.client import connect
+from core.converter import resolve_struct_annotations
+from core.settings import Settings
+from core.telemetry import configure_tracing
 from workflows.agent_loop import AgentLoopWorkflow
 from workflows.catalogue import WORKFLOWS
-from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
+from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
 
 log = logging.getLogger(__name__)

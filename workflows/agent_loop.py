@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import LlmCall
     from activities.mcp import (MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, SERVER_DISABLED,
                                 SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities)
-    from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 TURN_LIMIT = "AgentTurnLimit"
 # Errors that mean the agent's tools are not there at all: the loop fails instead of the model

@@ -37,8 +37,8 @@ with workflow.unsafe.imports_passed_through():
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
-    from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from workflows.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from core.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
     from workflows.usage import account, check_ai_budget, report_usage
 
 CAPABILITY = "campaign"

@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
     from hitl.approvals import MEMO_KEY, HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, DecisionRecord
-    from workflows.names import (
+    from core.names import (
         APPROVAL_AUDIENCE,
         APPROVAL_DUE_AT,
         APPROVAL_ROLE,
@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
         PENDING_APPROVAL,
         SLUG_PATTERN,
     )
-    from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
 
 CAPABILITY = "dunning"
 PAID_SIGNAL = "invoice_paid"

@@ -33,8 +33,8 @@ with workflow.unsafe.imports_passed_through():
         SetTenantStatus,
         TenantActivities,
     )
-    from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
 
 CAPABILITY = "onboarding"
 

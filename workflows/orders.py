@@ -39,8 +39,8 @@ with workflow.unsafe.imports_passed_through():
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
-    from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
     from workflows.usage import account, report_usage
 
 CAPABILITY = "order"

@@ -17,8 +17,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities, CrewReport, CrewRequest, PageSnapshot
     from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.reports import ReportActivities, StoreReport
-    from workflows.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from workflows.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from core.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
     from workflows.usage import account, check_ai_budget, report_usage
 
 CAPABILITY = "presence-audit"

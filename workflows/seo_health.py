@@ -31,8 +31,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.reports import LatestReport, ReportActivities, StoredReport, StoreReport
     from workflows.agent_loop import AgentLoopInput, ToolRef, run_agent
-    from workflows.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from workflows.policies import DB_RETRY, DB_TIMEOUT, Stages
+    from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
+    from core.policies import DB_RETRY, DB_TIMEOUT, Stages
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN, WEB_SERVER
     from workflows.usage import account, check_ai_budget, report_usage
 

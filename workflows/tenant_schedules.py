@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.schedules import ApplyTenantSchedules, ScheduleActivities, SetCapability
     from activities.tenants import AuditActivities, AuditEntry
     from schedules.reconciler import ScheduleChange
-    from workflows.names import SLUG_PATTERN
+    from core.names import SLUG_PATTERN
     from workflows.presence_audit import URL_PATTERN
 
 CAPABILITY = "tenant-capabilities"

@@ -12,8 +12,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import LlmCall
     from activities.billing import LagoActivities, ReportUsage
     from activities.usage import CheckBudget, RecordUsage, UsageActivities
-    from workflows.names import INTEGRATIONS_QUEUE
-    from workflows.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT
+    from core.names import INTEGRATIONS_QUEUE
+    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT
 
 
 async def check_ai_budget(tenant_id: str) -> None:

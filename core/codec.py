@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
-from workers.settings import ConfigError, Settings
+from core.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from temporalio.client import Client, TLSConfig
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
-from workers.codec import payload_codec
-from workers.converter import data_converter
-from workers.settings import Settings
+from core.codec import payload_codec
+from core.converter import data_converter
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from workers.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 _configured = False

@@ -1,6 +1,6 @@
 """Postgres: the asyncpg pool and the numbered plain-SQL migrations.
 
-Migrations live in ``activities/migrations/NNNN_name.sql`` and are applied in order at
+Migrations live in ``core/migrations/NNNN_name.sql`` and are applied in order at
 start-up by every process that opens a pool, under a Postgres advisory lock: processes that
 start together wait for each other and each migration is applied exactly once, recorded in
 ``schema_migrations`` with its checksum.

@@ -12,68 +12,16 @@ the validation error; a second invalid answer fails non-retryably with ``Invalid
 
 from __future__ import annotations
 
-from typing import Any
 
 import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.agents import LlmCall
 from activities.usage import RecordUsage, UsageLedger
+from agents.types import INVALID_OUTPUT, INVALID_REQUEST, LlmCall, LlmStepRequest, LlmStepResult
 from core.settings import LlmSettings
 
-INVALID_OUTPUT = "InvalidLLMOutput"
-INVALID_REQUEST = "InvalidAgentStep"
 ROLES = frozenset({"user", "assistant", "tool"})
-
-
-# --- payloads --------------------------------------------------------------------------------
-# No msgspec.Meta constraints on activity inputs: the activity checks them and fails
-# non-retryably instead of failing to decode (which Temporal would retry).
-
-class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    name: str  # the function name the model used
-    server: str  # "" when the name matches no tool the agent was given
-    tool: str
-    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
-class Message(msgspec.Struct, frozen=True, kw_only=True):
-    role: str  # user | assistant | tool
-    content: str = ""
-    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
-    tool_call_id: str | None = None
-    is_error: bool = False  # a tool message reporting an error to the model
-
-
-class AgentTool(msgspec.Struct, frozen=True, kw_only=True):
-    server: str
-    name: str
-    description: str = ""
-    input_schema: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
-class LlmStepRequest(msgspec.Struct, frozen=True, kw_only=True):
-    tenant_id: str
-    agent: str
-    task: str
-    system_prompt: str = ""
-    transcript: list[Message] = msgspec.field(default_factory=list)
-    tools: list[AgentTool] = msgspec.field(default_factory=list)
-    output_schema: dict[str, Any] | None = None
-
-
-class LlmStepResult(msgspec.Struct, frozen=True, kw_only=True):
-    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
-    final: dict[str, Any] | None = None  # the answer, valid against the output schema
-    text: str = ""  # what the model said alongside
-    calls: list[LlmCall] = msgspec.field(default_factory=list)  # one per request to the model
-    provider: str = "offline"
-    offline: bool = True
-    # True: each call was recorded as it returned (``usage_ids``), the loop only passes them on.
-    usage_per_call: bool = False
-    usage_ids: list[int] = msgspec.field(default_factory=list)
 
 
 def check_request(req: LlmStepRequest) -> None:

@@ -10,101 +10,14 @@ from __future__ import annotations
 import contextvars
 import threading
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 from temporalio import activity
 
 from activities.usage import RecordUsage, UsageLedger
+from agents.types import AdCopy, CreativeOutcome, CreativeRequest, CrewOutcome, CrewRequest, LlmCall
 from core.settings import LlmSettings
-
-Severity = Literal["low", "medium", "high"]
-
-
-class PageSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    url: str
-    status: int
-    title: str | None = None
-    description: str | None = None
-    headings: list[str] = []
-    links: list[str] = []
-    word_count: int = 0
-    load_ms: float = 0.0
-
-
-class Finding(msgspec.Struct, frozen=True, kw_only=True):
-    area: str
-    severity: Severity
-    detail: str
-
-
-class AreaAudit(msgspec.Struct, frozen=True, kw_only=True):
-    score: Annotated[int, msgspec.Meta(ge=0, le=100)]
-    findings: list[Finding]
-    recommendations: list[str]
-
-
-class CrewReport(msgspec.Struct, frozen=True, kw_only=True):
-    summary: str
-    overall_score: Annotated[int, msgspec.Meta(ge=0, le=100)]
-    technical: AreaAudit
-    seo: AreaAudit
-    social: AreaAudit
-    top_recommendations: list[str]
-
-
-class CrewRequest(msgspec.Struct, frozen=True, kw_only=True):
-    tenant_id: str
-    workflow_id: str
-    website_url: str
-    social_handles: dict[str, str]
-    pages: list[PageSnapshot]
-
-
-class LlmCall(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    tokens_in: int
-    tokens_out: int
-
-
-class CrewOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    report: CrewReport
-    offline: bool
-    provider: str
-    calls: list[LlmCall]
-    # True: the activity recorded each call as it returned (``usage_ids``); the workflow only
-    # reports them. False (results of older agent workers): the workflow records ``calls``.
-    usage_per_call: bool = False
-    usage_ids: list[int] = []
-
-
-
-class AdCopy(msgspec.Struct, frozen=True, kw_only=True):
-    headline: str
-    body: str
-    call_to_action: str
-    asset_brief: str
-
-
-class CreativeRequest(msgspec.Struct, frozen=True, kw_only=True):
-    tenant_id: str
-    workflow_id: str
-    goal: str
-    objective: str
-    channels: list[str]
-    strategy: dict[str, Any]
-    feedback: list[str] = []  # the client's change requests so far, oldest first
-
-
-class CreativeOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    ads: dict[str, AdCopy]  # by channel
-    summary: str
-    offline: bool
-    provider: str
-    calls: list[LlmCall]
-    usage_per_call: bool = False  # as CrewOutcome
-    usage_ids: list[int] = []
-
 
 HEARTBEAT_EVERY = 5.0
 # The agent names of the crews' usage rows (the workflows record older results under these too).

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from agents.llm import UsageMeter, crewai_llm
 from core.settings import LlmSettings
-from activities.agents import CrewReport, PageSnapshot
+from agents.types import CrewReport, PageSnapshot
 
 Severity = Literal["low", "medium", "high"]
 

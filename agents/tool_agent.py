@@ -22,8 +22,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-from activities.agent_steps import INVALID_OUTPUT, AgentTool, LlmStepRequest, LlmStepResult, Message, ToolCall
-from activities.agents import LlmCall
+from agents.types import INVALID_OUTPUT, AgentTool, LlmCall, LlmStepRequest, LlmStepResult, Message, ToolCall
 from agents.llm import OFFLINE_MODEL, _approx_tokens, _digest
 from core.settings import LlmSettings
 

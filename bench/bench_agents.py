@@ -60,7 +60,8 @@ with workflow.unsafe.imports_passed_through():
         if _p not in sys.path:
             sys.path.append(_p)
     import bench_spine as spine
-    from activities.agents import AgentActivities, CrewRequest, PageSnapshot
+    from activities.agents import AgentActivities
+    from agents.types import CrewRequest, PageSnapshot
     from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 
 ROOT = spine.ROOT

@@ -32,11 +32,11 @@ async def run_sync(settings: Settings, *, dry_run: bool, tenants: list[str] | No
 
 def cmd_schedules_sync(settings: Settings, args: argparse.Namespace) -> None:
     from schedules.reconciler import format_report
-    from workers.cli import _exit
+    from core.process import exit_now
 
     report = asyncio.run(run_sync(settings, dry_run=args.dry_run, tenants=args.tenant))
     print(format_report(report))
-    _exit(0)
+    exit_now(0)
 
 
 def _tenant_id(value: str) -> str:

@@ -6,7 +6,7 @@ import httpx
 import msgspec
 from temporalio.client import Client
 
-from activities.agents import CrewReport
+from agents.types import CrewReport
 from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from agents.llm import OFFLINE_MODEL

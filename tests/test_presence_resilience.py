@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType, PendingActivityState, TimeoutType
 from temporalio.client import Client, WorkflowHandle
 
-from activities.agents import CrewReport
+from agents.types import CrewReport
 from activities.billing import USAGE_METRIC_CODE
 from activities.sandbox_lago import LagoState
 from activities.usage import estimate_cost

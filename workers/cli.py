@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 from core.settings import ConfigError, Settings, load_settings
 from core.names import TASK_QUEUES
+from core.process import exit_now
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -23,19 +23,11 @@ def _configure_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _exit(code: int) -> None:
-    """One-shot commands leave through os._exit: the Temporal SDK can abort at interpreter
-    exit in short-lived processes (sdk-python#300)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.main import run_workers
 
     asyncio.run(run_workers(settings, args.queue or TASK_QUEUES))
-    _exit(0)
+    exit_now(0)
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
@@ -51,13 +43,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     settings.require_decision_keys()  # the API signs every decider it passes on
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=10)
-    _exit(0)
+    exit_now(0)
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
     from workers.dev import dev_settings, run_dev
 
-    _exit(run_dev(dev_settings(settings)))
+    exit_now(run_dev(dev_settings(settings)))
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
@@ -75,9 +67,9 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
         )
     except (PermissionError, ValueError) as exc:
         print(f"bizosaas token: {exc}", file=sys.stderr)
-        _exit(2)
+        exit_now(2)
     print(token)
-    _exit(0)
+    exit_now(0)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -94,7 +86,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
     applied = asyncio.run(migrate())
     print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
-    _exit(0)
+    exit_now(0)
 
 
 def cmd_approvals_decide(settings: Settings, args: argparse.Namespace) -> None:
@@ -116,11 +108,11 @@ def cmd_approvals_decide(settings: Settings, args: argparse.Namespace) -> None:
                                issued_at=int(time.time()), ttl_seconds=args.ttl)
     except (ValueError, LookupError, msgspec.ValidationError) as exc:
         print(f"bizosaas approvals decide: {exc}", file=sys.stderr)
-        _exit(2)
+        exit_now(2)
     payload = msgspec.json.encode(signed).decode()
     if args.print:
         print(payload)
-        _exit(0)
+        exit_now(0)
 
     async def send() -> None:
         from core.client import connect
@@ -134,10 +126,10 @@ def cmd_approvals_decide(settings: Settings, args: argparse.Namespace) -> None:
         asyncio.run(send())
     except RPCError as exc:
         print(f"bizosaas approvals decide: {args.workflow_id}: {exc.message}", file=sys.stderr)
-        _exit(1)
+        exit_now(1)
     print(f"sent the decide signal to {args.workflow_id}: {args.decision} {args.request} as {args.sub}; "
           "`temporal workflow query --name approvals` shows whether it was taken or refused")
-    _exit(0)
+    exit_now(0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -203,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(settings, args)
     except ConfigError as exc:
         print(f"bizosaas {args.command}: {exc}", file=sys.stderr)
-        _exit(2)
+        exit_now(2)
 
 
 if __name__ == "__main__":

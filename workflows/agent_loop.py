@@ -25,11 +25,10 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
-    from activities.agent_steps import (INVALID_OUTPUT, INVALID_REQUEST, AgentStepActivities, AgentTool,
-                                        LlmStepRequest, Message, ToolCall)
-    from activities.agents import LlmCall
+    from activities.agent_steps import AgentStepActivities
     from activities.mcp import (MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, SERVER_DISABLED,
                                 SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities)
+    from agents.types import INVALID_OUTPUT, INVALID_REQUEST, AgentTool, LlmCall, LlmStepRequest, Message, ToolCall
     from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 TURN_LIMIT = "AgentTurnLimit"

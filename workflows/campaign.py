@@ -31,7 +31,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
-    from activities.agents import AgentActivities, CreativeOutcome, CreativeRequest
+    from activities.agents import AgentActivities
+    from agents.types import CreativeOutcome, CreativeRequest
     from activities.approvals import ApprovalActivities, TenantPolicyRequest
     from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from hitl.approvals import HumanDecisions

@@ -14,7 +14,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
-    from activities.agents import AgentActivities, CrewReport, CrewRequest, PageSnapshot
+    from activities.agents import AgentActivities
+    from agents.types import CrewReport, CrewRequest, PageSnapshot
     from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
     from activities.reports import ReportActivities, StoreReport
     from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN

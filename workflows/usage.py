@@ -9,7 +9,7 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.agents import LlmCall
+    from agents.types import LlmCall
     from activities.billing import LagoActivities, ReportUsage
     from activities.usage import CheckBudget, RecordUsage, UsageActivities
     from core.names import INTEGRATIONS_QUEUE

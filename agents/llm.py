@@ -4,9 +4,12 @@ Providers:
 - ``offline`` (default): deterministic, no network. Answers every structured task with an
   instance of the task's output schema built from the prompt (see :func:`offline_instance`);
   everything it produced is marked ``offline`` by the caller.
-- ``openai``: any OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, LiteLLM) at
-  ``BIZ_LLM_BASE_URL`` with ``BIZ_LLM_MODEL``. Structured output is asked for as JSON in the
-  prompt and validated here, so servers without JSON-schema mode work too.
+- ``openai``: any OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, a LiteLLM proxy in front of
+  Anthropic, Gemini, Bedrock...) at ``BIZ_LLM_BASE_URL`` with ``BIZ_LLM_MODEL``: CrewAI's
+  ``openai/<model>`` here, LangChain's ``ChatOpenAI`` in the tool agent's step
+  (:mod:`agents.tool_agent`), so crews and agents reach the same server. Structured output is
+  asked for as JSON in the prompt and validated here, so servers without JSON-schema mode work
+  too.
 
 Only the agents worker imports this module (it imports CrewAI).
 """

@@ -1,9 +1,11 @@
 """One step of a single agent with tools: given the transcript, call tools or answer.
 
 Providers (``core.settings.LlmSettings``):
-- ``openai``: LangChain's ``ChatOpenAI`` with the agent's MCP tools bound as functions, against
-  any OpenAI-compatible endpoint. The final answer is asked for as JSON in the system prompt and
-  validated against the output schema here; an invalid answer is sent back once with the error.
+- ``openai``: LangChain's ``ChatOpenAI`` (langchain-openai; messages from langchain-core) with the
+  agent's MCP tools bound as functions, against any OpenAI-compatible endpoint: OpenAI, Ollama,
+  vLLM, a LiteLLM proxy in front of any other provider. The final answer is asked for as JSON in
+  the system prompt and validated against the output schema here; an invalid answer is sent back
+  once with the error.
 - ``offline`` (default): deterministic, no network. Calls each tool it was given once, in order,
   with arguments built from the tool's input schema and the task text (a URL in the task fills a
   URL argument), then answers with an instance of the output schema whose texts say "offline".

@@ -123,11 +123,30 @@ class CodecSettings(BaseModel):
     cors_origins: list[str] = ["http://127.0.0.1:8233", "http://localhost:8233"]
 
 
+LLM_PROVIDERS = ("offline", "openai")
+
+
 class LlmSettings(BaseModel):
+    # `offline`: deterministic answers, no network. `openai`: the OpenAI Chat Completions API at
+    # `base_url` (OpenAI itself when unset), which every model server the platform targets speaks:
+    # Ollama, vLLM, a LiteLLM proxy (in front of Anthropic, Gemini, Bedrock, Azure...), and the
+    # OpenAI-compatible endpoints of the hosted providers. Both the tool agent's step (LangChain)
+    # and the crews (CrewAI) use it, so one setting reaches one model server.
     provider: Literal["offline", "openai"] = "offline"
     base_url: str | None = None
     api_key: SecretStr | None = None
     model: str = "gpt-4o-mini"
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _known_provider(cls, value: object) -> object:
+        if value not in LLM_PROVIDERS:
+            raise ValueError(
+                "BIZ_LLM_PROVIDER must be `offline` or `openai`. `openai` talks to any OpenAI-compatible "
+                "server at BIZ_LLM_BASE_URL (OpenAI, Ollama, vLLM, a LiteLLM proxy); reach other providers "
+                "(Anthropic, Gemini, Bedrock...) through their OpenAI-compatible endpoint or a LiteLLM proxy, "
+                "and name the model in BIZ_LLM_MODEL")
+        return value
 
 
 class StripeSettings(BaseModel):

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     import pytest
     from litestar import Litestar, post
     from litestar.params import JSONBody
-    from pydantic import SecretStr
+    from pydantic import SecretStr, ValidationError
     from temporalio.api.enums.v1 import WorkflowExecutionStatus
     from temporalio.client import Client, WorkflowFailureError
     from temporalio.exceptions import ActivityError, ApplicationError
@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from tests.conftest import serve, unique
     from tests.support import record_history
     from workers.main import WORKFLOW_FAILURE_TYPES
-    from core.settings import LlmSettings
+    from core.settings import LlmSettings, Settings
     from workflows.agent_loop import AgentLoopInput, AgentLoopResult, AgentLoopWorkflow, ToolRef, run_agent
 
 TITLE = "Acme Bakery | Fresh bread in Springfield"
@@ -199,6 +199,23 @@ async def test_too_many_turns_fail_with_agent_turn_limit(
             await run_loop(client, task_queue, inp)
     cause = failed.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "AgentTurnLimit" and cause.non_retryable
+
+
+# --- provider setting ----------------------------------------------------------------------
+
+def test_a_provider_other_than_offline_or_openai_is_refused_with_the_way_to_reach_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Other providers are reached through an OpenAI-compatible endpoint; the refusal says how."""
+    monkeypatch.setenv("BIZ_LLM_PROVIDER", "anthropic")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    message = str(refused.value)
+    assert "llm.provider" in message and "BIZ_LLM_PROVIDER must be `offline` or `openai`" in message
+    assert "LiteLLM proxy" in message and "BIZ_LLM_BASE_URL" in message
+    monkeypatch.setenv("BIZ_LLM_PROVIDER", "openai")
+    monkeypatch.setenv("BIZ_LLM_BASE_URL", "http://127.0.0.1:4000/v1")
+    assert Settings().llm.provider == "openai"
 
 
 # --- openai provider against the stub -----------------------------------------------------

@@ -36,6 +36,7 @@ from api.auth import Principal
 from api.errors import ConflictError, RejectedError
 from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause, timestamp
 from api.workflows import QUERY_TIMEOUT, describe_in_scope
+from hitl.approvals import HumanDecisions
 from hitl.protocol import (
     ALREADY_DECIDED,
     CONFLICT_TYPES,
@@ -48,7 +49,6 @@ from hitl.protocol import (
     TENANT_NOT_ALLOWED,
     UNPROCESSABLE_TYPES,
     ApprovalRequest,
-    ApprovalsView,
     Audience,
     Decider,
     DecisionInput,
@@ -220,7 +220,7 @@ class PendingActionsController(Controller):
         wf_id, request_id = _split(action_id)
         handle, desc = await describe_in_scope(temporal, request.user, wf_id)
         try:
-            view = await handle.query("approvals", result_type=ApprovalsView, rpc_timeout=QUERY_TIMEOUT)
+            view = await handle.query(HumanDecisions.approvals, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as exc:
             if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
                 raise  # no worker answered: 503
@@ -262,7 +262,7 @@ class PendingActionsController(Controller):
             # Bounded: with no worker polling, Temporal would hold the call open indefinitely.
             async with asyncio.timeout(bound):
                 return await temporal.get_workflow_handle(wf_id).execute_update(
-                    "decide", decision, result_type=DecisionReceipt, rpc_timeout=timedelta(seconds=bound))
+                    HumanDecisions.decide, decision, rpc_timeout=timedelta(seconds=bound))
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             raise ServiceUnavailableException(
                 f"the workflow did not take the decision within {bound:g} s (its worker is not running?); the "

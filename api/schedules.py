@@ -33,13 +33,7 @@ from temporalio.client import (
     ScheduleHandle,
     ScheduleOverlapPolicy,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import ADMIN_ROLES, ROLES, Principal
@@ -57,8 +51,10 @@ from schedules.reconciler import (
     update_spec,
     valid_time_zone,
 )
-from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE
 from workflows.presence_audit import URL_PATTERN
+from workflows.catalogue import Capability
+from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 from workflows.tenant_schedules import CAPABILITY as CHANGE_CAPABILITY
 from workflows.tenant_schedules import CapabilityChange, TenantCapabilitiesWorkflow
 
@@ -69,6 +65,18 @@ WRITE_ROLES = ADMIN_ROLES | {"partner", "client"}
 SPEC_ROLES = ADMIN_ROLES
 MAX_BACKFILL = timedelta(days=31)
 MAX_LIST = 1000
+# The platform's own workflow behind enable / disable (no start route of its own): one change
+# of a tenant's capability at a time, started again for the next change.
+TENANT_CAPABILITIES = Capability(
+    name=CHANGE_CAPABILITY,
+    workflow=TenantCapabilitiesWorkflow,
+    input_type=CapabilityChange,
+    business_key=lambda change: change.capability,
+    tenant_in_input=lambda change: change.tenant_id,
+    start_roles=WRITE_ROLES,
+    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    summary="Enable or disable a tenant's scheduled capability and apply its schedules.",
+)
 _SCHEDULE_ID = Annotated[str, PathParameter(min_length=5, max_length=200, pattern=r"^[a-z0-9:-]+$")]
 _TENANT_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
 _CAPABILITY = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
@@ -412,23 +420,14 @@ async def _change_capability(
             for field in decl.requires:
                 if not known.get(field):
                     raise _bad(field, f"{capability} needs {field}")
-    wf_id = workflow_id(tenant_id, CHANGE_CAPABILITY, capability)
+    change = CapabilityChange(tenant_id=tenant_id, capability=capability, enabled=enabled,
+                              website_url=website_url, requested_by=principal.sub)
     try:
-        handle = await temporal.start_workflow(
-            TenantCapabilitiesWorkflow.run,
-            CapabilityChange(tenant_id=tenant_id, capability=capability, enabled=enabled,
-                             website_url=website_url, requested_by=principal.sub),
-            id=wf_id,
-            task_queue=task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(TENANT_ID, tenant_id), SearchAttributePair(CAPABILITY, CHANGE_CAPABILITY)]
-            ),
-        )
-    except WorkflowAlreadyStartedError:
+        handle = await start_capability(temporal, CapabilityStart.of(TENANT_CAPABILITIES, change, tenant_id),
+                                        task_queue=task_queue)
+    except AlreadyStarted as exc:
         raise ConflictError(f"a change of {capability} for {tenant_id!r} is in progress; try again",
-                            extra={"workflow_id": wf_id}) from None
+                            extra={"workflow_id": exc.workflow_id}) from None
     return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
 
 

@@ -24,14 +24,12 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from workflows.catalogue import CATALOGUE
 from workflows.dunning import PAID_SIGNAL, DunningInput, invoice_key
-from core.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
 from workflows.onboarding import OnboardingInput
 from workflows.orders import OrderInput, OrderLine
+from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +195,14 @@ async def lookup(pool: asyncpg.Pool, source: str, event_type: str) -> Trigger | 
 
 @dataclass(frozen=True)
 class Plan:
-    """What an event will do: its trigger, tenant and typed input, and the workflow id."""
+    """What an event will do: its trigger and the capability start (tenant, input, workflow id)."""
 
     trigger: Trigger
-    tenant_id: str
-    input: Any
-    workflow_id: str
+    start: CapabilityStart
+
+    @property
+    def workflow_id(self) -> str:
+        return self.start.workflow_id
 
 
 async def plan(pool: asyncpg.Pool, event: Event) -> Plan | None:
@@ -214,8 +214,7 @@ async def plan(pool: asyncpg.Pool, event: Event) -> Plan | None:
                  event.source, event.type, event.id, event.tenant_id)
         return None
     tenant, key, inp = trigger.build(event)
-    return Plan(trigger=trigger, tenant_id=tenant, input=inp,
-                workflow_id=workflow_id(tenant, CATALOGUE[trigger.capability].name, key))
+    return Plan(trigger=trigger, start=CapabilityStart.of(CATALOGUE[trigger.capability], inp, tenant, key))
 
 
 async def fire(temporal: Client, pool: asyncpg.Pool, event: Event) -> Fired:
@@ -228,25 +227,17 @@ async def fire(temporal: Client, pool: asyncpg.Pool, event: Event) -> Fired:
 
 async def start(temporal: Client, event: Event, planned: Plan) -> Fired:
     """Start (or signal-with-start) the planned workflow; its id makes a second start a no-op."""
-    trigger, tenant, inp, wf_id = planned.trigger, planned.tenant_id, planned.input, planned.workflow_id
-    cap = CATALOGUE[trigger.capability]
-    options: dict[str, Any] = {}
-    if trigger.action == "signal_with_start":
-        options = {"start_signal": trigger.signal, "start_signal_args": [event.payload],
-                   "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING}
-    else:
-        options = {"id_conflict_policy": WorkflowIDConflictPolicy.FAIL}
+    trigger = planned.trigger
+    signalled = trigger.action == "signal_with_start"
     try:
-        handle = await temporal.start_workflow(
-            cap.run, inp, id=wf_id, task_queue=WORKFLOWS_QUEUE,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, cap.name)]),
+        handle = await start_capability(
+            temporal, planned.start,
             memo={TRIGGER_MEMO: {"source": event.source, "event_type": event.type, "event_id": event.id}},
-            **options,
+            signal=trigger.signal if signalled else None, signal_args=[event.payload] if signalled else (),
         )
-    except WorkflowAlreadyStartedError as exc:
-        log.info("%s event %r (id %s): workflow %s exists; nothing started", event.source, event.type, event.id, wf_id)
-        return Fired(outcome="duplicate", event_type=event.type, workflow_id=wf_id, run_id=exc.run_id)
-    outcome: Outcome = "signalled" if trigger.action == "signal_with_start" else "started"
+    except AlreadyStarted as exc:
+        log.info("%s event %r (id %s): workflow %s exists; nothing started", event.source, event.type, event.id,
+                 exc.workflow_id)
+        return Fired(outcome="duplicate", event_type=event.type, workflow_id=exc.workflow_id, run_id=exc.run_id)
+    outcome: Outcome = "signalled" if signalled else "started"
     return Fired(outcome=outcome, event_type=event.type, workflow_id=handle.id, run_id=handle.result_run_id)

@@ -14,8 +14,6 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
@@ -23,7 +21,8 @@ from api.errors import ConflictError
 from api.ratelimit import StartLimiter
 from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
-from core.names import CAPABILITY, PENDING_APPROVAL, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from core.names import CAPABILITY, PENDING_APPROVAL, PROGRESS_QUERY, SLUG_PATTERN, TENANT_ID
+from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 
 
 log = logging.getLogger(__name__)
@@ -84,30 +83,17 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
         limiter.take(tenant)  # 429 with Retry-After: nothing started
     if hasattr(inp, "requested_by"):
         inp = msgspec.structs.replace(inp, requested_by=principal.sub)
-    wf_id = workflow_id(tenant, cap.name, cap.business_key(inp))
+    start = CapabilityStart.of(cap, inp, tenant)
     try:
-        handle = await temporal.start_workflow(
-            cap.run,
-            inp,
-            id=wf_id,
-            task_queue=WORKFLOWS_QUEUE,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(TENANT_ID, tenant), SearchAttributePair(CAPABILITY, cap.name)]
-            ),
-            memo={IDEMPOTENCY_MEMO: idempotency_key} if idempotency_key else None,
-        )
-    except WorkflowAlreadyStartedError:
+        handle = await start_capability(
+            temporal, start, memo={IDEMPOTENCY_MEMO: idempotency_key} if idempotency_key else None)
+    except AlreadyStarted as exc:
         if idempotency_key:
             # A retried request (same Idempotency-Key) gets the answer the first one got.
-            desc = await temporal.get_workflow_handle(wf_id).describe()
+            desc = await temporal.get_workflow_handle(exc.workflow_id).describe()
             if (await desc.memo()).get(IDEMPOTENCY_MEMO) == idempotency_key:
                 return StartResponse(workflow_id=desc.id, run_id=desc.run_id)
-        raise ConflictError(
-            f"{cap.name} for {cap.business_key(inp)!r} was already started", extra={"workflow_id": wf_id},
-            code="already_started",
-        ) from None
+        raise ConflictError(str(exc), extra={"workflow_id": exc.workflow_id}, code="already_started") from None
     return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
 
 
@@ -202,7 +188,7 @@ class WorkflowController(Controller):
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
         progress = result = failure = None
         try:
-            progress = await handle.query("progress", result_type=Any, rpc_timeout=QUERY_TIMEOUT)
+            progress = await handle.query(PROGRESS_QUERY, result_type=Any, rpc_timeout=QUERY_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - a workflow without the query, or no worker to answer
             log.info("no progress for %s: %s", workflow_id, exc)
             progress = None

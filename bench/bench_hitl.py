@@ -17,7 +17,7 @@ It measures, sequentially, each way interleaved with its raw baseline (a plain
 aiohttp's HTTP client (and through httpx's, for comparison):
 
 1. decision -> receipt: ``POST /v1/pending-actions/{action_id}/decision`` vs
-   ``handle.execute_update("decide", DecisionInput(...))``, each on an open request of a
+   ``handle.execute_update(HumanDecisions.decide, DecisionInput(...))``, each on an open request of a
    workflow that asks one approval after another; after each receipt the bench waits, untimed,
    until the workflow has run the audit activity and opened its next request (a bench-only
    update, ``bench.opened``, that returns then: the "moved on" figure). Also the API's own
@@ -313,7 +313,7 @@ async def decision_latency(http: Http, token: str, raw: Any, ours: Any, queue: s
                                  workflow_id=handle.id, key_id=key_id, secret=secret, issued_at=int(time.time()),
                                  ttl_seconds=300)
         t = time.perf_counter()
-        receipt = await handle.execute_update("decide", decision, result_type=DecisionReceipt)
+        receipt = await handle.execute_update(HumanDecisions.decide, decision)
         t1 = time.perf_counter()
         await decided(handle, request_id, receipt, t1)
         return t1 - t
@@ -325,10 +325,9 @@ async def decision_latency(http: Http, token: str, raw: Any, ours: Any, queue: s
         t = time.perf_counter()
         assert principal.can_see_tenant(handle.id.split(":", 1)[0])
         h = ours.get_workflow_handle(handle.id)
-        receipt = await h.execute_update("decide", sign_decision(DecisionInput(
+        receipt = await h.execute_update(HumanDecisions.decide, sign_decision(DecisionInput(
             request_id=request_id, decision="approve", comment="", edits=None, by=_decider(principal)),
-            workflow_id=handle.id, key_id=key_id, secret=secret, issued_at=int(time.time()), ttl_seconds=300),
-            result_type=DecisionReceipt)
+            workflow_id=handle.id, key_id=key_id, secret=secret, issued_at=int(time.time()), ttl_seconds=300))
         t1 = time.perf_counter()
         await decided(handle, request_id, receipt, t1)
         return t1 - t

@@ -31,6 +31,10 @@ SEARCH_ATTRIBUTES = (
     APPROVAL_DUE_AT,
 )
 
+# The query every capability's workflow answers with its progress (stage, steps, ...). Read by
+# name, not by reference: the API reads it from any workflow, whatever its class.
+PROGRESS_QUERY = "progress"
+
 # A tenant id or business key: lower-case slug, no ':' (the id separator).
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 

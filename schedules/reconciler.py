@@ -33,7 +33,6 @@ import msgspec
 from temporalio.client import (
     Client,
     Schedule,
-    ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleDescription,
     ScheduleIntervalSpec,
@@ -43,13 +42,14 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from schedules.catalogue import GLOBAL, OWNED_PREFIX, SCHEDULES, ScheduleDecl, TenantContext, schedule_id
 from schedules.frequency import shortest_gap
 from workflows.catalogue import CATALOGUE
-from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
+from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE
+from workflows.starting import CapabilityStart
 
 log = logging.getLogger(__name__)
 
@@ -149,23 +149,19 @@ class Desired:
         return self.decl.capability
 
     @property
+    def start(self) -> CapabilityStart:
+        """Each run's start, as the API and the triggers start the capability."""
+        return CapabilityStart.of(CATALOGUE[self.capability], self.input, self.tenant_id, self.decl.key)
+
+    @property
     def search_attributes(self) -> TypedSearchAttributes:
-        return TypedSearchAttributes(
-            [SearchAttributePair(TENANT_ID, self.tenant_id), SearchAttributePair(CAPABILITY, self.capability)]
-        )
+        return self.start.search_attributes
 
     def applied(self, spec: SpecParams | None = None, source: SpecSource = "catalogue") -> Applied:
         return Applied(schedule=self.decl.name, spec=spec or self.spec, action=self.fingerprint, spec_source=source)
 
     def schedule(self, applied: Applied, state: ScheduleState | None = None) -> Schedule:
-        action = ScheduleActionStartWorkflow(
-            CATALOGUE[self.capability].run,
-            self.input,
-            id=workflow_id(self.tenant_id, self.capability, self.decl.key),
-            task_queue=self.task_queue,
-            typed_search_attributes=self.search_attributes,
-            memo={APPLIED_MEMO_KEY: applied},
-        )
+        action = self.start.schedule_action(task_queue=self.task_queue, memo={APPLIED_MEMO_KEY: applied})
         return Schedule(
             action=action,
             spec=applied.spec.to_spec(),

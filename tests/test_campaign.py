@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.worker import Replayer
 
 from api.app import create_app
+from hitl.approvals import HumanDecisions
 from hitl.protocol import ApprovalsView
 from tests.conftest import Tokens, assert_eventually, serve, unique
 from tests.support import dev_env
@@ -256,7 +257,7 @@ async def bizosaas(settings: Settings, *args: str) -> tuple[int, str, str]:
 
 
 async def approvals_view(client: Client, wf_id: str) -> ApprovalsView:
-    return await client.get_workflow_handle(wf_id).query("approvals", result_type=ApprovalsView)
+    return await client.get_workflow_handle(wf_id).query(HumanDecisions.approvals)
 
 
 async def test_signed_cli_decisions_move_the_campaign_on_and_forged_ones_do_not(

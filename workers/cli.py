@@ -116,9 +116,10 @@ def cmd_approvals_decide(settings: Settings, args: argparse.Namespace) -> None:
 
     async def send() -> None:
         from core.client import connect
+        from hitl.approvals import HumanDecisions
 
         client = await connect(settings)
-        await client.get_workflow_handle(args.workflow_id).signal("decide", signed)
+        await client.get_workflow_handle(args.workflow_id).signal(HumanDecisions.decide_signal, signed)
 
     from temporalio.service import RPCError
 

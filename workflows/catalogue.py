@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from temporalio.common import WorkflowIDReusePolicy
+
 from workflows.campaign import CampaignInput, CampaignWorkflow
 from workflows.dunning import DunningInput, DunningWorkflow
 from workflows.onboarding import OnboardingInput, OnboardingWorkflow
@@ -33,6 +35,8 @@ class Capability:
     # Roles that may cancel a run (in their tenant scope). Workflows holding money or promises
     # compensate when canceled (an order releases its payment).
     cancel_roles: frozenset[str] = frozenset({"super_admin", "admin"})
+    # A business key runs once: a closed workflow's id is not started again (409 / duplicate).
+    id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.REJECT_DUPLICATE
 
     @property
     def run(self) -> Callable[..., Any]:

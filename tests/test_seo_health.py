@@ -14,7 +14,7 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from activities.billing import USAGE_METRIC_CODE
-from activities.sandbox_lago import LagoState
+from sandboxes.lago import LagoState
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique

@@ -547,8 +547,8 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     stripe_port = free_port()
     lago_port = free_port()
     lago_key = "lago-bench-key"
-    for name, module, port in (("stripe", "activities.sandbox_stripe", stripe_port),
-                               ("lago", "activities.sandbox_lago", lago_port)):
+    for name, module, port in (("stripe", "sandboxes.stripe", stripe_port),
+                               ("lago", "sandboxes.lago", lago_port)):
         spawn(f"sandbox-{name}", [sys.executable, "-m", module, "--port", str(port)], state, cwd=state,
               env={**env, "BIZ_LAGO_API_KEY": lago_key})
     env.update({"BIZ_STRIPE_API_BASE": f"http://127.0.0.1:{stripe_port}", "BIZ_STRIPE_API_KEY": "sk_test_bench",

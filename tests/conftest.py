@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 
 from core.database import create_pool
 from activities.mcp import seed_registry
-from activities.sandbox_lago import LagoState, create_lago_app
+from sandboxes.lago import LagoState, create_lago_app
 from api.app import create_app
 from api.auth import mint_dev_token
 from core.client import connect

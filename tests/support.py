@@ -28,7 +28,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.netguard import FetchPolicy
-from activities.sandbox_mcp import build_server, serve_http
+from sandboxes.mcp.server import build_server, serve_http
 from hitl.protocol import DecisionInput, sign_decision
 from core.client import connect
 from workers.main import build_workers, registrations
@@ -229,7 +229,7 @@ def run_localstripe() -> Iterator[str]:
         log_path = Path(workdir) / "localstripe.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "activities.sandbox_stripe", "--port", str(port)],
+                [sys.executable, "-m", "sandboxes.stripe", "--port", str(port)],
                 cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )

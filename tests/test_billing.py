@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.usage import CheckBudget, RecordUsage, UsageActivities, estimate_cost
     from tests.support import STRIPE_TEST_KEY
     from tests.conftest import free_port, unique
-    from activities.sandbox_lago import LagoState
+    from sandboxes.lago import LagoState
     from workers.main import WORKFLOW_FAILURE_TYPES
     from core.settings import Settings
 

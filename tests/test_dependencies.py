@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("core", "agents", "activities", "workflows", "hitl", "schedules", "workers", "api", "tests", "bench")
+SOURCES = ("core", "agents", "activities", "workflows", "hitl", "schedules", "sandboxes", "workers", "api", "tests", "bench")
 
 
 def _name(requirement: str) -> str:

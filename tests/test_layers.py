@@ -1,6 +1,10 @@
-"""The layers point down: api, workers (entry points) -> workflows, hitl, schedules -> activities
--> agents -> core. Read from the source (every import statement, also those inside functions),
-so the picture in the README stays true.
+"""The layers point down: api, workers (entry points) -> sandboxes -> workflows, hitl, schedules
+-> activities -> agents -> core. Read from the source (every import statement, also those inside
+functions), so the picture in the README stays true.
+
+``sandboxes/`` (the fakes of the outside services, run by ``bizosaas dev`` and the tests) sits
+right under the entry points: it uses the ground and the fetch policy of ``activities.netguard``,
+and no workflow, schedule or activity may import it (workflows reach it over the network only).
 
 ``core/`` is checked strictly: it imports no layer at all. For the rest, the upward imports
 that remain are listed below by name; the list may only shrink (a new one fails here).
@@ -12,7 +16,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOORS = {"core": 0, "agents": 1, "activities": 2, "workflows": 3, "hitl": 3, "schedules": 3, "workers": 4, "api": 4}
+FLOORS = {"core": 0, "agents": 1, "activities": 2, "workflows": 3, "hitl": 3, "schedules": 3, "sandboxes": 4,
+          "workers": 5, "api": 5}
 
 # Upward imports still to remove (each "importer -> imported"). Remove a line when its import goes.
 REMAINING_UPWARD = {

@@ -354,7 +354,7 @@ async def test_unreachable_server_is_retried_until_it_comes_up(
 async def test_stdio_transport(db: asyncpg.Pool, database_url: str) -> None:
     """The same sandbox as a child process speaking MCP over stdio."""
     tenant, name = unique("acme"), unique("stdio")
-    command = (sys.executable, "-m", "activities.sandbox_mcp", "--transport", "stdio",
+    command = (sys.executable, "-m", "sandboxes.mcp", "--transport", "stdio",
                "--database-url", database_url, "--log-level", "WARNING")
     await register_server(db, ServerConfig(name=name, transport="stdio", command=command, timeout_seconds=20))
     env, mcp = ActivityEnvironment(), MCPActivities(db)

@@ -30,7 +30,7 @@ from temporalio.testing import ActivityEnvironment
 from activities import netguard
 from activities.mcp import CallToolRequest, MCPActivities, ServerConfig, register_server
 from activities.netguard import AllowedNetwork, FetchPolicy, URLRefused
-from activities.sandbox_mcp import fetch_page
+from sandboxes.mcp.web import fetch_page
 from tests.support import Site, free_port, serve, serve_sandbox, unique
 
 PUBLIC_V4, PUBLIC_V6 = "93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"

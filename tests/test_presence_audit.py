@@ -8,7 +8,7 @@ from temporalio.client import Client
 
 from agents.types import CrewReport
 from activities.billing import USAGE_METRIC_CODE
-from activities.sandbox_lago import LagoState
+from sandboxes.lago import LagoState
 from agents.llm import OFFLINE_MODEL
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.support import record_history

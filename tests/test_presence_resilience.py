@@ -33,7 +33,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from agents.types import CrewReport
 from activities.billing import USAGE_METRIC_CODE
-from activities.sandbox_lago import LagoState
+from sandboxes.lago import LagoState
 from activities.usage import estimate_cost
 from tests.support import assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique, worker_process
 from core.settings import LlmSettings, Settings

@@ -14,13 +14,13 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from activities.billing import USAGE_METRIC_CODE
-from activities.sandbox_lago import LagoState
+from sandboxes.lago import LagoState
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique
 from tests.support import Site, record_history
 from core.names import TENANT_ID
-from workflows.seo_health import PageScan, SeoHealthReport, technical_scan
+from workflows.seo_health import SeoHealthReport
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
 
 FILLER = " ".join(["Fresh flowers arranged by hand every morning for every occasion."] * 12)  # 120 words
@@ -182,25 +182,3 @@ async def test_enabling_seo_health_schedules_it_weekly_and_trigger_now_runs_it(
         if await describe_or_none(client, sid) is not None:
             await client.get_schedule_handle(sid).delete()
 
-
-def test_the_technical_scan_checks_each_page() -> None:
-    """The deterministic checks, without a server: what each kind of page is reported for."""
-    ok = {"title": "A good page title", "meta_description": "d" * 80, "h1_count": 1, "headings": 2, "word_count": 300}
-    pages = [
-        PageScan(path="/", url="https://a.example/", status=200, **ok),
-        PageScan(path="/old", url="https://a.example/old", final_url="https://a.example/", status=200, **ok),
-        PageScan(path="/bare", url="https://a.example/bare", status=200, title="Hi", h1_count=2, word_count=20,
-                 load_ms=3500.0),
-        PageScan(path="/down", url="https://a.example/down", status=None, error="ConnectError"),
-        PageScan(path="/boom", url="https://a.example/boom", status=503),
-    ]
-    scan = technical_scan(pages, {"/": ["https://a.example/down", "https://a.example/", "https://a.example/x"]})
-    assert [(i.id, i.severity) for i in scan.issues] == [
-        ("server-error:/boom", "critical"), ("unreachable:/down", "critical"),
-        ("broken-link:/->/down", "high"),
-        ("missing-meta-description:/bare", "medium"), ("slow-page:/bare", "medium"),
-        ("duplicate-title:/old", "low"), ("multiple-h1:/bare", "low"), ("redirect:/old", "low"),
-        ("thin-content:/bare", "low"), ("title-length:/bare", "low"),
-    ]
-    assert scan.score == 100 - 2 * 25 - 10 - 2 * 5 - 5 * 2
-    assert scan.pages[0].broken_links == ["/down"]

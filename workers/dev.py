@@ -219,19 +219,19 @@ class DevStack:
 
         # A dev machine audits its own sites too (localhost, the LAN): fetch_web_page may reach
         # private networks here, unless BIZ_FETCH_ALLOW_PRIVATE_NETWORKS says otherwise.
-        spawn("sandbox-mcp", "activities.sandbox_mcp", d.mcp_port,
+        spawn("sandbox-mcp", "sandboxes.mcp", d.mcp_port,
               {"BIZ_FETCH_ALLOW_PRIVATE_NETWORKS": "true", **env})
         mcp_url = f"http://127.0.0.1:{d.mcp_port}/mcp"
         extra["BIZ_WORKER_MCP_URLS"] = json.dumps({"sandbox": mcp_url})
         self.sandboxes["MCP tools"] = mcp_url
         if self.settings.stripe.api_key is None:
-            spawn("sandbox-stripe", "activities.sandbox_stripe", d.stripe_port, env)
+            spawn("sandbox-stripe", "sandboxes.stripe", d.stripe_port, env)
             extra["BIZ_STRIPE_API_BASE"] = f"http://127.0.0.1:{d.stripe_port}"
             extra["BIZ_STRIPE_API_KEY"] = "sk_test_bizosaas_sandbox"  # localstripe takes any test key
             self.sandboxes["Stripe"] = extra["BIZ_STRIPE_API_BASE"]
         if self.settings.lago.api_key is None:
             lago_key = "lago-sandbox-key"
-            spawn("sandbox-lago", "activities.sandbox_lago", d.lago_port, {**env, "BIZ_LAGO_API_KEY": lago_key})
+            spawn("sandbox-lago", "sandboxes.lago", d.lago_port, {**env, "BIZ_LAGO_API_KEY": lago_key})
             extra["BIZ_LAGO_API_URL"] = f"http://127.0.0.1:{d.lago_port}"
             extra["BIZ_LAGO_API_KEY"] = lago_key
             self.sandboxes["Lago"] = extra["BIZ_LAGO_API_URL"]

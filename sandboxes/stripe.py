@@ -1,6 +1,6 @@
 """The Stripe sandbox: localstripe (a Stripe API fake) on loopback, its store kept in memory.
 
-``bizosaas dev`` runs it (``python -m activities.sandbox_stripe --port P``) unless
+``bizosaas dev`` runs it (``python -m sandboxes.stripe --port P``) unless
 ``BIZ_STRIPE_API_KEY`` names a real Stripe account; the tests run it too. localstripe keeps its
 state in a fixed ``/tmp/localstripe.pickle`` and binds every interface; here the store stays in
 memory (parallel stacks never share or clobber it) and only loopback is bound. localstripe
@@ -13,7 +13,7 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m activities.sandbox_stripe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sandboxes.stripe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     parser.add_argument("--port", type=int, default=8767)
     args = parser.parse_args(argv)

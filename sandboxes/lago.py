@@ -1,6 +1,6 @@
 """The Lago sandbox: a small Lago-compatible HTTP server for customers, subscriptions and usage events.
 
-``bizosaas dev`` runs it (``python -m activities.sandbox_lago --port P --api-key K``) unless
+``bizosaas dev`` runs it (``python -m sandboxes.lago --port P --api-key K``) unless
 ``BIZ_LAGO_API_KEY`` names a real Lago; the tests run it in-process. State lives in memory and
 ``GET /api/v1/events`` lists what would have been billed.
 
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog="python -m activities.sandbox_lago", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sandboxes.lago", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--prefix", default="", help="serve the API under {prefix}/api/v1")

@@ -36,7 +36,6 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec
 
     from activities.approvals import ApprovalActivities, Notify
@@ -63,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         signature_problem,
         signing_input,
     )
+    from core.activity import run_activity
     from core.names import (
         APPROVAL_AUDIENCE,
         APPROVAL_DUE_AT,

@@ -22,11 +22,11 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec  # not re-imported into the sandbox on every run
     from activities.agent_steps import AgentStepActivities
     from activities.mcp import SERVER_DISABLED, SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities
     from agents.types import AgentTool, LlmCall, LlmStepRequest, Message, ToolCall
+    from core.activity import run_activity
     from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 TURN_LIMIT = "AgentTurnLimit"

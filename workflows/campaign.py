@@ -30,7 +30,6 @@ from typing import Annotated, Any, Literal
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec
     from activities.agents import AgentActivities
     from agents.types import CreativeOutcome, CreativeRequest
@@ -39,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
+    from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
     from workflows.usage import account, check_ai_budget, report_usage
@@ -222,9 +222,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
             break
         self._steps.append("client_approved")
 
-        policy = await run_activity(
-            ApprovalActivities.tenant_policy, TenantPolicyRequest(tenant_id=inp.tenant_id),
-        )
+        policy = await run_activity(ApprovalActivities.tenant_policy, TenantPolicyRequest(tenant_id=inp.tenant_id))
         if budget > policy.campaign_budget_cap_usd:
             self._enter("awaiting_budget_approval")
             override = await self.ask(ApprovalRequest(

@@ -33,13 +33,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec
     from activities.billing import INVOICE_ID_PATTERN, InvoicePayment, PayInvoice, StripeActivities
     from activities.mcp import CallToolRequest, MCPActivities
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
     from hitl.approvals import MEMO_KEY, HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, DecisionRecord
+    from core.activity import run_activity
     from core.names import APPROVAL_AUDIENCE, APPROVAL_DUE_AT, APPROVAL_ROLE, PENDING_APPROVAL, SLUG_PATTERN
     from core.policies import Stages
 

@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec  # not re-imported into the sandbox on every run
     from activities.billing import (
         BillingCustomerActivities,
@@ -34,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         SetTenantStatus,
         TenantActivities,
     )
+    from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
 

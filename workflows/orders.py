@@ -32,7 +32,6 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec
     from activities.mcp import CallToolRequest, MCPActivities
     from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
@@ -40,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
+    from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
     from workflows.usage import account, report_usage
@@ -252,9 +252,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             return result("invalid", reasons=problems)
 
         self._enter("checking_inventory", "validated")
-        policy = await run_activity(
-            OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id),
-        )
+        policy = await run_activity(OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id))
         stock = await self._tool(inp, "check_inventory", "inventory",
                                  {"skus": list(dict.fromkeys(line.sku for line in inp.lines))})
         available = {item["sku"]: item["available"] for item in stock["items"]}

@@ -13,12 +13,12 @@ from typing import Annotated, Literal
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec  # not re-imported into the sandbox on every run
     from activities.agents import AgentActivities
     from agents.types import CrewReport, CrewRequest, PageSnapshot
     from activities.mcp import CallToolRequest, MCPActivities
     from activities.reports import ReportActivities, StoreReport
+    from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
     from workflows.usage import account, check_ai_budget, report_usage

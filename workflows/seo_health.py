@@ -27,11 +27,11 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec  # not re-imported into the sandbox on every run
     from activities.mcp import CallToolRequest, MCPActivities
     from activities.reports import LatestReport, ReportActivities, StoredReport, StoreReport
     from workflows.agent_loop import AgentLoopInput, ToolRef, run_agent
+    from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN, WEB_SERVER

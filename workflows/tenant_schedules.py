@@ -13,11 +13,11 @@ from typing import Annotated
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     import msgspec  # not re-imported into the sandbox on every run
     from activities.schedules import TENANT_DB_RETRY, ApplyTenantSchedules, ScheduleActivities, SetCapability
     from activities.tenants import AuditActivities, AuditEntry
     from schedules.reconciler import ScheduleChange
+    from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from workflows.presence_audit import URL_PATTERN
 
@@ -54,9 +54,7 @@ class TenantCapabilitiesWorkflow:
                           website_url=change.website_url, updated_by=change.requested_by,
                           workflow_id=info.workflow_id),
         )
-        report = await run_activity(
-            ScheduleActivities.apply_tenant, ApplyTenantSchedules(tenant_id=change.tenant_id),
-        )
+        report = await run_activity(ScheduleActivities.apply_tenant, ApplyTenantSchedules(tenant_id=change.tenant_id))
         action = "tenant.capability_enabled" if record.enabled else "tenant.capability_disabled"
         receipt = await run_activity(
             AuditActivities.write,

@@ -9,17 +9,15 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.activity import run_activity
     from agents.types import LlmCall
     from activities.billing import LagoActivities, ReportUsage
     from activities.usage import CheckBudget, RecordUsage, UsageActivities
+    from core.activity import run_activity
 
 
 async def check_ai_budget(tenant_id: str) -> None:
     """Fails the caller, non-retryable (``AIBudgetExceeded``), when the tenant is over budget."""
-    await run_activity(
-        UsageActivities.check_budget, CheckBudget(tenant_id=tenant_id),
-    )
+    await run_activity(UsageActivities.check_budget, CheckBudget(tenant_id=tenant_id))
 
 
 async def record_usage(tenant_id: str, agent: str, provider: str, calls: list[LlmCall], step: str) -> list[int]:

@@ -12,16 +12,26 @@ the validation error; a second invalid answer fails non-retryably with ``Invalid
 
 from __future__ import annotations
 
+from datetime import timedelta
 
 import msgspec
 from temporalio import activity
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.usage import RecordUsage, UsageLedger
 from agents.types import INVALID_OUTPUT, INVALID_REQUEST, LlmCall, LlmStepRequest, LlmStepResult
+from core.activity import Activities, ActivityPolicy
+from core.names import AGENTS_QUEUE
 from core.settings import LlmSettings
 
 ROLES = frozenset({"user", "assistant", "tool"})
+
+# One LLM call per attempt; a request or an answer no retry could fix is final.
+LLM_STEP_TIMEOUT = timedelta(minutes=5)
+LLM_STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=60),
+                             maximum_attempts=5, non_retryable_error_types=[INVALID_OUTPUT, INVALID_REQUEST])
+LLM_STEP = ActivityPolicy(start_to_close=LLM_STEP_TIMEOUT, retry=LLM_STEP_RETRY)
 
 
 def check_request(req: LlmStepRequest) -> None:
@@ -51,8 +61,11 @@ def check_request(req: LlmStepRequest) -> None:
         raise ApplicationError("; ".join(problems), type=INVALID_REQUEST, non_retryable=True)
 
 
-class AgentStepActivities:
+class AgentStepActivities(Activities):
     """Holds the LLM settings and the usage ledger; the agents worker registers :meth:`llm_step`."""
+    task_queue = AGENTS_QUEUE
+    default_policy = LLM_STEP
+
 
     def __init__(self, llm: LlmSettings, ledger: UsageLedger | None = None) -> None:
         self._llm = llm

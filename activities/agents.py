@@ -15,6 +15,10 @@ from typing import Any
 import msgspec
 from temporalio import activity
 
+from core.activity import Activities
+from core.names import AGENTS_QUEUE
+from core.policies import CREW
+
 from activities.usage import RecordUsage, UsageLedger
 from agents.types import AdCopy, CreativeOutcome, CreativeRequest, CrewOutcome, CrewRequest, LlmCall
 from core.settings import LlmSettings
@@ -45,8 +49,11 @@ class _Heartbeat:
         self._thread.join()
 
 
-class AgentActivities:
+class AgentActivities(Activities):
     """The crews. With a usage ledger, every LLM call is a usage row as soon as it returns."""
+    task_queue = AGENTS_QUEUE
+    default_policy = CREW
+
 
     def __init__(self, llm: LlmSettings, ledger: UsageLedger | None = None) -> None:
         self._llm = llm

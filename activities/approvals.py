@@ -11,6 +11,10 @@ import asyncpg
 import msgspec
 from temporalio import activity
 
+from core.activity import Activities
+from core.names import WORKFLOWS_QUEUE
+from core.policies import DB
+
 # A tenant without its own cap: campaigns above this budget also need an admin's approval.
 DEFAULT_CAMPAIGN_BUDGET_CAP_USD = Decimal("1000")
 
@@ -41,7 +45,10 @@ class TenantPolicy(msgspec.Struct, frozen=True, kw_only=True):
     campaign_budget_cap_usd: float
 
 
-class ApprovalActivities:
+class ApprovalActivities(Activities):
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = DB
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

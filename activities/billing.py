@@ -33,7 +33,9 @@ import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.names import SLUG_PATTERN
+from core.activity import Activities
+from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN, WORKFLOWS_QUEUE
+from core.policies import BILLING, DB
 
 if TYPE_CHECKING:
     import stripe
@@ -166,8 +168,11 @@ def stripe_failure(err: stripe.StripeError) -> ApplicationError:
     )
 
 
-class StripeActivities:
+class StripeActivities(Activities):
     """One StripeClient (async over httpx), built from settings; integrations queue."""
+    task_queue = INTEGRATIONS_QUEUE
+    default_policy = BILLING
+
 
     def __init__(self, settings: Settings) -> None:
         import stripe
@@ -310,8 +315,11 @@ def lago_api_url(url: str | None) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-class LagoActivities:
+class LagoActivities(Activities):
     """One Lago client (sync httpx, run in threads) and the pool; integrations queue."""
+    task_queue = INTEGRATIONS_QUEUE
+    default_policy = BILLING
+
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         from lago_python_client.client import Client as LagoClient
@@ -437,7 +445,10 @@ def _unix(ts: datetime) -> int:
 
 # --- The ids row (workflows queue) -------------------------------------------------------
 
-class BillingCustomerActivities:
+class BillingCustomerActivities(Activities):
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = DB
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

@@ -13,10 +13,19 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
+from datetime import timedelta
 
 import msgspec
 from pydantic import SecretStr
 from temporalio import activity
+from temporalio.common import RetryPolicy
+
+from core.activity import Activities, ActivityPolicy
+from core.names import WORKFLOWS_QUEUE
+
+# Verifying a MAC is a few microseconds in the worker's process: short, few attempts.
+VERIFY = ActivityPolicy(start_to_close=timedelta(seconds=5),
+                        retry=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=3))
 
 
 def decision_mac(secret: bytes, message: bytes) -> str:
@@ -36,9 +45,13 @@ class DecisionVerdict(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""  # why not, without any key material
 
 
-class DecisionKeyActivities:
+class DecisionKeyActivities(Activities):
     """Holds the decision keys (key id -> secret); every key verifies, so a rotation keeps
     decisions signed with the previous key valid until that key is removed."""
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = VERIFY
+    local = True
+
 
     def __init__(self, keys: Mapping[str, SecretStr]) -> None:
         self._keys = {key_id: secret.get_secret_value().encode() for key_id, secret in keys.items()}

@@ -46,7 +46,8 @@ from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from core.names import SLUG_PATTERN
+from core.activity import Activities, ActivityPolicy
+from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ REGISTRY_FILE = Path(__file__).resolve().parent.parent / "mcp-servers.yaml"
 # The per-server timeout (registry) bounds each call; MCP_TOOL_TIMEOUT bounds an attempt as a
 # whole; a server down for longer than the attempts or MCP_TOOL_DEADLINE (all attempts and
 # back-offs together) fails the call with its last error (MCPUnavailable) instead of retrying
-# forever. Pass all three: start_to_close_timeout, schedule_to_close_timeout, retry_policy.
+# forever. All three make the class's policy (MCP_TOOL).
 MCP_TOOL_TIMEOUT = timedelta(seconds=120)
 MCP_TOOL_DEADLINE = timedelta(minutes=15)
 MCP_TOOL_RETRY = RetryPolicy(
@@ -67,6 +68,7 @@ MCP_TOOL_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=12,  # about 7.5 minutes of back-off
 )
+MCP_TOOL = ActivityPolicy(start_to_close=MCP_TOOL_TIMEOUT, schedule_to_close=MCP_TOOL_DEADLINE, retry=MCP_TOOL_RETRY)
 
 # Error types (callers match on these, never on message text).
 SERVER_NOT_FOUND = "MCPServerNotFound"
@@ -525,9 +527,12 @@ def _arguments(req: CallToolRequest, tool: mcp_types.Tool) -> dict[str, Any]:
     return args
 
 
-class MCPActivities:
+class MCPActivities(Activities):
     """Holds the pool and the session manager; the worker registers the bound methods and
     awaits :meth:`aclose` when it stops."""
+    task_queue = INTEGRATIONS_QUEUE
+    default_policy = MCP_TOOL
+
 
     def __init__(self, pool: asyncpg.Pool, sessions: MCPSessionManager | None = None) -> None:
         self._pool = pool

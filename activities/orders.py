@@ -10,6 +10,10 @@ import asyncpg
 import msgspec
 from temporalio import activity
 
+from core.activity import Activities
+from core.names import WORKFLOWS_QUEUE
+from core.policies import DB
+
 # A tenant without its own threshold: orders above this total need the client's approval.
 DEFAULT_REVIEW_THRESHOLD = Decimal("500")
 
@@ -42,7 +46,10 @@ class OrderRecorded(msgspec.Struct, frozen=True, kw_only=True):
     created: bool
 
 
-class OrderActivities:
+class OrderActivities(Activities):
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = DB
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

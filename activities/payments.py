@@ -15,6 +15,10 @@ import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.activity import Activities
+from core.names import INTEGRATIONS_QUEUE
+from core.policies import BILLING
+
 from activities.billing import StripeActivities, stripe_failure
 
 PAYMENT_INTENT = r"^pi_[A-Za-z0-9_]{3,250}$"
@@ -35,8 +39,11 @@ class PaymentOutcome(msgspec.Struct, frozen=True, kw_only=True):
     refund_id: str | None = None
 
 
-class PaymentActivities:
+class PaymentActivities(Activities):
     """Uses the worker's one Stripe client (``StripeActivities``)."""
+    task_queue = INTEGRATIONS_QUEUE
+    default_policy = BILLING
+
 
     def __init__(self, stripe_activities: StripeActivities) -> None:
         self._stripe = stripe_activities

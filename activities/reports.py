@@ -15,6 +15,10 @@ import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.activity import Activities
+from core.names import WORKFLOWS_QUEUE
+from core.policies import DB
+
 
 class StoreReport(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
@@ -52,7 +56,10 @@ class LatestReportResult(msgspec.Struct, frozen=True, kw_only=True):
     report: StoredReport | None = None  # None: no such report of the tenant on this subject yet
 
 
-class ReportActivities:
+class ReportActivities(Activities):
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = DB
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

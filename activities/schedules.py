@@ -8,14 +8,28 @@ it once and registers the bound methods.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import asyncpg
 import msgspec
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from schedules.reconciler import SyncReport, reconcile
+from core.activity import Activities, ActivityPolicy, with_policy
 from core.names import WORKFLOWS_QUEUE
+from core.policies import DB_TIMEOUT
+from schedules.reconciler import SyncReport, reconcile
+
+# Postgres writes and Temporal schedule calls are quick and safe to retry; an unknown tenant is
+# not worth retrying.
+TENANT_DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10),
+                              non_retryable_error_types=["TenantNotFound"])
+TENANT_DB = ActivityPolicy(start_to_close=DB_TIMEOUT, retry=TENANT_DB_RETRY)
+SCHEDULES = ActivityPolicy(
+    start_to_close=timedelta(seconds=60),
+    retry=RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=30)))
 
 
 class SetCapability(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +53,10 @@ class ApplyTenantSchedules(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
 
 
-class ScheduleActivities:
+class ScheduleActivities(Activities):
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = TENANT_DB
+
     def __init__(self, pool: asyncpg.Pool, task_queue: str = WORKFLOWS_QUEUE, client: Client | None = None) -> None:
         self._pool = pool
         # The queue the scheduled runs are started on (tests point it at their own).
@@ -69,6 +86,7 @@ class ScheduleActivities:
             ) from None
         return CapabilityRecord(**dict(row))
 
+    @with_policy(SCHEDULES)
     @activity.defn(name="schedules.apply_tenant")
     async def apply_tenant(self, req: ApplyTenantSchedules) -> SyncReport:
         """Create, update or delete this tenant's schedules to match its row (idempotent)."""

@@ -10,6 +10,10 @@ import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.activity import Activities
+from core.names import WORKFLOWS_QUEUE
+from core.policies import DB
+
 
 class CreateTenant(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
@@ -49,8 +53,11 @@ class AuditReceipt(msgspec.Struct, frozen=True, kw_only=True):
     written: bool  # False: the same idempotency key was written before
 
 
-class TenantActivities:
+class TenantActivities(Activities):
     """Holds the pool; the worker registers the bound methods."""
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = DB
+
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -98,7 +105,10 @@ class TenantActivities:
         )
 
 
-class AuditActivities:
+class AuditActivities(Activities):
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = DB
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

@@ -22,6 +22,10 @@ import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.activity import Activities
+from core.names import WORKFLOWS_QUEUE
+from core.policies import DB
+
 # The provider name of the deterministic offline LLM: no network, no cost, not billed.
 OFFLINE_PROVIDER = "offline"
 
@@ -160,7 +164,7 @@ class UsageLedger:
         return f"{info.workflow_id}:{agent}:{info.activity_id}:{info.attempt}:{n}", info.workflow_id
 
 
-class UsageActivities:
+class UsageActivities(Activities):
     """Holds the pool and the default monthly AI budget of tenants without a
     ``tenant_budgets`` row (from settings: activities never read the environment); the worker
     registers the bound methods on the workflows queue.
@@ -169,6 +173,9 @@ class UsageActivities:
     changing the setting reaches every tenant at once (no backfill of rows, no tenant left
     without a row because it was onboarded before the setting existed), while a row still
     gives a tenant its own budget, higher or lower."""
+    task_queue = WORKFLOWS_QUEUE
+    default_policy = DB
+
 
     def __init__(self, pool: asyncpg.Pool, default_monthly_budget_usd: Decimal | None = None) -> None:
         self._pool = pool

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         signature_problem,
         signing_input,
     )
+    from core.activity import run_activity
     from core.names import (
         APPROVAL_AUDIENCE,
         APPROVAL_DUE_AT,
@@ -69,15 +70,11 @@ with workflow.unsafe.imports_passed_through():
         PENDING_APPROVAL,
         tenant_of,
     )
-    from core.policies import DB_RETRY, DB_TIMEOUT
 
 APPROVING = ("approve", "edit")
 MEMO_KEY = "approval"
 NO_PAYLOAD = RawValue(Payload())  # a `decide` signal sent without input
 T = TypeVar("T")
-# Verifying a MAC is a few microseconds in the worker's process: short, few attempts.
-VERIFY_TIMEOUT = timedelta(seconds=5)
-VERIFY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=3)
 
 
 class HumanDecisions:
@@ -190,10 +187,9 @@ class HumanDecisions:
         sig = d.signature
         assert sig is not None  # signature_problem refuses an unsigned decision
         try:
-            verdict = await workflow.execute_local_activity_method(
+            verdict = await run_activity(
                 DecisionKeyActivities.verify_decision,
-                VerifyDecision(key_id=sig.key_id, message=signing_input(d, sig).decode(), mac=sig.mac),
-                start_to_close_timeout=VERIFY_TIMEOUT, retry_policy=VERIFY_RETRY)
+                VerifyDecision(key_id=sig.key_id, message=signing_input(d, sig).decode(), mac=sig.mac))
         except ActivityError as err:
             return DecisionRefused(UNVERIFIED_SIGNATURE, f"the signature could not be verified: {err.cause}")
         return None if verdict.valid else DecisionRefused(BAD_SIGNATURE, verdict.reason)
@@ -328,7 +324,7 @@ class HumanDecisions:
     async def _audit_decision(self, record: DecisionRecord) -> None:
         a = self._approval
         assert a is not None
-        await workflow.execute_activity_method(
+        await run_activity(
             AuditActivities.write,
             AuditEntry(
                 idempotency_key=f"{workflow.info().workflow_id}:approval:{record.request_id}:{record.decided_by}",
@@ -340,31 +336,28 @@ class HumanDecisions:
                          "diff": msgspec.to_builtins(record.diff), "via": record.via,
                          "decider_tenant": record.tenant_id, "choice": record.choice},
             ),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
     async def _audit_system(self, action: str) -> None:
         a = self._approval
         assert a is not None
-        await workflow.execute_activity_method(
+        await run_activity(
             AuditActivities.write,
             AuditEntry(idempotency_key=f"{workflow.info().workflow_id}:approval:{a.request.request_id}:{action}",
                        tenant_id=a.tenant_id, actor="system", action=action, workflow_id=workflow.info().workflow_id,
                        details={"request_id": a.request.request_id, "kind": a.request.kind,
                                 "audience": a.audience, "roles": a.roles}),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
     async def _notify(self, event: str, suffix: str = "") -> None:
         a = self._approval
         assert a is not None
         wf_id = workflow.info().workflow_id
-        await workflow.execute_activity_method(
+        await run_activity(
             ApprovalActivities.notify,
             Notify(idempotency_key=f"{wf_id}:approval:{a.request.request_id}:{event}{suffix}", tenant_id=a.tenant_id,
                    workflow_id=wf_id, request_id=a.request.request_id, event=event, audience=a.audience,
                    roles=a.roles, title=a.request.title, due_at=a.due_at),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
 

@@ -32,6 +32,7 @@ from activities.reports import ReportActivities
 from activities.schedules import ScheduleActivities
 from activities.tenants import AuditActivities, TenantActivities
 from activities.usage import UsageActivities, UsageLedger
+from core.activity import activity_methods
 from core.client import connect
 from core.converter import resolve_struct_annotations
 from core.settings import Settings
@@ -53,7 +54,7 @@ WORKFLOW_FAILURE_TYPES: Sequence[type[BaseException]] = (msgspec.ValidationError
 @dataclass
 class QueueRegistration:
     workflows: list[type] = field(default_factory=list)
-    activities: list = field(default_factory=list)  # bound activity methods
+    activities: list = field(default_factory=list)  # bound activity methods (core.activity.activity_methods)
     max_concurrent_activities: int | None = None
     max_activities_per_second: float | None = None
     executor: concurrent.futures.Executor | None = None
@@ -72,7 +73,8 @@ def configure_crewai(settings: Settings) -> None:
 
 
 def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str]) -> dict[str, QueueRegistration]:
-    """What each task queue runs. Activity classes are built once and shared."""
+    """What each task queue runs. Activity classes are built once and shared; each queue registers
+    every activity method of its classes, and a class declared for another queue is refused."""
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
         tenants, audit = TenantActivities(pool), AuditActivities(pool)
@@ -86,10 +88,8 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
             log.warning("BIZ_DECISION_KEYS is not set: every decision will be refused (signed with an unknown key)")
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(ALL_WORKFLOWS),
-            activities=[tenants.create_tenant, tenants.set_status, audit.write, usage.record, usage.check_budget,
-                        billing.record_customer, reports.store, reports.latest, approvals.notify, approvals.tenant_policy,
-                        schedules.set_capability, schedules.apply_tenant, orders.policy, orders.record,
-                        decision_keys.verify_decision],
+            activities=activity_methods(WORKFLOWS_QUEUE, tenants, audit, usage, billing, reports, approvals,
+                                        schedules, orders, decision_keys),
             max_concurrent_activities=settings.worker.max_concurrent_activities,
         )
     if AGENTS_QUEUE in queues:
@@ -101,7 +101,7 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         ledger = UsageLedger(pool)
         agents, steps = AgentActivities(settings.llm, ledger), AgentStepActivities(settings.llm, ledger)
         regs[AGENTS_QUEUE] = QueueRegistration(
-            activities=[agents.presence_crew, agents.campaign_creative_crew, steps.llm_step],
+            activities=activity_methods(AGENTS_QUEUE, agents, steps),
             max_concurrent_activities=settings.worker.agents_max_concurrent,
             # Crews are sync (CrewAI): they run on this bounded pool, never on the event loop.
             executor=concurrent.futures.ThreadPoolExecutor(
@@ -117,8 +117,7 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         mcp, stripe, lago = MCPActivities(pool), StripeActivities(settings), LagoActivities(settings, pool)
         payments = PaymentActivities(stripe)
         regs[INTEGRATIONS_QUEUE] = QueueRegistration(
-            activities=[mcp.list_tools, mcp.call_tool, stripe.create_customer, stripe.pay_invoice, payments.capture, payments.release,
-                        lago.create_customer, lago.create_subscription, lago.report_usage],
+            activities=activity_methods(INTEGRATIONS_QUEUE, mcp, stripe, payments, lago),
             max_activities_per_second=settings.worker.integrations_max_per_second,
             closers=[mcp.aclose, stripe.close],
         )

@@ -16,19 +16,17 @@ reports them (``workflows.usage.account``).
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Annotated, Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
     from activities.agent_steps import AgentStepActivities
-    from activities.mcp import (MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, SERVER_DISABLED,
-                                SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities)
-    from agents.types import INVALID_OUTPUT, INVALID_REQUEST, AgentTool, LlmCall, LlmStepRequest, Message, ToolCall
+    from activities.mcp import SERVER_DISABLED, SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities
+    from agents.types import AgentTool, LlmCall, LlmStepRequest, Message, ToolCall
+    from core.activity import run_activity
     from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 TURN_LIMIT = "AgentTurnLimit"
@@ -36,11 +34,6 @@ TURN_LIMIT = "AgentTurnLimit"
 # being told.
 FATAL_TOOL_ERRORS = frozenset({SERVER_DISABLED, SERVER_NOT_FOUND})
 TOOL_RESULT_MAX_CHARS = 8000  # per tool result in the transcript (workflow state)
-
-# Named per kind of dependency.
-LLM_STEP_TIMEOUT = timedelta(minutes=5)
-LLM_STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=60),
-                             maximum_attempts=5, non_retryable_error_types=[INVALID_OUTPUT, INVALID_REQUEST])
 
 
 class ToolRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,11 +122,11 @@ class AgentLoopWorkflow:
                     inp, transcript=self._transcript, turns_done=self._turns, calls=calls, tool_calls=records,
                     tool_specs=specs, offline=offline, usage_tracked=True, usage_ids=usage_ids,
                     unrecorded_calls=unrecorded))
-            step = await workflow.execute_activity_method(
+            step = await run_activity(
                 AgentStepActivities.llm_step,
                 LlmStepRequest(tenant_id=inp.tenant_id, agent=inp.agent, task=inp.task, system_prompt=inp.system_prompt,
                                transcript=list(self._transcript), tools=specs, output_schema=inp.output_schema),
-                task_queue=inp.agents_queue, start_to_close_timeout=LLM_STEP_TIMEOUT, retry_policy=LLM_STEP_RETRY,
+                task_queue=inp.agents_queue,
             )
             self._turns += 1
             turns_this_run += 1
@@ -158,11 +151,9 @@ class AgentLoopWorkflow:
         listed: dict[tuple[str, str], AgentTool] = {}
         for server in dict.fromkeys(t.server for t in inp.tools):
             try:
-                listing = await workflow.execute_activity_method(
+                listing = await run_activity(
                     MCPActivities.list_tools, ListToolsRequest(tenant_id=inp.tenant_id, server=server),
-                    task_queue=inp.integrations_queue, start_to_close_timeout=MCP_TOOL_TIMEOUT,
-                    schedule_to_close_timeout=MCP_TOOL_DEADLINE,
-                    retry_policy=MCP_TOOL_RETRY,
+                    task_queue=inp.integrations_queue,  # the input names the queues (tests run their own)
                 )
             except ActivityError as err:  # permanent (MCP_TOOL_RETRY retries the rest): fail on its type
                 raise _same_type(err) from err
@@ -177,13 +168,12 @@ class AgentLoopWorkflow:
             error = f"tool {call.name!r} is not available to this agent; use only the tools you were given"
         else:
             try:
-                result = await workflow.execute_activity_method(
+                result = await run_activity(
                     MCPActivities.call_tool,
                     CallToolRequest(tenant_id=inp.tenant_id, server=call.server, tool=call.tool,
                                     arguments=dict(call.arguments),
                                     idempotency_key=f"{workflow.info().workflow_id}:turn{self._turns}:{call.id}"),
-                    task_queue=inp.integrations_queue, start_to_close_timeout=MCP_TOOL_TIMEOUT,
-                    schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
+                    task_queue=inp.integrations_queue,
                 )
             except ActivityError as err:
                 cause = err.cause

@@ -34,12 +34,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from agents.types import CreativeOutcome, CreativeRequest
     from activities.approvals import ApprovalActivities, TenantPolicyRequest
-    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import CallToolRequest, MCPActivities
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
-    from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from core.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.activity import run_activity
+    from core.names import SLUG_PATTERN
+    from core.policies import Stages
     from workflows.usage import account, check_ai_budget, report_usage
 
 CAPABILITY = "campaign"
@@ -184,13 +185,11 @@ class CampaignWorkflow(HumanDecisions, Stages):
         while True:
             self._round += 1
             self._enter("writing_creative", "strategy_planned" if self._round == 1 else "changes_requested")
-            creative: CreativeOutcome = await workflow.execute_activity_method(
+            creative: CreativeOutcome = await run_activity(
                 AgentActivities.campaign_creative_crew,
                 CreativeRequest(tenant_id=inp.tenant_id, workflow_id=workflow.info().workflow_id, goal=inp.goal,
                                 objective=inp.objective, channels=channels, strategy=strategy.final,
                                 feedback=feedback),
-                task_queue=AGENTS_QUEUE, start_to_close_timeout=CREW_TIMEOUT, heartbeat_timeout=CREW_HEARTBEAT,
-                retry_policy=CREW_RETRY,
             )
             self._usage_ids += await account(inp.tenant_id, "campaign-creative-crew", creative, f"creative:{self._round}")
             calls += len(creative.calls)
@@ -223,10 +222,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
             break
         self._steps.append("client_approved")
 
-        policy = await workflow.execute_activity_method(
-            ApprovalActivities.tenant_policy, TenantPolicyRequest(tenant_id=inp.tenant_id),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-        )
+        policy = await run_activity(ApprovalActivities.tenant_policy, TenantPolicyRequest(tenant_id=inp.tenant_id))
         if budget > policy.campaign_budget_cap_usd:
             self._enter("awaiting_budget_approval")
             override = await self.ask(ApprovalRequest(
@@ -256,7 +252,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
         launched = []
         for channel in channels:
             ad = ads[channel]
-            done = await workflow.execute_activity_method(
+            done = await run_activity(
                 MCPActivities.call_tool,
                 CallToolRequest(
                     tenant_id=inp.tenant_id, server="sandbox", tool="upsert_ads_campaign",
@@ -269,8 +265,6 @@ class CampaignWorkflow(HumanDecisions, Stages):
                                              "call_to_action": ad["call_to_action"]},
                                "workflow_id": workflow.info().workflow_id},
                 ),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
-                schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
             )
             launched.append(LaunchedCampaign(channel=channel, campaign_id=done.content["campaign_id"],
                                              status=done.content["status"], daily_budget=done.content["daily_budget"],

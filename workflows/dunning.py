@@ -35,19 +35,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.billing import INVOICE_ID_PATTERN, InvoicePayment, PayInvoice, StripeActivities
-    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import CallToolRequest, MCPActivities
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
     from hitl.approvals import MEMO_KEY, HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, DecisionRecord
-    from core.names import (
-        APPROVAL_AUDIENCE,
-        APPROVAL_DUE_AT,
-        APPROVAL_ROLE,
-        INTEGRATIONS_QUEUE,
-        PENDING_APPROVAL,
-        SLUG_PATTERN,
-    )
-    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.activity import run_activity
+    from core.names import APPROVAL_AUDIENCE, APPROVAL_DUE_AT, APPROVAL_ROLE, PENDING_APPROVAL, SLUG_PATTERN
+    from core.policies import Stages
 
 CAPABILITY = "dunning"
 PAID_SIGNAL = "invoice_paid"
@@ -213,9 +207,8 @@ class DunningWorkflow(HumanDecisions, Stages):
             decider = outcome.decisions[-1].decided_by if outcome.decisions else "system"
             if choice == "suspend":
                 self._enter("suspending", "admin_decided")
-                await workflow.execute_activity_method(
+                await run_activity(
                     TenantActivities.set_status, SetTenantStatus(tenant_id=inp.tenant_id, status="suspended"),
-                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
                 )
                 await self._audit(inp, "dunning.suspended", decider)
                 return self._result(inp, "suspended")
@@ -249,10 +242,9 @@ class DunningWorkflow(HumanDecisions, Stages):
         wf_id = workflow.info().workflow_id
         payment: InvoicePayment | None = None
         try:
-            payment = await workflow.execute_activity_method(
+            payment = await run_activity(
                 StripeActivities.pay_invoice,
                 PayInvoice(invoice_id=inp.invoice_id, idempotency_key=f"{wf_id}:stripe.pay_invoice:{n}"),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
             )
             code = payment.failure_code
         except ActivityError as err:  # a refusal (non-retryable): the admin will see it
@@ -276,7 +268,7 @@ class DunningWorkflow(HumanDecisions, Stages):
         later = ("We will contact you about the next steps." if final else
                  "We will try again in a few days; please check your payment method.")
         try:
-            await workflow.execute_activity_method(
+            await run_activity(
                 MCPActivities.call_tool,
                 CallToolRequest(
                     tenant_id=inp.tenant_id, server="sandbox", tool="send_email",
@@ -286,8 +278,6 @@ class DunningWorkflow(HumanDecisions, Stages):
                                        f"(attempt {attempt.attempt}). {later}",
                                "workflow_id": workflow.info().workflow_id},
                 ),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
-                schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
             )
         except ActivityError as err:  # a refused email must not stop the dunning
             workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, err.cause)
@@ -339,13 +329,12 @@ class DunningWorkflow(HumanDecisions, Stages):
 
     async def _audit(self, inp: DunningInput, action: str, actor: str) -> None:
         wf_id = workflow.info().workflow_id
-        await workflow.execute_activity_method(
+        await run_activity(
             AuditActivities.write,
             AuditEntry(idempotency_key=f"{wf_id}:{action}", tenant_id=inp.tenant_id, actor=actor, action=action,
                        workflow_id=wf_id,
                        details={"invoice_id": inp.invoice_id, "amount_due": inp.amount_due, "currency": inp.currency,
                                 "attempts": len(self._attempts)}),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
     def _result(self, inp: DunningInput, status: Status) -> DunningResult:

@@ -33,8 +33,9 @@ with workflow.unsafe.imports_passed_through():
         SetTenantStatus,
         TenantActivities,
     )
-    from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.activity import run_activity
+    from core.names import SLUG_PATTERN
+    from core.policies import Stages
 
 CAPABILITY = "onboarding"
 
@@ -81,26 +82,22 @@ class OnboardingWorkflow(Stages):
         wf_id = workflow.info().workflow_id
         try:
             self._enter("creating_tenant")
-            tenant = await workflow.execute_activity_method(
+            tenant = await run_activity(
                 TenantActivities.create_tenant,
                 CreateTenant(
                     tenant_id=inp.tenant_id, name=inp.name, plan=inp.plan,
                     owner_email=inp.owner_email, timezone=inp.timezone, workflow_id=wf_id,
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=DB_RETRY,
             )
             self._enter("creating_billing_customers", "tenant_created")
             billing = await self._billing_customers(inp, wf_id)
             self._enter("activating", "billing_customers_created")
-            tenant = await workflow.execute_activity_method(
+            tenant = await run_activity(
                 TenantActivities.set_status,
                 SetTenantStatus(tenant_id=inp.tenant_id, status="active"),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=DB_RETRY,
             )
             self._enter("recording_audit", "tenant_activated")
-            receipt = await workflow.execute_activity_method(
+            receipt = await run_activity(
                 AuditActivities.write,
                 AuditEntry(
                     idempotency_key=f"{wf_id}:tenant.onboarded",
@@ -110,8 +107,6 @@ class OnboardingWorkflow(Stages):
                     workflow_id=wf_id,
                     details={"plan": inp.plan, "name": inp.name},
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=DB_RETRY,
             )
             self._enter("completed", "audit_recorded")
         except Exception:
@@ -126,27 +121,23 @@ class OnboardingWorkflow(Stages):
     async def _billing_customers(self, inp: OnboardingInput, wf_id: str) -> BillingCustomerRecord:
         """The tenant's Stripe customer and Lago customer + subscription (on its plan), then
         their ids in ``billing_customers``. Each step is idempotent on the tenant id."""
-        stripe_customer = await workflow.execute_activity_method(
+        stripe_customer = await run_activity(
             StripeActivities.create_customer,
             CreateStripeCustomer(tenant_id=inp.tenant_id, name=inp.name, email=inp.owner_email,
                                  idempotency_key=f"{wf_id}:stripe.create_customer"),
-            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
         )
-        lago_customer = await workflow.execute_activity_method(
+        lago_customer = await run_activity(
             LagoActivities.create_customer,
             CreateLagoCustomer(tenant_id=inp.tenant_id, name=inp.name, email=inp.owner_email, timezone=inp.timezone),
-            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
         )
-        await workflow.execute_activity_method(
+        await run_activity(
             LagoActivities.create_subscription,
             CreateLagoSubscription(tenant_id=inp.tenant_id, plan_code=inp.plan),
-            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
         )
-        return await workflow.execute_activity_method(
+        return await run_activity(
             BillingCustomerActivities.record_customer,
             RecordBillingCustomer(tenant_id=inp.tenant_id, stripe_customer_id=stripe_customer.customer_id,
                                   lago_customer_id=lago_customer.lago_customer_id),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
     @workflow.query(name="progress")

@@ -33,14 +33,15 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
-    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import CallToolRequest, MCPActivities
     from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
     from activities.payments import PAYMENT_INTENT, PaymentActivities, PaymentChange, PaymentOutcome
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
-    from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.activity import run_activity
+    from core.names import SLUG_PATTERN
+    from core.policies import Stages
     from workflows.usage import account, report_usage
 
 CAPABILITY = "order"
@@ -174,7 +175,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
 
     async def _record_order(self, inp: OrderInput, result: OrderResult) -> Any:
         self._enter("recording", result.status)
-        return await workflow.execute_activity_method(
+        return await run_activity(
             OrderActivities.record,
             OrderRecord(workflow_id=workflow.info().workflow_id, tenant_id=inp.tenant_id, order_key=inp.order_key,
                         source=inp.source, status=result.status, total=inp.total, currency=inp.currency,
@@ -182,7 +183,6 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
                         details={"reasons": result.reasons, "order_number": inp.order_number,
                                  "payment": msgspec.to_builtins(result.payment),
                                  "tracking_number": (result.shipping_label or {}).get("tracking_number")}),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
     async def _compensate(self, inp: OrderInput, status: Status, reason: str) -> None:
@@ -213,20 +213,17 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
 
     async def _payment(self, inp: OrderInput, method: Any) -> PaymentOutcome:
         step = "capture" if method is PaymentActivities.capture else "release"
-        return await workflow.execute_activity_method(
+        return await run_activity(
             method, PaymentChange(payment_intent_id=inp.payment_intent_id or "", tenant_id=inp.tenant_id,
                                   idempotency_key=f"{workflow.info().workflow_id}:payment:{step}"),
-            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
         )
 
     async def _tool(self, inp: OrderInput, tool: str, step: str, arguments: dict[str, Any]) -> dict[str, Any]:
         wf_id = workflow.info().workflow_id
-        done = await workflow.execute_activity_method(
+        done = await run_activity(
             MCPActivities.call_tool,
             CallToolRequest(tenant_id=inp.tenant_id, server=COMMERCE_SERVER, tool=tool,
                             idempotency_key=f"{wf_id}:{step}", arguments={**arguments, "workflow_id": wf_id}),
-            task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
-            schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
         )
         return done.content
 
@@ -255,10 +252,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             return result("invalid", reasons=problems)
 
         self._enter("checking_inventory", "validated")
-        policy = await workflow.execute_activity_method(
-            OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-        )
+        policy = await run_activity(OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id))
         stock = await self._tool(inp, "check_inventory", "inventory",
                                  {"skus": list(dict.fromkeys(line.sku for line in inp.lines))})
         available = {item["sku"]: item["available"] for item in stock["items"]}

@@ -16,10 +16,11 @@ with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
     from activities.agents import AgentActivities
     from agents.types import CrewReport, CrewRequest, PageSnapshot
-    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import CallToolRequest, MCPActivities
     from activities.reports import ReportActivities, StoreReport
-    from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from core.policies import CREW_HEARTBEAT, CREW_RETRY, CREW_TIMEOUT, DB_RETRY, DB_TIMEOUT, Stages
+    from core.activity import run_activity
+    from core.names import SLUG_PATTERN
+    from core.policies import Stages
     from workflows.usage import account, check_ai_budget, report_usage
 
 CAPABILITY = "presence-audit"
@@ -99,34 +100,27 @@ class PresenceAuditWorkflow(Stages):
         try:
             self._enter("fetching_pages")
             for i, url in enumerate(_page_urls(inp)):
-                fetched = await workflow.execute_activity_method(
+                fetched = await run_activity(
                     MCPActivities.call_tool,
                     CallToolRequest(tenant_id=inp.tenant_id, server=WEB_SERVER, tool=FETCH_TOOL,
                                     arguments={"url": url}, idempotency_key=f"{wf_id}:fetch:{i}"),
-                    task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
-                    schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
                 )
                 self._pages.append(_snapshot(url, fetched.content))
             # A tenant over its monthly AI budget fails here, non-retryable, naming the budget.
             self._enter("checking_budget", "pages_fetched")
             await check_ai_budget(inp.tenant_id)
             self._enter("auditing", "budget_checked")
-            outcome = await workflow.execute_activity_method(
+            outcome = await run_activity(
                 AgentActivities.presence_crew,
                 CrewRequest(tenant_id=inp.tenant_id, workflow_id=wf_id, website_url=inp.website_url,
                             social_handles=dict(inp.social_handles), pages=list(self._pages)),
-                task_queue=AGENTS_QUEUE,
-                start_to_close_timeout=CREW_TIMEOUT,
-                heartbeat_timeout=CREW_HEARTBEAT,
-                retry_policy=CREW_RETRY,
             )
             self._enter("storing_report", "crew_finished")
-            stored = await workflow.execute_activity_method(
+            stored = await run_activity(
                 ReportActivities.store,
                 StoreReport(tenant_id=inp.tenant_id, kind=CAPABILITY, workflow_id=wf_id, subject=inp.website_url,
                             offline=outcome.offline, score=outcome.report.overall_score,
                             body=msgspec.to_builtins(outcome.report)),
-                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
             )
             self._enter("recording_usage", "report_stored")
             usage_ids = await account(inp.tenant_id, "presence-crew", outcome, "presence_crew")

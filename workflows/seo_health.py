@@ -28,11 +28,12 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
-    from activities.mcp import MCP_TOOL_DEADLINE, MCP_TOOL_RETRY, MCP_TOOL_TIMEOUT, CallToolRequest, MCPActivities
+    from activities.mcp import CallToolRequest, MCPActivities
     from activities.reports import LatestReport, ReportActivities, StoredReport, StoreReport
     from workflows.agent_loop import AgentLoopInput, ToolRef, run_agent
-    from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
-    from core.policies import DB_RETRY, DB_TIMEOUT, Stages
+    from core.activity import run_activity
+    from core.names import SLUG_PATTERN
+    from core.policies import Stages
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN, WEB_SERVER
     from workflows.usage import account, check_ai_budget, report_usage
     from workflows.seo_scan import SEVERITIES, Issue, PageScan, Severity, TechnicalScan, technical_scan
@@ -255,12 +256,10 @@ class SeoHealthWorkflow(Stages):
         scan = technical_scan(self._pages, links)
 
         self._enter("loading_previous", "scanned")
-        previous = (await workflow.execute_activity_method(
+        previous = (await run_activity(
             ReportActivities.latest,
             LatestReport(tenant_id=inp.tenant_id, kind=CAPABILITY, subject=site_of(inp.website_url),
-                         exclude_workflow_id=wf_id),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-        )).report
+                         exclude_workflow_id=wf_id))).report
         # The technical part of the shift, for the agent to weigh.
         preview = compute_shift(scan, None, previous)
 
@@ -283,11 +282,10 @@ class SeoHealthWorkflow(Stages):
                                  shift=compute_shift(scan, analysis.overall_score, previous))
 
         self._enter("storing_report", "compared")
-        stored = await workflow.execute_activity_method(
+        stored = await run_activity(
             ReportActivities.store,
             StoreReport(tenant_id=inp.tenant_id, kind=CAPABILITY, workflow_id=wf_id, subject=site_of(inp.website_url),
                         offline=report.offline, score=report.score, body=msgspec.to_builtins(report)),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
         self._enter("recording_usage", "report_stored")
@@ -315,12 +313,10 @@ class SeoHealthWorkflow(Stages):
         links: dict[str, list[str]] = {}
         while queue and len(self._pages) < inp.max_pages:
             url = queue.pop(0)
-            fetched = await workflow.execute_activity_method(
+            fetched = await run_activity(
                 MCPActivities.call_tool,
                 CallToolRequest(tenant_id=inp.tenant_id, server=WEB_SERVER, tool=FETCH_TOOL, arguments={"url": url},
                                 idempotency_key=f"{wf_id}:fetch:{len(self._pages)}"),
-                task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=MCP_TOOL_TIMEOUT,
-                schedule_to_close_timeout=MCP_TOOL_DEADLINE, retry_policy=MCP_TOOL_RETRY,
             )
             page, found = _page(url, fetched.content)
             self._pages.append(page)

@@ -12,16 +12,12 @@ with workflow.unsafe.imports_passed_through():
     from agents.types import LlmCall
     from activities.billing import LagoActivities, ReportUsage
     from activities.usage import CheckBudget, RecordUsage, UsageActivities
-    from core.names import INTEGRATIONS_QUEUE
-    from core.policies import BILLING_RETRY, BILLING_TIMEOUT, DB_RETRY, DB_TIMEOUT
+    from core.activity import run_activity
 
 
 async def check_ai_budget(tenant_id: str) -> None:
     """Fails the caller, non-retryable (``AIBudgetExceeded``), when the tenant is over budget."""
-    await workflow.execute_activity_method(
-        UsageActivities.check_budget, CheckBudget(tenant_id=tenant_id),
-        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-    )
+    await run_activity(UsageActivities.check_budget, CheckBudget(tenant_id=tenant_id))
 
 
 async def record_usage(tenant_id: str, agent: str, provider: str, calls: list[LlmCall], step: str) -> list[int]:
@@ -29,11 +25,10 @@ async def record_usage(tenant_id: str, agent: str, provider: str, calls: list[Ll
     wf_id = workflow.info().workflow_id
     ids = []
     for i, call in enumerate(calls):
-        recorded = await workflow.execute_activity_method(
+        recorded = await run_activity(
             UsageActivities.record,
             RecordUsage(idempotency_key=f"{wf_id}:{step}:{i}", tenant_id=tenant_id, agent=agent, model=call.model,
                         provider=provider, tokens_in=call.tokens_in, tokens_out=call.tokens_out, workflow_id=wf_id),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
         ids.append(recorded.usage_id)
     return ids
@@ -59,8 +54,7 @@ async def report_usage(tenant_id: str, usage_ids: list[int]) -> None:
     children (calls of attempts that died before returning are billed too)."""
     if not usage_ids:
         return
-    await workflow.execute_activity_method(
+    await run_activity(
         LagoActivities.report_usage,
         ReportUsage(tenant_id=tenant_id, usage_ids=usage_ids, workflow_id=workflow.info().workflow_id),
-        task_queue=INTEGRATIONS_QUEUE, start_to_close_timeout=BILLING_TIMEOUT, retry_policy=BILLING_RETRY,
     )

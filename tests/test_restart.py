@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 import pytest
 import stripe
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import CancelledError
 
 from hitl.protocol import ApprovalsView, Decider, DecisionInput, DecisionReceipt
 from tests.support import (
@@ -227,3 +228,42 @@ async def test_a_versioned_worker_runs_workflows_once_its_build_is_current(
     info = (await handle.describe()).raw_description.workflow_execution_info.versioning_info
     assert info.deployment_version.build_id == "v1" and info.deployment_version.deployment_name == "bizosaas"
     assert info.behavior == VersioningBehavior.AUTO_UPGRADE.value
+
+
+async def test_a_campaign_canceled_while_launching_pauses_the_ad_it_launched(
+    ours: Settings, ns_client: Client, db: asyncpg.Pool, mcp_sandbox: str
+) -> None:
+    """The cancel lands while the first ad's launch is asked for but not yet done (no worker
+    polls the integrations queue yet): that launch completes, the ad is paused again, the
+    second channel is never launched, and the campaign ends canceled."""
+    tenant = unique("bakery")
+    inp = CampaignInput(tenant_id=tenant, campaign_key=unique("spring"), goal="Sell more sourdough this spring",
+                        channels=["google_ads", "meta_ads"], budget_usd=600, objective="sales")
+    handle = await ns_client.start_workflow(CampaignWorkflow.run, inp, id=f"{tenant}:campaign:{inp.campaign_key}",
+                                            task_queue=WORKFLOWS_QUEUE)
+    async with platform_workers(ns_client, ours, db, [WORKFLOWS_QUEUE, AGENTS_QUEUE]):
+        await assert_eventually(lambda: open_request(handle, CampaignWorkflow, "creative-1"), timeout=120)
+        await handle.execute_update(
+            CampaignWorkflow.decide,
+            signed(DecisionInput(request_id="creative-1", decision="approve", by=client_decider(tenant)), handle.id),
+            result_type=DecisionReceipt)
+
+        async def launching() -> None:
+            pending = (await handle.describe()).raw_description.pending_activities
+            assert [p.activity_type.name for p in pending] == ["mcp.call_tool"], pending
+
+        await assert_eventually(launching, timeout=30)
+        await handle.cancel()
+        async with platform_workers(ns_client, ours, db, [INTEGRATIONS_QUEUE]):
+            with pytest.raises(WorkflowFailureError) as failed:
+                await handle.result()
+    assert isinstance(failed.value.cause, CancelledError)
+    ads = await db.fetch("SELECT arguments, response, idempotency_key FROM outbox WHERE workflow_id = $1 "
+                         "AND tool = 'upsert_ads_campaign' ORDER BY id", handle.id)
+    assert [(a["idempotency_key"].rsplit(":", 2)[-2:], a["arguments"]["status"]) for a in ads] == [
+        (["launch", "google_ads"], "active"), (["pause", "google_ads"], "paused")]
+    launched_id = ads[0]["response"]["campaign_id"]
+    assert ads[1]["arguments"]["campaign_id"] == launched_id and ads[1]["response"]["status"] == "paused"
+    usage = await db.fetch("SELECT reported_to_lago_at FROM llm_usage WHERE workflow_id = $1 "
+                           "OR starts_with(workflow_id, $1 || ':')", handle.id)
+    assert usage and all(u["reported_to_lago_at"] is not None for u in usage)

@@ -48,7 +48,8 @@ CAPABILITY = "campaign"
 Channel = Literal["google_ads", "meta_ads", "linkedin_ads", "tiktok_ads"]
 Objective = Literal["awareness", "traffic", "leads", "sales"]
 Stage = Literal["started", "checking_budget", "planning_strategy", "writing_creative", "awaiting_client_approval",
-                "awaiting_budget_approval", "launching", "reporting_usage", "completed", "failed", "canceled"]
+                "awaiting_budget_approval", "launching", "pausing_ads", "reporting_usage", "completed", "failed",
+                "canceled"]
 Status = Literal["launched", "rejected", "budget_rejected", "changes_limit_reached"]
 
 # The approval timings of the catalogue: remind after a day, escalate after three.
@@ -133,6 +134,15 @@ def edit_schema(channels: list[str]) -> dict[str, Any]:
     }}
 
 
+def _ad_name(inp: CampaignInput, channel: str) -> str:
+    return f"{inp.campaign_key} ({channel})"[:255]
+
+
+def _live(channel: str, ad: dict[str, Any], content: dict[str, Any]) -> LaunchedCampaign:
+    return LaunchedCampaign(channel=channel, campaign_id=content["campaign_id"], status=content["status"],
+                            daily_budget=content["daily_budget"], headline=ad["headline"])
+
+
 @workflow.defn(name="Campaign")
 class CampaignWorkflow(HumanDecisions, Stages):
     def __init__(self) -> None:
@@ -140,6 +150,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
         Stages.__init__(self)
         self._round = 0
         self._usage_ids: list[int] = []
+        self._launched: list[LaunchedCampaign] = []  # live ads, paused again if the campaign is canceled
 
     @workflow.run
     async def run(self, inp: CampaignInput) -> CampaignResult:
@@ -150,8 +161,15 @@ class CampaignWorkflow(HumanDecisions, Stages):
             await report_usage(inp.tenant_id, self._usage_ids)
             self._enter("completed", "usage_reported")
         except asyncio.CancelledError:
-            # Canceled (the client, or an admin): the LLM calls made so far are billed all the
-            # same. These commands only follow the cancel request in history.
+            # Canceled (the client, or an admin): ads already live are paused, and the LLM calls
+            # made so far are billed all the same. These commands only follow the cancel request
+            # in history.
+            if self._launched:
+                self._enter("pausing_ads", "cancel_requested")
+                for ad in self._launched:
+                    await self._upsert_ad(inp, ad.channel, f"pause:{ad.channel}", {
+                        "campaign_id": ad.campaign_id, "status": "paused", "name": _ad_name(inp, ad.channel),
+                        "objective": inp.objective, "daily_budget": ad.daily_budget})
             self._enter("reporting_usage", "cancel_requested")
             await report_usage(inp.tenant_id, self._usage_ids)
             self._enter("canceled", "usage_reported")
@@ -252,24 +270,31 @@ class CampaignWorkflow(HumanDecisions, Stages):
         launched = []
         for channel in channels:
             ad = ads[channel]
-            done = await run_activity(
-                MCPActivities.call_tool,
-                CallToolRequest(
-                    tenant_id=inp.tenant_id, server="sandbox", tool="upsert_ads_campaign",
-                    idempotency_key=f"{workflow.info().workflow_id}:launch:{channel}",
-                    arguments={"platform": channel, "name": f"{inp.campaign_key} ({channel})"[:255],
-                               "objective": inp.objective, "daily_budget": max(daily, 0.01), "status": "active",
-                               "start_date": start.isoformat(),
-                               "end_date": (start + timedelta(days=inp.duration_days - 1)).isoformat(),
-                               "targeting": {"headline": ad["headline"], "body": ad["body"],
-                                             "call_to_action": ad["call_to_action"]},
-                               "workflow_id": workflow.info().workflow_id},
-                ),
-            )
-            launched.append(LaunchedCampaign(channel=channel, campaign_id=done.content["campaign_id"],
-                                             status=done.content["status"], daily_budget=done.content["daily_budget"],
-                                             headline=ad["headline"]))
+            # A launch asked for completes even if the campaign is canceled meanwhile: its ad
+            # is then known, and paused again by the cancellation (no ad left running unseen).
+            call = asyncio.ensure_future(self._upsert_ad(inp, channel, f"launch:{channel}", {
+                "name": _ad_name(inp, channel), "objective": inp.objective,
+                "daily_budget": max(daily, 0.01), "status": "active", "start_date": start.isoformat(),
+                "end_date": (start + timedelta(days=inp.duration_days - 1)).isoformat(),
+                "targeting": {"headline": ad["headline"], "body": ad["body"], "call_to_action": ad["call_to_action"]},
+            }))
+            try:
+                done = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                self._launched.append(_live(channel, ad, (await call).content))
+                raise
+            live = _live(channel, ad, done.content)
+            self._launched.append(live)
+            launched.append(live)
         return launched
+
+    async def _upsert_ad(self, inp: CampaignInput, channel: str, step: str, arguments: dict[str, Any]) -> Any:
+        return await run_activity(
+            MCPActivities.call_tool,
+            CallToolRequest(tenant_id=inp.tenant_id, server="sandbox", tool="upsert_ads_campaign",
+                            idempotency_key=f"{workflow.info().workflow_id}:{step}",
+                            arguments={**arguments, "platform": channel, "workflow_id": workflow.info().workflow_id}),
+        )
 
     def _result(self, inp: CampaignInput, status: Status, offline: bool, budget: float,
                 decisions: list[DecisionRecord], calls: int, *, launched: list[LaunchedCampaign] | None = None,

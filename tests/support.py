@@ -31,6 +31,7 @@ from activities.netguard import FetchPolicy
 from sandboxes.mcp.server import build_server, serve_http
 from hitl.protocol import DecisionInput, sign_decision
 from core.client import connect
+from workers.dev import dev_env  # noqa: F401 - dev said and its secrets as BIZ_*, for processes tests start
 from workers.main import build_workers, registrations
 from core.settings import LlmSettings, Settings
 
@@ -61,15 +62,6 @@ def dev_settings(**fields: object) -> Settings:
         "decision": {"keys": DECISION_KEYS},  # deciders are signed with the first, verified with any
     }
     return Settings(_env_file=None, **{**base, **fields})  # type: ignore[arg-type]
-
-
-def dev_env(settings: Settings) -> dict[str, str]:
-    """The same choice as BIZ_* variables, for a `bizosaas` process a test starts: dev said, the
-    dev secret, the codec keys (a worker must read what the session's clients encrypted) and the
-    decision keys (it verifies what the tests sign)."""
-    from workers.dev import dev_env as secrets_env
-
-    return secrets_env(settings)
 
 
 def signed(d: DecisionInput, workflow_id: str, now: datetime | None = None, *, key: tuple[str, str] | None = None,

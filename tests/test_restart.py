@@ -12,7 +12,6 @@ With ``BIZ_RECORD_HISTORIES=1`` the histories are written to ``tests/histories/`
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -63,12 +62,6 @@ async def side_workers(ns_client: Client, ours: Settings, db: asyncpg.Pool, mcp_
         yield
 
 
-@pytest.fixture
-def state_dir() -> AsyncIterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="bizosaas-restart-") as tmp:
-        yield Path(tmp)
-
-
 async def restart_at(ours: Settings, state: Path, waiting: Any, then: Any) -> Any:
     """Run the workflow worker until ``waiting()`` passes, stop it (SIGTERM, drained), start a new
     process and return what ``then()`` returns with it running."""
@@ -98,7 +91,7 @@ async def open_request(handle: WorkflowHandle, workflow_cls: Any, request_id: st
 
 
 async def test_a_campaign_waiting_for_the_client_survives_a_restart_and_launches(
-    ours: Settings, ns_client: Client, side_workers: None, state_dir: Path, db: asyncpg.Pool
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool
 ) -> None:
     tenant = unique("bakery")
     inp = CampaignInput(tenant_id=tenant, campaign_key=unique("spring"), goal="Sell more sourdough this spring",
@@ -120,7 +113,7 @@ async def test_a_campaign_waiting_for_the_client_survives_a_restart_and_launches
         assert receipt.closed and receipt.decided_by == f"owner@{tenant}"
         return await handle.result()
 
-    result = await restart_at(ours, state_dir, waiting, then)
+    result = await restart_at(ours, tmp_path, waiting, then)
     assert result.status == "launched" and result.budget_usd == 900
     assert {c.channel for c in result.launched} == {"google_ads", "meta_ads"}
     launches = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1 AND tool = 'upsert_ads_campaign'",
@@ -130,7 +123,7 @@ async def test_a_campaign_waiting_for_the_client_survives_a_restart_and_launches
 
 
 async def test_an_order_in_review_survives_a_restart_and_is_captured(
-    ours: Settings, ns_client: Client, side_workers: None, state_dir: Path, db: asyncpg.Pool, localstripe_url: str
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool, localstripe_url: str
 ) -> None:
     tenant = unique("shop")
     intent = await authorized_payment(localstripe_url, tenant, 90000)
@@ -150,7 +143,7 @@ async def test_an_order_in_review_survives_a_restart_and_is_captured(
             result_type=DecisionReceipt)
         return await handle.result()
 
-    result = await restart_at(ours, state_dir, waiting, then)
+    result = await restart_at(ours, tmp_path, waiting, then)
     assert result.status == "accepted" and result.reviewed
     assert await payment_status(localstripe_url, intent) == "succeeded"
     assert await db.fetchval("SELECT status FROM orders WHERE workflow_id = $1", handle.id) == "accepted"
@@ -158,7 +151,7 @@ async def test_an_order_in_review_survives_a_restart_and_is_captured(
 
 
 async def test_a_dunning_survives_restarts_in_its_retry_timer_and_at_the_admin_decision(
-    ours: Settings, ns_client: Client, side_workers: None, state_dir: Path, db: asyncpg.Pool, localstripe_url: str
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool, localstripe_url: str
 ) -> None:
     tenant = unique("dun")
     await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, status)
@@ -184,7 +177,7 @@ async def test_a_dunning_survives_restarts_in_its_retry_timer_and_at_the_admin_d
     async def asked() -> ApprovalsView:
         return await open_request(handle, DunningWorkflow, "decision-1")
 
-    await restart_at(ours, state_dir, in_timer, lambda: assert_eventually(asked, timeout=60, interval=0.2))
+    await restart_at(ours, tmp_path, in_timer, lambda: assert_eventually(asked, timeout=60, interval=0.2))
 
     async def then() -> DunningResult:
         await handle.execute_update(
@@ -193,7 +186,7 @@ async def test_a_dunning_survives_restarts_in_its_retry_timer_and_at_the_admin_d
             result_type=DecisionReceipt)
         return await handle.result()
 
-    result = await restart_at(ours, state_dir, asked, then)
+    result = await restart_at(ours, tmp_path, asked, then)
     assert result.status == "written_off" and [a.status for a in result.attempts] == ["open"]
     assert result.emails_sent == 1
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1 AND tool = 'send_email'",

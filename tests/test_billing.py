@@ -21,17 +21,9 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import ActivityEnvironment
     from temporalio.worker import Worker
 
-    from activities.billing import (
-        USAGE_METRIC_CODE,
-        BillingCustomerActivities,
-        CreateLagoCustomer,
-        CreateLagoSubscription,
-        CreateStripeCustomer,
-        LagoActivities,
-        RecordBillingCustomer,
-        ReportUsage,
-        StripeActivities,
-    )
+    from activities.billing import BillingCustomerActivities, RecordBillingCustomer
+    from activities.lago import USAGE_METRIC_CODE, CreateLagoCustomer, CreateLagoSubscription, LagoActivities, ReportUsage
+    from activities.stripe import CreateStripeCustomer, StripeActivities
     from activities.usage import CheckBudget, RecordUsage, UsageActivities, estimate_cost
     from tests.support import STRIPE_TEST_KEY
     from tests.conftest import free_port, unique

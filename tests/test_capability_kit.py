@@ -4,7 +4,7 @@ queue that the activity's class declares (``core.activity``).
 
 "What a workflow can call" is read from the source, not from a run: every reference
 ``SomeActivities.method`` (a call through ``run_activity``, or a method passed on, as the order
-workflow passes ``PaymentActivities.capture``) in the workflow's module and in the ``workflows``
+workflow passes ``StripeActivities.capture``) in the workflow's module and in the ``workflows``
 and ``hitl`` modules it imports (the approval mixin, the usage steps, the agent loop). A
 reference counts as a call: over-counting can only demand a registration that is already
 there. Child workflows referenced the same way (``AgentLoopWorkflow.run``) must be registered
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from activities.payments import PaymentActivities
+from activities.stripe import StripeActivities
 from activities.tenants import TenantActivities
 from api.app import create_app
 from core.activity import Activities, activity_class, activity_methods
@@ -130,18 +130,22 @@ async def test_the_walk_sees_a_missing_activity_workflow_or_route(
     platform_regs[WORKFLOWS_QUEUE].workflows.remove(CATALOGUE["dunning"].workflow)
     assert problems(platform_regs, routes - {"/v1/workflows/seo-health"}) == [
         "DunningWorkflow: not registered on biz-workflows",
-        "OrderProcessingWorkflow: PaymentActivities.release (stripe.release_payment) is not registered on "
+        "OrderProcessingWorkflow: StripeActivities.release (stripe.release_payment) is not registered on "
         "biz-integrations",
         "seo-health: no start route POST /v1/workflows/seo-health",
     ]
 
 
-def test_a_class_is_registered_only_on_the_queue_it_declares() -> None:
+async def test_a_class_is_registered_only_on_the_queue_it_declares() -> None:
     with pytest.raises(ValueError, match="TenantActivities runs on 'biz-workflows', not on 'biz-integrations'"):
         activity_methods(INTEGRATIONS_QUEUE, TenantActivities(None))  # type: ignore[arg-type]
     # A registered class brings every one of its activity methods.
-    assert {activity_name(m) for m in activity_methods(INTEGRATIONS_QUEUE, PaymentActivities(None))} == {  # type: ignore[arg-type]
-        "stripe.capture_payment", "stripe.release_payment"}
+    stripe = StripeActivities(dev_settings())
+    try:
+        assert {activity_name(m) for m in activity_methods(INTEGRATIONS_QUEUE, stripe)} == {
+            "stripe.create_customer", "stripe.pay_invoice", "stripe.capture_payment", "stripe.release_payment"}
+    finally:
+        await stripe.close()
 
 
 def test_workflow_code_calls_activities_only_through_run_activity() -> None:
@@ -166,4 +170,4 @@ def test_workflow_code_calls_activities_only_through_run_activity() -> None:
 def test_an_activity_class_must_say_where_it_runs() -> None:
     with pytest.raises(TypeError, match="task_queue must be one of"):
         type("Nowhere", (Activities,), {})
-    assert activity_class(PaymentActivities.capture) is PaymentActivities
+    assert activity_class(StripeActivities.capture) is StripeActivities

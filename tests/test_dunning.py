@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.approvals import Notified, Notify
-    from activities.billing import InvoicePayment, PayInvoice
+    from activities.stripe import InvoicePayment, PayInvoice
     from activities.mcp import CallToolRequest, CallToolResult
     from activities.tenants import AuditEntry, AuditReceipt, SetTenantStatus, TenantRecord
     from hitl.protocol import ApprovalsView, Decider, DecisionInput

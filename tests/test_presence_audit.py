@@ -7,7 +7,7 @@ import msgspec
 from temporalio.client import Client
 
 from agents.types import CrewReport
-from activities.billing import USAGE_METRIC_CODE
+from activities.lago import USAGE_METRIC_CODE
 from sandboxes.lago import LagoState
 from agents.llm import OFFLINE_MODEL
 from tests.conftest import Tokens, assert_eventually, unique

@@ -32,7 +32,7 @@ from temporalio.api.enums.v1 import EventType, PendingActivityState, TimeoutType
 from temporalio.client import Client, WorkflowHandle
 
 from agents.types import CrewReport
-from activities.billing import USAGE_METRIC_CODE
+from activities.lago import USAGE_METRIC_CODE
 from sandboxes.lago import LagoState
 from activities.usage import estimate_cost
 from tests.support import assert_eventually, connect_when_ready, in_namespace, platform_workers, serve, unique, worker_process

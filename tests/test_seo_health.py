@@ -13,7 +13,7 @@ import msgspec
 import pytest_asyncio
 from temporalio.client import Client
 
-from activities.billing import USAGE_METRIC_CODE
+from activities.lago import USAGE_METRIC_CODE
 from sandboxes.lago import LagoState
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none

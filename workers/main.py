@@ -110,14 +110,13 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         )
     if INTEGRATIONS_QUEUE in queues:
         # The MCP client and the Stripe and Lago SDKs load only where this queue runs.
-        from activities.billing import LagoActivities, StripeActivities
+        from activities.lago import LagoActivities
         from activities.mcp import MCPActivities
-        from activities.payments import PaymentActivities
+        from activities.stripe import StripeActivities
 
         mcp, stripe, lago = MCPActivities(pool), StripeActivities(settings), LagoActivities(settings, pool)
-        payments = PaymentActivities(stripe)
         regs[INTEGRATIONS_QUEUE] = QueueRegistration(
-            activities=activity_methods(INTEGRATIONS_QUEUE, mcp, stripe, payments, lago),
+            activities=activity_methods(INTEGRATIONS_QUEUE, mcp, stripe, lago),
             max_activities_per_second=settings.worker.integrations_max_per_second,
             closers=[mcp.aclose, stripe.close],
         )

@@ -34,7 +34,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
-    from activities.billing import INVOICE_ID_PATTERN, InvoicePayment, PayInvoice, StripeActivities
+    from activities.stripe import INVOICE_ID_PATTERN, InvoicePayment, PayInvoice, StripeActivities
     from activities.mcp import CallToolRequest, MCPActivities
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
     from hitl.approvals import MEMO_KEY, HumanDecisions

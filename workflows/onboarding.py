@@ -16,16 +16,9 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
-    from activities.billing import (
-        BillingCustomerActivities,
-        BillingCustomerRecord,
-        CreateLagoCustomer,
-        CreateLagoSubscription,
-        CreateStripeCustomer,
-        LagoActivities,
-        RecordBillingCustomer,
-        StripeActivities,
-    )
+    from activities.billing import BillingCustomerActivities, BillingCustomerRecord, RecordBillingCustomer
+    from activities.lago import CreateLagoCustomer, CreateLagoSubscription, LagoActivities
+    from activities.stripe import CreateStripeCustomer, StripeActivities
     from activities.tenants import (
         AuditActivities,
         AuditEntry,

@@ -35,7 +35,8 @@ with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.mcp import CallToolRequest, MCPActivities
     from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
-    from activities.payments import PAYMENT_INTENT, PaymentActivities, PaymentChange, PaymentOutcome
+    from activities.stripe import PAYMENT_INTENT, PaymentChange, PaymentOutcome
+    from activities.stripe import StripeActivities as PaymentActivities
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent

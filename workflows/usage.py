@@ -10,7 +10,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from agents.types import LlmCall
-    from activities.billing import LagoActivities, ReportUsage
+    from activities.lago import LagoActivities, ReportUsage
     from activities.usage import CheckBudget, RecordUsage, UsageActivities
     from core.activity import run_activity
 

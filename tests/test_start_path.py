@@ -24,7 +24,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api.auth import Principal
 from api.errors import ConflictError
-from api.schedules import TENANT_CAPABILITIES
+from api.schedules.tenant import TENANT_CAPABILITIES
 from api.triggers import Event, fire, seed_triggers
 from api.workflows import _start
 from core.client import connect

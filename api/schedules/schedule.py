@@ -1,15 +1,12 @@
-"""Schedules: list, describe, pause, unpause, trigger, backfill and re-time the platform's
-Temporal schedules; pause a tenant's schedules at once; enable or disable a tenant's
-scheduled capability.
+"""One schedule at a time (``/v1/schedules``): list, describe, pause, unpause, trigger, backfill
+and re-time the platform's Temporal schedules.
 
 Only schedules the platform owns (``biz:`` ids, see schedules/reconciler.py) are served.
 Platform staff see every tenant's and the global ones; partners the tenants they manage;
 clients their own. Each run costs crawls and LLM calls, so clients and partners may only pause
-and unpause (and enable or disable a capability at its declared spec); admins re-time,
-trigger and backfill (at most ``MAX_BACKFILL``), and no spec may fire more often than its
-capability's minimum interval (``ScheduleDecl.min_interval``, 422 naming it). A schedule or tenant out of scope reads as 404. Enabling a capability
-starts the TenantCapabilities workflow, which writes the row and applies the schedules: the
-API never writes business rows.
+and unpause; admins re-time, trigger and backfill (at most ``MAX_BACKFILL``), and no spec may
+fire more often than its capability's minimum interval (``ScheduleDecl.min_interval``, 422
+naming it). A schedule out of scope reads as 404.
 """
 
 from __future__ import annotations
@@ -18,11 +15,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import msgspec
-from litestar import Controller, Request, Router, delete, get, patch, post
-from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar import Controller, Request, get, patch, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, Parameter, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_422_UNPROCESSABLE_ENTITY
 from temporalio.client import (
@@ -33,62 +29,30 @@ from temporalio.client import (
     ScheduleHandle,
     ScheduleOverlapPolicy,
 )
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.auth import ADMIN_ROLES, ROLES, Principal
+from api.auth import Principal
 from api.errors import ApiError, ConflictError
-from api.workflows import StartResponse
-from schedules.catalogue import OWNED_PREFIX, schedule_id, scheduled_capabilities, tenant_schedules
+from api.schedules.common import READ_ROLES, SPEC_ROLES, WRITE_ROLES, NoteBody, bad, tenant_in_scope
+from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID
+from schedules.catalogue import OWNED_PREFIX
 from schedules.reconciler import (
     SpecPatch,
     TooFrequent,
     describe_or_none,
     is_owned,
-    listed_owned_ids,
     read_applied,
     tenant_query,
     update_spec,
     valid_time_zone,
 )
-from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE
-from workflows.presence_audit import URL_PATTERN
-from workflows.catalogue import Capability
-from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
-from workflows.tenant_schedules import CAPABILITY as CHANGE_CAPABILITY
-from workflows.tenant_schedules import CapabilityChange, TenantCapabilitiesWorkflow
 
-READ_ROLES = frozenset(ROLES)
-# Clients and partners pause and unpause their own tenants' schedules; finance and support only read.
-WRITE_ROLES = ADMIN_ROLES | {"partner", "client"}
-# What costs money (a new spec, a run now, past runs) is for admins only.
-SPEC_ROLES = ADMIN_ROLES
 MAX_BACKFILL = timedelta(days=31)
 MAX_LIST = 1000
-# The platform's own workflow behind enable / disable (no start route of its own): one change
-# of a tenant's capability at a time, started again for the next change.
-TENANT_CAPABILITIES = Capability(
-    name=CHANGE_CAPABILITY,
-    workflow=TenantCapabilitiesWorkflow,
-    input_type=CapabilityChange,
-    business_key=lambda change: change.capability,
-    tenant_in_input=lambda change: change.tenant_id,
-    start_roles=WRITE_ROLES,
-    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-    summary="Enable or disable a tenant's scheduled capability and apply its schedules.",
-)
 _SCHEDULE_ID = Annotated[str, PathParameter(min_length=5, max_length=200, pattern=r"^[a-z0-9:-]+$")]
-_TENANT_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
-_CAPABILITY = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
 _CRON_FIELDS = re.compile(r"^\S+(\s+\S+){4,6}$")
 
 Overlap = Literal["skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other", "allow_all"]
-
-
-# --- bodies and views ---------------------------------------------------------------------
-
-class NoteBody(msgspec.Struct, frozen=True, kw_only=True):
-    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
 class BackfillBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,11 +71,6 @@ class SpecBody(msgspec.Struct, frozen=True, kw_only=True):
     every_seconds: Annotated[int, msgspec.Meta(ge=60, le=366 * 86400)] | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     jitter_seconds: Annotated[int, msgspec.Meta(ge=0, le=86400)] | None = None
-
-
-class EnableBody(msgspec.Struct, frozen=True, kw_only=True):
-    # Needed by website capabilities (presence-audit) unless given before.
-    website_url: Annotated[str, msgspec.Meta(pattern=URL_PATTERN, max_length=2000)] | None = None
 
 
 class SpecView(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,20 +122,6 @@ class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     schedule_id: str
-
-
-class TenantSchedules(msgspec.Struct, frozen=True, kw_only=True):
-    tenant_id: str
-    paused: bool
-    schedule_ids: list[str]
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-def _bad(key: str, message: str) -> ValidationException:
-    """400 naming the field, shaped like Litestar's own validation errors."""
-    return ValidationException(detail=f"Validation failed: {message}",
-                               extra=[{"key": key, "message": message, "source": "body"}])
 
 
 class TooFrequentError(ApiError):
@@ -235,28 +180,21 @@ async def describe_in_scope(
     return temporal.get_schedule_handle(schedule_id_), desc
 
 
-def _tenant_in_scope(principal: Principal, tenant_id: str) -> None:
-    if not principal.can_see_tenant(tenant_id):
-        raise NotFoundException(f"tenant {tenant_id!r} not found")
-
-
 def _check_spec(body: SpecBody) -> SpecPatch:
     if body.cron is not None and body.every_seconds is not None:
-        raise _bad("every_seconds", "give cron or every_seconds, not both")
+        raise bad("every_seconds", "give cron or every_seconds, not both")
     if body == SpecBody():
-        raise _bad("cron", "nothing to change: give cron, every_seconds, time_zone or jitter_seconds")
+        raise bad("cron", "nothing to change: give cron, every_seconds, time_zone or jitter_seconds")
     for expr in body.cron or ():
         if "TZ=" in expr.upper():
-            raise _bad("cron", "set the time zone with time_zone, not in the cron expression")
+            raise bad("cron", "set the time zone with time_zone, not in the cron expression")
         if not (expr.startswith("@") or _CRON_FIELDS.match(expr.strip())):
-            raise _bad("cron", f"{expr!r} is not a cron expression (5 fields: minute hour day month weekday)")
+            raise bad("cron", f"{expr!r} is not a cron expression (5 fields: minute hour day month weekday)")
     if body.time_zone is not None and not valid_time_zone(body.time_zone):
-        raise _bad("time_zone", f"unknown time zone {body.time_zone!r}")
+        raise bad("time_zone", f"unknown time zone {body.time_zone!r}")
     return SpecPatch(cron=body.cron, every_seconds=body.every_seconds, time_zone=body.time_zone,
                      jitter_seconds=body.jitter_seconds)
 
-
-# --- routes -------------------------------------------------------------------------------
 
 class ScheduleController(Controller):
     path = "/v1/schedules"
@@ -282,7 +220,7 @@ class ScheduleController(Controller):
     ) -> ScheduleList:
         principal = request.user
         if tenant_id is not None:
-            _tenant_in_scope(principal, tenant_id)
+            tenant_in_scope(principal, tenant_id)
             tenants: list[str] | None = [tenant_id]
         elif principal.is_platform:
             tenants = None
@@ -353,9 +291,9 @@ class ScheduleController(Controller):
     async def backfill_schedule(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                                 schedule_id: _SCHEDULE_ID, data: JSONBody[BackfillBody]) -> Accepted:
         if data.end <= data.start:
-            raise _bad("end", "end must be after start")
+            raise bad("end", "end must be after start")
         if data.end - data.start > MAX_BACKFILL:
-            raise _bad("end", f"a backfill covers at most {MAX_BACKFILL.days} days")
+            raise bad("end", f"a backfill covers at most {MAX_BACKFILL.days} days")
         handle, _ = await describe_in_scope(temporal, request.user, schedule_id)
         await handle.backfill(ScheduleBackfill(start_at=data.start, end_at=data.end,
                                                overlap=ScheduleOverlapPolicy[data.overlap.upper()]))
@@ -374,7 +312,7 @@ class ScheduleController(Controller):
             await update_spec(temporal, schedule_id, spec_patch)
         except TooFrequent as exc:
             if exc.gap is None:
-                raise _bad("cron", str(exc)) from None
+                raise bad("cron", str(exc)) from None
             raise TooFrequentError(detail=str(exc), extra={"min_interval_seconds": int(exc.minimum.total_seconds())}) from None
         except ValueError as exc:
             raise ConflictError(str(exc)) from None
@@ -384,112 +322,6 @@ class ScheduleController(Controller):
             # The server is the authority on cron syntax and time zones.
             field = "time_zone" if "time zone" in exc.message.lower() else (
                 "cron" if data.cron is not None else "every_seconds")
-            raise _bad(field, exc.message) from None
+            raise bad(field, exc.message) from None
         return await _view(temporal, await handle.describe())
 
-
-async def _tenant_schedule_ids(temporal: Client, tenant_id: str) -> list[str]:
-    """Every owned schedule of a tenant: listed, plus the declared ids (listing lags)."""
-    ids = await listed_owned_ids(temporal, [tenant_id]) | {schedule_id(tenant_id, d.name) for d in tenant_schedules()}
-    found = []
-    for sid in sorted(ids):
-        desc = await describe_or_none(temporal, sid)
-        if desc is not None and await is_owned(desc) and desc.typed_search_attributes.get(TENANT_ID) == tenant_id:
-            found.append(sid)
-    return found
-
-
-async def _change_capability(
-    temporal: Client, db: asyncpg.Pool, principal: Principal, task_queue: str,
-    tenant_id: str, capability: str, enabled: bool, website_url: str | None,
-) -> StartResponse:
-    _tenant_in_scope(principal, tenant_id)
-    if capability not in scheduled_capabilities():
-        raise NotFoundException(f"no scheduled capability {capability!r}")
-    row = await db.fetchrow(
-        """SELECT t.id, c.website_url FROM tenants t
-           LEFT JOIN tenant_capabilities c ON c.tenant_id = t.id AND c.capability = $2
-           WHERE t.id = $1""",
-        tenant_id, capability,
-    )
-    if row is None:
-        raise NotFoundException(f"tenant {tenant_id!r} not found")
-    if enabled:
-        known = {"website_url": website_url or row["website_url"]}
-        for decl in tenant_schedules(capability):
-            for field in decl.requires:
-                if not known.get(field):
-                    raise _bad(field, f"{capability} needs {field}")
-    change = CapabilityChange(tenant_id=tenant_id, capability=capability, enabled=enabled,
-                              website_url=website_url, requested_by=principal.sub)
-    try:
-        handle = await start_capability(temporal, CapabilityStart.of(TENANT_CAPABILITIES, change, tenant_id),
-                                        task_queue=task_queue)
-    except AlreadyStarted as exc:
-        raise ConflictError(f"a change of {capability} for {tenant_id!r} is in progress; try again",
-                            extra={"workflow_id": exc.workflow_id}) from None
-    return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
-
-
-class TenantSchedulesController(Controller):
-    path = "/v1/tenants/{tenant_id:str}"
-    tags = ["schedules"]
-
-    async def _set_paused(
-        self, temporal: Client, principal: Principal, tenant_id: str, paused: bool, note: str
-    ) -> TenantSchedules:
-        _tenant_in_scope(principal, tenant_id)
-        ids = await _tenant_schedule_ids(temporal, tenant_id)
-        for sid in ids:
-            handle = temporal.get_schedule_handle(sid)
-            if paused:
-                await handle.pause(note=note or f"paused by {principal.sub}")
-            else:
-                await handle.unpause(note=note or f"unpaused by {principal.sub}")
-        return TenantSchedules(tenant_id=tenant_id, paused=paused, schedule_ids=ids)
-
-    @post("/schedules/pause", operation_id="pause_tenant_schedules", summary="Pause all of a tenant's schedules",
-          status_code=HTTP_200_OK, opt={"roles": WRITE_ROLES})
-    async def pause_tenant_schedules(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
-                                     tenant_id: _TENANT_ID, data: JSONBody[NoteBody]) -> TenantSchedules:
-        return await self._set_paused(temporal, request.user, tenant_id, True, data.note)
-
-    @post("/schedules/unpause", operation_id="unpause_tenant_schedules", summary="Unpause all of a tenant's schedules",
-          status_code=HTTP_200_OK, opt={"roles": WRITE_ROLES})
-    async def unpause_tenant_schedules(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
-                                       tenant_id: _TENANT_ID, data: JSONBody[NoteBody]) -> TenantSchedules:
-        return await self._set_paused(temporal, request.user, tenant_id, False, data.note)
-
-    @post("/capabilities/{capability:str}", operation_id="enable_tenant_capability",
-          summary="Enable a scheduled capability for a tenant (starts TenantCapabilities)",
-          description="Writes the tenant's capability row and creates its schedules, in the tenant's time zone. "
-          "A change of the same capability still running answers 409.",
-          status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES}, raises=[ConflictError])
-    async def enable_capability(
-        self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
-        db: NamedDependency[asyncpg.Pool], schedules_task_queue: NamedDependency[str],
-        tenant_id: _TENANT_ID, capability: _CAPABILITY,
-        data: JSONBody[EnableBody],
-    ) -> StartResponse:
-        return await _change_capability(temporal, db, request.user, schedules_task_queue, tenant_id, capability,
-                                        True, data.website_url)
-
-    @delete("/capabilities/{capability:str}", operation_id="disable_tenant_capability",
-            summary="Disable a scheduled capability for a tenant (its schedules are deleted)",
-            status_code=HTTP_202_ACCEPTED, opt={"roles": WRITE_ROLES}, raises=[ConflictError])
-    async def disable_capability(
-        self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
-        db: NamedDependency[asyncpg.Pool], schedules_task_queue: NamedDependency[str],
-        tenant_id: _TENANT_ID, capability: _CAPABILITY,
-    ) -> StartResponse:
-        return await _change_capability(temporal, db, request.user, schedules_task_queue, tenant_id, capability,
-                                        False, None)
-
-
-def schedules_router(task_queue: str = WORKFLOWS_QUEUE) -> Router:
-    """``task_queue``: where TenantCapabilities runs (tests use their own)."""
-    return Router(
-        path="/",
-        route_handlers=[ScheduleController, TenantSchedulesController],
-        dependencies={"schedules_task_queue": Provide(lambda: task_queue, sync_to_thread=False)},
-    )

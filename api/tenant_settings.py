@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
-import msgspec
 from litestar import Request, Router, get, put
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, PermissionDeniedException

@@ -17,7 +17,7 @@ from api.app import create_app
 from api.triggers import TRIGGERS
 from schedules.catalogue import SCHEDULES
 from tests.conftest import Tokens, assert_eventually, unique
-from tests.support import dev_settings
+from tests.support import dev_settings, record_history
 from tests.test_orders import completed, order
 from workers.main import ALL_WORKFLOWS
 from workflows import orders
@@ -98,6 +98,7 @@ async def test_a_lowered_review_threshold_sends_the_same_order_to_the_client(
     # The merchant lowers its threshold under the order's total.
     result = await put_and_wait(http, client, me, tenant, "order", {"review_threshold": 30})
     assert result["changed"] == {"review_threshold": {"from": None, "to": 30.0}}
+    await record_history(client.get_workflow_handle(f"{tenant}:tenant-settings:order"), "tenant-settings")
     r = await http.get(f"/v1/tenants/{tenant}/settings/order", headers=tokens.admin())
     assert r.json()["review_threshold"] == 30.0 and r.json()["out_of_stock_skus"] == []
 
@@ -189,3 +190,46 @@ async def test_another_tenant_and_an_unknown_capability_read_as_not_found(
     assert (await http.get(f"/v1/tenants/{tenant}/settings/order",
                            headers=tokens.partner([tenant]))).status_code == 200
     assert await db.fetchval("SELECT count(*) FROM tenant_settings WHERE tenant_id = $1", tenant) == 0
+
+
+async def test_the_keys_tenants_held_move_under_their_capability(postgres_server_url: str) -> None:
+    """Migration 0030 on a database of before it: each tenant keeps the behaviour it had."""
+    from activities.tenants import tenant_settings
+    from core.database import _init_connection, apply_migrations, load_migrations
+    from tests.conftest import _with_database
+    from workflows.campaign import CampaignSettings
+
+    name = unique("mig").replace("-", "_")
+    admin = await asyncpg.connect(postgres_server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        conn = await asyncpg.connect(_with_database(postgres_server_url, name))
+        try:
+            await _init_connection(conn)
+            await apply_migrations(conn, [m for m in load_migrations() if m.version < 30])
+            await conn.execute(
+                """INSERT INTO tenants (id, name, plan, owner_email, settings) VALUES
+                   ('shop', 'S', 'starter', 's@s.io', $1), ('deli', 'D', 'starter', 'd@d.io', $2),
+                   ('plain', 'P', 'starter', 'p@p.io', '{}')""",
+                {"campaign_budget_cap_usd": 250, "order_review_threshold": "300",
+                 "shopify_shop_domain": "Shop.myshopify.com", "shopify_shop_domain_refused": "x.myshopify.com"},
+                {"inventory": {"RYE": 2}, "out_of_stock_skus": ["BRIE"], "order_review_threshold": None})
+            await apply_migrations(conn)
+            shop, deli, plain = [await tenant_settings(conn, t, "order", orders.OrderSettings)
+                                 for t in ("shop", "deli", "plain")]
+            assert (shop.review_threshold, shop.shopify_shop_domain) == (300.0, "Shop.myshopify.com")
+            assert (deli.review_threshold, deli.inventory, deli.out_of_stock_skus) == (500.0, {"RYE": 2}, ["BRIE"])
+            assert plain == orders.OrderSettings()
+            assert (await tenant_settings(conn, "shop", "campaign", CampaignSettings)).budget_cap_usd == 250.0
+            assert (await tenant_settings(conn, "deli", "campaign", CampaignSettings)).budget_cap_usd == 1000.0
+            # What no capability declares stays with the tenant; the shop's webhooks still find it.
+            assert await conn.fetchval("SELECT settings FROM tenants WHERE id = 'shop'") == {
+                "shopify_shop_domain_refused": "x.myshopify.com"}
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute("INSERT INTO tenant_settings (tenant_id, capability, settings) "
+                                   "VALUES ('plain', 'order', '{\"shopify_shop_domain\": \"shop.MYSHOPIFY.com\"}')")
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

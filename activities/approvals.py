@@ -1,6 +1,6 @@
 """Side effects of the approval protocol: notifications (reminders, escalations, timeouts) and
-the campaign policy a tenant sets (the campaign capability's settings, ``CampaignSettings``). Decisions themselves go to the audit log through
-``audit.write`` (activities/tenants.py)."""
+the campaign policy a tenant sets (the campaign capability's settings, ``CampaignSettings``).
+Decisions themselves go to the audit log through ``audit.write`` (activities/tenants.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from activities.tenants import SettingsOf
 from core.activity import Activities
 from core.names import WORKFLOWS_QUEUE
 from core.policies import DB
+
 
 class Notify(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str  # workflow id + request id + event (+ round)

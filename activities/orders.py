@@ -16,6 +16,7 @@ from core.activity import Activities
 from core.names import WORKFLOWS_QUEUE
 from core.policies import DB
 
+
 class OrderPolicyRequest(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
 

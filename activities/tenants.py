@@ -181,7 +181,6 @@ class TenantActivities(Activities):
             created_at=row["created_at"], created=False,
         )
 
-
     @activity.defn(name="tenant.put_settings")
     async def put_settings(self, req: PutSettings) -> SettingsWritten:
         """Replace the tenant's settings of one capability; answers what they were and are."""

@@ -53,7 +53,7 @@ from schedules.reconciler import (
 )
 from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID, WORKFLOWS_QUEUE
 from workflows.presence_audit import URL_PATTERN
-from workflows.capability import Capability
+from workflows.catalogue import Capability
 from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 from workflows.tenant_schedules import CAPABILITY as CHANGE_CAPABILITY
 from workflows.tenant_schedules import CapabilityChange, TenantCapabilitiesWorkflow

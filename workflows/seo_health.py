@@ -35,11 +35,11 @@ with workflow.unsafe.imports_passed_through():
     from core.names import SLUG_PATTERN
     from core.policies import Stages
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN, WEB_SERVER
-    from workflows.capability import Capability, ScheduleDecl, host_key
     from workflows.usage import account, check_ai_budget, report_usage
     from workflows.seo_scan import SEVERITIES, Issue, PageScan, Severity, TechnicalScan, technical_scan
     from workflows.seo_scan import normal_url as _normal
     from workflows.seo_scan import page_scan as _page
+    from workflows.capability import Capability, ScheduleDecl, host_key
 
 NAME = "seo-health"
 AGENT = "seo-analyst"

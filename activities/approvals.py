@@ -1,22 +1,20 @@
 """Side effects of the approval protocol: notifications (reminders, escalations, timeouts) and
-the campaign policy a tenant sets. Decisions themselves go to the audit log through
-``audit.write`` (activities/tenants.py)."""
+the campaign policy a tenant sets (the campaign capability's settings, ``CampaignSettings``).
+Decisions themselves go to the audit log through ``audit.write`` (activities/tenants.py)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import msgspec
 from temporalio import activity
 
+from activities.tenants import SettingsOf
 from core.activity import Activities
 from core.names import WORKFLOWS_QUEUE
 from core.policies import DB
-
-# A tenant without its own cap: campaigns above this budget also need an admin's approval.
-DEFAULT_CAMPAIGN_BUDGET_CAP_USD = Decimal("1000")
 
 
 class Notify(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,8 +47,11 @@ class ApprovalActivities(Activities):
     task_queue = WORKFLOWS_QUEUE
     default_policy = DB
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, campaign_settings: SettingsOf[Any] | None = None) -> None:
+        """``campaign_settings``: the campaign capability's (``CAPABILITY.settings_of`` of
+        workflows/campaign.py), needed by ``tenant.policy`` only."""
         self._pool = pool
+        self._campaign = campaign_settings
 
     @activity.defn(name="approvals.notify")
     async def notify(self, n: Notify) -> Notified:
@@ -71,7 +72,7 @@ class ApprovalActivities(Activities):
 
     @activity.defn(name="tenant.policy")
     async def tenant_policy(self, req: TenantPolicyRequest) -> TenantPolicy:
-        cap = await self._pool.fetchval(
-            "SELECT (settings->>'campaign_budget_cap_usd')::numeric FROM tenants WHERE id = $1", req.tenant_id)
-        return TenantPolicy(tenant_id=req.tenant_id,
-                            campaign_budget_cap_usd=float(cap if cap is not None else DEFAULT_CAMPAIGN_BUDGET_CAP_USD))
+        if self._campaign is None:
+            raise RuntimeError("ApprovalActivities was built without the campaign settings")
+        s = await self._campaign.read(self._pool, req.tenant_id)
+        return TenantPolicy(tenant_id=req.tenant_id, campaign_budget_cap_usd=float(s.budget_cap_usd))

@@ -1,5 +1,6 @@
 """Side effects of Order Processing (workflows/orders.py): the tenant's order policy (review
-threshold, out-of-stock SKUs, from ``tenants.settings``) and the order's record."""
+threshold, out-of-stock SKUs: the order capability's settings, ``OrderSettings``) and the
+order's record."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import asyncpg
 import msgspec
 from temporalio import activity
 
+from activities.tenants import SettingsOf
 from core.activity import Activities
 from core.names import WORKFLOWS_QUEUE
 from core.policies import DB
-
-# A tenant without its own threshold: orders above this total need the client's approval.
-DEFAULT_REVIEW_THRESHOLD = Decimal("500")
 
 
 class OrderPolicyRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,18 +49,16 @@ class OrderActivities(Activities):
     task_queue = WORKFLOWS_QUEUE
     default_policy = DB
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: SettingsOf[Any]) -> None:
+        """``settings``: the order capability's (``CAPABILITY.settings_of`` of workflows/orders.py)."""
         self._pool = pool
+        self._settings = settings
 
     @activity.defn(name="orders.policy")
     async def policy(self, req: OrderPolicyRequest) -> OrderPolicy:
-        row = await self._pool.fetchrow(
-            """SELECT (settings->>'order_review_threshold')::numeric AS threshold,
-                      COALESCE(settings->'out_of_stock_skus', '[]'::jsonb) AS oos
-               FROM tenants WHERE id = $1""", req.tenant_id)
-        threshold = row["threshold"] if row and row["threshold"] is not None else DEFAULT_REVIEW_THRESHOLD
-        oos = [s for s in (row["oos"] if row else []) if isinstance(s, str)]
-        return OrderPolicy(tenant_id=req.tenant_id, review_threshold=float(threshold), out_of_stock_skus=oos)
+        s = await self._settings.read(self._pool, req.tenant_id)
+        return OrderPolicy(tenant_id=req.tenant_id, review_threshold=float(s.review_threshold),
+                           out_of_stock_skus=list(s.out_of_stock_skus))
 
     @activity.defn(name="orders.record")
     async def record(self, rec: OrderRecord) -> OrderRecorded:

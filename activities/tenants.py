@@ -1,9 +1,17 @@
-"""Tenant rows and the audit log: the light Postgres activities of the workflows queue."""
+"""Tenant rows, their per-capability settings and the audit log: the light Postgres activities
+of the workflows queue.
+
+Per-tenant settings are read one way, :func:`tenant_settings`: the tenant's row of
+``tenant_settings`` for the capability, decoded into the capability's settings Struct with the
+declared defaults filled in (a tenant that set nothing gets the defaults). They are written only
+by the TenantSettings workflow (``tenant.put_settings``), which the settings API starts.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
@@ -51,6 +59,75 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
 class AuditReceipt(msgspec.Struct, frozen=True, kw_only=True):
     audit_id: int
     written: bool  # False: the same idempotency key was written before
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class InvalidSettings(ValueError):
+    """A stored settings row does not match the capability's settings Struct."""
+
+
+def decode_settings(stored: dict[str, Any] | None, settings_type: type[S]) -> S:
+    """Stored settings (only what the tenant changed) as the typed settings, defaults filled in.
+    Keys the Struct no longer has are left aside (a field removed from a capability)."""
+    known = settings_type.__struct_fields__
+    try:
+        return msgspec.convert({k: v for k, v in (stored or {}).items() if k in known}, settings_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidSettings(str(exc)) from None
+
+
+async def stored_settings(conn: asyncpg.Pool | asyncpg.Connection, tenant_id: str,
+                          capability: str) -> dict[str, Any] | None:
+    """What the tenant set for the capability ({} when nothing); None when there is no such tenant."""
+    row = await conn.fetchrow(
+        """SELECT t.id, s.settings FROM tenants t
+           LEFT JOIN tenant_settings s ON s.tenant_id = t.id AND s.capability = $2
+           WHERE t.id = $1""", tenant_id, capability)
+    if row is None:
+        return None
+    return row["settings"] or {}
+
+
+async def tenant_settings(pool: asyncpg.Pool | asyncpg.Connection, tenant_id: str, capability: str,
+                          settings_type: type[S]) -> S:
+    """The tenant's settings of one capability, typed, with the declared defaults (an unknown
+    tenant gets the defaults too). :class:`InvalidSettings` when the stored row does not decode."""
+    return decode_settings(await stored_settings(pool, tenant_id, capability), settings_type)
+
+
+@dataclass(frozen=True)
+class SettingsOf(Generic[S]):
+    """One capability's settings (its name and Struct), handed to the activities that apply them
+    by the worker (``Capability.settings_of``): activities never import a workflow module."""
+
+    capability: str
+    type: type[S]
+
+    async def read(self, pool: asyncpg.Pool | asyncpg.Connection, tenant_id: str) -> S:
+        """From an activity: a stored row that does not decode fails the activity for good."""
+        try:
+            return await tenant_settings(pool, tenant_id, self.capability, self.type)
+        except InvalidSettings as exc:
+            raise ApplicationError(f"tenant {tenant_id!r}: {self.capability} settings: {exc}",
+                                   type="InvalidSettings", non_retryable=True) from None
+
+
+class PutSettings(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    capability: str
+    # Only the values that differ from the declared defaults (validated by the API).
+    settings: dict[str, Any]
+    updated_by: str = "system"
+    workflow_id: str | None = None
+
+
+class SettingsWritten(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    capability: str
+    before: dict[str, Any]
+    after: dict[str, Any]
 
 
 class TenantActivities(Activities):
@@ -103,6 +180,31 @@ class TenantActivities(Activities):
             tenant_id=row["id"], name=row["name"], plan=row["plan"], status=row["status"],
             created_at=row["created_at"], created=False,
         )
+
+    @activity.defn(name="tenant.put_settings")
+    async def put_settings(self, req: PutSettings) -> SettingsWritten:
+        """Replace the tenant's settings of one capability; answers what they were and are."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchval(
+                "SELECT settings FROM tenant_settings WHERE tenant_id = $1 AND capability = $2 FOR UPDATE",
+                req.tenant_id, req.capability)
+            try:
+                await conn.execute(
+                    """INSERT INTO tenant_settings (tenant_id, capability, settings, updated_by, workflow_id)
+                       VALUES ($1, $2, $3, $4, $5)
+                       ON CONFLICT (tenant_id, capability) DO UPDATE SET
+                           settings = EXCLUDED.settings, updated_by = EXCLUDED.updated_by,
+                           workflow_id = EXCLUDED.workflow_id, updated_at = now()""",
+                    req.tenant_id, req.capability, req.settings, req.updated_by, req.workflow_id)
+            except asyncpg.ForeignKeyViolationError:
+                raise ApplicationError(f"tenant {req.tenant_id!r} not found", type="TenantNotFound",
+                                       non_retryable=True) from None
+            except asyncpg.UniqueViolationError as exc:
+                # A value only one tenant may hold (a Shopify shop domain).
+                raise ApplicationError(f"a setting of {req.capability} is held by another tenant "
+                                       f"({exc.constraint_name})", type="SettingTaken", non_retryable=True) from None
+        return SettingsWritten(tenant_id=req.tenant_id, capability=req.capability, before=before or {},
+                               after=req.settings)
 
 
 class AuditActivities(Activities):

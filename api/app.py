@@ -31,6 +31,7 @@ from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
 from api.ratelimit import StartLimiter
 from api.schedules import schedules_router
+from api.tenant_settings import settings_router
 from api.triggers import seed_triggers
 from api.visibility import cursor_key
 from api.webhooks import webhooks_router
@@ -84,7 +85,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), schedules_router(),
-                        webhooks_router(), codec_router()],
+                        webhooks_router(), codec_router(), settings_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),

@@ -1,7 +1,8 @@
 """The trigger table: which workflow an inbound event starts (webhooks, platform events).
 
-Each trigger is declared here (``TRIGGERS``): the event's source and type, the capability it
-starts, and how the event becomes the workflow's typed input and business key. The
+Each trigger is declared by the capability it starts, in its module (``CAPABILITY.triggers``:
+the event's source and type, start or signal-with-start, and how the event becomes the
+workflow's typed input and business key); ``TRIGGERS`` is derived from those declarations. The
 ``triggers`` table is seeded from these declarations when the API starts (new rows only, so
 an operator's ``enabled = false`` stays) and read on every event: a disabled or missing row
 means the event is acknowledged (202) and logged, nothing is started.
@@ -16,45 +17,27 @@ id and starts nothing. A replay of the same delivery is stopped before that, by 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 import msgspec
 from temporalio.client import Client
 
-from workflows.catalogue import CATALOGUE
-from workflows.dunning import PAID_SIGNAL, DunningInput, invoice_key
-from workflows.onboarding import OnboardingInput
-from workflows.orders import OrderInput, OrderLine
+from workflows.capability import Event, InvalidEvent, Trigger
+from workflows.catalogue import CATALOGUE, triggers
+from workflows.dunning import stripe_invoice
+from workflows.onboarding import tenant_created
+from workflows.orders import shopify_order
 from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
+
+__all__ = ["TRIGGERS", "TRIGGER_MEMO", "Event", "Fired", "InvalidEvent", "Plan", "Trigger", "fire", "lookup", "plan",
+           "seed_triggers", "shopify_order", "start", "stripe_invoice", "tenant_created"]
 
 log = logging.getLogger(__name__)
 
-Action = Literal["start", "signal_with_start"]
 Outcome = Literal["started", "duplicate", "signalled", "ignored"]
 TRIGGER_MEMO = "trigger"
-MAX_TIMESTAMP = 253402300800  # 10000-01-01: past any datetime
-
-
-class InvalidEvent(ValueError):
-    """The event is well signed but cannot become the workflow's input (answered 400)."""
-
-
-class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """An inbound event after its signature was verified."""
-
-    source: str
-    type: str
-    id: str | None  # the sender's event or delivery id
-    tenant_id: str | None  # as resolved from the sender's own identification, when it has one
-    payload: dict[str, Any]
-    sender: str = "webhook"  # who it came from, recorded as requested_by
-    # When the sender says it sent the event, when it says (Stripe `created`, Shopify
-    # X-Shopify-Triggered-At, the generic X-Biz-Timestamp); older than the replay window is refused.
-    sent_at: datetime | None = None
 
 
 class Fired(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,110 +47,8 @@ class Fired(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str | None = None
 
 
-@dataclass(frozen=True)
-class Trigger:
-    source: str
-    event_type: str
-    capability: str
-    # The tenant, the business key and the typed input, from the event; InvalidEvent when it cannot.
-    build: Callable[[Event], tuple[str, str, Any]]
-    action: Action = "start"
-    signal: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.capability not in CATALOGUE:
-            raise ValueError(f"trigger {self.source}/{self.event_type}: unknown capability {self.capability!r}")
-        if (self.action == "signal_with_start") != (self.signal is not None):
-            raise ValueError(f"trigger {self.source}/{self.event_type}: a signal goes with signal_with_start only")
-
-
-def _money(value: Any, what: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InvalidEvent(f"{what} is not a number") from None
-
-
-def shopify_order(event: Event) -> tuple[str, str, OrderInput]:
-    """Shopify ``orders/create``: the order id is the business key (``shopify-{id}``)."""
-    if event.tenant_id is None:
-        raise InvalidEvent("the shop is not connected to a tenant")
-    o = event.payload
-    if not isinstance(o.get("id"), int | str) or not str(o["id"]).isdigit():
-        raise InvalidEvent("the order has no numeric id")
-    lines = o.get("line_items")
-    if not isinstance(lines, list):
-        raise InvalidEvent("the order has no line_items")
-
-    def country(address: Any) -> str | None:
-        return address.get("country_code") if isinstance(address, dict) else None
-
-    key = f"shopify-{o['id']}"
-    try:
-        inp = msgspec.convert({
-            "tenant_id": event.tenant_id, "order_key": key, "source": "shopify",
-            "order_number": str(o.get("name") or ""), "currency": o.get("currency") or "USD",
-            "total": _money(o.get("total_price"), "total_price"),
-            "customer_email": o.get("email") or None,
-            "billing_country": country(o.get("billing_address")),
-            "shipping_country": country(o.get("shipping_address")),
-            "lines": [msgspec.convert({"sku": str(li.get("sku") or li.get("variant_id") or li.get("id") or "unknown"),
-                                       "quantity": li.get("quantity"), "unit_price": _money(li.get("price"), "price"),
-                                       "title": str(li.get("title") or "")[:300]}, OrderLine)
-                      for li in lines if isinstance(li, dict)],
-            "requested_by": event.sender,
-        }, OrderInput)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(f"order: {exc}") from None
-    return event.tenant_id, key, inp
-
-
-def tenant_created(event: Event) -> tuple[str, str, OnboardingInput]:
-    """Platform ``tenant.created``: onboarding, keyed by the tenant id (one per tenant, ever)."""
-    try:
-        inp = msgspec.convert({**event.payload, "requested_by": event.sender}, OnboardingInput)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(f"tenant: {exc}") from None
-    return inp.tenant_id, inp.tenant_id, inp
-
-
-def stripe_invoice(event: Event) -> tuple[str, str, DunningInput]:
-    """Stripe ``invoice.payment_failed`` (starts dunning) and ``invoice.paid`` (signals it, or
-    starts it already paid when it comes first): keyed by the invoice id (:func:`invoice_key`),
-    the tenant from the invoice's ``metadata.tenant_id``."""
-    if event.tenant_id is None:
-        raise InvalidEvent("the invoice names no tenant (metadata.tenant_id)")
-    data = event.payload.get("data")
-    obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-        raise InvalidEvent("the event has no invoice")
-    created = event.payload.get("created")
-    if isinstance(created, int) and not 0 <= created < MAX_TIMESTAMP:
-        raise InvalidEvent("the event's created time is out of range")
-    try:
-        inp = msgspec.convert({
-            "tenant_id": event.tenant_id, "invoice_id": obj["id"], "invoice_key": invoice_key(obj["id"]),
-            "amount_due": obj.get("amount_due") or 0, "currency": str(obj.get("currency") or "usd").lower(),
-            "customer_email": obj.get("customer_email") or None,
-            "failed_at": datetime.fromtimestamp(created, UTC)
-            if event.type == "invoice.payment_failed" and isinstance(created, int) else None,
-            "event_id": event.id, "requested_by": event.sender,
-        }, DunningInput)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(f"invoice: {exc}") from None
-    return inp.tenant_id, inp.invoice_key, inp
-
-
-TRIGGERS: dict[tuple[str, str], Trigger] = {
-    (t.source, t.event_type): t
-    for t in (
-        Trigger(source="shopify", event_type="orders/create", capability="order", build=shopify_order),
-        Trigger(source="platform", event_type="tenant.created", capability="onboarding", build=tenant_created),
-        Trigger(source="stripe", event_type="invoice.payment_failed", capability="dunning", build=stripe_invoice),
-        Trigger(source="stripe", event_type="invoice.paid", capability="dunning", build=stripe_invoice,
-                action="signal_with_start", signal=PAID_SIGNAL),
-    )
-}
+# Derived from the capabilities' declarations (each module's ``CAPABILITY.triggers``).
+TRIGGERS: dict[tuple[str, str], Trigger] = {(t.source, t.event_type): t for t in triggers()}
 
 
 async def seed_triggers(pool: asyncpg.Pool) -> None:

@@ -9,7 +9,7 @@ Sources and their signatures:
   time ``created``.
 - ``shopify``: ``X-Shopify-Hmac-Sha256``, base64 HMAC-SHA256 of the raw body with the app's
   secret (``BIZ_SHOPIFY_WEBHOOK_SECRET``); the type is ``X-Shopify-Topic``, the tenant the one
-  whose ``tenants.settings.shopify_shop_domain`` is ``X-Shopify-Shop-Domain`` (unique across
+  whose order setting ``shopify_shop_domain`` is ``X-Shopify-Shop-Domain`` (unique across
   tenants), the id ``X-Shopify-Event-Id`` (else ``X-Shopify-Webhook-Id``), the time
   ``X-Shopify-Triggered-At``. Shopify signs the body only: these headers are the sender's word,
   which is why the inbox also knows a replay by its body.
@@ -196,8 +196,8 @@ async def _shopify(request: Request, body: bytes, settings: Settings, db: asyncp
         raise ValidationException("no X-Shopify-Topic header")
     payload = _json(body)
     shop = request.headers.get("x-shopify-shop-domain", "").lower()
-    tenant = await db.fetchval(  # one at most: the domain is unique across tenants (migration 0023)
-        "SELECT id FROM tenants WHERE settings ? 'shopify_shop_domain' "
+    tenant = await db.fetchval(  # one at most: the domain is unique across tenants (migration 0030)
+        "SELECT tenant_id FROM tenant_settings WHERE capability = 'order' AND settings ? 'shopify_shop_domain' "
         "AND lower(settings->>'shopify_shop_domain') = $1", shop
     ) if shop else None
     triggered = request.headers.get("x-shopify-triggered-at")

@@ -7,7 +7,7 @@ One run starts everything it needs and stops it again (the helpers of ``bench_sp
 wheel, headless, on free loopback ports; a fresh Postgres database ``bench_<hex>`` (on
 BIZ_DATABASE_URL, else BIZ_TEST_DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/test)
 with the migrations applied and one tenant connected to a Shopify shop
-(``tenants.settings.shopify_shop_domain``), dropped at the end; and the real API
+(the order setting ``shopify_shop_domain``), dropped at the end; and the real API
 (``python -m workers.cli api``) with ``BIZ_SHOPIFY_WEBHOOK_SECRET`` set. No worker runs: the
 webhook answers 202 once the workflow is started, so nothing needs to poll ``biz-workflows``
 (the started OrderProcessing workflows wait there until the server is stopped).
@@ -435,9 +435,10 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     pool = await create_pool(db_url, min_size=1, max_size=4)  # applies the migrations
     try:
         await pool.execute(
-            """INSERT INTO tenants (id, name, plan, owner_email, status, settings)
-               VALUES ($1, 'Bench shop', 'starter', 'owner@bench-shop.example', 'active', $2)""",
-            TENANT, {"shopify_shop_domain": SHOP})
+            """INSERT INTO tenants (id, name, plan, owner_email, status)
+               VALUES ($1, 'Bench shop', 'starter', 'owner@bench-shop.example', 'active')""", TENANT)
+        await pool.execute("INSERT INTO tenant_settings (tenant_id, capability, settings) VALUES ($1, 'order', $2)",
+                           TENANT, {"shopify_shop_domain": SHOP})
         spine.log(f"database {db_name} created, migrated, tenant {TENANT} connected to {SHOP}")
         settings = Settings(_env_file=None, **spine.dev_fields(), temporal={"address": addr, "namespace": cluster.namespace},
                             database={"url": db_url}, shopify={"webhook_secret": SECRET})

@@ -97,8 +97,9 @@ async def test_a_rejected_order_releases_its_payment_and_ships_nothing(
 
 async def test_stock_comes_from_the_commerce_tool(http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool) -> None:
     tenant = unique("cheese")
-    await db.execute("INSERT INTO tenants (id, name, plan, owner_email, settings) VALUES ($1, 'C', 'starter', "
-                     "'o@c.io', $2)", tenant, {"inventory": {"SOUR-1": 3}})
+    await db.execute("INSERT INTO tenants (id, name, plan, owner_email) VALUES ($1, 'C', 'starter', 'o@c.io')", tenant)
+    await db.execute("INSERT INTO tenant_settings (tenant_id, capability, settings) VALUES ($1, 'order', $2)",
+                     tenant, {"inventory": {"SOUR-1": 3}})
     r = await http.post("/v1/workflows/order", json=order(tenant, 50.0, qty=5), headers=tokens.admin())
     result = await completed(http, tokens, tenant, r.json()["workflow_id"])
     assert result["status"] == "out_of_stock" and result["reasons"] == ["out of stock: SOUR-1"]

@@ -41,13 +41,15 @@ def secret(value: Any) -> str:
 
 
 async def shop_tenant(db: asyncpg.Pool, **settings: Any) -> tuple[str, str]:
-    """An active tenant connected to a Shopify shop; (tenant id, shop domain)."""
+    """An active tenant connected to a Shopify shop (its order settings); (tenant id, shop domain)."""
     tenant = unique("shop")
     domain = f"{tenant}.myshopify.com"
-    await db.execute(
-        """INSERT INTO tenants (id, name, plan, owner_email, status, settings)
-           VALUES ($1, $2, 'starter', $3, 'active', $4)""",
-        tenant, f"Shop {tenant}", f"owner@{tenant}.example", {"shopify_shop_domain": domain, **settings})
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO tenants (id, name, plan, owner_email, status)
+               VALUES ($1, $2, 'starter', $3, 'active')""", tenant, f"Shop {tenant}", f"owner@{tenant}.example")
+        await conn.execute("INSERT INTO tenant_settings (tenant_id, capability, settings) VALUES ($1, 'order', $2)",
+                           tenant, {"shopify_shop_domain": domain, **settings})
     return tenant, domain
 
 
@@ -119,7 +121,7 @@ async def test_each_order_delivered_five_times_at_once_starts_exactly_one_workfl
 async def test_an_order_above_the_threshold_waits_for_the_client(
     http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, tokens: Tokens
 ) -> None:
-    tenant, domain = await shop_tenant(db, order_review_threshold=300, out_of_stock_skus=["RYE"])
+    tenant, domain = await shop_tenant(db, review_threshold=300, out_of_stock_skus=["RYE"])
     body = json.dumps(shopify_order(order_id(), total=900)).encode()
     r = await http.post("/v1/webhooks/shopify", content=body, headers=shopify_headers(settings, domain, body))
     assert r.status_code == 202 and r.json()["outcome"] == "started", r.text
@@ -399,13 +401,13 @@ async def test_a_shop_domain_belongs_to_one_tenant(db: asyncpg.Pool) -> None:
     tenant, domain = await shop_tenant(db)
     with pytest.raises(asyncpg.UniqueViolationError) as refused:
         await shop_tenant(db, shopify_shop_domain=domain.upper())
-    assert refused.value.constraint_name == "tenants_shopify_shop_domain_unique"
+    assert refused.value.constraint_name == "tenant_settings_shopify_shop_domain"
     other, _ = await shop_tenant(db)
     with pytest.raises(asyncpg.UniqueViolationError):
-        await db.execute("UPDATE tenants SET settings = settings || $2 WHERE id = $1",
-                         other, {"shopify_shop_domain": domain})
-    assert await db.fetchval("SELECT id FROM tenants WHERE lower(settings->>'shopify_shop_domain') = $1",
-                             domain) == tenant
+        await db.execute("UPDATE tenant_settings SET settings = settings || $2 WHERE tenant_id = $1 "
+                         "AND capability = 'order'", other, {"shopify_shop_domain": domain})
+    assert await db.fetchval("SELECT tenant_id FROM tenant_settings WHERE capability = 'order' "
+                             "AND lower(settings->>'shopify_shop_domain') = $1", domain) == tenant
 
 
 async def test_a_failed_delivery_is_taken_over_by_the_retry_and_old_ones_are_pruned(db: asyncpg.Pool) -> None:

@@ -38,14 +38,15 @@ from core.converter import resolve_struct_annotations
 from core.settings import Settings
 from core.telemetry import configure_tracing
 from workflows.agent_loop import AgentLoopWorkflow
-from workflows.catalogue import WORKFLOWS
+from workflows.catalogue import CATALOGUE, WORKFLOWS
 from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
+from workflows.tenant_settings import TenantSettingsWorkflow
 
 log = logging.getLogger(__name__)
 
 # Every workflow type a worker of the workflows queue runs (and a replay must know).
-ALL_WORKFLOWS: Sequence[type] = (*WORKFLOWS, AgentLoopWorkflow, TenantCapabilitiesWorkflow)
+ALL_WORKFLOWS: Sequence[type] = (*WORKFLOWS, AgentLoopWorkflow, TenantCapabilitiesWorkflow, TenantSettingsWorkflow)
 
 # Invalid input fails the workflow at once instead of retrying its task forever.
 WORKFLOW_FAILURE_TYPES: Sequence[type[BaseException]] = (msgspec.ValidationError,)
@@ -79,8 +80,10 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
     if WORKFLOWS_QUEUE in queues:
         tenants, audit = TenantActivities(pool), AuditActivities(pool)
         usage = UsageActivities(pool, settings.ai.default_monthly_budget_usd)
-        billing, reports, approvals = BillingCustomerActivities(pool), ReportActivities(pool), ApprovalActivities(pool)
-        schedules, orders = ScheduleActivities(pool), OrderActivities(pool)
+        billing, reports = BillingCustomerActivities(pool), ReportActivities(pool)
+        # Activities that apply a capability's settings get its declared settings type.
+        approvals = ApprovalActivities(pool, CATALOGUE["campaign"].settings_of)
+        schedules, orders = ScheduleActivities(pool), OrderActivities(pool, CATALOGUE["order"].settings_of)
         # The local activity that verifies signed deciders: the keys stay in this process.
         settings.require_decision_keys()
         decision_keys = DecisionKeyActivities(settings.decision.keys)

@@ -11,8 +11,8 @@ approves its creative and budget, then it launches.
    Reminder after 24 h; after 72 h the request escalates to the tenant's partner or an admin.
    ``request_changes`` regenerates the creative with every comment so far, at most
    ``max_rounds`` times.
-5. A budget above the tenant's cap (``tenants.settings.campaign_budget_cap_usd``, default
-   $1,000) also needs an admin's (or finance's) approval in the Approval Hub.
+5. A budget above the tenant's cap (campaign settings ``budget_cap_usd``, default $1,000)
+   also needs an admin's (or finance's) approval in the Approval Hub.
 6. Each channel's campaign is created through the ads tool of the sandbox MCP server (one
    outbox row per channel, idempotent on the workflow id and channel).
 7. LLM usage is recorded per call and reported to Lago.
@@ -41,9 +41,10 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
+    from workflows.capability import Capability
     from workflows.usage import account, check_ai_budget, report_usage
 
-CAPABILITY = "campaign"
+NAME = "campaign"
 
 Channel = Literal["google_ads", "meta_ads", "linkedin_ads", "tiktok_ads"]
 Objective = Literal["awareness", "traffic", "leads", "sales"]
@@ -84,6 +85,13 @@ class CampaignInput(msgspec.Struct, frozen=True, kw_only=True):
     start_date: date | None = None
     max_rounds: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3  # creative rounds (request_changes)
     requested_by: str = "system"
+
+
+class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tenant's campaign policy (``GET/PUT /v1/tenants/{tenant}/settings/campaign``)."""
+
+    # A budget above this also needs an admin's (or finance's) approval after the client's.
+    budget_cap_usd: Annotated[float, msgspec.Meta(ge=0, le=MAX_BUDGET_USD)] = 1000.0
 
 
 class LaunchedCampaign(msgspec.Struct, frozen=True, kw_only=True):
@@ -308,3 +316,20 @@ class CampaignWorkflow(HumanDecisions, Stages):
         return CampaignProgress(stage=self._stage, steps_done=list(self._steps), round=self._round,  # type: ignore[arg-type]
                                 pending_request=self._approval.request.request_id if self._approval else None,
                                 updated_at=self._updated_at)
+
+
+CAPABILITY = Capability(
+    name=NAME,
+    workflow=CampaignWorkflow,
+    input_type=CampaignInput,
+    business_key=lambda inp: inp.campaign_key,
+    tenant_in_input=lambda inp: inp.tenant_id,
+    start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    decide_roles=frozenset(CLIENT_ROLES + ESCALATION_ROLES + BUDGET_ROLES),
+    summary="Plan and write a multi-channel ad campaign with AI; the client approves creative and budget "
+            "(Pending Actions), a budget above the tenant's cap also needs an admin; then it launches.",
+    settings=CampaignSettings,
+    # The cap is the platform's check on a tenant's spend: the tenant does not raise its own.
+    admin_settings=frozenset({"budget_cap_usd"}),
+)

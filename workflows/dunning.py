@@ -26,7 +26,7 @@ the other reversibly: ``_`` becomes ``--`` and an upper-case letter ``-`` and it
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from temporalio import workflow
@@ -42,8 +42,9 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import APPROVAL_AUDIENCE, APPROVAL_DUE_AT, APPROVAL_ROLE, PENDING_APPROVAL, SLUG_PATTERN
     from core.policies import Stages
+    from workflows.capability import Capability, Event, InvalidEvent, Trigger
 
-CAPABILITY = "dunning"
+NAME = "dunning"
 PAID_SIGNAL = "invoice_paid"
 
 Status = Literal["paid", "written_off", "suspended", "void"]
@@ -103,6 +104,36 @@ class InvoicePaidEvent(msgspec.Struct, frozen=True, kw_only=True):
     id: Any = None  # the Stripe event id
     type: Any = None
     data: dict[str, Any] = {}
+
+
+MAX_TIMESTAMP = 253402300800  # 10000-01-01: past any datetime
+
+
+def stripe_invoice(event: Event) -> tuple[str, str, DunningInput]:
+    """Stripe ``invoice.payment_failed`` (starts dunning) and ``invoice.paid`` (signals it, or
+    starts it already paid when it comes first): keyed by the invoice id (:func:`invoice_key`),
+    the tenant from the invoice's ``metadata.tenant_id``."""
+    if event.tenant_id is None:
+        raise InvalidEvent("the invoice names no tenant (metadata.tenant_id)")
+    data = event.payload.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+        raise InvalidEvent("the event has no invoice")
+    created = event.payload.get("created")
+    if isinstance(created, int) and not 0 <= created < MAX_TIMESTAMP:
+        raise InvalidEvent("the event's created time is out of range")
+    try:
+        inp = msgspec.convert({
+            "tenant_id": event.tenant_id, "invoice_id": obj["id"], "invoice_key": invoice_key(obj["id"]),
+            "amount_due": obj.get("amount_due") or 0, "currency": str(obj.get("currency") or "usd").lower(),
+            "customer_email": obj.get("customer_email") or None,
+            "failed_at": datetime.fromtimestamp(created, UTC)
+            if event.type == "invoice.payment_failed" and isinstance(created, int) else None,
+            "event_id": event.id, "requested_by": event.sender,
+        }, DunningInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invoice: {exc}") from None
+    return inp.tenant_id, inp.invoice_key, inp
 
 
 class PaymentAttempt(msgspec.Struct, frozen=True, kw_only=True):
@@ -354,3 +385,24 @@ class DunningWorkflow(HumanDecisions, Stages):
             attempts=len(self._attempts), next_retry_at=self._next_retry_at, paid=self._paid_event is not None,
             pending_request=self._approval.request.request_id if self._approval else None,
             updated_at=self._updated_at)
+
+
+CAPABILITY = Capability(
+    name=NAME,
+    workflow=DunningWorkflow,
+    input_type=DunningInput,
+    business_key=lambda inp: inp.invoice_key,
+    tenant_in_input=lambda inp: inp.tenant_id,
+    start_roles=frozenset({"super_admin", "admin", "finance"}),
+    # Never the dunned client: only platform staff stop collecting a debt.
+    cancel_roles=frozenset({"super_admin", "admin", "finance"}),
+    decide_roles=frozenset(ADMIN_ROLES),
+    summary="Dunning of a failed invoice: Stripe retries at day 1, 3 and 7, the customer emailed each time, "
+            "then an admin retries, writes off or suspends the tenant; invoice.paid ends it. Usually started "
+            "by the Stripe invoice.payment_failed webhook.",
+    triggers=(
+        Trigger(source="stripe", event_type="invoice.payment_failed", build=stripe_invoice),
+        Trigger(source="stripe", event_type="invoice.paid", build=stripe_invoice, action="signal_with_start",
+                signal=PAID_SIGNAL),
+    ),
+)

@@ -29,8 +29,9 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
+    from workflows.capability import Capability, Event, InvalidEvent, Trigger
 
-CAPABILITY = "onboarding"
+NAME = "onboarding"
 
 
 Stage = Literal["started", "creating_tenant", "creating_billing_customers", "activating", "recording_audit",
@@ -45,6 +46,15 @@ class OnboardingInput(msgspec.Struct, frozen=True, kw_only=True):
     timezone: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)] = "UTC"
     # Who asked (filled by the API from the authenticated caller, never from the body).
     requested_by: str = "system"
+
+
+def tenant_created(event: Event) -> tuple[str, str, OnboardingInput]:
+    """Platform ``tenant.created``: onboarding, keyed by the tenant id (one per tenant, ever)."""
+    try:
+        inp = msgspec.convert({**event.payload, "requested_by": event.sender}, OnboardingInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"tenant: {exc}") from None
+    return inp.tenant_id, inp.tenant_id, inp
 
 
 class OnboardingProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,3 +149,15 @@ class OnboardingWorkflow(Stages):
             tenant_id=self._tenant_id, stage=self._stage,
             steps_done=list(self._steps), updated_at=self._updated_at,
         )
+
+
+CAPABILITY = Capability(
+    name=NAME,
+    workflow=OnboardingWorkflow,
+    input_type=OnboardingInput,
+    business_key=lambda inp: inp.tenant_id,
+    tenant_in_input=lambda inp: inp.tenant_id,
+    start_roles=frozenset({"super_admin", "admin"}),
+    summary="Onboard a tenant: create and activate it, record the audit entry.",
+    triggers=(Trigger(source="platform", event_type="tenant.created", build=tenant_created),),
+)

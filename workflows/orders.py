@@ -9,7 +9,7 @@ tenant's value threshold or risk limit waits for the client's approval (Pending 
    quantity, a large total) plus a fraud-analyst agent (durable agent loop) reading the order
    without personal data. The agent can raise the score, never lower it; the offline provider's
    score is recorded but moves nothing (it is not a real judgement).
-4. Total above the tenant's ``order_review_threshold`` (default 500) or score at or above
+4. Total above the tenant's ``review_threshold`` (order settings, default 500) or score at or above
    ``REVIEW_SCORE``: the client approves or rejects (remind after 24 h, escalate to the
    partner or an admin after 72 h).
 5. Accepted: the Stripe payment (``payment_intent_id``, authorized with manual capture) is
@@ -43,9 +43,10 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
+    from workflows.capability import Capability, Event, InvalidEvent, Trigger
     from workflows.usage import account, report_usage
 
-CAPABILITY = "order"
+NAME = "order"
 
 Status = Literal["accepted", "rejected", "out_of_stock", "invalid", "canceled", "failed"]
 Stage = Literal["started", "validating", "checking_inventory", "scoring", "awaiting_client_approval",
@@ -90,6 +91,63 @@ class OrderInput(msgspec.Struct, frozen=True, kw_only=True):
     # A Stripe PaymentIntent authorized for the order (manual capture), when Stripe takes the payment.
     payment_intent_id: Annotated[str, msgspec.Meta(pattern=PAYMENT_INTENT)] | None = None
     requested_by: str = "system"
+
+
+Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class OrderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tenant's order policy (``GET/PUT /v1/tenants/{tenant}/settings/order``)."""
+
+    # Orders above this total (in the order's currency; the sandbox has no FX) wait for the client.
+    review_threshold: Annotated[float, msgspec.Meta(ge=0, le=MAX_TOTAL)] = 500.0
+    # The sandbox store's stock ({sku: quantity}); other SKUs have plenty (sandboxes/mcp/commerce.py).
+    inventory: Annotated[dict[Sku, Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]],
+                         msgspec.Meta(max_length=10_000)] = {}
+    out_of_stock_skus: Annotated[list[Sku], msgspec.Meta(max_length=10_000)] = []
+    # The Shopify shop whose orders/create webhooks start this tenant's orders (one tenant per shop).
+    shopify_shop_domain: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$", max_length=255)] | None = None
+
+
+def _money(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidEvent(f"{what} is not a number") from None
+
+
+def shopify_order(event: Event) -> tuple[str, str, OrderInput]:
+    """Shopify ``orders/create``: the order id is the business key (``shopify-{id}``)."""
+    if event.tenant_id is None:
+        raise InvalidEvent("the shop is not connected to a tenant")
+    o = event.payload
+    if not isinstance(o.get("id"), int | str) or not str(o["id"]).isdigit():
+        raise InvalidEvent("the order has no numeric id")
+    lines = o.get("line_items")
+    if not isinstance(lines, list):
+        raise InvalidEvent("the order has no line_items")
+
+    def country(address: Any) -> str | None:
+        return address.get("country_code") if isinstance(address, dict) else None
+
+    key = f"shopify-{o['id']}"
+    try:
+        inp = msgspec.convert({
+            "tenant_id": event.tenant_id, "order_key": key, "source": "shopify",
+            "order_number": str(o.get("name") or ""), "currency": o.get("currency") or "USD",
+            "total": _money(o.get("total_price"), "total_price"),
+            "customer_email": o.get("email") or None,
+            "billing_country": country(o.get("billing_address")),
+            "shipping_country": country(o.get("shipping_address")),
+            "lines": [msgspec.convert({"sku": str(li.get("sku") or li.get("variant_id") or li.get("id") or "unknown"),
+                                       "quantity": li.get("quantity"), "unit_price": _money(li.get("price"), "price"),
+                                       "title": str(li.get("title") or "")[:300]}, OrderLine)
+                      for li in lines if isinstance(li, dict)],
+            "requested_by": event.sender,
+        }, OrderInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"order: {exc}") from None
+    return event.tenant_id, key, inp
 
 
 class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -294,3 +352,23 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
     def progress(self) -> OrderProgress:
         return OrderProgress(stage=self._stage, steps_done=list(self._steps), fraud_score=self._score,
                              pending_request=self._approval.request.request_id if self._approval else None)
+
+
+CAPABILITY = Capability(
+    name=NAME,
+    workflow=OrderProcessingWorkflow,
+    input_type=OrderInput,
+    business_key=lambda inp: inp.order_key,
+    tenant_in_input=lambda inp: inp.tenant_id,
+    start_roles=frozenset({"super_admin", "admin"}),
+    # The merchant may cancel its order; the payment is released (canceled or refunded).
+    cancel_roles=frozenset({"super_admin", "admin", "client"}),
+    decide_roles=frozenset(CLIENT_ROLES + ESCALATION_ROLES),
+    summary="Process an order: validate, check stock, score fraud by rules; above the tenant's threshold "
+            "the client approves (Pending Actions). Usually started by the Shopify orders/create webhook.",
+    triggers=(Trigger(source="shopify", event_type="orders/create", build=shopify_order),),
+    settings=OrderSettings,
+    # The shop domain routes a shop's orders to a tenant: a tenant claiming another's shop would get them.
+    admin_settings=frozenset({"shopify_shop_domain"}),
+    unique_settings=frozenset({"shopify_shop_domain"}),  # migration 0030's unique index
+)

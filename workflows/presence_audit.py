@@ -7,7 +7,7 @@ human step. Stages: fetching pages (sandbox fetch tool) → budget check → cre
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
 from temporalio import workflow
@@ -21,9 +21,10 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
+    from workflows.capability import Capability, ScheduleDecl, host_key
     from workflows.usage import account, check_ai_budget, report_usage
 
-CAPABILITY = "presence-audit"
+NAME = "presence-audit"
 
 Stage = Literal["started", "fetching_pages", "checking_budget", "auditing", "storing_report",
                 "recording_usage", "reporting_usage", "completed", "failed"]
@@ -118,7 +119,7 @@ class PresenceAuditWorkflow(Stages):
             self._enter("storing_report", "crew_finished")
             stored = await run_activity(
                 ReportActivities.store,
-                StoreReport(tenant_id=inp.tenant_id, kind=CAPABILITY, workflow_id=wf_id, subject=inp.website_url,
+                StoreReport(tenant_id=inp.tenant_id, kind=NAME, workflow_id=wf_id, subject=inp.website_url,
                             offline=outcome.offline, score=outcome.report.overall_score,
                             body=msgspec.to_builtins(outcome.report)),
             )
@@ -143,3 +144,31 @@ class PresenceAuditWorkflow(Stages):
                                 pages_fetched=len(self._pages), updated_at=self._updated_at)
 
 
+
+
+CAPABILITY = Capability(
+    name=NAME,
+    workflow=PresenceAuditWorkflow,
+    input_type=PresenceAuditInput,
+    # One audit per site and day unless the caller names a key (runs in the API only).
+    business_key=lambda inp: inp.audit_key or f"{host_key(inp.website_url)}-{date.today():%Y%m%d}",
+    tenant_in_input=lambda inp: inp.tenant_id,
+    start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    summary="Audit a website and its social presence with a 4-agent crew; stores a typed report.",
+    schedules=(
+        ScheduleDecl(
+            name="presence-audit-weekly",
+            key="weekly",
+            input=lambda t: PresenceAuditInput(
+                tenant_id=t.tenant_id, website_url=t.website_url or "", requested_by="schedule"
+            ),
+            # Monday 06:00 in the tenant's time zone; jitter spreads tenants over half an hour.
+            cron=("0 6 * * 1",),
+            jitter=timedelta(minutes=30),
+            min_interval=timedelta(days=1),
+            requires=("website_url",),
+            summary="Weekly Digital Presence Audit of the tenant's website.",
+        ),
+    ),
+)

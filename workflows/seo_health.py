@@ -19,7 +19,7 @@ day); ``{tenant}:seo-health:weekly-{scheduled time}`` from the weekly schedule.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -39,8 +39,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.seo_scan import SEVERITIES, Issue, PageScan, Severity, TechnicalScan, technical_scan
     from workflows.seo_scan import normal_url as _normal
     from workflows.seo_scan import page_scan as _page
+    from workflows.capability import Capability, ScheduleDecl, host_key
 
-CAPABILITY = "seo-health"
+NAME = "seo-health"
 AGENT = "seo-analyst"
 
 Stage = Literal["started", "checking_budget", "fetching_pages", "scanning", "loading_previous", "analysing",
@@ -258,7 +259,7 @@ class SeoHealthWorkflow(Stages):
         self._enter("loading_previous", "scanned")
         previous = (await run_activity(
             ReportActivities.latest,
-            LatestReport(tenant_id=inp.tenant_id, kind=CAPABILITY, subject=site_of(inp.website_url),
+            LatestReport(tenant_id=inp.tenant_id, kind=NAME, subject=site_of(inp.website_url),
                          exclude_workflow_id=wf_id))).report
         # The technical part of the shift, for the agent to weigh.
         preview = compute_shift(scan, None, previous)
@@ -284,7 +285,7 @@ class SeoHealthWorkflow(Stages):
         self._enter("storing_report", "compared")
         stored = await run_activity(
             ReportActivities.store,
-            StoreReport(tenant_id=inp.tenant_id, kind=CAPABILITY, workflow_id=wf_id, subject=site_of(inp.website_url),
+            StoreReport(tenant_id=inp.tenant_id, kind=NAME, workflow_id=wf_id, subject=site_of(inp.website_url),
                         offline=report.offline, score=report.score, body=msgspec.to_builtins(report)),
         )
 
@@ -332,3 +333,32 @@ class SeoHealthWorkflow(Stages):
     def progress(self) -> SeoHealthProgress:
         return SeoHealthProgress(stage=self._stage, steps_done=list(self._steps), pages_fetched=len(self._pages),
                                  updated_at=self._updated_at)
+
+
+CAPABILITY = Capability(
+    name=NAME,
+    workflow=SeoHealthWorkflow,
+    input_type=SeoHealthInput,
+    # One run per site and day unless the caller names a key (schedules: weekly-{time}).
+    business_key=lambda inp: inp.key or f"{host_key(inp.website_url)}-{date.today():%Y%m%d}",
+    tenant_in_input=lambda inp: inp.tenant_id,
+    start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    summary="SEO Health Monitor: fetch the site, scan it technically, an agent analyses it; stores a report "
+            "with the shift since the last run (score delta, issues new and resolved, pages changed).",
+    schedules=(
+        ScheduleDecl(
+            name="seo-health-weekly",
+            key="weekly",
+            input=lambda t: SeoHealthInput(
+                tenant_id=t.tenant_id, website_url=t.website_url or "", requested_by="schedule"
+            ),
+            # Monday 07:00 in the tenant's time zone (after the audit); jitter spreads tenants.
+            cron=("0 7 * * 1",),
+            jitter=timedelta(minutes=30),
+            min_interval=timedelta(days=1),
+            requires=("website_url",),
+            summary="Weekly SEO Health Monitor of the tenant's website: technical scan and the shift since last week.",
+        ),
+    ),
+)

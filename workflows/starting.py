@@ -26,7 +26,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from core.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE, workflow_id
-from workflows.catalogue import Capability
+from workflows.capability import Capability
 
 
 class AlreadyStarted(Exception):

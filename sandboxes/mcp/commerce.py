@@ -1,5 +1,6 @@
-"""Commerce tools: stock levels from the tenant's settings (recording nothing) and shipping labels
-(recorded in the outbox)."""
+"""Commerce tools: stock levels from the tenant's order settings (``inventory`` and
+``out_of_stock_skus`` of workflows/orders.py ``OrderSettings``; recording nothing) and shipping
+labels (recorded in the outbox)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from mcp.server.fastmcp import FastMCP
 from pydantic import Field
 from typing_extensions import TypedDict
 
+from activities.tenants import tenant_settings
 from sandboxes.mcp.common import IdempotencyKey, TenantId, ToolContext, WorkflowId, derive_id
+from workflows.orders import CAPABILITY as ORDER
 
 
 SANDBOX_DEFAULT_STOCK = 1000
@@ -44,8 +47,8 @@ def register(mcp: FastMCP, ctx: ToolContext) -> None:
     @mcp.tool(
         name="check_inventory",
         description=(
-            "Stock levels of SKUs in the store's inventory. Sandbox stock comes from the tenant's settings: "
-            "`inventory` ({sku: quantity}) and `out_of_stock_skus`; other SKUs have "
+            "Stock levels of SKUs in the store's inventory. Sandbox stock comes from the tenant's order "
+            "settings: `inventory` ({sku: quantity}) and `out_of_stock_skus`; other SKUs have "
             f"{SANDBOX_DEFAULT_STOCK} available. Records nothing."
         ),
         structured_output=True,
@@ -57,9 +60,8 @@ def register(mcp: FastMCP, ctx: ToolContext) -> None:
         workflow_id: WorkflowId = None,
     ) -> InventoryResult:
         pool = await pools.get()
-        settings = await pool.fetchval("SELECT settings FROM tenants WHERE id = $1", tenant_id) or {}
-        stock = settings.get("inventory") or {}
-        out = set(settings.get("out_of_stock_skus") or [])
+        settings = await tenant_settings(pool, tenant_id, ORDER.name, ORDER.settings)
+        stock, out = settings.inventory, set(settings.out_of_stock_skus)
         items = []
         for sku in dict.fromkeys(skus):
             available = 0 if sku in out else int(stock.get(sku, SANDBOX_DEFAULT_STOCK))

@@ -1,14 +1,18 @@
 """Scheduled capabilities of a tenant: the ``tenant_capabilities`` row and the tenant's
 Temporal schedules. Activities of the TenantCapabilities workflow (workflows queue).
 
-The class holds the pool and the queue the scheduled runs go to; schedules are applied through
-the worker's own Temporal client (``activity.client()``) unless one is given. The worker builds
-it once and registers the bound methods.
+The class holds the pool, the queue the scheduled runs go to and the function that applies a
+tenant's schedules (``schedules.reconciler.reconcile``, given by the worker: the declarations
+it applies live on the floors above); schedules are applied through the worker's own Temporal
+client (``activity.client()``) unless one is given. The worker builds it once and registers the
+bound methods.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
+from typing import Literal, Protocol
 
 import asyncpg
 import msgspec
@@ -20,7 +24,6 @@ from temporalio.exceptions import ApplicationError
 from core.activity import Activities, ActivityPolicy, with_policy
 from core.names import WORKFLOWS_QUEUE
 from core.policies import DB_TIMEOUT
-from schedules.reconciler import SyncReport, reconcile
 
 # Postgres writes and Temporal schedule calls are quick and safe to retry; an unknown tenant is
 # not worth retrying.
@@ -30,6 +33,37 @@ TENANT_DB = ActivityPolicy(start_to_close=DB_TIMEOUT, retry=TENANT_DB_RETRY)
 SCHEDULES = ActivityPolicy(
     start_to_close=timedelta(seconds=60),
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=30)))
+
+
+Change = Literal["create", "update", "delete", "unchanged", "skipped"]
+CHANGES: tuple[Change, ...] = ("create", "update", "delete", "unchanged", "skipped")
+
+
+class ScheduleChange(msgspec.Struct, frozen=True, kw_only=True):
+    schedule_id: str
+    change: Change
+    tenant_id: str | None = None
+    capability: str | None = None
+    detail: str = ""
+
+
+class SyncReport(msgspec.Struct, frozen=True, kw_only=True):
+    dry_run: bool
+    changes: list[ScheduleChange]
+
+    def of(self, schedule_id_: str) -> Change | None:
+        return next((c.change for c in self.changes if c.schedule_id == schedule_id_), None)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{sum(c.change == k for c in self.changes)} {k}" for k in CHANGES)
+        return f"{counts}{' (dry run: nothing applied)' if self.dry_run else ''}"
+
+
+class Reconcile(Protocol):
+    """Make Temporal's schedules match the declarations for the tenants named."""
+
+    def __call__(self, client: Client, pool: asyncpg.Pool, *, tenant_ids: Sequence[str] | None = ...,
+                 task_queue: str = ...) -> Awaitable[SyncReport]: ...
 
 
 class SetCapability(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,8 +91,10 @@ class ScheduleActivities(Activities):
     task_queue = WORKFLOWS_QUEUE
     default_policy = TENANT_DB
 
-    def __init__(self, pool: asyncpg.Pool, task_queue: str = WORKFLOWS_QUEUE, client: Client | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, reconcile: Reconcile, task_queue: str = WORKFLOWS_QUEUE,
+                 client: Client | None = None) -> None:
         self._pool = pool
+        self._reconcile = reconcile
         # The queue the scheduled runs are started on (tests point it at their own).
         self._task_queue = task_queue
         self._client = client
@@ -91,4 +127,4 @@ class ScheduleActivities(Activities):
     async def apply_tenant(self, req: ApplyTenantSchedules) -> SyncReport:
         """Create, update or delete this tenant's schedules to match its row (idempotent)."""
         client = self._client or activity.client()
-        return await reconcile(client, self._pool, tenant_ids=[req.tenant_id], task_queue=self._task_queue)
+        return await self._reconcile(client, self._pool, tenant_ids=[req.tenant_id], task_queue=self._task_queue)

@@ -45,6 +45,7 @@ from temporalio.client import (
 from temporalio.common import TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.schedules import CHANGES, Change, ScheduleChange, SyncReport
 from schedules.catalogue import GLOBAL, OWNED_PREFIX, SCHEDULES, ScheduleDecl, TenantContext, schedule_id
 from schedules.frequency import shortest_gap
 from workflows.catalogue import CATALOGUE
@@ -60,8 +61,6 @@ DESCRIBE_CONCURRENCY = 16
 _SLUG = re.compile(SLUG_PATTERN)
 
 SpecSource = Literal["catalogue", "api"]
-Change = Literal["create", "update", "delete", "unchanged", "skipped"]
-CHANGES: tuple[Change, ...] = ("create", "update", "delete", "unchanged", "skipped")
 
 
 class SpecParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,26 +87,6 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     spec: SpecParams
     action: str  # fingerprint of everything but the spec (workflow, id, queue, input, policy)
     spec_source: SpecSource = "catalogue"
-
-
-class ScheduleChange(msgspec.Struct, frozen=True, kw_only=True):
-    schedule_id: str
-    change: Change
-    tenant_id: str | None = None
-    capability: str | None = None
-    detail: str = ""
-
-
-class SyncReport(msgspec.Struct, frozen=True, kw_only=True):
-    dry_run: bool
-    changes: list[ScheduleChange]
-
-    def of(self, schedule_id_: str) -> Change | None:
-        return next((c.change for c in self.changes if c.schedule_id == schedule_id_), None)
-
-    def summary(self) -> str:
-        counts = ", ".join(f"{sum(c.change == k for c in self.changes)} {k}" for k in CHANGES)
-        return f"{counts}{' (dry run: nothing applied)' if self.dry_run else ''}"
 
 
 def format_report(report: SyncReport) -> str:

@@ -90,7 +90,7 @@ async def tenants(client: Client, db: asyncpg.Pool) -> AsyncIterator[list[str]]:
 @pytest_asyncio.fixture
 async def worker(client: Client, db: asyncpg.Pool, task_queue: str) -> AsyncIterator[ScheduleActivities]:
     """TenantCapabilities and the stand-in audit on this test's queue; schedules start runs there."""
-    acts, audit = ScheduleActivities(db, task_queue), AuditActivities(db)
+    acts, audit = ScheduleActivities(db, reconcile, task_queue), AuditActivities(db)
     async with Worker(
         client, task_queue=task_queue, workflows=[TenantCapabilitiesWorkflow, StandInPresenceAudit],
         activities=[acts.set_capability, acts.apply_tenant, audit.write],

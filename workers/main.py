@@ -37,6 +37,7 @@ from core.client import connect
 from core.converter import resolve_struct_annotations
 from core.settings import Settings
 from core.telemetry import configure_tracing
+from schedules.reconciler import reconcile
 from workflows.agent_loop import AgentLoopWorkflow
 from workflows.catalogue import CATALOGUE, WORKFLOWS
 from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
@@ -83,7 +84,7 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         billing, reports = BillingCustomerActivities(pool), ReportActivities(pool)
         # Activities that apply a capability's settings get its declared settings type.
         approvals = ApprovalActivities(pool, CATALOGUE["campaign"].settings_of)
-        schedules, orders = ScheduleActivities(pool), OrderActivities(pool, CATALOGUE["order"].settings_of)
+        schedules, orders = ScheduleActivities(pool, reconcile), OrderActivities(pool, CATALOGUE["order"].settings_of)
         # The local activity that verifies signed deciders: the keys stay in this process.
         settings.require_decision_keys()
         decision_keys = DecisionKeyActivities(settings.decision.keys)

@@ -6,17 +6,33 @@
 - the trigger table (api/triggers.py ``TRIGGERS``) and the schedule catalogue
   (schedules/catalogue.py ``SCHEDULES``): the capabilities' ``triggers`` and ``schedules``.
 
-Adding a capability is its module and one line here.
+The modules are found, not listed: every module of the ``workflows`` package whose
+``CAPABILITY`` is a :class:`Capability` is one (sorted by module name, so the order is stable).
+Adding a capability is its module.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from types import ModuleType
 
-from workflows import campaign, dunning, onboarding, orders, presence_audit, seo_health
+import workflows
 from workflows.capability import Capability, ScheduleDecl, Trigger
 
-MODULES: tuple[ModuleType, ...] = (onboarding, presence_audit, seo_health, campaign, orders, dunning)
+
+def _capability_modules() -> tuple[ModuleType, ...]:
+    found = []
+    for info in sorted(pkgutil.iter_modules(workflows.__path__), key=lambda i: i.name):
+        if info.name == __name__.rsplit(".", 1)[-1]:
+            continue
+        module = importlib.import_module(f"{workflows.__name__}.{info.name}")
+        if isinstance(getattr(module, "CAPABILITY", None), Capability):
+            found.append(module)
+    return tuple(found)
+
+
+MODULES: tuple[ModuleType, ...] = _capability_modules()
 
 
 def _catalogue(modules: tuple[ModuleType, ...]) -> dict[str, Capability]:

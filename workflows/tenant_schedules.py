@@ -14,9 +14,14 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the sandbox on every run
-    from activities.schedules import TENANT_DB_RETRY, ApplyTenantSchedules, ScheduleActivities, SetCapability
+    from activities.schedules import (
+        TENANT_DB_RETRY,
+        ApplyTenantSchedules,
+        ScheduleActivities,
+        ScheduleChange,
+        SetCapability,
+    )
     from activities.tenants import AuditActivities, AuditEntry
-    from schedules.reconciler import ScheduleChange
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from workflows.presence_audit import URL_PATTERN

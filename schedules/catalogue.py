@@ -25,6 +25,7 @@ from schedules.frequency import HORIZON, shortest_gap
 from workflows.catalogue import CATALOGUE
 from workflows.presence_audit import PresenceAuditInput
 from workflows.seo_health import SeoHealthInput
+from workflows.tenant_health import TenantHealthInput
 
 OWNED_PREFIX = "biz:"
 # The "tenant" of global schedules and of the runs they start; never a real tenant id.
@@ -117,6 +118,16 @@ SCHEDULES: dict[str, ScheduleDecl] = {
             min_interval=timedelta(days=1),
             requires=("website_url",),
             summary="Weekly SEO Health Monitor of the tenant's website: technical scan and the shift since last week.",
+        ),
+        ScheduleDecl(
+            name="tenant-health-daily",
+            capability="tenant-health",
+            key="daily",
+            input=lambda t: TenantHealthInput(requested_by="schedule"),
+            cron=("0 5 * * *",),  # 05:00 UTC, once for the platform
+            per_tenant=False,
+            min_interval=timedelta(hours=6),
+            summary="Daily Tenant Health Guardian over every tenant.",
         ),
     )
 }

@@ -19,6 +19,7 @@ from workflows.onboarding import OnboardingInput, OnboardingWorkflow
 from workflows.orders import OrderInput, OrderProcessingWorkflow
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditWorkflow
 from workflows.seo_health import SeoHealthInput, SeoHealthWorkflow
+from workflows.tenant_health import PLATFORM_TENANT, TenantHealthInput, TenantHealthWorkflow
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,17 @@ CATALOGUE: dict[str, Capability] = {
             summary="Dunning of a failed invoice: Stripe retries at day 1, 3 and 7, the customer emailed each time, "
                     "then an admin retries, writes off or suspends the tenant; invoice.paid ends it. Usually started "
                     "by the Stripe invoice.payment_failed webhook.",
+        ),
+        Capability(
+            name="tenant-health",
+            workflow=TenantHealthWorkflow,
+            input_type=TenantHealthInput,
+            business_key=lambda inp: inp.key or f"{date.today():%Y%m%d}",
+            tenant_in_input=lambda inp: PLATFORM_TENANT,
+            start_roles=frozenset({"super_admin", "admin"}),
+            summary="Tenant Health Guardian: score every tenant (or the named ones) from its last hours: approvals "
+                    "timed out or escalated, failed orders and webhook deliveries, AI spend against budget; stores "
+                    "a report with the tenants newly at risk and those recovered. Daily, and on demand.",
         ),
     )
 }

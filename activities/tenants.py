@@ -10,7 +10,8 @@ by the TenantSettings workflow (``tenant.put_settings``), which the settings API
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
@@ -130,6 +131,30 @@ class SettingsWritten(msgspec.Struct, frozen=True, kw_only=True):
     after: dict[str, Any]
 
 
+class HealthSignalsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    as_of: datetime  # the end of the window (the calling workflow's time)
+    window_hours: int
+    tenant_ids: list[str] | None = None  # None: every tenant that is not closed
+
+
+class TenantSignals(msgspec.Struct, frozen=True, kw_only=True):
+    """What the platform knows of one tenant's last hours, from its own rows."""
+
+    tenant_id: str
+    status: str
+    approvals_escalated: int = 0  # approval requests escalated in the window
+    approvals_timed_out: int = 0  # approval requests nobody decided in time
+    orders: int = 0
+    orders_failed: int = 0  # failed or invalid (not a merchant's rejection)
+    webhooks_failed: int = 0  # deliveries the platform could not handle
+    ai_spend_month_usd: Decimal = Decimal(0)  # this calendar month (UTC)
+    ai_budget_usd: Decimal | None = None  # the tenant's own monthly budget, when it has one
+
+
+class HealthSignals(msgspec.Struct, frozen=True, kw_only=True):
+    tenants: list[TenantSignals]
+
+
 class TenantActivities(Activities):
     """Holds the pool; the worker registers the bound methods."""
     task_queue = WORKFLOWS_QUEUE
@@ -205,6 +230,40 @@ class TenantActivities(Activities):
                                        f"({exc.constraint_name})", type="SettingTaken", non_retryable=True) from None
         return SettingsWritten(tenant_id=req.tenant_id, capability=req.capability, before=before or {},
                                after=req.settings)
+
+    @activity.defn(name="tenant.health_signals")
+    async def health_signals(self, req: HealthSignalsRequest) -> HealthSignals:
+        """Each tenant's signals over ``window_hours`` before ``as_of``, one query (read only)."""
+        since = req.as_of - timedelta(hours=req.window_hours)
+        month = req.as_of.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        rows = await self._pool.fetch(
+            """SELECT t.id, t.status,
+                      (SELECT count(*) FROM approval_notifications n WHERE n.tenant_id = t.id
+                          AND n.event = 'escalated' AND n.created_at > $1 AND n.created_at <= $2) AS escalated,
+                      (SELECT count(*) FROM approval_notifications n WHERE n.tenant_id = t.id
+                          AND n.event = 'timed_out' AND n.created_at > $1 AND n.created_at <= $2) AS timed_out,
+                      (SELECT count(*) FROM orders o WHERE o.tenant_id = t.id
+                          AND o.created_at > $1 AND o.created_at <= $2) AS orders,
+                      (SELECT count(*) FROM orders o WHERE o.tenant_id = t.id AND o.status IN ('failed', 'invalid')
+                          AND o.created_at > $1 AND o.created_at <= $2) AS orders_failed,
+                      (SELECT count(*) FROM webhook_inbox w WHERE w.tenant_id = t.id AND w.outcome = 'failed'
+                          AND w.received_at > $1 AND w.received_at <= $2) AS webhooks_failed,
+                      (SELECT coalesce(sum(u.cost_usd), 0) FROM llm_usage u WHERE u.tenant_id = t.id
+                          AND u.created_at >= $3 AND u.created_at <= $2) AS spend,
+                      b.monthly_ai_budget_usd AS budget
+               FROM tenants t LEFT JOIN tenant_budgets b ON b.tenant_id = t.id
+               WHERE t.status <> 'closed' AND ($4::text[] IS NULL OR t.id = ANY($4))
+               ORDER BY t.id""",
+            since, req.as_of, month, req.tenant_ids,
+        )
+        return HealthSignals(tenants=[
+            TenantSignals(
+                tenant_id=r["id"], status=r["status"], approvals_escalated=r["escalated"],
+                approvals_timed_out=r["timed_out"], orders=r["orders"], orders_failed=r["orders_failed"],
+                webhooks_failed=r["webhooks_failed"], ai_spend_month_usd=r["spend"], ai_budget_usd=r["budget"],
+            )
+            for r in rows
+        ])
 
 
 class AuditActivities(Activities):

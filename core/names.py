@@ -37,6 +37,11 @@ PROGRESS_QUERY = "progress"
 
 # A tenant id or business key: lower-case slug, no ':' (the id separator).
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+# The "tenant" of platform-wide runs, schedules and reports (the Tenant Health Guardian, global
+# schedules): never a real tenant, so no tenant may be created with this id.
+PLATFORM_TENANT = "global"
+# A new tenant's id: a slug, and not the platform's.
+NEW_TENANT_PATTERN = r"^(?!global$)[a-z0-9][a-z0-9-]{1,62}$"
 
 
 def workflow_id(tenant_id: str, capability: str, business_key: str) -> str:

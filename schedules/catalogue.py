@@ -13,6 +13,7 @@ the ``BizTenantId`` and ``BizCapability`` search attributes.
 
 from __future__ import annotations
 
+from core.names import PLATFORM_TENANT
 from workflows.capability import ScheduleDecl, TenantContext
 from workflows.catalogue import schedules
 
@@ -21,7 +22,7 @@ __all__ = ["GLOBAL", "OWNED_PREFIX", "SCHEDULES", "ScheduleDecl", "TenantContext
 
 OWNED_PREFIX = "biz:"
 # The "tenant" of global schedules and of the runs they start; never a real tenant id.
-GLOBAL = "global"
+GLOBAL = PLATFORM_TENANT
 
 
 def schedule_id(tenant_id: str, name: str) -> str:

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         TenantActivities,
     )
     from core.activity import run_activity
-    from core.names import SLUG_PATTERN
+    from core.names import NEW_TENANT_PATTERN
     from core.policies import Stages
     from workflows.capability import Capability, Event, InvalidEvent, Trigger
 
@@ -39,7 +39,8 @@ Stage = Literal["started", "creating_tenant", "creating_billing_customers", "act
 
 
 class OnboardingInput(msgspec.Struct, frozen=True, kw_only=True):
-    tenant_id: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case slug, 2-63 chars")]
+    tenant_id: Annotated[str, msgspec.Meta(
+        pattern=NEW_TENANT_PATTERN, description="lower-case slug, 2-63 chars; not `global` (the platform's)")]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     owner_email: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
     plan: Literal["starter", "growth", "enterprise"] = "starter"

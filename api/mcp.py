@@ -45,6 +45,7 @@ from activities.mcp.registry import (
     registry_view,
 )
 from api.auth import ADMIN_ROLES, ROLES, Principal
+from api.errors import ConflictError
 from core.names import SLUG_PATTERN
 
 # What a server may be: never a link-local (cloud metadata), multicast, unspecified or reserved
@@ -78,7 +79,8 @@ class ServerBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
     # The tools this server takes (replaces its routes); [] takes none.
     tools: Annotated[list[ToolRouteBody], msgspec.Meta(max_length=MAX_ROUTES)] | None = None
-    # true: the server takes every tool no route names (instead of the current default).
+    # true: the server takes every tool no route names (instead of the current default); false
+    # on the default server leaves none (a tool without a route is then refused).
     default: bool | None = None
     # Per-tenant switches to set, e.g. {"acme": false}; a global disable still wins.
     tenants: Annotated[dict[_Tenant, bool], msgspec.Meta(max_length=MAX_TENANTS)] | None = None
@@ -188,13 +190,16 @@ class McpAdminController(Controller):
              "listed) replaces the server's routes; `default: true` makes it the server of every "
              "tool no route names; `tenants` sets per-tenant switches. Left out, these three are "
              "left as they are. A streamable-http server needs an http(s) URL. Audited."),
-         opt={"roles": ADMIN_ROLES})
+         opt={"roles": ADMIN_ROLES}, raises=[ConflictError])
     async def put_server(self, request: Request[Principal, Any, Any], db: NamedDependency[asyncpg.Pool],
                          name: _SERVER, data: JSONBody[ServerBody]) -> ServerView:
         entry = _entry(name, data)
-        async with db.acquire() as conn, conn.transaction():
-            outcome = await apply_server(conn, entry)
-            await _audit(conn, request.user.sub, name, data, outcome)
+        try:
+            async with db.acquire() as conn, conn.transaction():
+                outcome = await apply_server(conn, entry)
+                await _audit(conn, request.user.sub, name, data, outcome)
+        except asyncpg.UniqueViolationError:  # another change of the default or routes won the race
+            raise ConflictError("the registry changed meanwhile; try again") from None
         view = next(v for v in await registry_view(db) if v.name == name)
         return _redact(view)
 

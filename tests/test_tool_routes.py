@@ -165,6 +165,22 @@ def test_typed_tools_send_what_workflows_sent_and_decode_the_sandbox_answer() ->
     assert decode_result(args, answer) == MessageSent(**answer)
 
 
+async def test_listing_by_tool_name_says_which_server_answers(db: asyncpg.Pool, mcp_sandbox: str) -> None:
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.mcp import ListToolsRequest, MCPActivities
+
+    tenant = unique("acme")
+    mcp = MCPActivities(db)
+    try:
+        listing = await ActivityEnvironment().run(mcp.list_tools, ListToolsRequest(
+            tenant_id=tenant, tools=["send_email", "fetch_web_page", "no_such_tool"]))
+    finally:
+        await mcp.aclose()
+    assert [(t.name, t.server) for t in listing.tools] == [("send_email", "sandbox"), ("fetch_web_page", "sandbox")]
+    assert "subject" in listing.tools[0].input_schema["properties"]
+
+
 # --- the admin API -----------------------------------------------------------------------------
 
 async def test_only_admins_change_the_registry_and_bad_bodies_name_the_field(
@@ -269,3 +285,13 @@ async def test_one_tenants_email_goes_to_a_second_mcp_server_the_others_to_the_s
             assert r.status_code == 200, r.text
             result = await client.get_workflow_handle(wf_id, result_type=DunningResult).result()
             assert result.status == "written_off" and result.emails_sent == 1, tenant
+
+
+def test_no_workflow_names_an_mcp_server() -> None:
+    """Workflows call tools by name; the registry picks the server."""
+    from tests.support import ROOT
+
+    named = [f"{p.name}:{n}" for p in sorted((ROOT / "workflows").glob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if '"sandbox"' in line or "'sandbox'" in line]
+    assert named == []

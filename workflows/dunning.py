@@ -273,8 +273,8 @@ class DunningWorkflow(HumanDecisions, Stages):
                 to=[email], subject=f"Payment failed for invoice {inp.invoice_id}",
                 text=f"We could not collect {amount} for invoice {inp.invoice_id} (attempt {attempt.attempt}). {later}",
             ), step=f"email:attempt-{attempt.attempt}")
-        except ActivityError as err:  # a refused email must not stop the dunning
-            workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, err.cause)
+        except (ActivityError, ApplicationError) as err:  # a refused email must not stop the dunning
+            workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, getattr(err, "cause", None) or err)
             self._steps.append(f"attempt_{attempt.attempt}_email_failed")
             return
         self._emails += 1

@@ -69,7 +69,8 @@ class Fakes:
     async def call_tool(self, req: CallToolRequest) -> CallToolResult:
         if all(e.idempotency_key != req.idempotency_key for e in self.emails):
             self.emails.append(req)
-        return CallToolResult(server=req.server, tool=req.tool, content={"status": "queued"})
+        return CallToolResult(server="sandbox", tool=req.tool, content={
+            "message_id": f"msg-{len(self.emails)}", "status": "queued", "channel": "email", "to": req.arguments["to"]})
 
     @activity.defn(name="tenant.set_status")
     async def set_status(self, req: SetTenantStatus) -> TenantRecord:

@@ -16,13 +16,13 @@ reports them (``workflows.usage.account``).
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    import msgspec  # not re-imported into the sandbox on every run
+    import msgspec  # not re-imported into the workflow sandbox on every run
     from activities.agent_steps import AgentStepActivities
     from activities.mcp import SERVER_DISABLED, SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities
     from agents.types import AgentTool, LlmCall, LlmStepRequest, Message, ToolCall
@@ -37,7 +37,10 @@ TOOL_RESULT_MAX_CHARS = 8000  # per tool result in the transcript (workflow stat
 
 
 class ToolRef(msgspec.Struct, frozen=True, kw_only=True):
-    server: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    """A tool given to the agent: by name (``server`` None: the MCP registry routes it for the
+    tenant, as for every workflow), or one server's tool."""
+
+    server: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
     tool: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")]
 
 
@@ -96,6 +99,20 @@ class AgentTranscript(msgspec.Struct, frozen=True, kw_only=True):
     messages: list[Message]
 
 
+class _Allowed(msgspec.Struct, frozen=True, kw_only=True):
+    named: set[tuple[str, str]]  # (server, tool) given with their server
+    by_name: set[str]  # tools given by name
+
+    def server(self, call: ToolCall) -> str | None | Literal[False]:
+        """The server to name in the call (None: routed by the registry), or False: a tool the
+        agent was not given."""
+        if (call.server, call.tool) in self.named:
+            return call.server
+        if call.server and call.tool in self.by_name:
+            return None
+        return False
+
+
 @workflow.defn(name="AgentLoop")
 class AgentLoopWorkflow:
     def __init__(self) -> None:
@@ -110,7 +127,8 @@ class AgentLoopWorkflow:
         usage_ids = list(inp.usage_ids)
         unrecorded = list(inp.unrecorded_calls) if inp.usage_tracked else list(inp.calls)
         specs = inp.tool_specs if inp.tool_specs is not None else await self._list_tools(inp)
-        allowed = {(t.server, t.tool) for t in inp.tools}
+        allowed = _Allowed(named={(t.server, t.tool) for t in inp.tools if t.server is not None},
+                           by_name={t.tool for t in inp.tools if t.server is None})
         turns_this_run = 0
         while True:
             if self._turns >= inp.max_turns:
@@ -148,29 +166,35 @@ class AgentLoopWorkflow:
                                               tool=call.tool, ok=error is None, error=error))
 
     async def _list_tools(self, inp: AgentLoopInput) -> list[AgentTool]:
-        listed: dict[tuple[str, str], AgentTool] = {}
+        """One listing per server named, and one for the tools given by name (each from the
+        server it routes to for the tenant)."""
+        listed: dict[tuple[str | None, str], AgentTool] = {}
         for server in dict.fromkeys(t.server for t in inp.tools):
+            request = (ListToolsRequest(tenant_id=inp.tenant_id, server=server) if server is not None else
+                       ListToolsRequest(tenant_id=inp.tenant_id, tools=[t.tool for t in inp.tools if t.server is None]))
             try:
                 listing = await run_activity(
-                    MCPActivities.list_tools, ListToolsRequest(tenant_id=inp.tenant_id, server=server),
+                    MCPActivities.list_tools, request,
                     task_queue=inp.integrations_queue,  # the input names the queues (tests run their own)
                 )
             except ActivityError as err:  # permanent (MCP_TOOL_RETRY retries the rest): fail on its type
                 raise _same_type(err) from err
-            listed.update({(server, t.name): AgentTool(server=server, name=t.name, description=t.description or "",
-                                                       input_schema=t.input_schema) for t in listing.tools})
+            listed.update({(server, t.name): AgentTool(server=server or t.server or "", name=t.name,
+                                                       description=t.description or "", input_schema=t.input_schema)
+                           for t in listing.tools})
         # A tool the server does not offer is not shown to the model.
         return [listed[(t.server, t.tool)] for t in inp.tools if (t.server, t.tool) in listed]
 
-    async def _call_tool(self, inp: AgentLoopInput, call: ToolCall, allowed: set[tuple[str, str]]) -> str | None:
+    async def _call_tool(self, inp: AgentLoopInput, call: ToolCall, allowed: _Allowed) -> str | None:
         """Run one tool call and add its result to the transcript; returns the error, if any."""
-        if (call.server, call.tool) not in allowed:
+        server = allowed.server(call)
+        if server is False:
             error = f"tool {call.name!r} is not available to this agent; use only the tools you were given"
         else:
             try:
                 result = await run_activity(
                     MCPActivities.call_tool,
-                    CallToolRequest(tenant_id=inp.tenant_id, server=call.server, tool=call.tool,
+                    CallToolRequest(tenant_id=inp.tenant_id, server=server, tool=call.tool,
                                     arguments=dict(call.arguments),
                                     idempotency_key=f"{workflow.info().workflow_id}:turn{self._turns}:{call.id}"),
                     task_queue=inp.integrations_queue,

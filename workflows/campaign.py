@@ -13,8 +13,9 @@ approves its creative and budget, then it launches.
    ``max_rounds`` times.
 5. A budget above the tenant's cap (campaign settings ``budget_cap_usd``, default $1,000)
    also needs an admin's (or finance's) approval in the Approval Hub.
-6. Each channel's campaign is created through the ads tool of the sandbox MCP server (one
-   outbox row per channel, idempotent on the workflow id and channel).
+6. Each channel's campaign is created through the ``upsert_ads_campaign`` tool (routed by the
+   MCP registry; the shipped default records one outbox row per channel), idempotent on the
+   workflow id and channel.
 7. LLM usage is recorded per call and reported to Lago.
 
 Workflow id: ``{tenant_id}:campaign:{campaign_key}``.
@@ -34,7 +35,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from agents.types import CreativeOutcome, CreativeRequest
     from activities.approvals import ApprovalActivities, TenantPolicyRequest
-    from activities.mcp import CallToolRequest, MCPActivities
+    from activities.mcp.tools import AdsCampaign, UpsertAdsCampaign
+    from workflows.tools import call_tool
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
@@ -146,9 +148,9 @@ def _ad_name(inp: CampaignInput, channel: str) -> str:
     return f"{inp.campaign_key} ({channel})"[:255]
 
 
-def _live(channel: str, ad: dict[str, Any], content: dict[str, Any]) -> LaunchedCampaign:
-    return LaunchedCampaign(channel=channel, campaign_id=content["campaign_id"], status=content["status"],
-                            daily_budget=content["daily_budget"], headline=ad["headline"])
+def _live(channel: str, ad: dict[str, Any], done: AdsCampaign) -> LaunchedCampaign:
+    return LaunchedCampaign(channel=channel, campaign_id=done.campaign_id, status=done.status,
+                            daily_budget=done.daily_budget, headline=ad["headline"])
 
 
 @workflow.defn(name="Campaign")
@@ -175,9 +177,9 @@ class CampaignWorkflow(HumanDecisions, Stages):
             if self._launched:
                 self._enter("pausing_ads", "cancel_requested")
                 for ad in self._launched:
-                    await self._upsert_ad(inp, ad.channel, f"pause:{ad.channel}", {
-                        "campaign_id": ad.campaign_id, "status": "paused", "name": _ad_name(inp, ad.channel),
-                        "objective": inp.objective, "daily_budget": ad.daily_budget})
+                    await self._upsert_ad(inp, f"pause:{ad.channel}", UpsertAdsCampaign(
+                        platform=ad.channel, campaign_id=ad.campaign_id, status="paused",
+                        name=_ad_name(inp, ad.channel), objective=inp.objective, daily_budget=ad.daily_budget))
             self._enter("reporting_usage", "cancel_requested")
             await report_usage(inp.tenant_id, self._usage_ids)
             self._enter("canceled", "usage_reported")
@@ -280,29 +282,24 @@ class CampaignWorkflow(HumanDecisions, Stages):
             ad = ads[channel]
             # A launch asked for completes even if the campaign is canceled meanwhile: its ad
             # is then known, and paused again by the cancellation (no ad left running unseen).
-            call = asyncio.ensure_future(self._upsert_ad(inp, channel, f"launch:{channel}", {
-                "name": _ad_name(inp, channel), "objective": inp.objective,
-                "daily_budget": max(daily, 0.01), "status": "active", "start_date": start.isoformat(),
-                "end_date": (start + timedelta(days=inp.duration_days - 1)).isoformat(),
-                "targeting": {"headline": ad["headline"], "body": ad["body"], "call_to_action": ad["call_to_action"]},
-            }))
+            call = asyncio.ensure_future(self._upsert_ad(inp, f"launch:{channel}", UpsertAdsCampaign(
+                platform=channel, name=_ad_name(inp, channel), objective=inp.objective,
+                daily_budget=max(daily, 0.01), status="active", start_date=start,
+                end_date=start + timedelta(days=inp.duration_days - 1),
+                targeting={"headline": ad["headline"], "body": ad["body"], "call_to_action": ad["call_to_action"]},
+            )))
             try:
                 done = await asyncio.shield(call)
             except asyncio.CancelledError:
-                self._launched.append(_live(channel, ad, (await call).content))
+                self._launched.append(_live(channel, ad, await call))
                 raise
-            live = _live(channel, ad, done.content)
+            live = _live(channel, ad, done)
             self._launched.append(live)
             launched.append(live)
         return launched
 
-    async def _upsert_ad(self, inp: CampaignInput, channel: str, step: str, arguments: dict[str, Any]) -> Any:
-        return await run_activity(
-            MCPActivities.call_tool,
-            CallToolRequest(tenant_id=inp.tenant_id, server="sandbox", tool="upsert_ads_campaign",
-                            idempotency_key=f"{workflow.info().workflow_id}:{step}",
-                            arguments={**arguments, "platform": channel, "workflow_id": workflow.info().workflow_id}),
-        )
+    async def _upsert_ad(self, inp: CampaignInput, step: str, ad: UpsertAdsCampaign) -> AdsCampaign:
+        return await call_tool(inp.tenant_id, ad, step=step)
 
     def _result(self, inp: CampaignInput, status: Status, offline: bool, budget: float,
                 decisions: list[DecisionRecord], calls: int, *, launched: list[LaunchedCampaign] | None = None,

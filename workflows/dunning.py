@@ -4,8 +4,8 @@ told each time, and when the last retry fails an admin decides what happens to i
 1. Stripe ``invoice.payment_failed`` starts it (trigger table). Retries at day 1, 3 and 7 after
    the failure (``retry_schedule_seconds``; durable timers), each one a Stripe collection
    attempt (``stripe.pay_invoice``, idempotency key from the workflow id and the attempt).
-2. After each failed retry the customer gets an email through the sandbox MCP ``send_email``
-   tool (idempotency key per attempt).
+2. After each failed retry the customer gets an email through the ``send_email`` tool (routed
+   by the MCP registry; idempotency key per attempt).
 3. After the last failed retry an admin (admin, finance or super_admin; the Approval Hub)
    approves one course of action: ``retry`` (one more attempt, then they are asked again; at
    most ``max_admin_retries`` times, after which only the other two are offered),
@@ -35,7 +35,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.stripe import INVOICE_ID_PATTERN, InvoicePayment, PayInvoice, StripeActivities
-    from activities.mcp import CallToolRequest, MCPActivities
+    from activities.mcp.tools import SendEmail
+    from workflows.tools import call_tool
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
     from hitl.approvals import MEMO_KEY, HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, DecisionRecord
@@ -299,19 +300,12 @@ class DunningWorkflow(HumanDecisions, Stages):
         later = ("We will contact you about the next steps." if final else
                  "We will try again in a few days; please check your payment method.")
         try:
-            await run_activity(
-                MCPActivities.call_tool,
-                CallToolRequest(
-                    tenant_id=inp.tenant_id, server="sandbox", tool="send_email",
-                    idempotency_key=f"{workflow.info().workflow_id}:email:attempt-{attempt.attempt}",
-                    arguments={"to": [email], "subject": f"Payment failed for invoice {inp.invoice_id}",
-                               "text": f"We could not collect {amount} for invoice {inp.invoice_id} "
-                                       f"(attempt {attempt.attempt}). {later}",
-                               "workflow_id": workflow.info().workflow_id},
-                ),
-            )
-        except ActivityError as err:  # a refused email must not stop the dunning
-            workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, err.cause)
+            await call_tool(inp.tenant_id, SendEmail(
+                to=[email], subject=f"Payment failed for invoice {inp.invoice_id}",
+                text=f"We could not collect {amount} for invoice {inp.invoice_id} (attempt {attempt.attempt}). {later}",
+            ), step=f"email:attempt-{attempt.attempt}")
+        except (ActivityError, ApplicationError) as err:  # a refused email must not stop the dunning
+            workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, getattr(err, "cause", None) or err)
             self._steps.append(f"attempt_{attempt.attempt}_email_failed")
             return
         self._emails += 1

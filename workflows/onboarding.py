@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    import msgspec  # not re-imported into the sandbox on every run
+    import msgspec  # not re-imported into the workflow sandbox on every run
     from activities.billing import BillingCustomerActivities, BillingCustomerRecord, RecordBillingCustomer
     from activities.lago import CreateLagoCustomer, CreateLagoSubscription, LagoActivities
     from activities.stripe import CreateStripeCustomer, StripeActivities

@@ -3,7 +3,7 @@ through the API), is validated, checked against stock, scored for fraud, and abo
 tenant's value threshold or risk limit waits for the client's approval (Pending Actions).
 
 1. Validate: lines present, quantities positive, the total matches the lines (1 cent slack).
-2. Inventory through the commerce tool (``check_inventory`` of the sandbox MCP server; a real
+2. Inventory through the commerce tool ``check_inventory`` (routed by the MCP registry: a real
    store's MCP server in production): a line short of stock ends the order as ``out_of_stock``.
 3. Fraud score 0-100: rules (no email, billing and shipping countries differ, a large
    quantity, a large total) plus a fraud-analyst agent (durable agent loop) reading the order
@@ -33,7 +33,8 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
-    from activities.mcp import CallToolRequest, MCPActivities
+    from activities.mcp.tools import CheckInventory, CreateShippingLabel
+    from workflows.tools import call_tool
     from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
     from activities.stripe import PAYMENT_INTENT, PaymentChange, PaymentOutcome
     from activities.stripe import StripeActivities as PaymentActivities
@@ -58,7 +59,6 @@ CLIENT_ROLES = ["client", "partner", "admin", "super_admin"]
 ESCALATION_ROLES = ["partner", "admin", "super_admin"]
 REVIEW_SCORE = 60  # a fraud score at or above this needs the client's approval
 MAX_TOTAL = 10_000_000
-COMMERCE_SERVER = "sandbox"  # the MCP server with check_inventory and create_shipping_label
 FRAUD_SCHEMA = {
     "type": "object",
     "properties": {
@@ -264,11 +264,11 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             self._enter("capturing_payment")
             payment = await self._payment(inp, PaymentActivities.capture)
         self._enter("shipping", "payment_captured" if payment else None)
-        label = await self._tool(inp, "create_shipping_label", "label", {
-            "order_key": inp.order_key, "ship_to_country": (inp.shipping_country or inp.billing_country or "US").upper(),
-            "parcels": max(1, min(50, sum(line.quantity for line in inp.lines) // 10 + 1))})
+        label = await call_tool(inp.tenant_id, CreateShippingLabel(
+            order_key=inp.order_key, ship_to_country=(inp.shipping_country or inp.billing_country or "US").upper(),
+            parcels=max(1, min(50, sum(line.quantity for line in inp.lines) // 10 + 1))), step="label")
         self._steps.append("label_bought")
-        return msgspec.structs.replace(result, payment=payment, shipping_label=label)
+        return msgspec.structs.replace(result, payment=payment, shipping_label=msgspec.to_builtins(label))
 
     async def _payment(self, inp: OrderInput, method: Any) -> PaymentOutcome:
         step = "capture" if method is PaymentActivities.capture else "release"
@@ -276,15 +276,6 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             method, PaymentChange(payment_intent_id=inp.payment_intent_id or "", tenant_id=inp.tenant_id,
                                   idempotency_key=f"{workflow.info().workflow_id}:payment:{step}"),
         )
-
-    async def _tool(self, inp: OrderInput, tool: str, step: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        wf_id = workflow.info().workflow_id
-        done = await run_activity(
-            MCPActivities.call_tool,
-            CallToolRequest(tenant_id=inp.tenant_id, server=COMMERCE_SERVER, tool=tool,
-                            idempotency_key=f"{wf_id}:{step}", arguments={**arguments, "workflow_id": wf_id}),
-        )
-        return done.content
 
     async def _agent_score(self, inp: OrderInput, rules_score: int) -> tuple[int, bool]:
         """The fraud analyst's score (0-100) and whether it came from the offline provider."""
@@ -312,9 +303,9 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
 
         self._enter("checking_inventory", "validated")
         policy = await run_activity(OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id))
-        stock = await self._tool(inp, "check_inventory", "inventory",
-                                 {"skus": list(dict.fromkeys(line.sku for line in inp.lines))})
-        available = {item["sku"]: item["available"] for item in stock["items"]}
+        stock = await call_tool(inp.tenant_id, CheckInventory(skus=list(dict.fromkeys(line.sku for line in inp.lines))),
+                                step="inventory")
+        available = {item.sku: item.available for item in stock.items}
         wanted: dict[str, int] = {}
         for line in inp.lines:
             wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity

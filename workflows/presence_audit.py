@@ -1,7 +1,7 @@
 """Digital Presence Audit: a 4-agent crew audits a tenant's website and social presence.
 
 Seed: "4-agent crew performs technical, SEO, and social audits" — an automated report, no
-human step. Stages: fetching pages (sandbox fetch tool) → budget check → crew (agents queue)
+human step. Stages: fetching pages (the ``fetch_web_page`` tool) → budget check → crew (agents queue)
 → report stored → usage recorded and reported. Progress by stage on the ``progress`` query.
 """
 
@@ -13,10 +13,11 @@ from typing import Annotated, Literal
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    import msgspec  # not re-imported into the sandbox on every run
+    import msgspec  # not re-imported into the workflow sandbox on every run
     from activities.agents import AgentActivities
     from agents.types import CrewReport, CrewRequest, PageSnapshot
-    from activities.mcp import CallToolRequest, MCPActivities
+    from activities.mcp.tools import FetchWebPage, WebPage
+    from workflows.tools import call_tool
     from activities.reports import ReportActivities, StoreReport
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
@@ -62,10 +63,9 @@ class PresenceAuditResult(msgspec.Struct, frozen=True, kw_only=True):
     pages: list[str] = []  # the URLs fetched
 
 
-# The MCP server (registry name) whose fetch_web_page tool reads the site. The shipped sandbox
-# implements it; production may register any server with the same tool under this name.
-WEB_SERVER = "sandbox"
-FETCH_TOOL = "fetch_web_page"
+# The tool that reads the site (the MCP registry routes it: the shipped default implements it;
+# production may route it to any server with the same tool).
+FETCH_TOOL = FetchWebPage.TOOL
 
 
 def _page_urls(inp: PresenceAuditInput) -> list[str]:
@@ -74,18 +74,17 @@ def _page_urls(inp: PresenceAuditInput) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def _snapshot(url: str, page: object) -> PageSnapshot:
-    """The fetch tool's answer (a WebPage object) as the crew's page snapshot."""
-    p = page if isinstance(page, dict) else {}
+def _snapshot(url: str, page: WebPage) -> PageSnapshot:
+    """The fetch tool's answer as the crew's page snapshot."""
     return PageSnapshot(
-        url=p.get("final_url") or url,
-        status=p.get("status_code") or 0,
-        title=p.get("title"),
-        description=p.get("meta_description"),
-        headings=[h.get("text", "") for h in p.get("headings") or [] if isinstance(h, dict)][:50],
-        links=[link.get("href", "") for link in p.get("links") or [] if isinstance(link, dict)][:100],
-        word_count=p.get("word_count") or 0,
-        load_ms=float(p.get("load_time_ms") or 0.0),
+        url=page.final_url or url,
+        status=page.status_code or 0,
+        title=page.title,
+        description=page.meta_description,
+        headings=[h.text for h in page.headings][:50],
+        links=[link.href for link in page.links][:100],
+        word_count=page.word_count,
+        load_ms=float(page.load_time_ms),
     )
 
 
@@ -101,12 +100,8 @@ class PresenceAuditWorkflow(Stages):
         try:
             self._enter("fetching_pages")
             for i, url in enumerate(_page_urls(inp)):
-                fetched = await run_activity(
-                    MCPActivities.call_tool,
-                    CallToolRequest(tenant_id=inp.tenant_id, server=WEB_SERVER, tool=FETCH_TOOL,
-                                    arguments={"url": url}, idempotency_key=f"{wf_id}:fetch:{i}"),
-                )
-                self._pages.append(_snapshot(url, fetched.content))
+                fetched = await call_tool(inp.tenant_id, FetchWebPage(url=url), step=f"fetch:{i}")
+                self._pages.append(_snapshot(url, fetched))
             # A tenant over its monthly AI budget fails here, non-retryable, naming the budget.
             self._enter("checking_budget", "pages_fetched")
             await check_ai_budget(inp.tenant_id)

@@ -1,7 +1,7 @@
 """SEO Health Monitor: a weekly technical scan of a tenant's site and the shift since last time.
 
 Seed §10: "Technical scan and ranking shift analysis" — an automated report, no human step.
-Stages: AI budget check → pages fetched through the sandbox ``fetch_web_page`` MCP tool (the
+Stages: AI budget check → pages fetched through the ``fetch_web_page`` MCP tool (the
 home page, the ``paths`` given, then internal links found on them up to ``max_pages``) → a
 technical scan computed here, deterministically, from what was fetched (status codes, titles
 and meta descriptions and their lengths, headings, word counts, load times, broken links among
@@ -27,14 +27,15 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    import msgspec  # not re-imported into the sandbox on every run
-    from activities.mcp import CallToolRequest, MCPActivities
+    import msgspec  # not re-imported into the workflow sandbox on every run
+    from activities.mcp.tools import FetchWebPage
+    from workflows.tools import call_tool
     from activities.reports import LatestReport, ReportActivities, StoredReport, StoreReport
     from workflows.agent_loop import AgentLoopInput, ToolRef, run_agent
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
-    from workflows.presence_audit import FETCH_TOOL, URL_PATTERN, WEB_SERVER
+    from workflows.presence_audit import FETCH_TOOL, URL_PATTERN
     from workflows.usage import account, check_ai_budget, report_usage
     from workflows.seo_scan import SEVERITIES, Issue, PageScan, Severity, TechnicalScan, technical_scan
     from workflows.seo_scan import normal_url as _normal
@@ -267,7 +268,7 @@ class SeoHealthWorkflow(Stages):
         self._enter("analysing", "previous_loaded")
         agent = await run_agent(AgentLoopInput(
             tenant_id=inp.tenant_id, agent=AGENT, output_schema=ANALYSIS_SCHEMA, max_turns=6,
-            tools=[ToolRef(server=WEB_SERVER, tool=FETCH_TOOL)],
+            tools=[ToolRef(tool=FETCH_TOOL)],
             system_prompt="You are a technical SEO analyst for small businesses' websites.",
             task=_analysis_task(inp, scan, preview),
         ))
@@ -314,12 +315,8 @@ class SeoHealthWorkflow(Stages):
         links: dict[str, list[str]] = {}
         while queue and len(self._pages) < inp.max_pages:
             url = queue.pop(0)
-            fetched = await run_activity(
-                MCPActivities.call_tool,
-                CallToolRequest(tenant_id=inp.tenant_id, server=WEB_SERVER, tool=FETCH_TOOL, arguments={"url": url},
-                                idempotency_key=f"{wf_id}:fetch:{len(self._pages)}"),
-            )
-            page, found = _page(url, fetched.content)
+            fetched = await call_tool(inp.tenant_id, FetchWebPage(url=url), step=f"fetch:{len(self._pages)}")
+            page, found = _page(url, msgspec.to_builtins(fetched))
             self._pages.append(page)
             links[page.path] = found
             if inp.follow_links:

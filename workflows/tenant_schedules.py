@@ -13,7 +13,7 @@ from typing import Annotated
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    import msgspec  # not re-imported into the sandbox on every run
+    import msgspec  # not re-imported into the workflow sandbox on every run
     from activities.schedules import (
         TENANT_DB_RETRY,
         ApplyTenantSchedules,

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    import msgspec  # not re-imported into the sandbox on every run
+    import msgspec  # not re-imported into the workflow sandbox on every run
     from activities.tenants import AuditActivities, AuditEntry, PutSettings, TenantActivities
     from core.activity import run_activity
     from core.names import SLUG_PATTERN

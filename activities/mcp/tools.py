@@ -1,0 +1,190 @@
+"""The tools workflows call, typed: one arguments Struct per tool, carrying the tool's name and
+its result type.
+
+A workflow builds the arguments (``SendEmail(to=[...], subject=..., text=...)``) and calls
+``workflows.tools.call_tool(tenant_id, args, step=...)``, which sends them as ``mcp.call_tool``
+(no server named: the registry routes the tool) and decodes the answer into ``args.RESULT``.
+Any MCP server that implements a tool with these arguments can take it, for every tenant or for
+one (see :mod:`activities.mcp.registry`).
+
+The arguments leave out what the activity fills from the request (``tenant_id``,
+``idempotency_key``, ``workflow_id``: see :mod:`activities.mcp.activities`), and unset optional
+fields are not sent, so a server need not know the sandbox's optional extras. Results keep the
+fields workflows read required and the rest optional, and ignore fields they do not know; they
+match what the shipped sandbox answers (``sandboxes/mcp``).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+import msgspec
+
+R = TypeVar("R", bound="ToolResult")
+
+
+class ToolResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of tool results."""
+
+
+class ToolArgs(msgspec.Struct, Generic[R], frozen=True, kw_only=True, omit_defaults=True):
+    """Base of tool arguments: subclasses set ``TOOL`` (the tool's name) and ``RESULT``."""
+
+    TOOL: ClassVar[str]
+    RESULT: ClassVar[type[ToolResult]]
+
+
+# --- messaging -------------------------------------------------------------------------------
+
+class MessageSent(ToolResult, frozen=True, kw_only=True):
+    message_id: str
+    status: str
+    channel: str = "email"
+    to: list[str] = []
+    accepted_at: str | None = None
+    segments: int | None = None
+    sandbox: bool = False
+
+
+class SendEmail(ToolArgs[MessageSent], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "send_email"
+    RESULT: ClassVar[type[ToolResult]] = MessageSent
+
+    to: list[str]
+    subject: str
+    text: str
+    html: str | None = None
+    cc: list[str] = []
+    reply_to: str | None = None
+    from_name: str | None = None
+
+
+# --- ads -------------------------------------------------------------------------------------
+
+class AdsCampaign(ToolResult, frozen=True, kw_only=True):
+    campaign_id: str
+    platform: str
+    status: str
+    daily_budget: float
+    action: str | None = None  # created | updated
+    name: str | None = None
+    objective: str | None = None
+    currency: str | None = None
+    sandbox: bool = False
+
+
+class UpsertAdsCampaign(ToolArgs[AdsCampaign], frozen=True, kw_only=True, omit_defaults=True):
+    """Create an ads campaign, or update one (``campaign_id``): e.g. pause it with
+    ``status="paused"``."""
+
+    TOOL: ClassVar[str] = "upsert_ads_campaign"
+    RESULT: ClassVar[type[ToolResult]] = AdsCampaign
+
+    platform: str
+    name: str
+    objective: Literal["awareness", "traffic", "leads", "sales"]
+    daily_budget: float
+    currency: str | None = None
+    status: Literal["active", "paused"] | None = None
+    start_date: date | None = None
+    end_date: date | None = None
+    targeting: dict[str, Any] | None = None
+    campaign_id: str | None = None
+
+
+# --- commerce --------------------------------------------------------------------------------
+
+class StockLevel(msgspec.Struct, frozen=True, kw_only=True):
+    sku: str
+    available: int
+    in_stock: bool | None = None
+
+
+class Inventory(ToolResult, frozen=True, kw_only=True):
+    items: list[StockLevel]
+    sandbox: bool = False
+
+
+class CheckInventory(ToolArgs[Inventory], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "check_inventory"
+    RESULT: ClassVar[type[ToolResult]] = Inventory
+
+    skus: list[str]
+
+
+class ShippingLabel(ToolResult, frozen=True, kw_only=True):
+    label_id: str
+    tracking_number: str
+    carrier: str | None = None
+    service: str | None = None
+    label_url: str | None = None
+    status: str | None = None
+    sandbox: bool = False
+
+
+class CreateShippingLabel(ToolArgs[ShippingLabel], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "create_shipping_label"
+    RESULT: ClassVar[type[ToolResult]] = ShippingLabel
+
+    order_key: str
+    ship_to_country: str
+    parcels: int | None = None
+    carrier: str | None = None
+    service: str | None = None
+
+
+# --- web -------------------------------------------------------------------------------------
+
+class Heading(msgspec.Struct, frozen=True, kw_only=True):
+    level: int
+    text: str = ""
+
+
+class PageLink(msgspec.Struct, frozen=True, kw_only=True):
+    href: str
+    text: str = ""
+    internal: bool = False
+
+
+class WebPage(ToolResult, frozen=True, kw_only=True):
+    """A fetched page (or why it could not be fetched: ``ok`` false, ``error``)."""
+
+    url: str
+    ok: bool
+    final_url: str | None = None
+    status_code: int | None = None
+    content_type: str | None = None
+    title: str | None = None
+    meta_description: str | None = None
+    headings: list[Heading] = []
+    links: list[PageLink] = []
+    word_count: int = 0
+    load_time_ms: float = 0.0
+    error: str | None = None
+
+
+class FetchWebPage(ToolArgs[WebPage], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "fetch_web_page"
+    RESULT: ClassVar[type[ToolResult]] = WebPage
+
+    url: str
+    timeout_seconds: float | None = None
+
+
+FETCH_WEB_PAGE = FetchWebPage.TOOL
+
+# Every typed tool, by name.
+TOOLS: dict[str, type[ToolArgs[Any]]] = {
+    t.TOOL: t for t in (SendEmail, UpsertAdsCampaign, CheckInventory, CreateShippingLabel, FetchWebPage)
+}
+
+
+def arguments(args: ToolArgs[Any]) -> dict[str, Any]:
+    """The arguments as sent to the server (unset optional fields left out)."""
+    return msgspec.to_builtins(args)
+
+
+def decode_result(args: ToolArgs[R], content: Any) -> R:
+    """The tool's answer as its typed result; ``msgspec.ValidationError`` when it does not fit."""
+    return msgspec.convert(content, args.RESULT)  # type: ignore[return-value]

@@ -34,17 +34,16 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.mcp.tools import CheckInventory, CreateShippingLabel
-    from workflows.tools import call_tool
     from activities.orders import OrderActivities, OrderPolicyRequest, OrderRecord
-    from activities.stripe import PAYMENT_INTENT, PaymentChange, PaymentOutcome
-    from activities.stripe import StripeActivities as PaymentActivities
-    from hitl.approvals import HumanDecisions
-    from hitl.protocol import ApprovalRequest, DecisionRecord
-    from workflows.agent_loop import AgentLoopInput, run_agent
+    from activities.stripe import PAYMENT_INTENT, PaymentChange, PaymentOutcome, StripeActivities
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
+    from hitl.approvals import HumanDecisions
+    from hitl.protocol import ApprovalRequest, DecisionRecord
+    from workflows.agent_loop import AgentLoopInput, run_agent
     from workflows.capability import Capability, Event, InvalidEvent, Trigger
+    from workflows.tools import call_tool
     from workflows.usage import account, report_usage
 
 NAME = "order"
@@ -216,7 +215,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
                 result = await self._fulfil(inp, result)
             elif inp.payment_intent_id:
                 self._enter("releasing_payment", result.status)
-                result = msgspec.structs.replace(result, payment=await self._payment(inp, PaymentActivities.release))
+                result = msgspec.structs.replace(result, payment=await self._payment(inp, StripeActivities.release))
         except (asyncio.CancelledError, ActivityError, ChildWorkflowError) as exc:
             # Canceled (an admin, or the merchant), or a step failed for good (a tool down past
             # its deadline, Stripe refusing): the money held for the order goes back, the outcome
@@ -250,7 +249,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
         payment = None
         if inp.payment_intent_id:
             self._enter("releasing_payment", f"{status}_order")
-            payment = await self._payment(inp, PaymentActivities.release)
+            payment = await self._payment(inp, StripeActivities.release)
         undone = OrderResult(tenant_id=inp.tenant_id, order_key=inp.order_key, status=status, total=inp.total,
                              currency=inp.currency, fraud_score=self._score or 0, reasons=[reason[:500]],
                              reviewed=False, payment=payment)
@@ -262,7 +261,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
         payment = None
         if inp.payment_intent_id:
             self._enter("capturing_payment")
-            payment = await self._payment(inp, PaymentActivities.capture)
+            payment = await self._payment(inp, StripeActivities.capture)
         self._enter("shipping", "payment_captured" if payment else None)
         label = await call_tool(inp.tenant_id, CreateShippingLabel(
             order_key=inp.order_key, ship_to_country=(inp.shipping_country or inp.billing_country or "US").upper(),
@@ -271,7 +270,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
         return msgspec.structs.replace(result, payment=payment, shipping_label=msgspec.to_builtins(label))
 
     async def _payment(self, inp: OrderInput, method: Any) -> PaymentOutcome:
-        step = "capture" if method is PaymentActivities.capture else "release"
+        step = "capture" if method is StripeActivities.capture else "release"
         return await run_activity(
             method, PaymentChange(payment_intent_id=inp.payment_intent_id or "", tenant_id=inp.tenant_id,
                                   idempotency_key=f"{workflow.info().workflow_id}:payment:{step}"),

@@ -126,6 +126,13 @@ DEV_ALGORITHM = "HS256"
 CLOCK_SKEW_SECONDS = 30
 # Present in every token; `iss` and `aud` are required by passing the expected values.
 REQUIRED_CLAIMS = ["exp", "iat", "sub"]
+# Verified tokens: a client sends the same token with every request, so the principal it
+# verified to is kept (keyed by the exact token string, signature included) for at most this
+# long, never past the token's `exp`, and in OIDC mode never longer than the JWKS cache (a key
+# the provider retires stops being accepted as before). Only tokens that verified are kept;
+# at most TOKEN_CACHE_SIZE of them (expired ones dropped first, then all).
+TOKEN_CACHE_SECONDS = 60.0
+TOKEN_CACHE_SIZE = 10_000
 
 
 class TokenVerifier:
@@ -137,6 +144,7 @@ class TokenVerifier:
         a = settings.auth
         self._settings = settings
         self._jwks: jwt.PyJWKClient | None = None
+        self._verified: dict[str, tuple[Principal, float]] = {}  # token -> (principal, monotonic deadline)
         environment = settings.require_environment()
         if a.mode == "oidc":
             for value, name in ((a.oidc_jwks_url, "JWKS_URL"), (a.oidc_issuer, "ISSUER"), (a.oidc_audience, "AUDIENCE")):
@@ -167,6 +175,26 @@ class TokenVerifier:
             )
 
     async def verify(self, token: str) -> Principal:
+        now = time.monotonic()
+        cached = self._verified.get(token)
+        if cached is not None:
+            if now < cached[1]:
+                return cached[0]
+            del self._verified[token]
+        principal, exp = await self._verify(token)
+        # Until the token expires (the wall clock's `exp` as a monotonic deadline), at most the cache's time.
+        ttl = min(TOKEN_CACHE_SECONDS, JWKS_CACHE_SECONDS if self._jwks is not None else TOKEN_CACHE_SECONDS,
+                  exp - time.time())
+        if ttl > 0:
+            if len(self._verified) >= TOKEN_CACHE_SIZE:
+                self._verified = {t: v for t, v in self._verified.items() if now < v[1]}
+                if len(self._verified) >= TOKEN_CACHE_SIZE:
+                    self._verified.clear()
+            self._verified[token] = (principal, now + ttl)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        """The principal of a token that verifies, and its `exp` (Unix seconds)."""
         a = self._settings.auth
         try:
             if self._jwks is not None:
@@ -191,7 +219,7 @@ class TokenVerifier:
                     audience=AUDIENCE, issuer=DEV_ISSUER, leeway=CLOCK_SKEW_SECONDS,
                     options={"require": REQUIRED_CLAIMS},
                 )
-            return _principal(claims)
+            return _principal(claims), float(claims["exp"])
         except (jwt.PyJWTError, ValueError) as exc:
             raise NotAuthorizedException(f"invalid bearer token: {exc.__class__.__name__}") from None
 
@@ -244,11 +272,20 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
             raise NotAuthorizedException("missing bearer token")
         verifier: TokenVerifier = connection.app.state.token_verifier
         principal = await verifier.verify(token.strip())
+        # The route's roles are checked here, with the token: a Litestar guard would copy the
+        # route handler on every request.
+        _require_roles(principal, connection.route_handler)
         return AuthenticationResult(user=principal, auth=token)
 
 
-async def role_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Routes name the roles that may call them in ``opt={"roles": {...}}``."""
+def _require_roles(principal: Principal, handler: BaseRouteHandler) -> None:
+    """Routes name the roles that may call them in ``opt={"roles": {...}}``; 403 otherwise."""
     roles = handler.opt.get("roles")
-    if roles and not connection.user.has_any_role(roles):
+    if roles and not principal.has_any_role(roles):
         raise PermissionDeniedException(f"requires one of the roles: {', '.join(sorted(roles))}")
+
+
+async def role_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """The same check as a guard, for an app whose routes are not all behind
+    :class:`BearerAuthMiddleware` (which checks the roles itself)."""
+    _require_roles(connection.user, handler)

@@ -59,43 +59,45 @@ async def claim(pool: asyncpg.Pool, event: Event, body: bytes, *, workflow_id: s
     digest = hashlib.sha256(body).digest()
     scope = scope_of(event)
     for _ in range(3):
-        async with pool.acquire() as conn:
-            row_id = await conn.fetchval(
-                """INSERT INTO webhook_inbox (source, event_id, event_type, scope, body_sha256, tenant_id, sent_at,
+        # One statement: keep the delivery; else find the first delivery (by the sender's id,
+        # else by the body) and take it over if its handling failed or was abandoned.
+        row = await pool.fetchrow(
+            """WITH kept AS (
+                   INSERT INTO webhook_inbox (source, event_id, event_type, scope, body_sha256, tenant_id, sent_at,
                                               body, outcome, workflow_id)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                    ON CONFLICT DO NOTHING
-                   RETURNING id""",
-                event.source, event.id, event.type, scope, digest, event.tenant_id, event.sent_at, body, outcome,
-                workflow_id,
-            )
-            if row_id is not None:
-                return Claim(id=row_id, fresh=True, outcome=outcome, workflow_id=workflow_id)
-            # The first delivery: by the sender's id, else by the body.
-            seen = await conn.fetchrow(
-                """SELECT id, outcome, workflow_id, run_id FROM webhook_inbox
-                   WHERE source = $1 AND scope = $2 AND event_type = $3
-                     AND ((event_id = $4 AND $4::text IS NOT NULL) OR body_sha256 = $5)
-                   ORDER BY (event_id IS NOT DISTINCT FROM $4) DESC, id LIMIT 1""",
-                event.source, scope, event.type, event.id, digest,
-            )
-            if seen is None:  # pruned between the two statements: insert again
-                continue
-            retaken = await conn.fetchrow(
-                """UPDATE webhook_inbox SET outcome = 'received', updated_at = now()
-                   WHERE id = $1 AND (outcome = 'failed'
-                                      OR (outcome = 'received' AND updated_at < now() - $2::interval))
-                   RETURNING id, workflow_id""",
-                seen["id"], ABANDONED_AFTER,
-            )
-        if retaken is not None:
+                   RETURNING id),
+               seen AS (
+                   SELECT id, outcome, workflow_id, run_id FROM webhook_inbox
+                   WHERE NOT EXISTS (SELECT FROM kept)
+                     AND source = $1 AND scope = $4 AND event_type = $3
+                     AND ((event_id = $2 AND $2::text IS NOT NULL) OR body_sha256 = $5)
+                   ORDER BY (event_id IS NOT DISTINCT FROM $2) DESC, id LIMIT 1),
+               retaken AS (
+                   UPDATE webhook_inbox w SET outcome = 'received', updated_at = now()
+                   FROM seen
+                   WHERE w.id = seen.id AND (w.outcome = 'failed'
+                                             OR (w.outcome = 'received' AND w.updated_at < now() - $11::interval))
+                   RETURNING w.id, w.workflow_id)
+               SELECT (SELECT id FROM kept) AS kept_id, seen.id, seen.outcome, seen.workflow_id, seen.run_id,
+                      (SELECT id FROM retaken) AS retaken_id, (SELECT workflow_id FROM retaken) AS retaken_workflow_id
+               FROM (SELECT) AS one LEFT JOIN seen ON true""",
+            event.source, event.id, event.type, scope, digest, event.tenant_id, event.sent_at, body, outcome,
+            workflow_id, ABANDONED_AFTER,
+        )
+        if row["kept_id"] is not None:
+            return Claim(id=row["kept_id"], fresh=True, outcome=outcome, workflow_id=workflow_id)
+        if row["id"] is None:  # pruned, or kept by a delivery this statement could not see yet: again
+            continue
+        if row["retaken_id"] is not None:
             log.info("%s event %r (id %s): taking over delivery %d that was not handled", event.source, event.type,
-                     event.id, retaken["id"])
-            return Claim(id=retaken["id"], fresh=True, outcome="received", workflow_id=retaken["workflow_id"])
+                     event.id, row["retaken_id"])
+            return Claim(id=row["retaken_id"], fresh=True, outcome="received", workflow_id=row["retaken_workflow_id"])
         log.info("%s event %r (id %s): a replay of delivery %d (%s); nothing started", event.source, event.type,
-                 event.id, seen["id"], seen["outcome"])
-        return Claim(id=seen["id"], fresh=False, outcome=seen["outcome"], workflow_id=seen["workflow_id"],
-                     run_id=seen["run_id"])
+                 event.id, row["id"], row["outcome"])
+        return Claim(id=row["id"], fresh=False, outcome=row["outcome"], workflow_id=row["workflow_id"],
+                     run_id=row["run_id"])
     raise RuntimeError("the webhook inbox kept conflicting with rows it could not find")
 
 

@@ -17,6 +17,7 @@ id and starts nothing. A replay of the same delivery is stopped before that, by 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,20 +59,41 @@ async def seed_triggers(pool: asyncpg.Pool) -> None:
            ON CONFLICT (source, event_type) DO NOTHING""",
         [(t.source, t.event_type, t.action, t.capability, t.signal) for t in TRIGGERS.values()],
     )
+    _looked_up.clear()
+
+
+# lookup's answers, per pool, source and event type: (pool, read at (monotonic), trigger or None).
+LOOKUP_CACHE_SECONDS = 5.0
+_looked_up: dict[tuple[int, str, str], tuple[asyncpg.Pool, float, Trigger | None]] = {}
 
 
 async def lookup(pool: asyncpg.Pool, source: str, event_type: str) -> Trigger | None:
-    """The enabled trigger of this event type, or None."""
+    """The enabled trigger of this event type, or None.
+
+    The row is read at most once per ``LOOKUP_CACHE_SECONDS`` per event type and API process
+    (webhooks arrive in bursts of the same type): an operator's ``UPDATE triggers SET enabled
+    = false`` (or true) takes effect on every API process within 5 seconds, without a restart.
+    Missing and disabled rows are kept as briefly as enabled ones; seeding forgets them all."""
+    key = (id(pool), source, event_type)
+    now = time.monotonic()
+    cached = _looked_up.get(key)
+    # The entry holds the pool itself: its id cannot be another pool's while the entry lives.
+    if cached is not None and cached[0] is pool and now - cached[1] < LOOKUP_CACHE_SECONDS:
+        return cached[2]
     row = await pool.fetchrow(
         "SELECT action, capability, signal FROM triggers WHERE source = $1 AND event_type = $2 AND enabled",
         source, event_type)
-    if row is None:
-        return None
-    declared = TRIGGERS.get((source, event_type))
-    if declared is None or (declared.action, declared.capability, declared.signal) != tuple(row):
-        log.warning("trigger %s/%s in the table does not match the code; ignored", source, event_type)
-        return None
-    return declared
+    trigger = None
+    if row is not None:
+        declared = TRIGGERS.get((source, event_type))
+        if declared is None or (declared.action, declared.capability, declared.signal) != tuple(row):
+            log.warning("trigger %s/%s in the table does not match the code; ignored", source, event_type)
+        else:
+            trigger = declared
+    if len(_looked_up) >= 1000:  # event types are few; made-up ones from signed senders are bounded here
+        _looked_up.clear()
+    _looked_up[key] = (pool, now, trigger)
+    return trigger
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,31 @@ async def _stripe(request: Request, body: bytes, settings: Settings, db: asyncpg
                  sent_at=_from_unix(created) if isinstance(created, int) and not isinstance(created, bool) else None)
 
 
+# Which tenant a shop domain belongs to, per API process: (pool, read at (monotonic), tenant or None).
+SHOP_CACHE_SECONDS = 5.0
+_shops: dict[tuple[int, str], tuple[asyncpg.Pool, float, str | None]] = {}
+
+
+async def shop_tenant(db: asyncpg.Pool, shop: str) -> str | None:
+    """The tenant whose order setting ``shopify_shop_domain`` is ``shop``, or None.
+
+    Read at most once per ``SHOP_CACHE_SECONDS`` per shop and API process (a shop's orders
+    arrive in bursts): a shop connected to a tenant, moved to another or disconnected is
+    followed within 5 seconds. A tenant is only ever named by a delivery the app's secret
+    signed."""
+    now = time.monotonic()
+    cached = _shops.get((id(db), shop))
+    if cached is not None and cached[0] is db and now - cached[1] < SHOP_CACHE_SECONDS:
+        return cached[2]
+    tenant = await db.fetchval(  # one at most: the domain is unique across tenants (migration 0030)
+        "SELECT tenant_id FROM tenant_settings WHERE capability = 'order' AND settings ? 'shopify_shop_domain' "
+        "AND lower(settings->>'shopify_shop_domain') = $1", shop)
+    if len(_shops) >= 10_000:
+        _shops.clear()
+    _shops[(id(db), shop)] = (db, now, tenant)
+    return tenant
+
+
 async def _shopify(request: Request, body: bytes, settings: Settings, db: asyncpg.Pool) -> Event:
     secret = _secret(settings.shopify.webhook_secret, "shopify")
     given = request.headers.get("x-shopify-hmac-sha256")
@@ -196,10 +221,7 @@ async def _shopify(request: Request, body: bytes, settings: Settings, db: asyncp
         raise ValidationException("no X-Shopify-Topic header")
     payload = _json(body)
     shop = request.headers.get("x-shopify-shop-domain", "").lower()
-    tenant = await db.fetchval(  # one at most: the domain is unique across tenants (migration 0030)
-        "SELECT tenant_id FROM tenant_settings WHERE capability = 'order' AND settings ? 'shopify_shop_domain' "
-        "AND lower(settings->>'shopify_shop_domain') = $1", shop
-    ) if shop else None
+    tenant = await shop_tenant(db, shop) if shop else None
     triggered = request.headers.get("x-shopify-triggered-at")
     return Event(source="shopify", type=topic, tenant_id=tenant, payload=payload, sender=f"webhook:shopify:{shop}",
                  id=_event_id(request.headers.get("x-shopify-event-id") or request.headers.get("x-shopify-webhook-id")),

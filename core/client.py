@@ -8,10 +8,13 @@ import logging
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from opentelemetry import trace
 
 from core.codec import payload_codec
 from core.converter import data_converter
 from core.settings import Settings
+from core.telemetry import ExpectedErrorsTracer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,10 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         t.address,
         namespace=t.namespace,
         data_converter=platform_data_converter(settings),
-        interceptors=[TracingInterceptor()],
+        # A start of a workflow that exists is expected (a redelivered webhook, a retried
+        # request): recorded on its span without formatting its traceback.
+        interceptors=[TracingInterceptor(ExpectedErrorsTracer(
+            trace.get_tracer("temporalio.contrib.opentelemetry._interceptor"), (WorkflowAlreadyStartedError,)))],
         tls=_tls(settings),
         api_key=t.api_key.get_secret_value() if t.api_key else None,
         lazy=lazy,

@@ -98,14 +98,24 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's reset that sends nothing: asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(
     url: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True,
-    command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+    command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT, reset_session: bool = True,
 ) -> asyncpg.Pool:
     """Open a pool (jsonb as Python objects; a statement longer than ``command_timeout``
     seconds is cancelled with ``TimeoutError``) and bring the schema up to date (on a
     connection of its own, without that bound: a migration or the wait for another process's
-    migration may take longer)."""
+    migration may take longer).
+
+    ``reset_session=False`` skips asyncpg's reset query on every release (``SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one more round trip per
+    statement through the pool); an open transaction is still rolled back. Only for a pool
+    whose users never leave session state behind (no SET, LISTEN, advisory lock or open
+    cursor): the API's."""
     if migrate:
         conn = await asyncpg.connect(url)
         try:
@@ -113,7 +123,8 @@ async def create_pool(
         finally:
             await conn.close()
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
-                                     command_timeout=command_timeout)
+                                     command_timeout=command_timeout,
+                                     reset=None if reset_session else _keep_session)
 
 
 def permanent_database_error(exc: BaseException) -> ApplicationError | None:

@@ -200,6 +200,11 @@ class OtelSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     graceful_shutdown_seconds: float = 30.0
+    # Workflows a worker keeps in memory between their tasks (Temporal's sticky cache), per task
+    # queue. Each costs about 0.1-0.2 MB (its sandbox and state); a workflow evicted from the
+    # cache is replayed from its history at its next task, which for a workflow waiting hours
+    # for a person is cheap. bench/bench_memory.py measures it (bench/README.md).
+    max_cached_workflows: int = Field(default=500, ge=0)
     max_concurrent_activities: int = 100
     agents_max_concurrent: int = 2
     integrations_max_per_second: float = 20.0

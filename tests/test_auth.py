@@ -492,6 +492,23 @@ async def test_act_claim_becomes_acting_as(settings: Settings) -> None:
     assert p.acting_as == "support@bizosaas"
 
 
+async def test_a_token_verified_before_is_refused_once_it_expires(settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verified tokens are remembered, never past their `exp`, and only the exact token is."""
+    monkeypatch.setattr(api.auth, "CLOCK_SKEW_SECONDS", 0)
+    verifier = TokenVerifier(settings)
+    token = mint_dev_token(settings, sub="owner@acme", roles=["client"], tenant_id="acme", ttl_seconds=2)
+    assert (await verifier.verify(token)).sub == "owner@acme"
+    assert (await verifier.verify(token)).sub == "owner@acme"
+    header, claims, _ = token.split(".")
+    forged = _dev_token(settings, sub="owner@acme", roles=["admin"], tenant_id="acme")
+    with pytest.raises(NotAuthorizedException):  # the claims of a remembered token, another signature
+        await verifier.verify(f"{header}.{claims}.{forged.split('.')[2]}")
+    await asyncio.sleep(3)
+    with pytest.raises(NotAuthorizedException):
+        await verifier.verify(token)
+
+
 async def test_act_claim_from_oidc(oidc: Oidc) -> None:
     verifier = TokenVerifier(oidc.settings)
     p = await verifier.verify(oidc.jwks.sign(_claims(act={"sub": "admin@bizosaas"}), "k1"))

@@ -24,12 +24,42 @@ def test_settings_come_from_biz_environment_and_hide_secrets(monkeypatch: pytest
     monkeypatch.setenv("BIZ_TEMPORAL_API_KEY", "tc-secret-key")
     monkeypatch.setenv("BIZ_DATABASE_URL", "postgresql://app:pw-secret@db/biz")
     monkeypatch.setenv("BIZ_WORKER_AGENTS_MAX_CONCURRENT", "7")
+    monkeypatch.setenv("BIZ_WORKER_MAX_CACHED_WORKFLOWS", "250")
     s = Settings(_env_file=None)
     assert s.temporal.address == "temporal.internal:7233"
     assert s.worker.agents_max_concurrent == 7
+    assert s.worker.max_cached_workflows == 250
     assert s.database_url() == "postgresql://app:pw-secret@db/biz"
     shown = repr(s) + str(s.model_dump())
     assert "tc-secret-key" not in shown and "pw-secret" not in shown
+
+
+def test_spans_record_an_expected_error_without_its_traceback() -> None:
+    """A start of a workflow that exists (a redelivered webhook) is on its span by type and
+    message; any other error keeps its stack trace."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from core.telemetry import ExpectedErrorsTracer
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = ExpectedErrorsTracer(provider.get_tracer("test"), (WorkflowAlreadyStartedError,))
+    for name, error in (("exists", WorkflowAlreadyStartedError("acme:order:1", "OrderProcessing")),
+                        ("broken", RuntimeError("boom"))):
+        with pytest.raises(type(error)), tracer.start_as_current_span(name):
+            raise error
+    spans = {s.name: s for s in exported.get_finished_spans()}
+    [exists] = spans["exists"].events
+    assert exists.name == "exception" and exists.attributes["exception.type"] == "WorkflowAlreadyStartedError"
+    assert "exception.stacktrace" not in exists.attributes
+    [broken] = spans["broken"].events
+    assert broken.attributes["exception.type"] == "RuntimeError" and "boom" in broken.attributes["exception.stacktrace"]
+    assert spans["broken"].status.status_code == StatusCode.ERROR
 
 
 def test_dev_cluster_declares_every_search_attribute_of_the_code() -> None:

@@ -22,6 +22,7 @@ import pytest
 import stripe
 from temporalio.client import Client
 
+import api.triggers
 from api import inbox
 from api.auth import mint_dev_token
 from api.triggers import Event
@@ -233,6 +234,32 @@ async def test_other_answers_unknown_source_bad_body_too_large_no_trigger(
     r = await http.post("/v1/webhooks/lago", content=lago,
                         headers={"x-lago-signature": sig.decode(), "x-lago-signature-algorithm": "hmac"})
     assert r.status_code == 202 and r.json()["outcome"] == "ignored", r.text
+
+
+async def test_a_trigger_an_operator_turns_off_is_followed_without_a_restart(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API reads a trigger's row at most every LOOKUP_CACHE_SECONDS: `enabled = false`
+    takes effect within that time (shortened here), and on again likewise."""
+    monkeypatch.setattr(api.triggers, "LOOKUP_CACHE_SECONDS", 0.5)
+    tenant, domain = await shop_tenant(db)
+
+    async def delivered() -> httpx.Response:
+        body = json.dumps(shopify_order(order_id())).encode()
+        return await http.post("/v1/webhooks/shopify", content=body, headers=shopify_headers(settings, domain, body))
+
+    async def outcome_is(expected: str) -> None:
+        r = await delivered()
+        assert r.status_code == 202 and r.json()["outcome"] == expected, r.text
+
+    assert (await delivered()).json()["outcome"] == "started"
+    where = "WHERE source = 'shopify' AND event_type = 'orders/create'"
+    await db.execute(f"UPDATE triggers SET enabled = false {where}")
+    try:
+        await assert_eventually(lambda: outcome_is("ignored"), timeout=10, interval=0.2)
+    finally:
+        await db.execute(f"UPDATE triggers SET enabled = true {where}")
+    await assert_eventually(lambda: outcome_is("started"), timeout=10, interval=0.2)
 
 
 async def test_generic_webhook_accepts_both_secrets_during_a_rotation(

@@ -159,6 +159,7 @@ def build_workers(client: Client, settings: Settings, regs: dict[str, QueueRegis
                 max_activities_per_second=reg.max_activities_per_second,
                 workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES,
                 graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_seconds),
+                max_cached_workflows=settings.worker.max_cached_workflows,
                 deployment_config=deployment_config(settings),
                 interceptors=[DatabaseErrorInterceptor()],
             )

@@ -103,13 +103,20 @@ async def claim(pool: asyncpg.Pool, event: Event, body: bytes, *, workflow_id: s
 
 async def settle(pool: asyncpg.Pool, row_id: int, outcome: Outcome, *, workflow_id: str | None = None,
                  run_id: str | None = None) -> None:
-    """What became of the delivery."""
-    await pool.execute(
-        """UPDATE webhook_inbox SET outcome = $2, workflow_id = coalesce($3, workflow_id), run_id = $4,
-                                    updated_at = now()
-           WHERE id = $1""",
-        row_id, outcome, workflow_id, run_id,
-    )
+    """What became of the delivery.
+
+    Committed without waiting for the disk (``synchronous_commit = off`` for this transaction
+    only): the claim before it was durable, and an outcome lost to a Postgres crash leaves the
+    row ``received``, which the sender's retry takes over a minute later and settles again (its
+    start finds the workflow: ``duplicate``). The delivery is answered one disk flush sooner."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        await conn.execute(
+            """UPDATE webhook_inbox SET outcome = $2, workflow_id = coalesce($3, workflow_id), run_id = $4,
+                                        updated_at = now()
+               WHERE id = $1""",
+            row_id, outcome, workflow_id, run_id,
+        )
 
 
 async def prune(pool: asyncpg.Pool, retention: timedelta) -> int:

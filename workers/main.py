@@ -183,9 +183,18 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
         loop.add_signal_handler(sig, stop.set)
     regs = registrations(settings, pool, queues)
     if INTEGRATIONS_QUEUE in queues:
-        from activities.mcp import seed_registry
+        from activities.mcp import MCPActivities, seed_registry
 
         await seed_registry(pool, urls=settings.worker.mcp_urls)
+        # The tools each server offers, kept for the API's tool listing (bounded, never fatal).
+        mcp = MCPActivities(pool)
+        try:
+            listed = await asyncio.wait_for(mcp.refresh_listings(), timeout=15)
+            log.info("MCP tools listed at start-up: %s", listed)
+        except TimeoutError:
+            log.info("MCP tools not listed at start-up: a server did not answer within 15 s")
+        finally:
+            await mcp.aclose()
     if WORKFLOWS_QUEUE in queues:
         from schedules.reconciler import sync_at_startup
 

@@ -36,7 +36,7 @@ from activities.mcp.registry import (
 )
 from activities.mcp.sessions import Connection, MCPSessionManager, error_text, list_server_tools, tool_content
 from core.activity import Activities, ActivityPolicy
-from core.names import INTEGRATIONS_QUEUE
+from core.names import INTEGRATIONS_QUEUE, PLATFORM_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,19 @@ class MCPActivities(Activities):
                                                         for t in tools.values()])
         except (asyncpg.PostgresError, OSError) as exc:
             log.warning("MCP tools of %s not kept for the API: %s", server, exc.__class__.__name__)
+
+    async def refresh_listings(self) -> dict[str, int | str]:
+        """List the tools of every enabled server and keep the listings for the API (the worker
+        does this at start-up, so ``GET /v1/tenants/{t}/tools`` shows them before any call).
+        Best effort: a server that does not answer is reported, never raised."""
+        found: dict[str, int | str] = {}
+        for name in [r["name"] for r in await self._pool.fetch("SELECT name FROM mcp_servers WHERE enabled")]:
+            try:
+                config = await server_for_tenant(self._pool, name, PLATFORM_TENANT)
+                found[name] = len(await self._listing(config))
+            except Exception as exc:  # noqa: BLE001 - one server down must not stop the others
+                found[name] = exc.__class__.__name__
+        return found
 
     @activity.defn(name="mcp.list_tools")
     async def list_tools(self, req: ListToolsRequest) -> ListToolsResult:

@@ -146,6 +146,10 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
                 assert [a for a in items if a["workflow_id"] == campaign], items
 
             await assert_eventually(waiting, timeout=90, interval=0.5)
+            # The tools the tenant can call, listed by the worker at start-up, each with its server.
+            tools = (await http.get(f"/v1/tenants/{tenant}/tools", headers=client)).json()
+            assert {"send_email", "upsert_ads_campaign", "fetch_web_page"} <= {
+                t["name"] for t in tools["tools"] if t["server"] == "sandbox"}, tools
     finally:
         children = await asyncio.to_thread(stack.stop)
 

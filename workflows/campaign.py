@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
-    from workflows.capability import Capability
+    from workflows.capability import TENANT_PEOPLE, Capability
     from workflows.usage import account, check_ai_budget, report_usage
 
 NAME = "campaign"
@@ -321,8 +321,8 @@ CAPABILITY = Capability(
     input_type=CampaignInput,
     business_key=lambda inp: inp.campaign_key,
     tenant_in_input=lambda inp: inp.tenant_id,
-    start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
-    cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    start_roles=TENANT_PEOPLE,
+    cancel_roles=TENANT_PEOPLE,
     decide_roles=frozenset(CLIENT_ROLES + ESCALATION_ROLES + BUDGET_ROLES),
     summary="Plan and write a multi-channel ad campaign with AI; the client approves creative and budget "
             "(Pending Actions), a budget above the tenant's cap also needs an admin; then it launches.",

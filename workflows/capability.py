@@ -28,7 +28,10 @@ from activities.tenants import SettingsOf
 from schedules.frequency import HORIZON, shortest_gap
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Role sets the declarations share: platform admins, and with them the tenant's own people (its
+# client and its partner agency), each in their own tenant scope.
 ADMINS = frozenset({"super_admin", "admin"})
+TENANT_PEOPLE = ADMINS | {"partner", "client"}
 
 Action = Literal["start", "signal_with_start"]
 

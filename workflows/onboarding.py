@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import NEW_TENANT_PATTERN
     from core.policies import Stages
-    from workflows.capability import Capability, Event, InvalidEvent, Trigger
+    from workflows.capability import ADMINS, Capability, Event, InvalidEvent, Trigger
 
 NAME = "onboarding"
 
@@ -158,7 +158,7 @@ CAPABILITY = Capability(
     input_type=OnboardingInput,
     business_key=lambda inp: inp.tenant_id,
     tenant_in_input=lambda inp: inp.tenant_id,
-    start_roles=frozenset({"super_admin", "admin"}),
+    start_roles=ADMINS,
     summary="Onboard a tenant: create and activate it, record the audit entry.",
     triggers=(Trigger(source="platform", event_type="tenant.created", build=tenant_created),),
 )

@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
-    from workflows.capability import Capability, Event, InvalidEvent, Trigger
+    from workflows.capability import ADMINS, Capability, Event, InvalidEvent, Trigger
     from workflows.tools import call_tool
     from workflows.usage import account, report_usage
 
@@ -350,7 +350,7 @@ CAPABILITY = Capability(
     input_type=OrderInput,
     business_key=lambda inp: inp.order_key,
     tenant_in_input=lambda inp: inp.tenant_id,
-    start_roles=frozenset({"super_admin", "admin"}),
+    start_roles=ADMINS,
     # The merchant may cancel its order; the payment is released (canceled or refunded).
     cancel_roles=frozenset({"super_admin", "admin", "client"}),
     decide_roles=frozenset(CLIENT_ROLES + ESCALATION_ROLES),

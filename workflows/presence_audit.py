@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
     from core.policies import Stages
-    from workflows.capability import Capability, ScheduleDecl, host_key
+    from workflows.capability import TENANT_PEOPLE, Capability, ScheduleDecl, host_key
     from workflows.usage import account, check_ai_budget, report_usage
 
 NAME = "presence-audit"
@@ -148,8 +148,8 @@ CAPABILITY = Capability(
     # One audit per site and day unless the caller names a key (runs in the API only).
     business_key=lambda inp: inp.audit_key or f"{host_key(inp.website_url)}-{date.today():%Y%m%d}",
     tenant_in_input=lambda inp: inp.tenant_id,
-    start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
-    cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    start_roles=TENANT_PEOPLE,
+    cancel_roles=TENANT_PEOPLE,
     summary="Audit a website and its social presence with a 4-agent crew; stores a typed report.",
     schedules=(
         ScheduleDecl(

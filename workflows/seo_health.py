@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.seo_scan import SEVERITIES, Issue, PageScan, Severity, TechnicalScan, technical_scan
     from workflows.seo_scan import normal_url as _normal
     from workflows.seo_scan import page_scan as _page
-    from workflows.capability import Capability, ScheduleDecl, host_key
+    from workflows.capability import TENANT_PEOPLE, Capability, ScheduleDecl, host_key
 
 NAME = "seo-health"
 AGENT = "seo-analyst"
@@ -339,8 +339,8 @@ CAPABILITY = Capability(
     # One run per site and day unless the caller names a key (schedules: weekly-{time}).
     business_key=lambda inp: inp.key or f"{host_key(inp.website_url)}-{date.today():%Y%m%d}",
     tenant_in_input=lambda inp: inp.tenant_id,
-    start_roles=frozenset({"super_admin", "admin", "partner", "client"}),
-    cancel_roles=frozenset({"super_admin", "admin", "partner", "client"}),
+    start_roles=TENANT_PEOPLE,
+    cancel_roles=TENANT_PEOPLE,
     summary="SEO Health Monitor: fetch the site, scan it technically, an agent analyses it; stores a report "
             "with the shift since the last run (score delta, issues new and resolved, pages changed).",
     schedules=(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         diff,
         signature_problem,
         signing_input,
+        undeclared_roles,
     )
     from core.activity import run_activity
     from core.names import (
@@ -77,8 +78,17 @@ NO_PAYLOAD = RawValue(Payload())  # a `decide` signal sent without input
 T = TypeVar("T")
 
 
+class UndeclaredRoles(Exception):
+    """An approval request names a role its capability's ``decide_roles`` leaves out."""
+
+
 class HumanDecisions:
     """Mixin for workflows that wait for people. Call ``HumanDecisions.__init__(self)``."""
+
+    # The roles that may decide this workflow's approvals: its capability's ``decide_roles``
+    # (workflows/capability.py sets it). A request naming any other role is a bug of the
+    # workflow: asking it fails the workflow task (retried until a fixed build is deployed).
+    decide_roles: ClassVar[frozenset[str] | None] = None
 
     def __init__(self) -> None:
         self._approval: OpenApproval | None = None
@@ -231,6 +241,10 @@ class HumanDecisions:
     async def ask(self, req: ApprovalRequest) -> ApprovalOutcome:
         """Open ``req``, wait for the decision (reminding, escalating, timing out as it says),
         audit every decision once, close it and return the outcome."""
+        undeclared = undeclared_roles(req, type(self).decide_roles)
+        if undeclared:
+            raise UndeclaredRoles(f"request {req.request_id!r} lets roles {undeclared} decide, which the "
+                                  f"capability does not declare in decide_roles {sorted(type(self).decide_roles or ())}")
         wf_id = workflow.info().workflow_id
         now = workflow.now()
         self._approval_proposal = dict(req.proposal)

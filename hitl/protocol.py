@@ -299,6 +299,15 @@ def action_id(workflow_id: str, request_id: str) -> str:
     return f"{workflow_id}{ACTION_SEPARATOR}{request_id}"
 
 
+def undeclared_roles(req: ApprovalRequest, declared: frozenset[str] | None) -> list[str]:
+    """The roles ``req`` lets decide (at first or once escalated) that its capability does not
+    declare in ``decide_roles`` (``None``: the workflow declares no capability, nothing to check)."""
+    if declared is None:
+        return []
+    named = list(req.roles) + (list(req.escalate_to_roles) if req.timeout_action == "escalate" else [])
+    return sorted({r for r in named if r not in declared})
+
+
 def split_action_id(value: str) -> tuple[str, str]:
     """``(workflow_id, request_id)``; ValueError if it is not an action id."""
     wf_id, sep, request_id = value.rpartition(ACTION_SEPARATOR)

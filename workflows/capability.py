@@ -154,7 +154,8 @@ class Capability:
     # Roles that may cancel a run (in their tenant scope). Workflows holding money or promises
     # compensate when canceled (an order releases its payment).
     cancel_roles: frozenset[str] = ADMINS
-    # Roles that may decide its approvals (documentation and checks; the workflow's requests name them).
+    # Roles that may decide its approvals: every request the workflow asks (and its escalation)
+    # names roles from this set only; a request naming another fails when it is asked.
     decide_roles: frozenset[str] = frozenset()
     # A business key runs once: a closed workflow's id is not started again (409 / duplicate).
     id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.REJECT_DUPLICATE
@@ -189,6 +190,13 @@ class Capability:
             self.settings()
         except TypeError:
             raise ValueError(f"capability {self.name!r}: every setting needs a default") from None
+        # A workflow that asks people (hitl.approvals.HumanDecisions) takes its deciders from here.
+        if hasattr(self.workflow, "decide_roles"):
+            if not self.decide_roles:
+                raise ValueError(f"capability {self.name!r}: its workflow asks people; declare decide_roles")
+            self.workflow.decide_roles = frozenset(self.decide_roles)  # type: ignore[attr-defined]
+        elif self.decide_roles:
+            raise ValueError(f"capability {self.name!r}: decide_roles declared, but its workflow asks nobody")
         unknown = (self.admin_settings | self.unique_settings) - set(self.settings.__struct_fields__)
         if unknown:
             raise ValueError(f"capability {self.name!r}: settings have no fields {sorted(unknown)}")

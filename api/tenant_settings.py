@@ -30,16 +30,14 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
 
 from activities.tenants import InvalidSettings, decode_settings, stored_settings
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import ConflictError
-from api.workflows import StartResponse
+from api.workflows import StartResponse, start_change
 from core.names import SLUG_PATTERN, WORKFLOWS_QUEUE
-from workflows.capability import Capability, departures
+from workflows.capability import Capability, departures, platform_change
 from workflows.catalogue import CATALOGUE
-from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 from workflows.tenant_settings import NAME as CHANGE_NAME
 from workflows.tenant_settings import SettingsChange, TenantSettingsWorkflow
 
@@ -47,16 +45,9 @@ READ_ROLES = frozenset(ROLES)
 WRITE_ROLES = ADMIN_ROLES | {"partner", "client"}
 # The platform's own workflow behind PUT (no start route of its own): one change of a tenant's
 # settings of one capability at a time, started again for the next change.
-TENANT_SETTINGS = Capability(
-    name=CHANGE_NAME,
-    workflow=TenantSettingsWorkflow,
-    input_type=SettingsChange,
-    business_key=lambda change: change.capability,
-    tenant_in_input=lambda change: change.tenant_id,
-    start_roles=WRITE_ROLES,
-    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-    summary="Replace a tenant's settings of one capability and record the change in the audit log.",
-)
+TENANT_SETTINGS = platform_change(
+    CHANGE_NAME, TenantSettingsWorkflow, SettingsChange, WRITE_ROLES,
+    "Replace a tenant's settings of one capability and record the change in the audit log.")
 _TENANT_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
 
 
@@ -114,13 +105,7 @@ def _putter(cap: Capability):  # noqa: ANN202 - a route handler per capability
                 raise ConflictError(f"{field}: {value!r} belongs to another tenant", code="setting_taken")
         change = SettingsChange(tenant_id=tenant_id, capability=cap.name, settings=wanted,
                                 requested_by=principal.sub)
-        try:
-            handle = await start_capability(temporal, CapabilityStart.of(TENANT_SETTINGS, change, tenant_id),
-                                            task_queue=settings_task_queue)
-        except AlreadyStarted as exc:
-            raise ConflictError(f"a change of {cap.name} settings for {tenant_id!r} is in progress; try again",
-                                extra={"workflow_id": exc.workflow_id}) from None
-        return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
+        return await start_change(temporal, TENANT_SETTINGS, change, settings_task_queue)
 
     replace.__annotations__ = {
         "data": JSONBody[cap.settings], "request": Request, "temporal": NamedDependency[Client],

@@ -97,6 +97,19 @@ async def _start(temporal: Client, cap: Capability, inp: Any, principal: Princip
     return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
 
 
+async def start_change(temporal: Client, cap: Capability, change: Any, task_queue: str) -> StartResponse:
+    """Start a platform change workflow (``workflows.capability.platform_change``) for a change
+    the route has validated; 409 while a change of the same tenant and subject still runs."""
+    tenant_id = cap.tenant_in_input(change) if cap.tenant_in_input else None
+    assert tenant_id is not None, f"{cap.name} is not a platform change"
+    try:
+        handle = await start_capability(temporal, CapabilityStart.of(cap, change, tenant_id), task_queue=task_queue)
+    except AlreadyStarted as exc:
+        raise ConflictError(f"a change of {change.capability} for {tenant_id!r} is in progress; try again",
+                            extra={"workflow_id": exc.workflow_id}) from None
+    return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
+
+
 def _start_handler(cap: Capability, limiter: StartLimiter | None):  # noqa: ANN202 - a route handler per capability
     async def start(data: Any, request: Request, temporal: NamedDependency[Client],
                     idempotency_key: str | None = None) -> StartResponse:

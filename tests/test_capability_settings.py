@@ -59,7 +59,8 @@ def test_a_declaration_is_checked_when_the_module_loads() -> None:
         cap: float
 
     base: dict[str, Any] = dict(name="probe", workflow=orders.OrderProcessingWorkflow, input_type=orders.OrderInput,
-                                business_key=lambda inp: inp.order_key, start_roles=frozenset({"admin"}))
+                                business_key=lambda inp: inp.order_key, start_roles=frozenset({"admin"}),
+                                decide_roles=orders.CAPABILITY.decide_roles)
     with pytest.raises(ValueError, match="forbid_unknown_fields"):
         Capability(**base, settings=Loose)
     with pytest.raises(ValueError, match="every setting needs a default"):

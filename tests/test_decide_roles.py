@@ -61,6 +61,11 @@ def test_a_declaration_that_asks_nobody_or_names_no_deciders_is_refused() -> Non
         Capability(name="no-deciders", workflow=AskAdminsOnly, input_type=ApprovalRequest,
                    business_key=lambda r: r.request_id, start_roles=ADMINS)
 
+    with pytest.raises(ValueError, match="another capability"):
+        Capability(name="ask-clients", workflow=AskAdminsOnly, input_type=ApprovalRequest,
+                   business_key=lambda r: r.request_id, start_roles=ADMINS, decide_roles=frozenset({"client"}))
+    assert AskAdminsOnly.decide_roles == ADMINS
+
     class NobodyAsked:
         pass
 

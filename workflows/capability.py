@@ -191,15 +191,19 @@ class Capability:
         except TypeError:
             raise ValueError(f"capability {self.name!r}: every setting needs a default") from None
         # A workflow that asks people (hitl.approvals.HumanDecisions) takes its deciders from here.
-        if hasattr(self.workflow, "decide_roles"):
-            if not self.decide_roles:
-                raise ValueError(f"capability {self.name!r}: its workflow asks people; declare decide_roles")
-            self.workflow.decide_roles = frozenset(self.decide_roles)  # type: ignore[attr-defined]
-        elif self.decide_roles:
+        asks_people = hasattr(self.workflow, "decide_roles")
+        if asks_people and not self.decide_roles:
+            raise ValueError(f"capability {self.name!r}: its workflow asks people; declare decide_roles")
+        if not asks_people and self.decide_roles:
             raise ValueError(f"capability {self.name!r}: decide_roles declared, but its workflow asks nobody")
+        if asks_people and self.workflow.decide_roles not in (None, self.decide_roles):  # type: ignore[attr-defined]
+            raise ValueError(f"capability {self.name!r}: {self.workflow.__name__} is declared by another "
+                             "capability with other decide_roles")
         unknown = (self.admin_settings | self.unique_settings) - set(self.settings.__struct_fields__)
         if unknown:
             raise ValueError(f"capability {self.name!r}: settings have no fields {sorted(unknown)}")
+        if asks_people:  # declared and checked: hand the deciders to the workflow
+            self.workflow.decide_roles = frozenset(self.decide_roles)  # type: ignore[attr-defined]
 
     @property
     def run(self) -> Callable[..., Any]:
@@ -209,6 +213,20 @@ class Capability:
     def settings_of(self) -> SettingsOf[Any]:
         """Its settings as the activities that apply them read them (given by the worker)."""
         return SettingsOf(self.name, self.settings)
+
+
+def platform_change(name: str, workflow: type, input_type: type, start_roles: frozenset[str],
+                    summary: str) -> Capability:
+    """The platform's own workflow behind a change of a tenant's configuration (its settings of a
+    capability, a scheduled capability turned on or off). The input names ``tenant_id`` and the
+    ``capability`` it changes; one change per tenant and capability runs at a time (the id
+    ``{tenant}:{name}:{capability}``), and the next change reuses the id once it closed. Not in
+    the catalogue: the API route that validates the change starts it (``api.workflows.start_change``)."""
+    return Capability(name=name, workflow=workflow, input_type=input_type,
+                      business_key=lambda change: change.capability,
+                      tenant_in_input=lambda change: change.tenant_id,
+                      start_roles=start_roles, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                      summary=summary)
 
 
 def host_key(url: str) -> str:

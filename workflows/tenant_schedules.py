@@ -21,9 +21,9 @@ with workflow.unsafe.imports_passed_through():
         ScheduleChange,
         SetCapability,
     )
-    from activities.tenants import AuditActivities, AuditEntry
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
+    from workflows.changes import audit_change
     from workflows.presence_audit import URL_PATTERN
 
 CAPABILITY = "tenant-capabilities"
@@ -61,13 +61,9 @@ class TenantCapabilitiesWorkflow:
         )
         report = await run_activity(ScheduleActivities.apply_tenant, ApplyTenantSchedules(tenant_id=change.tenant_id))
         action = "tenant.capability_enabled" if record.enabled else "tenant.capability_disabled"
-        receipt = await run_activity(
-            AuditActivities.write,
-            # The id is reused by later changes of the same capability: the run id keeps keys apart.
-            AuditEntry(idempotency_key=f"{info.workflow_id}:{info.run_id}:{action}", tenant_id=change.tenant_id,
-                       actor=change.requested_by, action=action, workflow_id=info.workflow_id,
-                       details={"capability": change.capability,
-                                "schedules": {c.schedule_id: c.change for c in report.changes}}),
+        receipt = await audit_change(
+            change.tenant_id, change.requested_by, action,
+            {"capability": change.capability, "schedules": {c.schedule_id: c.change for c in report.changes}},
             retry_policy=TENANT_DB_RETRY,  # as every step of this workflow: an unknown tenant is final
         )
         return CapabilityChangeResult(tenant_id=change.tenant_id, capability=change.capability,

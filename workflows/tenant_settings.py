@@ -15,9 +15,10 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     import msgspec  # not re-imported into the workflow sandbox on every run
-    from activities.tenants import AuditActivities, AuditEntry, PutSettings, TenantActivities
+    from activities.tenants import PutSettings, TenantActivities
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
+    from workflows.changes import audit_change
 
 NAME = "tenant-settings"
 ACTION = "tenant.settings_changed"
@@ -54,12 +55,7 @@ class TenantSettingsWorkflow:
         changed = {k: {"from": written.before.get(k), "to": written.after.get(k)}
                    for k in sorted({*written.before, *written.after})
                    if written.before.get(k) != written.after.get(k)}
-        receipt = await run_activity(
-            AuditActivities.write,
-            # The id is reused by later changes of the same capability: the run id keeps keys apart.
-            AuditEntry(idempotency_key=f"{info.workflow_id}:{info.run_id}:{ACTION}", tenant_id=change.tenant_id,
-                       actor=change.requested_by, action=ACTION, workflow_id=info.workflow_id,
-                       details={"capability": change.capability, "changed": changed}),
-        )
+        receipt = await audit_change(change.tenant_id, change.requested_by, ACTION,
+                                     {"capability": change.capability, "changed": changed})
         return SettingsChangeResult(tenant_id=change.tenant_id, capability=change.capability,
                                     settings=written.after, changed=changed, audit_id=receipt.audit_id)

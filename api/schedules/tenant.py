@@ -19,33 +19,24 @@ from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
 
 from api.auth import Principal
 from api.errors import ConflictError
 from api.schedules.common import WRITE_ROLES, NoteBody, bad, tenant_in_scope
-from api.workflows import StartResponse
+from api.workflows import StartResponse, start_change
 from core.names import SLUG_PATTERN, TENANT_ID
 from schedules.catalogue import schedule_id, scheduled_capabilities, tenant_schedules
 from schedules.reconciler import describe_or_none, is_owned, listed_owned_ids
-from workflows.catalogue import Capability
+from workflows.capability import platform_change
 from workflows.presence_audit import URL_PATTERN
-from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 from workflows.tenant_schedules import CAPABILITY as CHANGE_CAPABILITY
 from workflows.tenant_schedules import CapabilityChange, TenantCapabilitiesWorkflow
 
 # The platform's own workflow behind enable / disable (no start route of its own): one change
 # of a tenant's capability at a time, started again for the next change.
-TENANT_CAPABILITIES = Capability(
-    name=CHANGE_CAPABILITY,
-    workflow=TenantCapabilitiesWorkflow,
-    input_type=CapabilityChange,
-    business_key=lambda change: change.capability,
-    tenant_in_input=lambda change: change.tenant_id,
-    start_roles=WRITE_ROLES,
-    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-    summary="Enable or disable a tenant's scheduled capability and apply its schedules.",
-)
+TENANT_CAPABILITIES = platform_change(
+    CHANGE_CAPABILITY, TenantCapabilitiesWorkflow, CapabilityChange, WRITE_ROLES,
+    "Enable or disable a tenant's scheduled capability and apply its schedules.")
 _TENANT_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
 _CAPABILITY = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
 
@@ -95,13 +86,7 @@ async def _change_capability(
                     raise bad(field, f"{capability} needs {field}")
     change = CapabilityChange(tenant_id=tenant_id, capability=capability, enabled=enabled,
                               website_url=website_url, requested_by=principal.sub)
-    try:
-        handle = await start_capability(temporal, CapabilityStart.of(TENANT_CAPABILITIES, change, tenant_id),
-                                        task_queue=task_queue)
-    except AlreadyStarted as exc:
-        raise ConflictError(f"a change of {capability} for {tenant_id!r} is in progress; try again",
-                            extra={"workflow_id": exc.workflow_id}) from None
-    return StartResponse(workflow_id=handle.id, run_id=handle.result_run_id or "")
+    return await start_change(temporal, TENANT_CAPABILITIES, change, task_queue)
 
 
 class TenantSchedulesController(Controller):

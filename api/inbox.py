@@ -105,18 +105,18 @@ async def settle(pool: asyncpg.Pool, row_id: int, outcome: Outcome, *, workflow_
                  run_id: str | None = None) -> None:
     """What became of the delivery.
 
-    Committed without waiting for the disk (``synchronous_commit = off`` for this transaction
-    only): the claim before it was durable, and an outcome lost to a Postgres crash leaves the
-    row ``received``, which the sender's retry takes over a minute later and settles again (its
-    start finds the workflow: ``duplicate``). The delivery is answered one disk flush sooner."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL synchronous_commit = off")
-        await conn.execute(
-            """UPDATE webhook_inbox SET outcome = $2, workflow_id = coalesce($3, workflow_id), run_id = $4,
-                                        updated_at = now()
-               WHERE id = $1""",
-            row_id, outcome, workflow_id, run_id,
-        )
+    Committed without waiting for the disk (``synchronous_commit`` off for this statement's own
+    transaction only, set by ``set_config(..., true)`` inside it: one round trip): the claim
+    before it was durable, and an outcome lost to a Postgres crash leaves the row ``received``,
+    which the sender's retry takes over a minute later and settles again (its start finds the
+    workflow: ``duplicate``). The delivery is answered one disk flush sooner."""
+    await pool.execute(
+        """UPDATE webhook_inbox SET outcome = $2, workflow_id = coalesce($3, workflow_id), run_id = $4,
+                                    updated_at = now()
+           FROM (SELECT set_config('synchronous_commit', 'off', true)) AS this_commit_only
+           WHERE id = $1""",
+        row_id, outcome, workflow_id, run_id,
+    )
 
 
 async def prune(pool: asyncpg.Pool, retention: timedelta) -> int:

@@ -65,8 +65,14 @@ def period(since: datetime | None, until: datetime | None, *, default: timedelta
            ) -> tuple[datetime, datetime]:
     """``[since, until)`` in UTC: until defaults to now, since to ``default`` before until; 400
     naming ``since`` when it is not before ``until``, or when the period is over ``longest``."""
-    end = _utc(until) if until is not None else datetime.now(timezone.utc)
-    start = _utc(since) if since is not None else end - default
+    try:
+        end = _utc(until) if until is not None else datetime.now(timezone.utc)
+    except OverflowError:
+        raise invalid("until", "out of range") from None
+    try:
+        start = _utc(since) if since is not None else end - default
+    except OverflowError:
+        raise invalid("since" if since is not None else "until", "out of range") from None
     if start >= end:
         raise invalid("since", "must be before until")
     if longest is not None and end - start > longest:

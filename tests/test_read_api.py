@@ -370,3 +370,13 @@ async def test_workflow_analytics_per_capability_per_day(
     r = await http.get("/v1/analytics/workflows", params={"since": "2020-01-01T00:00:00Z"}, headers=tokens.admin())
     assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "since"
     await client.get_workflow_handle(f"{tenant}:onboarding:open").terminate("test over")
+
+
+async def test_periods_at_the_edge_of_the_calendar_are_400_not_500(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    admin = tokens.admin()
+    for path in ("/v1/usage", "/v1/analytics/workflows", "/v1/reports", "/v1/audit-log"):
+        r = await http.get(path, params={"until": "0001-01-01T00:00:00Z"}, headers=admin)
+        assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "until", (path, r.text)
+        r = await http.get(path, params={"since": "2026-01-01T00:00:00-01:00", "until": "2026-01-01T00:00:00Z"},
+                           headers=admin)
+        assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "since", (path, r.text)

@@ -24,7 +24,8 @@ from activities.usage import RecordUsage, insert_usage
 from agents.types import AreaAudit, CrewReport, Finding
 from core.names import CAPABILITY, TENANT_ID, WORKFLOWS_QUEUE
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from tests.conftest import Tokens, assert_eventually, unique
+from tests.conftest import Tokens, assert_eventually, serve, unique
+from tests.support import Site
 from workflows.onboarding import OnboardingWorkflow
 from workflows.seo_health import SeoAnalysis, SeoHealthReport, Shift
 from workflows.seo_scan import Issue, PageScan, TechnicalScan
@@ -145,6 +146,60 @@ async def test_reports_list_filter_page_read_and_compare(http: httpx.AsyncClient
     # Two kinds do not compare: 400 naming the parameter.
     r = await http.get(f"/v1/reports/{first}/compare/{audit}", headers=me)
     assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "other_id"
+
+
+
+def _page(title: str, description: str | None, links: list[str]) -> str:
+    meta = f'<meta name="description" content="{description}">' if description else ""
+    words = " ".join(["Fresh bread baked by hand every morning for the whole neighbourhood."] * 12)
+    anchors = " ".join(f'<a href="{href}">{href}</a>' for href in links)
+    return f"<html><head><title>{title}</title>{meta}</head><body><h1>{title}</h1><p>{words}</p>{anchors}</body></html>"
+
+
+async def test_comparing_two_real_seo_scans_gives_the_monitors_own_shift(
+    http: httpx.AsyncClient, tokens: Tokens,
+) -> None:
+    """Two SEO Health Monitor runs on the real platform; the API's comparison of their reports
+    names the same changes as the second run's own shift."""
+    tenant = unique("bakery")
+    owner = tokens.client(tenant)
+    site = Site()
+    about = "Sourdough and rye baked daily in Springfield since 1998."
+    async with serve(site) as url:
+        results = []
+        for week, pages in (("w1", {"/": (200, _page("Bakery", about, ["/bread"])),
+                                    "/bread": (200, _page("Bread", None, ["/"]))}),
+                            ("w2", {"/": (200, _page("Bakery", about, ["/bread", "/cakes"])),
+                                    "/bread": (200, _page("Bread", about, ["/"])),
+                                    "/cakes": (200, _page("Cakes", about, ["/gone"]))})):
+            site.pages = pages
+            r = await http.post("/v1/workflows/seo-health", headers=owner,
+                                json={"tenant_id": tenant, "website_url": url, "key": week})
+            assert r.status_code == 202, r.text
+
+            async def done(wf_id: str = r.json()["workflow_id"]) -> dict:
+                view = (await http.get(f"/v1/workflows/{wf_id}", headers=owner)).json()
+                assert view["status"] == "COMPLETED", view
+                return view["result"]
+
+            results.append(await assert_eventually(done, timeout=60, interval=0.2))
+    first, second = results
+    listed = (await http.get("/v1/reports", params={"kind": "seo-health"}, headers=owner)).json()["items"]
+    assert [i["id"] for i in listed] == [second["report_id"], first["report_id"]]
+
+    r = await http.get(f"/v1/reports/{first['report_id']}/compare/{second['report_id']}", headers=owner)
+    assert r.status_code == 200, r.text
+    cmp, shift = r.json(), second["shift"]
+    assert cmp["findings_compared"] and cmp["same_subject"]
+    assert [f["id"] for f in cmp["new_findings"]] == [i["id"] for i in shift["new_issues"]]
+    assert [f["id"] for f in cmp["resolved_findings"]] == [i["id"] for i in shift["resolved_issues"]] \
+        == ["missing-meta-description:/bread"]
+    assert cmp["page_changes"] == shift["page_changes"]
+    assert {c["path"]: c["change"] for c in cmp["page_changes"]}["/cakes"] == "added"
+    scores = {s["name"]: s for s in cmp["scores"]}
+    assert cmp["score_delta"] == shift["score_delta"]
+    assert scores["score"]["after"] == second["score"] and scores["score"]["before"] == first["score"]
+    assert scores.get("technical_score", {"delta": 0})["delta"] == shift["technical_score_delta"]
 
 
 async def test_report_filters_bad_values_are_400_naming_the_parameter(http: httpx.AsyncClient, tokens: Tokens) -> None:

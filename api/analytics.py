@@ -12,7 +12,8 @@ miss exactly the failures). The walk is bounded: one visibility query per call, 
 The dev server's visibility is SQLite: the bound keeps a call to a few visibility pages.
 
 Buckets: a run counts as started on the day of its StartTime, and as completed/failed/... on
-the day of its CloseTime; ``running`` counts the runs started that day that are still open.
+the day of its CloseTime; ``running`` counts the runs started that day that are still open. Child
+workflows (agent loops) are steps of a run, not runs: they are left out.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ _CLOSED = {
 
 class DayStats(msgspec.Struct, frozen=True, kw_only=True):
     day: date  # UTC
-    capability: str | None  # None: a run without the capability search attribute
+    capability: str | None  # None: a run started without the BizCapability search attribute
     started: int
     running: int  # of those started this day, still open
     completed: int
@@ -82,11 +83,7 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 def _capability(wf: WorkflowExecution) -> str | None:
-    value = wf.typed_search_attributes.get(CAPABILITY)
-    if value:
-        return value
-    parts = wf.id.split(":")
-    return parts[1] if len(parts) >= 3 else None
+    return wf.typed_search_attributes.get(CAPABILITY) or None
 
 
 def aggregate(runs: list[WorkflowExecution], start: datetime, end: datetime) -> list[DayStats]:
@@ -138,7 +135,9 @@ class AnalyticsController(Controller):
         if scope == "":
             return WorkflowAnalytics(since=start, until=end, scanned=0, truncated=False, days=[])
         a, b = timestamp(start), timestamp(end)
-        clauses = [f"(StartTime >= {a} AND StartTime < {b}) OR (CloseTime >= {a} AND CloseTime < {b})"]
+        clauses = [f"(StartTime >= {a} AND StartTime < {b}) OR (CloseTime >= {a} AND CloseTime < {b})",
+                   # A capability's runs, not the children they start (agent loops): those are steps.
+                   "ParentWorkflowId IS NULL"]
         if scope:
             clauses.append(scope)
         if capability:

@@ -163,6 +163,7 @@ async def test_comparing_two_real_seo_scans_gives_the_monitors_own_shift(
     names the same changes as the second run's own shift."""
     tenant = unique("bakery")
     owner = tokens.client(tenant)
+    began = datetime.now(timezone.utc).isoformat()
     site = Site()
     about = "Sourdough and rye baked daily in Springfield since 1998."
     async with serve(site) as url:
@@ -200,6 +201,21 @@ async def test_comparing_two_real_seo_scans_gives_the_monitors_own_shift(
     assert cmp["score_delta"] == shift["score_delta"]
     assert scores["score"]["after"] == second["score"] and scores["score"]["before"] == first["score"]
     assert scores.get("technical_score", {"delta": 0})["delta"] == shift["technical_score_delta"]
+
+    # Analytics count the two runs of the capability, not the agent loops they ran as children.
+    async def counted() -> None:
+        for who in (owner, tokens.admin()):
+            r = await http.get("/v1/analytics/workflows", params={"tenant_id": tenant}, headers=who)
+            assert [(d["capability"], d["started"], d["completed"]) for d in r.json()["days"]] == \
+                [("seo-health", 2, 2)], r.json()
+        # Staff across every tenant: the same two runs since this test began (children left out).
+        r = await http.get("/v1/analytics/workflows", params={"since": began, "capability": "seo-health"},
+                           headers=tokens.admin())
+        assert sum(d["started"] for d in r.json()["days"]) == 2, r.json()
+        r = await http.get("/v1/analytics/workflows", params={"since": began}, headers=tokens.admin())
+        assert sum(d["started"] for d in r.json()["days"]) == 2, r.json()
+
+    await assert_eventually(counted, timeout=20)
 
 
 async def test_report_filters_bad_values_are_400_naming_the_parameter(http: httpx.AsyncClient, tokens: Tokens) -> None:

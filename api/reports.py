@@ -26,7 +26,7 @@ from activities.reports import StoredReport
 from agents.types import CrewReport
 from api.auth import Principal
 from api.errors import invalid
-from api.paging import (DEFAULT_LIMIT, MAX_ID, NAME_PATTERN, Cursor, Limit, Since, Tenant, Until, Where,
+from api.paging import (DEFAULT_LIMIT, MAX_ID, Cursor, Limit, Since, Tenant, Until, Where,
                         encode_cursor, last_id, listing, period, tenant_scope)
 from core.names import SLUG_PATTERN
 from workflows.presence_audit import NAME as PRESENCE_AUDIT
@@ -34,7 +34,7 @@ from workflows.seo_health import NAME as SEO_HEALTH
 from workflows.seo_health import PageChange, SeoHealthReport, compute_shift
 
 _ID = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="A report's id")]
-LONGEST_PERIOD = timedelta(days=3660)
+ALL_TIME = timedelta(days=36600)  # `until` alone: everything before it
 
 
 class ReportSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -209,7 +209,7 @@ class ReportsController(Controller):
             return ReportPage(items=[])
         start, end = (None, None)
         if since is not None or until is not None:
-            start, end = period(since, until, default=LONGEST_PERIOD, longest=LONGEST_PERIOD)
+            start, end = period(since, until, default=ALL_TIME)
         name = listing("reports", request.user, tenants, kind=kind, capability=capability, subject=subject,
                        since=since, until=until)
         where = Where()

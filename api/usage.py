@@ -28,7 +28,6 @@ from api.paging import (DEFAULT_LIMIT, NAME_PATTERN, Cursor, Limit, Since, Tenan
 from core.names import SLUG_PATTERN
 
 Dimension = Literal["tenant", "capability", "agent", "model"]
-DIMENSIONS: tuple[Dimension, ...] = ("tenant", "capability", "agent", "model")
 DEFAULT_PERIOD = timedelta(days=30)
 LONGEST_PERIOD = timedelta(days=366)
 # Each dimension's SQL, never null (so groups order and page on plain text).

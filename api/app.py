@@ -21,6 +21,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from temporalio.client import Client
 
 from core.database import create_pool
+from api.analytics import analytics_router
+from api.audit import audit_router
 from api.auth import BearerAuthMiddleware, TokenVerifier
 from api.bodies import MAX_BODY_BYTES, ApiRequest
 from api.codec import codec_cors, codec_router
@@ -31,9 +33,11 @@ from api.mcp import mcp_router
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
 from api.ratelimit import StartLimiter
+from api.reports import reports_router
 from api.schedules import schedules_router
 from api.tenant_settings import settings_router
 from api.triggers import seed_triggers
+from api.usage import usage_router
 from api.visibility import cursor_key
 from api.webhooks import webhooks_router
 from api.workflows import workflows_router
@@ -87,7 +91,8 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
-                        webhooks_router(), codec_router(), settings_router()],
+                        webhooks_router(), codec_router(), settings_router(),
+                        reports_router(), audit_router(), usage_router(), analytics_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),

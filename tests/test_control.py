@@ -11,7 +11,10 @@ import asyncpg
 import httpx
 
 from sandboxes.lago import LagoState
+from temporalio.client import Client
+
 from tests.conftest import Tokens, assert_eventually, unique
+from tests.support import record_history
 from tests.test_campaign import finished, pending_action, start_campaign
 
 ADMIN = "admin@bizosaas"
@@ -35,7 +38,7 @@ async def audit(db: asyncpg.Pool, wf_id: str) -> list[tuple[str, str, str]]:
 
 
 async def test_a_paused_campaign_stops_at_its_next_step_and_completes_once_resumed(
-    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client
 ) -> None:
     tenant = unique("paused")
     wf_id = await start_campaign(http, tokens, tenant)
@@ -76,6 +79,8 @@ async def test_a_paused_campaign_stops_at_its_next_step_and_completes_once_resum
     assert {a["arguments"]["platform"] for a in await launched_ads(http, tokens, tenant, wf_id)} == {"google_ads", "meta_ads"}
     assert done["control"]["paused"] is False
     assert [(h["action"], h["by"]) for h in done["control"]["history"]] == [("pause", ADMIN), ("resume", ADMIN)]
+    # Its history (with the pause and the resume in it) is kept and replayed by tests/test_histories.py.
+    await record_history(client.get_workflow_handle(wf_id), "campaign-paused-and-resumed")
     assert await audit(db, wf_id) == [(ADMIN, "workflow.paused", "ad account under review"),
                                       (ADMIN, "workflow.resumed", "review passed")]
 

@@ -3,7 +3,9 @@
 - ``POST /v1/admin/workflows/{id}/pause`` and ``.../resume``: the workflow stops at its next
   step boundary and waits there until resumed (workflows/stages.py: the step under way — an
   activity, a child workflow, an approval — runs to its end). Every capability honours it; other
-  workflows (an agent loop, a tenant's settings change) answer 409.
+  workflows (an agent loop, a tenant's settings change) answer 409, as does pausing a paused
+  workflow or resuming one not paused (when its worker says so within two seconds; with no
+  worker up the signal is sent, and waits for one).
 - ``POST .../terminate``: ends a running workflow at once, with the reason in its history. No
   compensation runs (a cancel does that: ``POST /v1/workflows/{id}/cancel``).
 - ``POST .../retry``: a new run of the same workflow id, with the input of its last run (read
@@ -25,7 +27,9 @@ is written once the control was accepted by Temporal.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -41,15 +45,19 @@ from api.auth import Principal
 from api.errors import ConflictError, invalid
 from api.visibility import in_list, quote, tenant_clause
 from api.workflows import describe_in_scope
-from core.names import CAPABILITY, PAUSE_SIGNAL, RESUME_SIGNAL, SLUG_PATTERN, TENANT_ID
+from core.names import CAPABILITY, CONTROL_QUERY, PAUSE_SIGNAL, RESUME_SIGNAL, SLUG_PATTERN, TENANT_ID
 from workflows.capability import ADMINS
 from workflows.catalogue import CATALOGUE, Capability
-from workflows.stages import ControlRequest, Stages
+from workflows.stages import ControlRequest, ControlState, Stages
 from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
+
+log = logging.getLogger(__name__)
 
 Operation = Literal["pause", "resume", "terminate", "retry"]
 Status = Literal["running", "failed", "terminated", "canceled", "timed_out", "completed"]
 MAX_BULK = 100
+# How long a pause or resume waits for the workflow to say whether it is paused already.
+STATE_TIMEOUT = timedelta(seconds=2)
 
 _RETRYABLE = frozenset({WorkflowExecutionStatus.FAILED, WorkflowExecutionStatus.TERMINATED,
                         WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.TIMED_OUT})
@@ -181,6 +189,9 @@ async def control(temporal: Client, db: asyncpg.Pool, principal: Principal, wf_i
         cap = _capability(desc)
         if cap is None or not issubclass(cap.workflow, Stages):
             raise ConflictError(f"workflow {wf_id!r} does not pause (only capabilities' workflows do)")
+        state = await _control_state(handle)
+        if state is not None and state.paused == (op == "pause"):
+            raise ConflictError(f"workflow {wf_id!r} is {'already' if state.paused else 'not'} paused")
         await handle.signal(PAUSE_SIGNAL if op == "pause" else RESUME_SIGNAL,
                             ControlRequest(by=principal.sub, reason=reason))
     elif op == "terminate":
@@ -196,6 +207,16 @@ async def control(temporal: Client, db: asyncpg.Pool, principal: Principal, wf_i
     audit_id = await _audit(db, principal.sub, tenant or "platform", _AUDIT_ACTION[op], wf_id, details)
     return ControlAnswer(workflow_id=wf_id, operation=op, tenant_id=tenant, run_id=run_id,
                          previous_run_id=previous, audit_id=audit_id)
+
+
+async def _control_state(handle: Any) -> ControlState | None:
+    """The workflow's control state, or None when no worker answers soon (the signal is sent
+    all the same: it takes effect when a worker picks the workflow up)."""
+    try:
+        return await handle.query(CONTROL_QUERY, result_type=ControlState, rpc_timeout=STATE_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - no worker, or a run from before workflow control
+        log.info("no control state for %s: %s", handle.id, exc)
+        return None
 
 
 def _bulk_query(principal: Principal, body: BulkBody) -> str:

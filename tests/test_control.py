@@ -57,6 +57,8 @@ async def test_a_paused_campaign_stops_at_its_next_step_and_completes_once_resum
 
     control = await assert_eventually(paused)
     assert control["stage"] == "awaiting_client_approval" and not control["waiting"]
+    r = await http.post(f"/v1/admin/workflows/{wf_id}/pause", json={"reason": "twice"}, headers=tokens.admin())
+    assert r.status_code == 409 and "already paused" in r.json()["detail"], r.text
 
     r = await http.post(f"/v1/pending-actions/{action['action_id']}/decision", json={"decision": "approve"},
                         headers=tokens.client(tenant))
@@ -198,6 +200,9 @@ async def test_bulk_pause_lists_first_then_acts_within_its_filters(
         assert (await view(http, tokens, wf_id))["control"]["paused"] is True
         assert await audit(db, wf_id) == [(ADMIN, "workflow.paused", "tenant asked to hold everything")]
     assert (await view(http, tokens, theirs))["control"]["paused"] is False  # another tenant: untouched
+    again = (await http.post("/v1/admin/workflows/bulk", json={**request, "dry_run": False}, headers=tokens.admin())).json()
+    assert (again["done"], again["skipped"]) == (0, 3) and {i["detail"] for i in again["items"]} == {
+        f"workflow {w!r} is already paused" for w in mine}
 
     # Clean up: terminate them all in bulk (capped by limit), audited each.
     r = await http.post("/v1/admin/workflows/bulk", json={"operation": "terminate", "reason": "test over",

@@ -1,7 +1,7 @@
 """Workflow control for admins over real HTTP, real workers, the dev server and Postgres: pause a
 campaign and see it stop at its next step boundary, resume it, terminate one with a reason, retry
-a failed onboarding, and bulk-pause a tenant's campaigns after a dry run. Each control is in the
-audit log with its admin and reason."""
+a failed onboarding, bulk-pause a tenant's campaigns after a dry run, and pause an onboarding
+while no worker runs it. Each control is in the audit log with its admin and reason."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from typing import Any
 
 import asyncpg
 import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
 
 from sandboxes.lago import LagoState
-from temporalio.client import Client
-
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.support import record_history
 from tests.test_campaign import finished, pending_action, start_campaign
+from tests.test_onboarding import _worker as onboarding_worker
+from workflows.onboarding import CAPABILITY as ONBOARDING, OnboardingInput, OnboardingWorkflow
+from workflows.starting import CapabilityStart, start_capability
 
 ADMIN = "admin@bizosaas"
 
@@ -214,3 +217,29 @@ async def test_bulk_pause_lists_first_then_acts_within_its_filters(
     for wf_id in [*(mine - terminated), theirs]:
         r = await http.post(f"/v1/admin/workflows/{wf_id}/terminate", json={"reason": "test over"}, headers=tokens.admin())
         assert r.status_code == 200, r.text
+
+
+async def test_a_pause_sent_while_no_worker_runs_stops_the_onboarding_before_its_first_step(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, task_queue: str,
+    platform_worker: list[Worker],
+) -> None:
+    """The pause is a signal: it waits in history for a worker, and the onboarding that worker
+    then runs stops at its first boundary (no tenant row) until resumed."""
+    tenant = unique("held")
+    inp = OnboardingInput(tenant_id=tenant, name="Held Ltd", owner_email=f"owner@{tenant}.example")
+    handle = await start_capability(client, CapabilityStart.of(ONBOARDING, inp, tenant), task_queue=task_queue)
+    r = await http.post(f"/v1/admin/workflows/{handle.id}/pause", json={"reason": "KYC pending"}, headers=tokens.admin())
+    assert r.status_code == 200, r.text
+
+    async with onboarding_worker(client, db, task_queue):
+        async def waiting() -> None:
+            state = await handle.query(OnboardingWorkflow.control)
+            assert state.paused and state.waiting and state.stage == "creating_tenant", state
+
+        await assert_eventually(waiting, timeout=20)
+        assert await db.fetchval("SELECT count(*) FROM tenants WHERE id = $1", tenant) == 0
+        r = await http.post(f"/v1/admin/workflows/{handle.id}/resume", json={"reason": "KYC done"}, headers=tokens.admin())
+        assert r.status_code == 200, r.text
+        result = await handle.result()
+    assert result.status == "active"
+    assert await audit(db, handle.id) == [(ADMIN, "workflow.paused", "KYC pending"), (ADMIN, "workflow.resumed", "KYC done")]

@@ -26,6 +26,7 @@ from api.audit import audit_router
 from api.auth import BearerAuthMiddleware, TokenVerifier
 from api.bodies import MAX_BODY_BYTES, ApiRequest
 from api.codec import codec_cors, codec_router
+from api.control import AdminWorkflowController
 from api.errors import EXCEPTION_HANDLERS, document_errors
 from api.health import health
 from api.inbox import prune_forever
@@ -92,7 +93,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
                         webhooks_router(), codec_router(), settings_router(),
-                        reports_router(), audit_router(), usage_router(), analytics_router()],
+                        reports_router(), audit_router(), usage_router(), analytics_router(),
+                        AdminWorkflowController],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),

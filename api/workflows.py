@@ -21,7 +21,8 @@ from api.errors import ConflictError
 from api.ratelimit import StartLimiter
 from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause
 from workflows.catalogue import CATALOGUE, Capability
-from core.names import CAPABILITY, PENDING_APPROVAL, PROGRESS_QUERY, SLUG_PATTERN, TENANT_ID
+from core.names import CAPABILITY, CONTROL_QUERY, PENDING_APPROVAL, PROGRESS_QUERY, SLUG_PATTERN, TENANT_ID
+from workflows.stages import ControlState, Stages
 from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 
 
@@ -47,6 +48,9 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
     close_time: datetime | None
     # The workflow's own `progress` query, as it answers it (stage, steps, ...).
     progress: Any = None
+    # Workflow control (capabilities' workflows): paused or not, by whom and why, whether it has
+    # stopped at a step boundary yet, and every pause and resume (workflows/stages.py).
+    control: ControlState | None = None
     result: Any = None
     failure: str | None = None
 
@@ -199,12 +203,18 @@ class WorkflowController(Controller):
         self, request: Request, temporal: NamedDependency[Client], workflow_id: Annotated[str, PathParameter(max_length=400)]
     ) -> WorkflowView:
         handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
-        progress = result = failure = None
+        progress = result = failure = control = None
         try:
             progress = await handle.query(PROGRESS_QUERY, result_type=Any, rpc_timeout=QUERY_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - a workflow without the query, or no worker to answer
             log.info("no progress for %s: %s", workflow_id, exc)
             progress = None
+        capability = CATALOGUE.get(desc.typed_search_attributes.get(CAPABILITY) or "")
+        if progress is not None and capability is not None and issubclass(capability.workflow, Stages):
+            try:
+                control = await handle.query(CONTROL_QUERY, result_type=ControlState, rpc_timeout=QUERY_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - a run from before workflow control
+                log.info("no control state for %s: %s", workflow_id, exc)
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             result = await handle.result()
         elif desc.status == WorkflowExecutionStatus.FAILED:
@@ -221,6 +231,7 @@ class WorkflowController(Controller):
             start_time=desc.start_time,
             close_time=desc.close_time,
             progress=progress,
+            control=control,
             result=result,
             failure=failure,
         )

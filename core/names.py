@@ -34,6 +34,11 @@ SEARCH_ATTRIBUTES = (
 # The query every capability's workflow answers with its progress (stage, steps, ...). Read by
 # name, not by reference: the API reads it from any workflow, whatever its class.
 PROGRESS_QUERY = "progress"
+# Workflow control (workflows/stages.py): every capability's workflow takes these signals and
+# answers this query, whatever its class.
+PAUSE_SIGNAL = "pause"
+RESUME_SIGNAL = "resume"
+CONTROL_QUERY = "control"
 
 # A tenant id or business key: lower-case slug, no ':' (the id separator).
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"

@@ -1,11 +1,10 @@
-"""Timeouts and retry policies, named per kind of dependency, shared by every workflow; and the
-stage bookkeeping behind each workflow's ``progress`` query."""
+"""Timeouts and retry policies, named per kind of dependency, shared by every workflow (the
+stage bookkeeping behind each workflow's ``progress`` query is workflows/stages.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from core.activity import ActivityPolicy
@@ -26,18 +25,3 @@ CREW_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts
 DB = ActivityPolicy(start_to_close=DB_TIMEOUT, retry=DB_RETRY)
 BILLING = ActivityPolicy(start_to_close=BILLING_TIMEOUT, retry=BILLING_RETRY)
 CREW = ActivityPolicy(start_to_close=CREW_TIMEOUT, heartbeat=CREW_HEARTBEAT, retry=CREW_RETRY)
-
-
-class Stages:
-    """Where a workflow is (``_stage``), the steps it has done, and when that last changed."""
-
-    def __init__(self) -> None:
-        self._stage = "started"
-        self._steps: list[str] = []
-        self._updated_at: datetime | None = None
-
-    def _enter(self, stage: str, done: str | None = None) -> None:
-        if done:
-            self._steps.append(done)
-        self._stage = stage
-        self._updated_at = workflow.now()

@@ -171,3 +171,17 @@ def test_an_activity_class_must_say_where_it_runs() -> None:
     with pytest.raises(TypeError, match="task_queue must be one of"):
         type("Nowhere", (Activities,), {})
     assert activity_class(StripeActivities.capture) is StripeActivities
+
+
+def test_every_capability_pauses_at_its_step_boundaries() -> None:
+    """Workflow control: every capability's workflow takes ``pause``/``resume`` and marks its
+    step boundaries with ``await self.stage(...)`` (workflows/stages.py), so an admin's pause
+    stops each of them at its next boundary."""
+    from workflows.stages import Stages
+
+    for cap in CATALOGUE.values():
+        assert issubclass(cap.workflow, Stages), f"{cap.name}: its workflow must inherit workflows.stages.Stages"
+        source = Path(importlib.import_module(cap.workflow.__module__).__file__ or "").read_text()
+        assert "await self.stage(" in source, f"{cap.name}: no step boundary (await self.stage(...))"
+        defn = getattr(cap.workflow, "__temporal_workflow_definition")
+        assert {"pause", "resume"} <= set(defn.signals) and "control" in defn.queries, cap.name

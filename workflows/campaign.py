@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.agent_loop import AgentLoopInput, run_agent
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
-    from core.policies import Stages
+    from workflows.stages import Stages
     from workflows.capability import TENANT_PEOPLE, Capability
     from workflows.usage import account, check_ai_budget, report_usage
 
@@ -167,7 +167,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
         try:
             result = await self._run(inp)
             # Whatever the outcome, the LLM calls it made are billed (Lago: one event per call).
-            self._enter("reporting_usage", result.status)
+            await self.stage("reporting_usage", result.status)
             await report_usage(inp.tenant_id, self._usage_ids)
             self._enter("completed", "usage_reported")
         except asyncio.CancelledError:
@@ -193,10 +193,10 @@ class CampaignWorkflow(HumanDecisions, Stages):
     async def _run(self, inp: CampaignInput) -> CampaignResult:
         channels = _channels(inp)
         calls = 0
-        self._enter("checking_budget")
+        await self.stage("checking_budget")
         await check_ai_budget(inp.tenant_id)
 
-        self._enter("planning_strategy", "budget_checked")
+        await self.stage("planning_strategy", "budget_checked")
         strategy = await run_agent(AgentLoopInput(
             tenant_id=inp.tenant_id, agent="campaign-strategist", output_schema=STRATEGY_SCHEMA, max_turns=3,
             system_prompt="You are a marketing strategist for small businesses.",
@@ -212,7 +212,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
         budget = inp.budget_usd
         while True:
             self._round += 1
-            self._enter("writing_creative", "strategy_planned" if self._round == 1 else "changes_requested")
+            await self.stage("writing_creative", "strategy_planned" if self._round == 1 else "changes_requested")
             creative: CreativeOutcome = await run_activity(
                 AgentActivities.campaign_creative_crew,
                 CreativeRequest(tenant_id=inp.tenant_id, workflow_id=workflow.info().workflow_id, goal=inp.goal,
@@ -223,7 +223,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
             calls += len(creative.calls)
             offline = offline or creative.offline
 
-            self._enter("awaiting_client_approval", "creative_written")
+            await self.stage("awaiting_client_approval", "creative_written")
             proposal = {"budget_usd": budget, "duration_days": inp.duration_days, "objective": inp.objective,
                         "ads": {c: msgspec.to_builtins(creative.ads[c]) for c in channels},
                         "strategy": strategy.final, "summary": creative.summary}
@@ -252,7 +252,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
 
         policy = await run_activity(ApprovalActivities.tenant_policy, TenantPolicyRequest(tenant_id=inp.tenant_id))
         if budget > policy.campaign_budget_cap_usd:
-            self._enter("awaiting_budget_approval")
+            await self.stage("awaiting_budget_approval")
             override = await self.ask(ApprovalRequest(
                 request_id="budget-override", kind="campaign.budget_override",
                 title=f"Budget ${budget:,.2f} of campaign {inp.campaign_key} is above the tenant's cap",
@@ -268,7 +268,7 @@ class CampaignWorkflow(HumanDecisions, Stages):
                 return self._result(inp, "budget_rejected", offline, budget, decisions, calls)
             self._steps.append("budget_approved")
 
-        self._enter("launching")
+        await self.stage("launching")
         launched = await self._launch(inp, channels, approved["ads"], budget)
         return self._result(inp, "launched", offline, budget, decisions, calls, launched=launched,
                             ads=approved["ads"])

@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, DecisionRecord
     from core.activity import run_activity
     from core.names import APPROVAL_AUDIENCE, APPROVAL_DUE_AT, APPROVAL_ROLE, PENDING_APPROVAL, SLUG_PATTERN
-    from core.policies import Stages
+    from workflows.stages import Stages
     from workflows.capability import Capability, Event, InvalidEvent, Trigger
 
 NAME = "dunning"
@@ -205,7 +205,7 @@ class DunningWorkflow(HumanDecisions, Stages):
         anchor = inp.failed_at if inp.failed_at is not None and inp.failed_at <= now else now
         email = inp.customer_email
         for n, offset in enumerate(inp.retry_schedule_seconds, 1):
-            self._enter("waiting_to_retry")
+            await self.stage("waiting_to_retry")
             self._next_retry_at = anchor + timedelta(seconds=offset)
             if await self._paid_before(self._next_retry_at):
                 return self._result(inp, "paid")
@@ -218,7 +218,7 @@ class DunningWorkflow(HumanDecisions, Stages):
 
         admin_retries = 0
         while True:
-            self._enter("awaiting_admin_decision")
+            await self.stage("awaiting_admin_decision")
             choices = [c for c in CHOICES if c != "retry" or admin_retries < inp.max_admin_retries]
             outcome = await self._ask_unless_paid(inp, choices)
             if outcome is None:
@@ -238,13 +238,13 @@ class DunningWorkflow(HumanDecisions, Stages):
                                        non_retryable=True)
             decider = outcome.decisions[-1].decided_by if outcome.decisions else "system"
             if choice == "suspend":
-                self._enter("suspending", "admin_decided")
+                await self.stage("suspending", "admin_decided")
                 await run_activity(
                     TenantActivities.set_status, SetTenantStatus(tenant_id=inp.tenant_id, status="suspended"),
                 )
                 await self._audit(inp, "dunning.suspended", decider)
                 return self._result(inp, "suspended")
-            self._enter("writing_off", "admin_decided")
+            await self.stage("writing_off", "admin_decided")
             await self._audit(inp, "dunning.written_off", decider)
             return self._result(inp, "written_off")
 
@@ -270,7 +270,7 @@ class DunningWorkflow(HumanDecisions, Stages):
     async def _retry(self, inp: DunningInput, by: str) -> InvoicePayment | None:
         """One collection attempt; None when Stripe refused it (recorded as a failed attempt)."""
         n = len(self._attempts) + 1
-        self._enter("retrying")
+        await self.stage("retrying")
         wf_id = workflow.info().workflow_id
         payment: InvoicePayment | None = None
         try:
@@ -292,7 +292,7 @@ class DunningWorkflow(HumanDecisions, Stages):
 
     async def _tell_customer(self, inp: DunningInput, email: str | None, *, final: bool) -> None:
         attempt = self._attempts[-1]
-        self._enter("notifying_customer")
+        await self.stage("notifying_customer")
         if not email:
             self._steps.append(f"attempt_{attempt.attempt}_no_email_address")
             return

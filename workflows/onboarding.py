@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.activity import run_activity
     from core.names import NEW_TENANT_PATTERN
-    from core.policies import Stages
+    from workflows.stages import Stages
     from workflows.capability import ADMINS, Capability, Event, InvalidEvent, Trigger
 
 NAME = "onboarding"
@@ -85,7 +85,7 @@ class OnboardingWorkflow(Stages):
         self._tenant_id = inp.tenant_id
         wf_id = workflow.info().workflow_id
         try:
-            self._enter("creating_tenant")
+            await self.stage("creating_tenant")
             tenant = await run_activity(
                 TenantActivities.create_tenant,
                 CreateTenant(
@@ -93,14 +93,14 @@ class OnboardingWorkflow(Stages):
                     owner_email=inp.owner_email, timezone=inp.timezone, workflow_id=wf_id,
                 ),
             )
-            self._enter("creating_billing_customers", "tenant_created")
+            await self.stage("creating_billing_customers", "tenant_created")
             billing = await self._billing_customers(inp, wf_id)
-            self._enter("activating", "billing_customers_created")
+            await self.stage("activating", "billing_customers_created")
             tenant = await run_activity(
                 TenantActivities.set_status,
                 SetTenantStatus(tenant_id=inp.tenant_id, status="active"),
             )
-            self._enter("recording_audit", "tenant_activated")
+            await self.stage("recording_audit", "tenant_activated")
             receipt = await run_activity(
                 AuditActivities.write,
                 AuditEntry(

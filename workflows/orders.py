@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.stripe import PAYMENT_INTENT, PaymentChange, PaymentOutcome, StripeActivities
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
-    from core.policies import Stages
+    from workflows.stages import Stages
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
@@ -214,7 +214,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             if result.status == "accepted":
                 result = await self._fulfil(inp, result)
             elif inp.payment_intent_id:
-                self._enter("releasing_payment", result.status)
+                await self.stage("releasing_payment", result.status)
                 result = msgspec.structs.replace(result, payment=await self._payment(inp, StripeActivities.release))
         except (asyncio.CancelledError, ActivityError, ChildWorkflowError) as exc:
             # Canceled (an admin, or the merchant), or a step failed for good (a tool down past
@@ -231,8 +231,11 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
         await workflow.wait_condition(workflow.all_handlers_finished)
         return msgspec.structs.replace(result, order_row_id=recorded.order_row_id)
 
-    async def _record_order(self, inp: OrderInput, result: OrderResult) -> Any:
-        self._enter("recording", result.status)
+    async def _record_order(self, inp: OrderInput, result: OrderResult, *, compensating: bool = False) -> Any:
+        if compensating:  # after a cancel or a failure: no waiting for a resume
+            self._enter("recording", result.status)
+        else:
+            await self.stage("recording", result.status)
         return await run_activity(
             OrderActivities.record,
             OrderRecord(workflow_id=workflow.info().workflow_id, tenant_id=inp.tenant_id, order_key=inp.order_key,
@@ -253,16 +256,16 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
         undone = OrderResult(tenant_id=inp.tenant_id, order_key=inp.order_key, status=status, total=inp.total,
                              currency=inp.currency, fraud_score=self._score or 0, reasons=[reason[:500]],
                              reviewed=False, payment=payment)
-        await self._record_order(inp, undone)
+        await self._record_order(inp, undone, compensating=True)
         await report_usage(inp.tenant_id, self._usage_ids)
         self._enter(status, "recorded")
 
     async def _fulfil(self, inp: OrderInput, result: OrderResult) -> OrderResult:
         payment = None
         if inp.payment_intent_id:
-            self._enter("capturing_payment")
+            await self.stage("capturing_payment")
             payment = await self._payment(inp, StripeActivities.capture)
-        self._enter("shipping", "payment_captured" if payment else None)
+        await self.stage("shipping", "payment_captured" if payment else None)
         label = await call_tool(inp.tenant_id, CreateShippingLabel(
             order_key=inp.order_key, ship_to_country=(inp.shipping_country or inp.billing_country or "US").upper(),
             parcels=max(1, min(50, sum(line.quantity for line in inp.lines) // 10 + 1))), step="label")
@@ -295,12 +298,12 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             return OrderResult(tenant_id=inp.tenant_id, order_key=inp.order_key, status=status, total=inp.total,
                                currency=inp.currency, fraud_score=score, reasons=reasons or [], **kw)  # type: ignore[arg-type]
 
-        self._enter("validating")
+        await self.stage("validating")
         problems = validate(inp)
         if problems:
             return result("invalid", reasons=problems)
 
-        self._enter("checking_inventory", "validated")
+        await self.stage("checking_inventory", "validated")
         policy = await run_activity(OrderActivities.policy, OrderPolicyRequest(tenant_id=inp.tenant_id))
         stock = await call_tool(inp.tenant_id, CheckInventory(skus=list(dict.fromkeys(line.sku for line in inp.lines))),
                                 step="inventory")
@@ -312,7 +315,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
         if missing:
             return result("out_of_stock", reasons=[f"out of stock: {sku}" for sku in missing])
 
-        self._enter("scoring", "inventory_checked")
+        await self.stage("scoring", "inventory_checked")
         score, reasons = fraud_score(inp, policy.review_threshold)
         agent_score, agent_offline = await self._agent_score(inp, score)
         if not agent_offline and agent_score > score:
@@ -323,7 +326,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             self._steps.append("scored")
             return result("accepted", score, reasons, **scored)
 
-        self._enter("awaiting_client_approval", "scored")
+        await self.stage("awaiting_client_approval", "scored")
         why = [f"total above {policy.review_threshold:,.2f}"] if inp.total > policy.review_threshold else []
         outcome = await self.ask(ApprovalRequest(
             request_id="review", kind="order.review",

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.reports import ReportActivities, StoreReport
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
-    from core.policies import Stages
+    from workflows.stages import Stages
     from workflows.capability import TENANT_PEOPLE, Capability, ScheduleDecl, host_key
     from workflows.usage import account, check_ai_budget, report_usage
 
@@ -98,29 +98,29 @@ class PresenceAuditWorkflow(Stages):
     async def run(self, inp: PresenceAuditInput) -> PresenceAuditResult:
         wf_id = workflow.info().workflow_id
         try:
-            self._enter("fetching_pages")
+            await self.stage("fetching_pages")
             for i, url in enumerate(_page_urls(inp)):
                 fetched = await call_tool(inp.tenant_id, FetchWebPage(url=url), step=f"fetch:{i}")
                 self._pages.append(_snapshot(url, fetched))
             # A tenant over its monthly AI budget fails here, non-retryable, naming the budget.
-            self._enter("checking_budget", "pages_fetched")
+            await self.stage("checking_budget", "pages_fetched")
             await check_ai_budget(inp.tenant_id)
-            self._enter("auditing", "budget_checked")
+            await self.stage("auditing", "budget_checked")
             outcome = await run_activity(
                 AgentActivities.presence_crew,
                 CrewRequest(tenant_id=inp.tenant_id, workflow_id=wf_id, website_url=inp.website_url,
                             social_handles=dict(inp.social_handles), pages=list(self._pages)),
             )
-            self._enter("storing_report", "crew_finished")
+            await self.stage("storing_report", "crew_finished")
             stored = await run_activity(
                 ReportActivities.store,
                 StoreReport(tenant_id=inp.tenant_id, kind=NAME, workflow_id=wf_id, subject=inp.website_url,
                             offline=outcome.offline, score=outcome.report.overall_score,
                             body=msgspec.to_builtins(outcome.report)),
             )
-            self._enter("recording_usage", "report_stored")
+            await self.stage("recording_usage", "report_stored")
             usage_ids = await account(inp.tenant_id, "presence-crew", outcome, "presence_crew")
-            self._enter("reporting_usage", "usage_recorded")
+            await self.stage("reporting_usage", "usage_recorded")
             await report_usage(inp.tenant_id, usage_ids)
             self._enter("completed", "usage_reported")
         except Exception:

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.agent_loop import AgentLoopInput, ToolRef, run_agent
     from core.activity import run_activity
     from core.names import SLUG_PATTERN
-    from core.policies import Stages
+    from workflows.stages import Stages
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN
     from workflows.usage import account, check_ai_budget, report_usage
     from workflows.seo_scan import SEVERITIES, Issue, PageScan, Severity, TechnicalScan, technical_scan
@@ -248,16 +248,16 @@ class SeoHealthWorkflow(Stages):
     async def _run(self, inp: SeoHealthInput) -> SeoHealthResult:
         wf_id = workflow.info().workflow_id
         # A tenant over its monthly AI budget fails here, non-retryable, before any fetch.
-        self._enter("checking_budget")
+        await self.stage("checking_budget")
         await check_ai_budget(inp.tenant_id)
 
-        self._enter("fetching_pages", "budget_checked")
+        await self.stage("fetching_pages", "budget_checked")
         links = await self._fetch(inp, wf_id)
 
-        self._enter("scanning", "pages_fetched")
+        await self.stage("scanning", "pages_fetched")
         scan = technical_scan(self._pages, links)
 
-        self._enter("loading_previous", "scanned")
+        await self.stage("loading_previous", "scanned")
         previous = (await run_activity(
             ReportActivities.latest,
             LatestReport(tenant_id=inp.tenant_id, kind=NAME, subject=site_of(inp.website_url),
@@ -265,7 +265,7 @@ class SeoHealthWorkflow(Stages):
         # The technical part of the shift, for the agent to weigh.
         preview = compute_shift(scan, None, previous)
 
-        self._enter("analysing", "previous_loaded")
+        await self.stage("analysing", "previous_loaded")
         agent = await run_agent(AgentLoopInput(
             tenant_id=inp.tenant_id, agent=AGENT, output_schema=ANALYSIS_SCHEMA, max_turns=6,
             tools=[ToolRef(tool=FETCH_TOOL)],
@@ -278,21 +278,21 @@ class SeoHealthWorkflow(Stages):
             raise ApplicationError(f"the SEO analysis does not match its schema: {exc}", type="InvalidLLMOutput",
                                    non_retryable=True) from None
 
-        self._enter("comparing", "analysed")
+        await self.stage("comparing", "analysed")
         report = SeoHealthReport(website_url=inp.website_url, offline=agent.offline, score=analysis.overall_score,
                                  technical_score=scan.score, scan=scan, analysis=analysis,
                                  shift=compute_shift(scan, analysis.overall_score, previous))
 
-        self._enter("storing_report", "compared")
+        await self.stage("storing_report", "compared")
         stored = await run_activity(
             ReportActivities.store,
             StoreReport(tenant_id=inp.tenant_id, kind=NAME, workflow_id=wf_id, subject=site_of(inp.website_url),
                         offline=report.offline, score=report.score, body=msgspec.to_builtins(report)),
         )
 
-        self._enter("recording_usage", "report_stored")
+        await self.stage("recording_usage", "report_stored")
         usage_ids = await account(inp.tenant_id, AGENT, agent, "seo_analysis")
-        self._enter("reporting_usage", "usage_recorded")
+        await self.stage("reporting_usage", "usage_recorded")
         await report_usage(inp.tenant_id, usage_ids)
         self._enter("completed", "usage_reported")
         return SeoHealthResult(

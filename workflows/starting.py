@@ -22,6 +22,7 @@ from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -85,13 +86,15 @@ async def start_capability(
     signal: str | None = None,
     signal_args: Sequence[Any] = (),
     task_queue: str = WORKFLOWS_QUEUE,
+    id_reuse_policy: WorkflowIDReusePolicy | None = None,
 ) -> WorkflowHandle[Any, Any]:
     """Start the capability's workflow, one round trip to Temporal.
 
     ``memo`` says who or what started it (the Idempotency-Key, the trigger's event, ...).
     With ``signal``, signal-with-start: a running workflow of the key gets the signal, none
     is started. :class:`AlreadyStarted` when the key's workflow exists (for a signal: when it
-    has closed)."""
+    has closed). ``id_reuse_policy`` overrides the capability's (an admin's retry of a failed run
+    starts with ``ALLOW_DUPLICATE_FAILED_ONLY``)."""
     cap = start.capability
     wf_id = start.workflow_id
     try:
@@ -100,7 +103,7 @@ async def start_capability(
             start.input,
             id=wf_id,
             task_queue=task_queue,
-            id_reuse_policy=cap.id_reuse_policy,
+            id_reuse_policy=cap.id_reuse_policy if id_reuse_policy is None else id_reuse_policy,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING if signal else WorkflowIDConflictPolicy.FAIL,
             search_attributes=start.search_attributes,
             memo=memo,

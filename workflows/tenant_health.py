@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.tenants import HealthSignalsRequest, TenantActivities, TenantSignals
     from core.activity import run_activity
     from core.names import PLATFORM_TENANT, PROGRESS_QUERY, SLUG_PATTERN
-    from core.policies import Stages
+    from workflows.stages import Stages
     from workflows.capability import ADMINS, Capability, ScheduleDecl
 
 NAME = "tenant-health"
@@ -113,19 +113,19 @@ class TenantHealthWorkflow(Stages):
     async def run(self, inp: TenantHealthInput) -> TenantHealthResult:
         wf_id = workflow.info().workflow_id
         try:
-            self._enter("collecting")
+            await self.stage("collecting")
             signals = await run_activity(TenantActivities.health_signals, HealthSignalsRequest(
                 as_of=workflow.now(), window_hours=inp.window_hours, tenant_ids=inp.tenant_ids))
             tenants = [assess(s) for s in signals.tenants]
             at_risk = [t.tenant_id for t in tenants if t.level == "at_risk"]
 
-            self._enter("comparing", "signals_collected")
+            await self.stage("comparing", "signals_collected")
             previous = (await run_activity(ReportActivities.latest, LatestReport(
                 tenant_id=PLATFORM_TENANT, kind=NAME, subject=subject_of(inp), exclude_workflow_id=wf_id),
             )).report
             before = set(previous.body.get("at_risk") or []) if previous else set()
 
-            self._enter("storing", "compared")
+            await self.stage("storing", "compared")
             result = TenantHealthResult(
                 report_id=0, checked=len(tenants), at_risk=at_risk,
                 watch=[t.tenant_id for t in tenants if t.level == "watch"],

@@ -71,7 +71,8 @@ _UNTIL = Annotated[datetime | None, Parameter(description="Only rows created bef
 
 
 class EndpointBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, description="http(s) URL the events are POSTed to")]
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"^https?://",
+                                     description="http(s) URL the events are POSTed to")]
     description: Annotated[str, msgspec.Meta(max_length=500, pattern=_PRINTABLE)] = ""
     # Event types delivered (e.g. approval.requested); empty: every event type.
     event_types: Annotated[list[Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN)]],

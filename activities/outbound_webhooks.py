@@ -1,10 +1,10 @@
 """Outbound webhooks: a tenant's events POSTed to the endpoints it registered, signed with the
 Standard Webhooks scheme (https://www.standardwebhooks.com) so receivers' libraries verify them.
 
-One call per event, from any workflow::
-
-    await run_activity(OutboundWebhookActivities.deliver, OutboundEvent(
-        tenant_id=..., event_type="approval.requested", event_id=..., occurred_at=..., data={...}))
+One call per event, from any workflow: ``start_delivery(OutboundEvent(tenant_id=...,
+event_type="approval.requested", event_id=..., occurred_at=workflow.now(), data={...}))`` runs
+the activity beside the workflow (which goes on at once) and never fails it; or
+``await run_activity(OutboundWebhookActivities.deliver, event)`` to wait for the outcome.
 
 Each attempt POSTs the event to every enabled endpoint of the tenant whose event types match
 and that has not taken it yet, and writes one row per endpoint to ``webhook_deliveries``
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import secrets
 import socket
 import time
@@ -33,12 +34,12 @@ import asyncpg
 import httpx
 import msgspec
 from standardwebhooks import Webhook
-from temporalio import activity
+from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from activities import netguard
-from core.activity import Activities, ActivityPolicy
+from core.activity import Activities, ActivityPolicy, run_activity
 from core.names import INTEGRATIONS_QUEUE
 from core.settings import OutboundWebhookSettings
 
@@ -47,7 +48,7 @@ ENDPOINT_ID_PREFIX = "we_"
 # An event type: lower-case words joined by dots, e.g. approval.requested.
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,4}$"
 # The webhook-id header: printable ASCII without spaces.
-EVENT_ID_PATTERN = r"^[!-~]{1,200}$"
+EVENT_ID_PATTERN = r"^[!-~]{1,500}$"
 USER_AGENT = "BizOSaaS-Webhooks/1.0"
 MAX_ERROR_CHARS = 500
 
@@ -214,3 +215,23 @@ class OutboundWebhookActivities(Activities):
             activity.logger.warning("webhook %s to endpoint %s, attempt %d: %s", event.event_id, endpoint["id"],
                                     attempt, error)
         return EndpointOutcome(endpoint_id=endpoint["id"], status=status, attempt=attempt, status_code=code)
+
+
+def start_delivery(event: OutboundEvent, *, retry_policy: RetryPolicy | None = None,
+                   task_queue: str | None = None) -> asyncio.Task[DeliveryReport | None]:
+    """From workflow code: deliver ``event`` in the background, with the activity's retries; the
+    workflow goes on at once. A delivery that still fails after its retries is logged and ends
+    as None: a receiver that is down never fails the workflow. Await the task (e.g. before the
+    workflow returns) to keep retries going that long: a workflow that has closed abandons them.
+    ``retry_policy`` and ``task_queue``: for tests."""
+
+    async def deliver() -> DeliveryReport | None:
+        try:
+            return await run_activity(OutboundWebhookActivities.deliver, event, retry_policy=retry_policy,
+                                      task_queue=task_queue)
+        except ActivityError as exc:
+            workflow.logger.log(logging.WARNING, "webhook %s (%s) not delivered: %s", event.event_id,
+                                event.event_type, exc.cause or exc)
+            return None
+
+    return asyncio.create_task(deliver())

@@ -3,6 +3,8 @@
 - ``POST /v1/tenants/{t}/webhook-endpoints``: register an endpoint (URL, event types, enabled).
   The answer carries the signing secret (``whsec_...``) this once; no later answer shows it.
 - ``GET /v1/tenants/{t}/webhook-endpoints`` and ``.../{id}``: the endpoints, without secrets.
+- ``PATCH /v1/tenants/{t}/webhook-endpoints/{id}``: change its URL, description, event types or
+  switch it off and on.
 - ``DELETE /v1/tenants/{t}/webhook-endpoints/{id}``: no more deliveries to it (its log stays).
 - ``POST /v1/tenants/{t}/webhook-endpoints/{id}/rotate-secret``: a new secret, shown once; the
   previous one keeps signing beside it (two signatures) for ``BIZ_OUTBOUND_ROTATION_OVERLAP_HOURS``.
@@ -28,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, Router, delete, get, post
+from litestar import Controller, Request, Router, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, Parameter, PathParameter
@@ -78,6 +80,16 @@ class EndpointBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     event_types: Annotated[list[Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN)]],
                            msgspec.Meta(max_length=MAX_EVENT_TYPES)] = []
     enabled: bool = True
+
+
+class EndpointChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What to change; a field left out stays as it is."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"^https?://")] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500, pattern=_PRINTABLE)] | None = None
+    event_types: Annotated[list[Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN)]],
+                           msgspec.Meta(max_length=MAX_EVENT_TYPES)] | None = None
+    enabled: bool | None = None
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -256,6 +268,36 @@ class WebhookEndpointsController(Controller):
             tenant_id, endpoint_id)
         if row is None:
             raise NotFoundException(f"webhook endpoint {endpoint_id!r} not found")
+        return _endpoint(row)
+
+    @patch("/{endpoint_id:str}", operation_id="update_webhook_endpoint",
+           summary="Change an outbound webhook endpoint (URL, description, event types, enabled)",
+           description="Fields left out stay as they are; the secret does not change (rotate it for that). "
+                       "A disabled endpoint gets no deliveries until enabled again. Audited.",
+           opt={"roles": WRITE_ROLES}, raises=[NotFoundException])
+    async def update(self, request: Request[Principal, Any, Any], db: NamedDependency[asyncpg.Pool],
+                     tenant_id: _TENANT_ID, endpoint_id: _ENDPOINT_ID, data: JSONBody[EndpointChange]) -> Endpoint:
+        _in_scope(request.user, tenant_id)
+        url = None
+        if data.url is not None:
+            settings: Settings = request.app.state.settings
+            try:
+                url = check_endpoint_url(data.url, fetch_policy(settings.outbound))
+            except netguard.URLRefused as exc:
+                raise invalid("url", exc.message, "body") from None
+        event_types = sorted(set(data.event_types)) if data.event_types is not None else None
+        async with db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""UPDATE webhook_endpoints
+                    SET url = coalesce($3, url), description = coalesce($4, description),
+                        event_types = coalesce($5, event_types), enabled = coalesce($6, enabled), updated_at = now()
+                    WHERE tenant_id = $1 AND id = $2 RETURNING {_ENDPOINT_COLUMNS}""",  # noqa: S608
+                tenant_id, endpoint_id, url, data.description, event_types, data.enabled)
+            if row is None:
+                raise NotFoundException(f"webhook endpoint {endpoint_id!r} not found")
+            change = {k: v for k, v in (("url", url), ("description", data.description),
+                                        ("event_types", event_types), ("enabled", data.enabled)) if v is not None}
+            await _audit(conn, request.user, tenant_id, endpoint_id, "updated", {"change": change})
         return _endpoint(row)
 
     @delete("/{endpoint_id:str}", operation_id="delete_webhook_endpoint",

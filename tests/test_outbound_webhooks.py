@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from api.app import create_app
     from core.settings import OutboundWebhookSettings, Settings
     from tests.conftest import Tokens
-    from tests.support import serve, unique
+    from tests.support import assert_eventually, serve, unique
     from workers.main import WORKFLOW_FAILURE_TYPES
 
 # Retries a test can wait for; production backs off from 5 s to an hour (OUTBOUND_WEBHOOK).
@@ -49,6 +49,16 @@ class OutboundWebhookProbe:
     @workflow.run
     async def run(self, event: OutboundEvent) -> DeliveryReport | None:
         return await start_delivery(event, retry_policy=FAST_RETRY, task_queue=workflow.info().task_queue)
+
+
+@workflow.defn(name="TestOutboundWebhookSlowRetry")
+class SlowRetryProbe:
+    """The same, with retries far enough apart to stop a worker between two attempts."""
+
+    @workflow.run
+    async def run(self, event: OutboundEvent) -> DeliveryReport | None:
+        return await start_delivery(event, task_queue=workflow.info().task_queue, retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=3), maximum_attempts=3))
 
 
 class Receiver:
@@ -152,6 +162,18 @@ async def test_a_delivery_verifies_with_the_standard_webhooks_library(
     again = await deliver(e)
     assert again.outcomes == [] and len(r.received) == 1
 
+    # Switched off, an endpoint gets nothing; switched on again, it does.
+    off = await api.patch(f"/v1/tenants/{tenant}/webhook-endpoints/{made['id']}", json={"enabled": False},
+                          headers=tokens.client(tenant))
+    assert off.status_code == 200 and off.json()["enabled"] is False and "secret" not in off.json()
+    assert (await deliver(event(tenant))).outcomes == [] and len(r.received) == 1
+    on = await api.patch(f"/v1/tenants/{tenant}/webhook-endpoints/{made['id']}",
+                         json={"enabled": True, "event_types": ["approval.requested", "approval.decided"]},
+                         headers=tokens.client(tenant))
+    assert on.json()["event_types"] == ["approval.decided", "approval.requested"]
+    decided = event(tenant, "approval.decided", decision="approve")
+    assert len((await deliver(decided)).outcomes) == 2 and len(r.received) == 3
+
     # The secret was shown once: no answer shows it again.
     listing = await api.get(f"/v1/tenants/{tenant}/webhook-endpoints", headers=tokens.client(tenant))
     one = await api.get(f"/v1/tenants/{tenant}/webhook-endpoints/{made['id']}", headers=tokens.client(tenant))
@@ -159,10 +181,22 @@ async def test_a_delivery_verifies_with_the_standard_webhooks_library(
     assert [i["id"] for i in listing.json()["items"]] == [made["id"], other["id"]]
     assert secret not in listing.text and secret not in one.text and "secret" not in one.json()
 
-    log = (await api.get(f"/v1/tenants/{tenant}/webhook-deliveries", headers=tokens.client(tenant))).json()
+    log = (await api.get(f"/v1/tenants/{tenant}/webhook-deliveries", params={"event_id": e.event_id},
+                         headers=tokens.client(tenant))).json()
     assert [(d["endpoint_id"], d["event_id"], d["attempt"], d["status"], d["status_code"]) for d in log["items"]] == [
         (made["id"], e.event_id, 1, "succeeded", 200)]
     assert log["next_cursor"] is None
+    # Paged newest first, filtered by endpoint and event type.
+    first = (await api.get(f"/v1/tenants/{tenant}/webhook-deliveries", params={"limit": 2},
+                           headers=tokens.client(tenant))).json()
+    assert [d["event_type"] for d in first["items"]] == ["approval.decided", "approval.decided"]
+    rest = (await api.get(f"/v1/tenants/{tenant}/webhook-deliveries", params={"limit": 2, "cursor": first["next_cursor"]},
+                          headers=tokens.client(tenant))).json()
+    assert [d["event_id"] for d in rest["items"]] == [e.event_id] and rest["next_cursor"] is None
+    theirs = (await api.get(f"/v1/tenants/{tenant}/webhook-deliveries",
+                            params={"endpoint_id": other["id"], "event_type": "approval.decided"},
+                            headers=tokens.client(tenant))).json()["items"]
+    assert [d["endpoint_id"] for d in theirs] == [other["id"]]
 
 
 async def test_a_failing_receiver_gets_the_same_webhook_id_until_it_succeeds(
@@ -187,6 +221,39 @@ async def test_a_failing_receiver_gets_the_same_webhook_id_until_it_succeeds(
     failed = (await api.get(f"/v1/tenants/{tenant}/webhook-deliveries", params={"status": "failed"},
                             headers=tokens.client(tenant))).json()["items"]
     assert [d["attempt"] for d in failed] == [2, 1]
+
+
+async def test_a_retry_survives_a_worker_restart(
+        api: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, hooks_settings: Settings,
+        receiver: tuple[Receiver, str], task_queue: str) -> None:
+    """The retry schedule is kept by the Temporal server: the worker that made the first attempt
+    stops, another takes the second."""
+    r, url = receiver
+    tenant = await new_tenant(db)
+    made = await create_endpoint(api, tokens, tenant, f"{url}/restart")
+    r.script = [502]
+    e = event(tenant)
+
+    def worker() -> Worker:
+        return Worker(client, task_queue=task_queue, workflows=[SlowRetryProbe],
+                      activities=[OutboundWebhookActivities(db, hooks_settings.outbound).deliver],
+                      workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES)
+
+    async with worker():
+        handle = await client.start_workflow(SlowRetryProbe.run, e, id=unique("hook"), task_queue=task_queue)
+
+        async def first_attempt_logged() -> None:
+            assert await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", e.event_id) == 1
+
+        await assert_eventually(first_attempt_logged)
+    assert len(r.received) == 1  # the first worker is gone before the retry is due
+    async with worker():
+        report = await handle.result()
+    assert report is not None and [(o.status, o.attempt) for o in report.outcomes] == [("succeeded", 2)]
+    assert [h["webhook-id"] for h, _ in r.received] == [e.event_id] * 2
+    rows = await db.fetch("SELECT attempt, status, status_code FROM webhook_deliveries WHERE endpoint_id = $1 "
+                          "ORDER BY attempt", made["id"])
+    assert [tuple(row) for row in rows] == [(1, "failed", 502), (2, "succeeded", 200)]
 
 
 async def test_a_receiver_that_never_succeeds_does_not_fail_the_workflow(
@@ -262,10 +329,11 @@ async def test_other_tenants_get_404_and_bad_input_4xx(
     made = await create_endpoint(api, tokens, tenant, f"{url}/mine")
     base, theirs = f"/v1/tenants/{tenant}", tokens.client(stranger)
     for method, path in [("GET", "/webhook-endpoints"), ("GET", f"/webhook-endpoints/{made['id']}"),
+                         ("PATCH", f"/webhook-endpoints/{made['id']}"),
                          ("DELETE", f"/webhook-endpoints/{made['id']}"),
                          ("POST", f"/webhook-endpoints/{made['id']}/rotate-secret"),
                          ("GET", "/webhook-deliveries"), ("GET", "/notifications")]:
-        resp = await api.request(method, base + path, headers=theirs)
+        resp = await api.request(method, base + path, headers=theirs, json={} if method == "PATCH" else None)
         assert resp.status_code == 404, (method, path, resp.text)
     resp = await api.post(f"{base}/webhook-endpoints", json={"url": f"{url}/x"}, headers=theirs)
     assert resp.status_code == 404

@@ -31,6 +31,7 @@ from api.errors import EXCEPTION_HANDLERS, document_errors
 from api.health import health
 from api.inbox import prune_forever
 from api.mcp import mcp_router
+from api.outbound import outbound_router
 from api.outbox import outbox_router
 from api.pending_actions import pending_actions_router
 from api.ratelimit import StartLimiter
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
-                        webhooks_router(), codec_router(), settings_router(),
+                        webhooks_router(), codec_router(), settings_router(), outbound_router(),
                         reports_router(), audit_router(), usage_router(), analytics_router(),
                         AdminWorkflowController],
         lifespan=[lifespan],

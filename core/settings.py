@@ -193,6 +193,21 @@ class FetchSettings(BaseModel):
     public_ports: list[int] = [80, 443, 8080, 8443]
 
 
+class OutboundWebhookSettings(BaseModel):
+    """Where a tenant's outbound webhook endpoints may point (activities/netguard.py), checked when
+    an endpoint is registered and again at every delivery: by default only public addresses on
+    web ports; `bizosaas dev` and the tests open loopback and private networks."""
+
+    allow_private_networks: bool = False
+    # Networks opened explicitly, as JSON: ["10.1.0.0/16", "127.0.0.1/32:8081"] (CIDR[:port]).
+    allowed_networks: list[str] = []
+    public_ports: list[int] = [80, 443, 8080, 8443]
+    # One attempt of one delivery (connect, send, answer).
+    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # After a secret is rotated, the previous one keeps signing (a second signature) this long.
+    rotation_overlap_hours: int = Field(default=24, ge=0, le=24 * 30)
+
+
 class OtelSettings(BaseModel):
     otlp_endpoint: str | None = None
     service_name: str = "bizosaas"
@@ -259,6 +274,7 @@ class Settings(BaseSettings):
     shopify: ShopifySettings = Field(default_factory=ShopifySettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    outbound: OutboundWebhookSettings = Field(default_factory=OutboundWebhookSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)

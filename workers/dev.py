@@ -182,6 +182,9 @@ class DevStack:
         }
         env.update(self._start_sandboxes(env))
         env.update(self._platform_env())
+        # A dev machine's webhook receivers run on it or its LAN: outbound webhook endpoints may
+        # point there, unless BIZ_OUTBOUND_ALLOW_PRIVATE_NETWORKS says otherwise.
+        env.setdefault("BIZ_OUTBOUND_ALLOW_PRIVATE_NETWORKS", "true")
         python = sys.executable
         self.procs["worker"] = subprocess.Popen([python, "-m", "workers.cli", "worker"], env=env)
         self.procs["api"] = subprocess.Popen([python, "-m", "workers.cli", "api"], env=env)

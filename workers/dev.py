@@ -296,18 +296,27 @@ class DevStack:
 
         from core.database import apply_migrations
 
-        async def migrate() -> None:
+        async def migrate() -> list[int]:
             conn = await asyncpg.connect(db_url)
             try:
-                await apply_migrations(conn)
+                return await apply_migrations(conn)
             finally:
                 await conn.close()
 
-        asyncio.run(migrate())
+        # One line for the console, not one per migration (a first run applies them all).
+        db_log = logging.getLogger("core.database")
+        level = db_log.level
+        db_log.setLevel(max(logging.WARNING, db_log.getEffectiveLevel()))
+        try:
+            applied = asyncio.run(migrate())
+        finally:
+            db_log.setLevel(level)
+        if applied:
+            log.info("database: %d migration(s) applied (%04d to %04d)", len(applied), applied[0], applied[-1])
 
     def _healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
+            return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

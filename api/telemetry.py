@@ -7,11 +7,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litestar.connection import Request
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
-from litestar.middleware._internal.exceptions.middleware import get_exception_handler
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,17 +35,10 @@ def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
     return method, {}
 
 
-def _status_of(scope: Scope, exc: Exception) -> int:
-    """The status the app's exception handlers answer ``exc`` with."""
-    if isinstance(exc, HTTPException):
-        return exc.status_code
-    try:
-        handler = get_exception_handler(scope["route_handler"].resolve_exception_handlers(), exc)
-        if handler is not None:
-            return handler(Request(scope), exc).status_code  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - whatever it is, the client gets a 500
-        pass
-    return HTTP_500_INTERNAL_SERVER_ERROR
+def _status_of(exc: Exception) -> int:
+    """The status an exception raised by a later middleware (authentication: 401, 403) is
+    answered with; the handlers' own exceptions are answered inside (a response is sent)."""
+    return exc.status_code if isinstance(exc, HTTPException) else HTTP_500_INTERNAL_SERVER_ERROR
 
 
 class RequestTelemetry(ASGIMiddleware):
@@ -79,7 +70,7 @@ class RequestTelemetry(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_status)
         except Exception as exc:
-            status = _status_of(scope, exc)  # answered by the exception handlers, outside this middleware
+            status = _status_of(exc)  # answered by the exception handlers, outside this middleware
             raise
         finally:
             in_progress.dec()

@@ -106,6 +106,29 @@ async def test_one_post_is_one_trace_from_the_request_to_the_activities(
         assert ancestry(activity)[-3:] == [f"Start{activity.name[3:]}", "StartWorkflow:Onboarding", root.name]
 
 
+async def test_an_mcp_tool_call_is_a_client_span_under_the_activity(
+    spans: InMemorySpanExporter, db: asyncpg.Pool, mcp_sandbox: str
+) -> None:
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.mcp import MCPActivities
+    from activities.mcp.activities import CallToolRequest
+
+    tenant = unique("toolspan")
+    mcp = MCPActivities(db)
+    try:
+        with trace.get_tracer("test").start_as_current_span("RunActivity:mcp.call_tool") as activity_span:
+            await ActivityEnvironment().run(mcp.call_tool, CallToolRequest(
+                tenant_id=tenant, server="sandbox", tool="send_email", idempotency_key=f"{tenant}:welcome",
+                arguments={"to": ["o@toolspan.example"], "subject": "Welcome", "text": "Hello"}))
+    finally:
+        await mcp.aclose()
+    [call] = [s for s in spans.get_finished_spans() if s.name == "MCP tools/call send_email"
+              and s.context.trace_id == activity_span.get_span_context().trace_id]
+    assert call.parent.span_id == activity_span.get_span_context().span_id
+    assert call.kind == trace.SpanKind.CLIENT and call.attributes["mcp.server"] == "sandbox"
+
+
 async def test_api_metrics_count_requests_by_route_template_and_status(
     http: httpx.AsyncClient, tokens: Tokens
 ) -> None:

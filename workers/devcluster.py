@@ -8,6 +8,7 @@ server.
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,18 +65,30 @@ class DevCluster:
             args += ["--search-attribute", f"{name}={t}"]
         return args
 
+    def side_ports(self, frontend_port: int, *, http_port: int | None = None,
+                   metrics_port: int | None = None) -> tuple[int, int]:
+        """The HTTP API and metrics ports of a dev server on ``frontend_port``: as given, else as
+        declared when the frontend port is the declared one, else free ports."""
+        declared = frontend_port == self.frontend_port
+        return (http_port or (self.http_port if declared else free_port()),
+                metrics_port or (self.metrics_port if declared else free_port()))
+
     def server_args(
         self,
         state_dir: Path,
         *,
         frontend_port: int | None = None,
         ui_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
         headless: bool = False,
         tuned: bool = True,
     ) -> list[str]:
-        """Arguments of ``temporal server start-dev`` for a persistent dev server."""
+        """Arguments of ``temporal server start-dev`` for a persistent dev server. A server moved
+        off the declared frontend port gets free HTTP and metrics ports unless they are given."""
         port = frontend_port or self.frontend_port
         ui = ui_port or self.ui_port
+        http, metrics = self.side_ports(port, http_port=http_port, metrics_port=metrics_port)
         args = [
             "server",
             "start-dev",
@@ -84,9 +97,8 @@ class DevCluster:
             "--namespace", self.namespace,
             "--db-filename", str(state_dir / self.db_filename),
             "--log-level", self.log_level,
-            # Free ports derived from the frontend port when it is moved.
-            "--http-port", str(self.http_port if port == self.frontend_port else port + 10),
-            "--metrics-port", str(self.metrics_port if port == self.frontend_port else port + 1),
+            "--http-port", str(http),
+            "--metrics-port", str(metrics),
         ]
         args += ["--headless"] if headless else ["--ui-port", str(ui)]
         args += self.search_attribute_args()
@@ -123,6 +135,13 @@ def load_dev_cluster(path: Path | str = "temporal-dev.yaml") -> DevCluster:
     if missing:
         raise ValueError(f"{path}: search attributes missing: {sorted(missing)}")
     return cluster
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _venv_binary(name: str) -> str:

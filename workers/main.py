@@ -36,7 +36,7 @@ from core.activity import activity_methods
 from core.client import connect
 from core.converter import resolve_struct_annotations
 from core.settings import Settings
-from core.telemetry import configure_tracing
+from core.telemetry import configure_tracing, worker_runtime
 from schedules.reconciler import reconcile
 from workflows.agent_loop import AgentLoopWorkflow
 from workflows.catalogue import CATALOGUE, WORKFLOWS
@@ -174,7 +174,10 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
     if unknown:
         raise SystemExit(f"unknown task queue(s) {sorted(unknown)}; known: {', '.join(TASK_QUEUES)}")
     configure_tracing(settings, "worker")
-    client = await connect(settings)
+    runtime = worker_runtime(settings)
+    client = await connect(settings, runtime=runtime)
+    if settings.worker.metrics_bind():
+        log.info("worker metrics on http://%s/metrics", settings.worker.metrics_bind())
     pool = await create_pool(
         settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max,
         command_timeout=settings.database.command_timeout_seconds,

@@ -22,6 +22,7 @@ from mcp import ClientSession, McpError, StdioServerParameters
 from mcp import types as mcp_types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from opentelemetry import trace
 
 from activities.mcp.errors import (
     SESSION_GONE_CODES,
@@ -35,6 +36,7 @@ from activities.mcp.errors import (
 from activities.mcp.registry import ServerConfig
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 T = TypeVar("T")
 
@@ -98,7 +100,13 @@ class Connection:
 
     async def request(self, what: str, op: Callable[[ClientSession], Awaitable[T]]) -> T:
         """Run one request, bounded by the server's timeout; ``ConnectionLost`` if the session
-        breaks meanwhile; other failures as classified ``ApplicationError``."""
+        breaks meanwhile; other failures as classified ``ApplicationError``. Each request is a
+        client span (``MCP tools/call send_email``) under the activity's span."""
+        with _tracer.start_as_current_span(f"MCP {what}", kind=trace.SpanKind.CLIENT,
+                                           attributes={"rpc.system": "mcp", "mcp.server": self.config.name}):
+            return await self._request(what, op)
+
+    async def _request(self, what: str, op: Callable[[ClientSession], Awaitable[T]]) -> T:
         assert self._owner is not None and self.session is not None
         call = asyncio.create_task(op(self.session))
         try:

@@ -24,6 +24,7 @@ from core.database import create_pool
 from api.auth import BearerAuthMiddleware, TokenVerifier
 from api.bodies import MAX_BODY_BYTES, ApiRequest
 from api.codec import codec_cors, codec_router
+from api.console import console_router, template_config
 from api.errors import EXCEPTION_HANDLERS, document_errors
 from api.health import health
 from api.inbox import prune_forever
@@ -44,8 +45,9 @@ from core.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
-# Webhooks are public: the sender's signature is their authentication (api/webhooks.py).
-PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/"]
+# Webhooks are public: the sender's signature is their authentication (api/webhooks.py). The
+# console (api/console/) signs people in itself and keeps them in a session cookie.
+PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/", "^/console(/|$)"]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -87,7 +89,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
-                        webhooks_router(), codec_router(), settings_router()],
+                        webhooks_router(), codec_router(), settings_router(), console_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),
@@ -96,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=ApiRequest,
+        template_config=template_config(),
         request_max_body_size=MAX_BODY_BYTES,
         before_send=[codec_cors(settings.codec.cors_origins)],
         openapi_config=OpenAPIConfig(

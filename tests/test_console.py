@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import SecretStr
 import pytest
 import pytest_asyncio
 
@@ -281,3 +282,122 @@ async def test_another_tenants_action_url_shows_not_found(
     # The owner still sees it open: nothing was decided.
     detail = (await http.get(f"/v1/pending-actions/{action['action_id']}", headers=tokens.client(tenant))).json()
     assert detail["status"] == "open" and detail["decisions"] == []
+
+
+# --- OIDC sign-in: authorization code + PKCE against an issuer on loopback ------------------
+
+class Issuer:
+    """A tiny OIDC provider: ``/authorize`` signs in one fixed person and redirects back with a
+    code, ``/token`` trades a code for tokens only with the PKCE verifier of its challenge,
+    ``/jwks`` publishes the signing key."""
+
+    def __init__(self, jwks: Any, issuer: str, audience: str, claims: dict[str, Any]) -> None:
+        self.jwks, self.issuer, self.audience, self.claims = jwks, issuer, audience, claims
+        self.codes: dict[str, dict[str, str]] = {}
+        self.refused = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import base64
+        import hashlib
+        import json
+        import secrets
+        import time
+        from urllib.parse import parse_qs, urlencode
+
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": f"{message['type']}.complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+
+        async def answer(status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> None:
+            await send({"type": "http.response.start", "status": status, "headers": headers or []})
+            await send({"type": "http.response.body", "body": body})
+
+        path = scope["path"]
+        if path == "/jwks":
+            return await answer(200, json.dumps(self.jwks.document()).encode(), [(b"content-type", b"application/json")])
+        if path == "/authorize":
+            q = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+            code = secrets.token_urlsafe(16)
+            self.codes[code] = q
+            target = f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q['state']})}"
+            return await answer(302, headers=[(b"location", target.encode())])
+        if path == "/token":
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+            asked = self.codes.pop(form.get("code", ""), None)
+            verifier = form.get("code_verifier", "")
+            proof = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            if (asked is None or asked.get("code_challenge_method") != "S256" or proof != asked.get("code_challenge")
+                    or form.get("redirect_uri") != asked.get("redirect_uri")
+                    or form.get("client_id") != asked.get("client_id") or form.get("grant_type") != "authorization_code"):
+                self.refused += 1
+                return await answer(400, b'{"error": "invalid_grant"}', [(b"content-type", b"application/json")])
+            now = int(time.time())
+            base = {"iss": self.issuer, "iat": now, "exp": now + 300, **self.claims}
+            tokens = {"token_type": "Bearer", "expires_in": 300,
+                      "access_token": self.jwks.sign({**base, "aud": self.audience}, "k1"),
+                      "id_token": self.jwks.sign({**base, "aud": asked["client_id"], "nonce": asked["nonce"]}, "k1")}
+            return await answer(200, json.dumps(tokens).encode(), [(b"content-type", b"application/json")])
+        return await answer(404)
+
+
+async def test_oidc_sign_in_with_code_and_pkce(settings: Settings, client: Any) -> None:
+    from api.app import create_app
+    from tests.conftest import serve
+    from tests.test_auth import Jwks
+
+    tenant = unique("oidc")
+    jwks = Jwks()
+    jwks.add("k1")
+    issuer = Issuer(jwks, "https://auth.test/application/o/bizosaas/", "bizosaas-api",
+                    {"sub": f"owner@{tenant}", "tenant_id": tenant, "roles": ["client"]})
+    async with serve(issuer) as idp:
+        auth = settings.auth.model_copy(update={
+            "mode": "oidc", "oidc_issuer": issuer.issuer, "oidc_audience": issuer.audience,
+            "oidc_jwks_url": f"{idp}/jwks", "oidc_authorization_url": f"{idp}/authorize",
+            "oidc_token_url": f"{idp}/token", "oidc_client_id": "bizosaas-console"})
+        s = settings.model_copy(update={
+            "auth": auth, "console": settings.console.model_copy(update={"session_secret": SecretStr("console-session-test-" * 2)})})
+        async with serve(create_app(s)) as url:
+            async def sign_in(browser: httpx.AsyncClient) -> dict[str, str]:
+                r = await browser.get("/console/login")
+                assert r.status_code == 200 and "/console/login/oidc" in r.text
+                r = await browser.get("/console/login/oidc", params={"next": "/console/pending"})
+                assert r.status_code in (302, 303) and r.headers["location"].startswith(f"{idp}/authorize?")
+                asked = dict(httpx.URL(r.headers["location"]).params)
+                assert asked["code_challenge_method"] == "S256" and asked["client_id"] == "bizosaas-console"
+                assert asked["redirect_uri"] == f"{url}/console/auth/callback"
+                async with httpx.AsyncClient() as to_idp:
+                    back = await to_idp.get(r.headers["location"])
+                assert back.status_code == 302
+                return dict(httpx.URL(back.headers["location"]).params)
+
+            async with httpx.AsyncClient(base_url=url) as alice, httpx.AsyncClient(base_url=url) as mallory:
+                # Signed in: the callback trades the code (with the verifier) and opens a session.
+                code = await sign_in(alice)
+                r = await alice.get("/console/auth/callback", params=code)
+                assert r.status_code in (302, 303) and r.headers["location"] == "/console/pending", r.text
+                cookie = r.headers["set-cookie"].lower()
+                assert "httponly" in cookie and "samesite=lax" in cookie
+                r = await alice.get("/console/pending")
+                assert r.status_code == 200 and f"owner@{tenant}" in r.text
+
+                # A code injected into another person's sign-in (their state, not their
+                # verifier) is refused by the issuer: no session.
+                theirs = await sign_in(mallory)
+                stolen = await sign_in(alice)
+                r = await mallory.get("/console/auth/callback", params={"code": stolen["code"], "state": theirs["state"]})
+                assert r.headers["location"] == "/console/login?error=refused" and issuer.refused == 1
+                r = await mallory.get("/console/pending")
+                assert r.status_code in (302, 303) and r.headers["location"].startswith("/console/login")
+                # A callback whose state is not the flow's never reaches the issuer.
+                r = await mallory.get("/console/auth/callback", params={"code": theirs["code"], "state": "forged"})
+                assert r.headers["location"] == "/console/login?error=state" and issuer.refused == 1

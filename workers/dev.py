@@ -329,6 +329,7 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"  OpenAPI docs   {stack.api_url}/schema   (spec: {stack.api_url}/schema/openapi.json)",
         f"  Health         {stack.api_url}/health",
         f"  Codec endpoint {stack.api_url}/codec   (payloads in Temporal are encrypted; admin token)",
+        f"  Console        {stack.api_url}/console   (sign in with a token below)",
         f"  Temporal UI    http://{stack.cluster.ip}:{stack.ui_port}",
         f"  Temporal       {stack.address}  namespace {stack.cluster.namespace}",
         f"  Postgres       {pg}",

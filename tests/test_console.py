@@ -401,3 +401,49 @@ async def test_oidc_sign_in_with_code_and_pkce(settings: Settings, client: Any) 
                 # A callback whose state is not the flow's never reaches the issuer.
                 r = await mallory.get("/console/auth/callback", params={"code": theirs["code"], "state": "forged"})
                 assert r.headers["location"] == "/console/login?error=state" and issuer.refused == 1
+
+
+# --- the session and its forms, without a browser ----------------------------------------
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+async def test_forms_without_the_sessions_csrf_token_decide_nothing(
+    http: httpx.AsyncClient, api_url: str, tokens: Tokens, settings: Settings
+) -> None:
+    tenant = unique("cafe")
+    wf_id = await start_campaign(http, tokens, tenant)
+    action = await pending_action(http, tokens, tenant, wf_id)
+    token = _token(settings, sub=f"owner@{tenant}", roles=["client"], tenant_id=tenant)
+    async with httpx.AsyncClient(base_url=api_url) as browser:
+        page = await browser.get("/console/login")
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        assert "no-store" in page.headers["cache-control"]
+        # Signing in needs the login form's own token too.
+        r = await browser.post("/console/login", data={"token": token, "csrf": "forged"})
+        assert r.status_code == 403 and "biz_console=" not in r.headers.get("set-cookie", "")
+        r = await browser.post("/console/login", data={"token": token, "csrf": _csrf(page.text)})
+        assert r.status_code == 303 and "biz_console=" in r.headers["set-cookie"]
+
+        url = f"/console/actions/{quote(action['action_id'])}"
+        good = _csrf((await browser.get(url)).text)
+        for sent in ({"decision": "approve"}, {"decision": "approve", "csrf": good[:-2] + "xx"}):
+            r = await browser.post(f"{url}/decision", data=sent)
+            assert r.status_code == 403 and "did not come from this console" in r.text
+        detail = (await http.get(f"/v1/pending-actions/{action['action_id']}", headers=tokens.client(tenant))).json()
+        assert detail["status"] == "open" and detail["decisions"] == []
+
+        # A session cookie changed by hand is no session.
+        cookie = browser.cookies.get("biz_console")
+        r = await browser.get("/console/pending")
+        assert r.status_code == 200 and f"owner@{tenant}" in r.text
+    async with httpx.AsyncClient(base_url=api_url) as stranger:
+        tampered = cookie[:-3] + ("AAA" if not cookie.endswith("AAA") else "BBB")
+        r = await stranger.get("/console/pending", headers={"cookie": f"biz_console={tampered}"})
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/login?next=/console/pending")
+
+    schema = (await http.get("/schema/openapi.json")).json()
+    assert not [p for p in schema["paths"] if p.startswith("/console")]

@@ -26,6 +26,7 @@ from api.audit import audit_router
 from api.auth import BearerAuthMiddleware, TokenVerifier
 from api.bodies import MAX_BODY_BYTES, ApiRequest
 from api.codec import codec_cors, codec_router
+from api.console import console_router, template_config
 from api.control import AdminWorkflowController
 from api.errors import EXCEPTION_HANDLERS, document_errors
 from api.health import health, livez, metrics, readyz
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 
 # Webhooks are public: the sender's signature is their authentication (api/webhooks.py).
 # Probes and the Prometheus scrape are public too (no tenant data: counts by route template).
-PUBLIC_PATHS = ["^/health$", "^/livez$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/webhooks/"]
+# The console (api/console/) signs people in itself and keeps them in a session cookie.
+PUBLIC_PATHS = ["^/health$", "^/livez$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/webhooks/", "^/console(/|$)"]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -97,7 +99,7 @@ def create_app(settings: Settings) -> Litestar:
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
                         webhooks_router(), codec_router(), settings_router(), outbound_router(),
                         reports_router(), audit_router(), usage_router(), analytics_router(),
-                        AdminWorkflowController],
+                        AdminWorkflowController, console_router()],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),
@@ -108,6 +110,7 @@ def create_app(settings: Settings) -> Litestar:
         plugins=[tracing_plugin()],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=ApiRequest,
+        template_config=template_config(),
         request_max_body_size=MAX_BODY_BYTES,
         before_send=[codec_cors(settings.codec.cors_origins)],
         openapi_config=OpenAPIConfig(

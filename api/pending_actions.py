@@ -175,6 +175,93 @@ _TENANT = Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Onl
 _CAPABILITY = Annotated[str | None, Parameter(pattern=SLUG_PATTERN, description="Only this capability")]
 
 
+# What the controllers below and the console (api/console/) share: one way to list, read and
+# decide, so a decision from a browser takes the same signed path as one from the API.
+
+async def client_inbox(temporal: Client, key: bytes, principal: Principal, *, tenant_id: str | None = None,
+                       capability: str | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> ActionPage:
+    """Pending Actions: open approvals addressed to clients, in the caller's tenants."""
+    extra = [f"BizCapability = {quote(capability)}"] if capability else []
+    return await _inbox(temporal, key, principal, "client", tenant_id, limit, cursor, extra)
+
+
+async def hub_inbox(temporal: Client, key: bytes, principal: Principal, *, tenant_id: str | None = None,
+                    capability: str | None = None, role: str | None = None, overdue: bool | None = None,
+                    limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> ActionPage:
+    """The Approval Hub: open approvals addressed to the platform's staff, with its filters."""
+    extra = []
+    if capability:
+        extra.append(f"BizCapability = {quote(capability)}")
+    if role:
+        extra.append(f"BizApprovalRole = {quote(role)}")
+    if overdue is not None:
+        now = timestamp(datetime.now(timezone.utc))
+        extra.append(f"BizApprovalDueAt < {now}" if overdue else f"BizApprovalDueAt >= {now}")
+    return await _inbox(temporal, key, principal, "admin", tenant_id, limit, cursor, extra)
+
+
+async def action_detail(temporal: Client, principal: Principal, action_id: str) -> ActionDetail:
+    """An approval, open or closed, of a workflow in the caller's tenants (404 otherwise)."""
+    wf_id, request_id = _split(action_id)
+    handle, desc = await describe_in_scope(temporal, principal, wf_id)
+    try:
+        view = await handle.query(HumanDecisions.approvals, rpc_timeout=QUERY_TIMEOUT)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            raise  # no worker answered: 503
+        raise NotFoundException(f"pending action {action_id!r} not found") from None
+    except Exception:  # noqa: BLE001 - a workflow without approvals: nothing to show
+        raise NotFoundException(f"pending action {action_id!r} not found") from None
+    found = [a for a in ([view.open] if view.open else []) + view.closed if a.request.request_id == request_id]
+    if not found:
+        raise NotFoundException(f"pending action {action_id!r} not found")
+    a: OpenApproval = found[-1]
+    return ActionDetail(
+        action_id=action_id, workflow_id=wf_id, tenant_id=a.tenant_id,
+        capability=desc.typed_search_attributes.get(CAPABILITY), status=a.status, outcome=a.outcome,
+        request=a.request, audience=a.audience, roles=a.roles, escalated=a.escalated, opened_at=a.opened_at,
+        due_at=a.due_at, decisions=a.decisions)
+
+
+async def decide_action(temporal: Client, settings: Settings, principal: Principal, action_id: str,
+                        data: DecisionBody) -> DecisionReceipt:
+    """The ``decide`` update, signed for the caller; refusals as HTTP errors (403/404/409/422/503)."""
+    wf_id, request_id = _split(action_id)
+    # One round trip when all is well: the workflow's validator checks the caller's tenant
+    # scope (first, so another tenant learns nothing), role and the request itself. Ids
+    # begin with their tenant, so a caller out of scope is answered without a call at all.
+    if not principal.can_see_tenant(tenant_of(wf_id)):
+        raise NotFoundException(f"pending action {action_id!r} not found")
+    decision = _signed(settings, DecisionInput(
+        request_id=request_id, decision=data.decision, comment=data.comment, edits=data.edits,
+        choice=data.choice, by=_decider(principal)), wf_id)
+    bound = settings.api.decision_timeout_seconds
+    try:
+        # Bounded: with no worker polling, Temporal would hold the call open indefinitely.
+        async with asyncio.timeout(bound):
+            return await temporal.get_workflow_handle(wf_id).execute_update(
+                HumanDecisions.decide, decision, rpc_timeout=timedelta(seconds=bound))
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise ServiceUnavailableException(
+            f"the workflow did not take the decision within {bound:g} s (its worker is not running?); the "
+            "decision is recorded if the worker returns: ask again later (409 then means it was)",
+            headers={"Retry-After": str(max(1, math.ceil(bound)))},
+        ) from None
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type in DECISION_ERROR_TYPES:
+            raise _http_error(cause, action_id) from None
+        # Not an approval workflow (no `decide` handler): as good as not found.
+        await describe_in_scope(temporal, principal, wf_id)
+        raise NotFoundException(f"pending action {action_id!r} not found") from None
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        # No such workflow (404), or it has completed: its approvals are closed (409).
+        await describe_in_scope(temporal, principal, wf_id)
+        raise ConflictError(f"pending action {action_id!r} is closed", code="approval_closed") from None
+
+
 class PendingActionsController(Controller):
     path = "/v1/pending-actions"
     tags = ["pending actions"]
@@ -186,8 +273,8 @@ class PendingActionsController(Controller):
                            cursor_key: NamedDependency[bytes],
                            tenant_id: _TENANT = None, capability: _CAPABILITY = None,
                            limit: _LIMIT = DEFAULT_LIMIT, cursor: _CURSOR = None) -> ActionPage:
-        extra = [f"BizCapability = {quote(capability)}"] if capability else []
-        return await _inbox(temporal, cursor_key, request.user, "client", tenant_id, limit, cursor, extra)
+        return await client_inbox(temporal, cursor_key, request.user, tenant_id=tenant_id, capability=capability,
+                                  limit=limit, cursor=cursor)
 
     @get("/stream", operation_id="stream_pending_actions", summary="Changes of the caller's Pending Actions (SSE)",
          description="Server-sent events: `opened` with the action (as the list shows it) when one appears, "
@@ -217,25 +304,7 @@ class PendingActionsController(Controller):
          summary="An approval: the proposal, allowed decisions, edit schema, due time and decisions so far")
     async def get_action(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                          action_id: _ACTION_ID) -> ActionDetail:
-        wf_id, request_id = _split(action_id)
-        handle, desc = await describe_in_scope(temporal, request.user, wf_id)
-        try:
-            view = await handle.query(HumanDecisions.approvals, rpc_timeout=QUERY_TIMEOUT)
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
-                raise  # no worker answered: 503
-            raise NotFoundException(f"pending action {action_id!r} not found") from None
-        except Exception:  # noqa: BLE001 - a workflow without approvals: nothing to show
-            raise NotFoundException(f"pending action {action_id!r} not found") from None
-        found = [a for a in ([view.open] if view.open else []) + view.closed if a.request.request_id == request_id]
-        if not found:
-            raise NotFoundException(f"pending action {action_id!r} not found")
-        a: OpenApproval = found[-1]
-        return ActionDetail(
-            action_id=action_id, workflow_id=wf_id, tenant_id=a.tenant_id,
-            capability=desc.typed_search_attributes.get(CAPABILITY), status=a.status, outcome=a.outcome,
-            request=a.request, audience=a.audience, roles=a.roles, escalated=a.escalated, opened_at=a.opened_at,
-            due_at=a.due_at, decisions=a.decisions)
+        return await action_detail(temporal, request.user, action_id)
 
     @post("/{action_id:str}/decision", operation_id="decide_pending_action", status_code=HTTP_200_OK,
           summary="Approve, reject, request changes to or edit what the AI proposed",
@@ -248,40 +317,7 @@ class PendingActionsController(Controller):
           raises=[ConflictError, RejectedError, PermissionDeniedException])
     async def decide(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                      action_id: _ACTION_ID, data: JSONBody[DecisionBody]) -> DecisionReceipt:
-        wf_id, request_id = _split(action_id)
-        # One round trip when all is well: the workflow's validator checks the caller's tenant
-        # scope (first, so another tenant learns nothing), role and the request itself. Ids
-        # begin with their tenant, so a caller out of scope is answered without a call at all.
-        if not request.user.can_see_tenant(tenant_of(wf_id)):
-            raise NotFoundException(f"pending action {action_id!r} not found")
-        decision = _signed(request.app.state.settings, DecisionInput(
-            request_id=request_id, decision=data.decision, comment=data.comment, edits=data.edits,
-            choice=data.choice, by=_decider(request.user)), wf_id)
-        bound = request.app.state.settings.api.decision_timeout_seconds
-        try:
-            # Bounded: with no worker polling, Temporal would hold the call open indefinitely.
-            async with asyncio.timeout(bound):
-                return await temporal.get_workflow_handle(wf_id).execute_update(
-                    HumanDecisions.decide, decision, rpc_timeout=timedelta(seconds=bound))
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            raise ServiceUnavailableException(
-                f"the workflow did not take the decision within {bound:g} s (its worker is not running?); the "
-                "decision is recorded if the worker returns: ask again later (409 then means it was)",
-                headers={"Retry-After": str(max(1, math.ceil(bound)))},
-            ) from None
-        except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.type in DECISION_ERROR_TYPES:
-                raise _http_error(cause, action_id) from None
-            # Not an approval workflow (no `decide` handler): as good as not found.
-            await describe_in_scope(temporal, request.user, wf_id)
-            raise NotFoundException(f"pending action {action_id!r} not found") from None
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            # No such workflow (404), or it has completed: its approvals are closed (409).
-            await describe_in_scope(temporal, request.user, wf_id)
-            raise ConflictError(f"pending action {action_id!r} is closed", code="approval_closed") from None
+        return await decide_action(temporal, request.app.state.settings, request.user, action_id, data)
 
 
 # The protocol's refusals as stable problem codes (api/errors.py).
@@ -330,15 +366,8 @@ class ApprovalHubController(Controller):
                                                                    description="Only approvals for this role")] = None,
                              overdue: Annotated[bool | None, Parameter(description="Only those past due")] = None,
                              limit: _LIMIT = DEFAULT_LIMIT, cursor: _CURSOR = None) -> ActionPage:
-        extra = []
-        if capability:
-            extra.append(f"BizCapability = {quote(capability)}")
-        if role:
-            extra.append(f"BizApprovalRole = {quote(role)}")
-        if overdue is not None:
-            now = timestamp(datetime.now(timezone.utc))
-            extra.append(f"BizApprovalDueAt < {now}" if overdue else f"BizApprovalDueAt >= {now}")
-        return await _inbox(temporal, cursor_key, request.user, "admin", tenant_id, limit, cursor, extra)
+        return await hub_inbox(temporal, cursor_key, request.user, tenant_id=tenant_id, capability=capability,
+                               role=role, overdue=overdue, limit=limit, cursor=cursor)
 
 
 def pending_actions_router() -> Router:

@@ -163,6 +163,69 @@ class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
 Status = Literal["running", "completed", "failed", "canceled", "terminated", "timed_out", "continued_as_new"]
 
 
+# Shared by the controller below and the console (api/console/).
+
+async def list_page(temporal: Client, key: bytes, principal: Principal, *, tenant_id: str | None = None,
+                    capability: str | None = None, status: Status | None = None, pending: bool | None = None,
+                    limit: int = 50, cursor: str | None = None) -> WorkflowPage:
+    """A page of workflows in the caller's tenants, newest first, with the typed filters."""
+    scope = tenant_clause(principal, tenant_id)
+    if scope == "":
+        return WorkflowPage(items=[])
+    clauses = [scope] if scope else ["BizTenantId IS NOT NULL"]
+    if capability:
+        clauses.append(f"BizCapability = {quote(capability)}")
+    if status:
+        clauses.append(f"ExecutionStatus = {quote(_STATUS_NAMES[status])}")
+    if pending is not None:
+        clauses.append("BizPendingApproval = true" if pending else
+                       "(BizPendingApproval = false OR BizPendingApproval IS NULL)")
+    executions, next_cursor = await page(temporal, key, clauses, limit, cursor)
+    return WorkflowPage(items=[WorkflowSummary(
+        workflow_id=wf.id, run_id=wf.run_id, workflow_type=wf.workflow_type,
+        capability=wf.typed_search_attributes.get(CAPABILITY), tenant_id=wf.typed_search_attributes.get(TENANT_ID),
+        status=wf.status.name if wf.status else "UNKNOWN",
+        pending_approval=bool(wf.typed_search_attributes.get(PENDING_APPROVAL)),
+        start_time=wf.start_time, close_time=wf.close_time) for wf in executions], next_cursor=next_cursor)
+
+
+async def workflow_view(temporal: Client, principal: Principal, workflow_id: str) -> WorkflowView:
+    """A workflow's status, its own progress query, its result or failure (404 out of scope)."""
+    handle, desc = await describe_in_scope(temporal, principal, workflow_id)
+    progress = result = failure = control = None
+    try:
+        progress = await handle.query(PROGRESS_QUERY, result_type=Any, rpc_timeout=QUERY_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - a workflow without the query, or no worker to answer
+        log.info("no progress for %s: %s", workflow_id, exc)
+        progress = None
+    capability = CATALOGUE.get(desc.typed_search_attributes.get(CAPABILITY) or "")
+    if progress is not None and capability is not None and issubclass(capability.workflow, Stages):
+        try:
+            control = await handle.query(CONTROL_QUERY, result_type=ControlState, rpc_timeout=QUERY_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - a run from before workflow control
+            log.info("no control state for %s: %s", workflow_id, exc)
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result()
+    elif desc.status == WorkflowExecutionStatus.FAILED:
+        try:
+            await handle.result()
+        except Exception as exc:  # noqa: BLE001
+            failure = _root_failure(exc)
+    return WorkflowView(
+        workflow_id=desc.id,
+        run_id=desc.run_id,
+        capability=desc.typed_search_attributes.get(CAPABILITY),
+        tenant_id=desc.typed_search_attributes.get(TENANT_ID),
+        status=desc.status.name if desc.status else "UNKNOWN",
+        start_time=desc.start_time,
+        close_time=desc.close_time,
+        progress=progress,
+        control=control,
+        result=result,
+        failure=failure,
+    )
+
+
 class WorkflowController(Controller):
     path = "/"
     tags = ["workflows"]
@@ -179,62 +242,14 @@ class WorkflowController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Parameter(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")] = None,
     ) -> WorkflowPage:
-        scope = tenant_clause(request.user, tenant_id)
-        if scope == "":
-            return WorkflowPage(items=[])
-        clauses = [scope] if scope else ["BizTenantId IS NOT NULL"]
-        if capability:
-            clauses.append(f"BizCapability = {quote(capability)}")
-        if status:
-            clauses.append(f"ExecutionStatus = {quote(_STATUS_NAMES[status])}")
-        if pending is not None:
-            clauses.append("BizPendingApproval = true" if pending else
-                           "(BizPendingApproval = false OR BizPendingApproval IS NULL)")
-        executions, next_cursor = await page(temporal, cursor_key, clauses, limit, cursor)
-        return WorkflowPage(items=[WorkflowSummary(
-            workflow_id=wf.id, run_id=wf.run_id, workflow_type=wf.workflow_type,
-            capability=wf.typed_search_attributes.get(CAPABILITY), tenant_id=wf.typed_search_attributes.get(TENANT_ID),
-            status=wf.status.name if wf.status else "UNKNOWN",
-            pending_approval=bool(wf.typed_search_attributes.get(PENDING_APPROVAL)),
-            start_time=wf.start_time, close_time=wf.close_time) for wf in executions], next_cursor=next_cursor)
+        return await list_page(temporal, cursor_key, request.user, tenant_id=tenant_id, capability=capability,
+                               status=status, pending=pending, limit=limit, cursor=cursor)
 
     @get("/{workflow_id:str}", operation_id="get_workflow", summary="A workflow's status, progress and result")
     async def get_workflow(
         self, request: Request, temporal: NamedDependency[Client], workflow_id: Annotated[str, PathParameter(max_length=400)]
     ) -> WorkflowView:
-        handle, desc = await describe_in_scope(temporal, request.user, workflow_id)
-        progress = result = failure = control = None
-        try:
-            progress = await handle.query(PROGRESS_QUERY, result_type=Any, rpc_timeout=QUERY_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - a workflow without the query, or no worker to answer
-            log.info("no progress for %s: %s", workflow_id, exc)
-            progress = None
-        capability = CATALOGUE.get(desc.typed_search_attributes.get(CAPABILITY) or "")
-        if progress is not None and capability is not None and issubclass(capability.workflow, Stages):
-            try:
-                control = await handle.query(CONTROL_QUERY, result_type=ControlState, rpc_timeout=QUERY_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 - a run from before workflow control
-                log.info("no control state for %s: %s", workflow_id, exc)
-        if desc.status == WorkflowExecutionStatus.COMPLETED:
-            result = await handle.result()
-        elif desc.status == WorkflowExecutionStatus.FAILED:
-            try:
-                await handle.result()
-            except Exception as exc:  # noqa: BLE001
-                failure = _root_failure(exc)
-        return WorkflowView(
-            workflow_id=desc.id,
-            run_id=desc.run_id,
-            capability=desc.typed_search_attributes.get(CAPABILITY),
-            tenant_id=desc.typed_search_attributes.get(TENANT_ID),
-            status=desc.status.name if desc.status else "UNKNOWN",
-            start_time=desc.start_time,
-            close_time=desc.close_time,
-            progress=progress,
-            control=control,
-            result=result,
-            failure=failure,
-        )
+        return await workflow_view(temporal, request.user, workflow_id)
 
     @post(
         "/{workflow_id:str}/cancel",

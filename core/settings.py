@@ -78,7 +78,21 @@ class AuthSettings(BaseModel):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
+    # The console's sign-in (authorization code + PKCE): the issuer's endpoints and this
+    # application's client id (and secret, for a confidential client).
+    oidc_authorization_url: str | None = None
+    oidc_token_url: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
     token_ttl_hours: int = 24
+
+
+class ConsoleSettings(BaseModel):
+    # Signs the console's session cookie. Unset: derived from the dev secret in dev mode; with
+    # OIDC the console's sign-in is off until it is set (and the BIZ_AUTH_OIDC_* client settings).
+    session_secret: SecretStr | None = None
+    # A session lasts at most this long, and never past the token it holds.
+    session_hours: float = Field(default=12.0, gt=0)
 
 
 DECISION_KEY_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"
@@ -286,6 +300,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     codec: CodecSettings = Field(default_factory=CodecSettings)
     decision: DecisionSettings = Field(default_factory=DecisionSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)

@@ -66,7 +66,8 @@ class Stack:
                 while "Ctrl-C stops everything" not in line:
                     line = self.proc.stdout.readline()
                     self.output.append(line)
-                    if line.strip().startswith(("Postgres", "Temporal UI", "OpenAPI docs", "psql", "Metrics")):
+                    if line.strip().startswith(("Postgres", "Temporal UI", "OpenAPI docs", "psql", "Metrics",
+                                                "Console")):
                         key, _, value = line.strip().partition("  ")
                         banner[key] = value.strip()
                     if line.strip().startswith("export BIZ_"):
@@ -131,6 +132,10 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             health = (await http.get("/health")).json()
             assert health["temporal"]["ok"] and health["postgres"]["ok"]
             assert (await http.get("/schema")).status_code == 200
+            # The console the banner names asks for a dev token.
+            assert banner["Console"].startswith(f"{stack.api}/console")
+            login = await http.get("/console/login")
+            assert login.status_code == 200 and "Dev token" in login.text
         assert httpx.get(f"http://127.0.0.1:{stack.ui_port}", timeout=10).status_code == 200
         # The psql command the banner prints opens the stack's database.
         psql = subprocess.run([*shlex.split(banner["psql"]), "-tAc", "SELECT 1"], capture_output=True, text=True,

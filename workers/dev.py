@@ -398,6 +398,7 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"  Health         {stack.api_url}/readyz   (liveness {stack.api_url}/livez)",
         f"  Metrics        {stack.api_url}/metrics  worker http://127.0.0.1:{stack.worker_metrics_port}/metrics",
         f"  Codec endpoint {stack.api_url}/codec   (payloads in Temporal are encrypted; admin token)",
+        f"  Console        {stack.api_url}/console   (sign in with a token below)",
         f"  Temporal UI    http://{stack.cluster.ip}:{stack.ui_port}",
         f"  Temporal       {stack.address}  namespace {stack.cluster.namespace}",
         f"  Postgres       {pg}",

@@ -33,6 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ApiError, ConflictError
+from api.visibility import quote
 from api.schedules.common import READ_ROLES, SPEC_ROLES, WRITE_ROLES, NoteBody, bad, tenant_in_scope
 from core.names import CAPABILITY, SLUG_PATTERN, TENANT_ID
 from schedules.catalogue import OWNED_PREFIX
@@ -196,6 +197,42 @@ def _check_spec(body: SpecBody) -> SpecPatch:
                      jitter_seconds=body.jitter_seconds)
 
 
+async def list_in_scope(temporal: Client, principal: Principal, *, tenant_id: str | None = None,
+                        capability: str | None = None, limit: int = 100) -> ScheduleList:
+    """The owned schedules the caller may see (one tenant's with ``tenant_id``: 404 out of scope).
+    Shared by the controller below and the console (api/console/)."""
+    if tenant_id is not None:
+        tenant_in_scope(principal, tenant_id)
+        tenants: list[str] | None = [tenant_id]
+    elif principal.is_platform:
+        tenants = None
+    else:
+        tenants = sorted({t for t in (principal.tenant_id, *principal.tenants) if t})
+        if not tenants:
+            return ScheduleList(items=[])
+    clauses = [tenant_query(tenants)] if tenants is not None else []
+    if capability is not None:
+        clauses.append(f"BizCapability = {quote(capability)}")
+    items: list[ScheduleSummary] = []
+    async for s in await temporal.list_schedules(" AND ".join(clauses) or None):
+        if not s.id.startswith(OWNED_PREFIX):
+            continue
+        tenant = s.typed_search_attributes.get(TENANT_ID)
+        if not principal.can_see_tenant(tenant):
+            continue
+        sched, info = s.schedule, s.info
+        items.append(ScheduleSummary(
+            schedule_id=s.id, tenant_id=tenant, capability=s.typed_search_attributes.get(CAPABILITY),
+            workflow_type=getattr(sched.action, "workflow", None) if sched else None,
+            paused=bool(sched and sched.state.paused), note=sched.state.note if sched else None,
+            next_runs=list(info.next_action_times) if info else [],
+            recent_runs=_runs(info.recent_actions) if info else [],
+        ))
+        if len(items) >= limit:
+            break
+    return ScheduleList(items=sorted(items, key=lambda i: i.schedule_id))
+
+
 class ScheduleController(Controller):
     path = "/v1/schedules"
     tags = ["schedules"]
@@ -218,37 +255,7 @@ class ScheduleController(Controller):
         capability: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
         limit: Annotated[int, Parameter(ge=1, le=MAX_LIST)] = 100,
     ) -> ScheduleList:
-        principal = request.user
-        if tenant_id is not None:
-            tenant_in_scope(principal, tenant_id)
-            tenants: list[str] | None = [tenant_id]
-        elif principal.is_platform:
-            tenants = None
-        else:
-            tenants = sorted({t for t in (principal.tenant_id, *principal.tenants) if t})
-            if not tenants:
-                return ScheduleList(items=[])
-        clauses = [tenant_query(tenants)] if tenants is not None else []
-        if capability is not None:
-            clauses.append(f"BizCapability = '{capability}'")  # a slug: checked by the parameter
-        items: list[ScheduleSummary] = []
-        async for s in await temporal.list_schedules(" AND ".join(clauses) or None):
-            if not s.id.startswith(OWNED_PREFIX):
-                continue
-            tenant = s.typed_search_attributes.get(TENANT_ID)
-            if not principal.can_see_tenant(tenant):
-                continue
-            sched, info = s.schedule, s.info
-            items.append(ScheduleSummary(
-                schedule_id=s.id, tenant_id=tenant, capability=s.typed_search_attributes.get(CAPABILITY),
-                workflow_type=getattr(sched.action, "workflow", None) if sched else None,
-                paused=bool(sched and sched.state.paused), note=sched.state.note if sched else None,
-                next_runs=list(info.next_action_times) if info else [],
-                recent_runs=_runs(info.recent_actions) if info else [],
-            ))
-            if len(items) >= limit:
-                break
-        return ScheduleList(items=sorted(items, key=lambda i: i.schedule_id))
+        return await list_in_scope(temporal, request.user, tenant_id=tenant_id, capability=capability, limit=limit)
 
     @get("/{schedule_id:str}", operation_id="get_schedule", summary="A schedule's spec, next runs, recent runs and state",
          opt={"roles": READ_ROLES})

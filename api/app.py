@@ -29,7 +29,9 @@ from api.health import health
 from api.inbox import prune_forever
 from api.mcp import mcp_router
 from api.outbox import outbox_router
-from api.pending_actions import pending_actions_router
+from api.devmail import dev_mail_router
+from api.links import links_router
+from api.pending_actions import PendingStream, pending_actions_router
 from api.ratelimit import StartLimiter
 from api.schedules import schedules_router
 from api.tenant_settings import settings_router
@@ -45,7 +47,8 @@ from core.telemetry import configure_tracing
 log = logging.getLogger(__name__)
 
 # Webhooks are public: the sender's signature is their authentication (api/webhooks.py).
-PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/"]
+# One-click links are public too: their signed token is the credential (api/links.py).
+PUBLIC_PATHS = ["^/health$", "^/schema", "^/v1/webhooks/", "^/v1/links/"]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -69,9 +72,12 @@ def create_app(settings: Settings) -> Litestar:
         # The webhook inbox's retention: old deliveries deleted now and hourly (api/inbox.py).
         pruning = asyncio.create_task(
             prune_forever(app.state.db, timedelta(days=settings.webhooks.inbox_retention_days)))
+        # One poller behind every Pending Actions stream of this process.
+        app.state.pending_stream = PendingStream(lambda: app.state.temporal, lambda: app.state.db)
         try:
             yield
         finally:
+            await app.state.pending_stream.aclose()
             pruning.cancel()
             await app.state.db.close()
 
@@ -87,7 +93,8 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[health, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
-                        webhooks_router(), codec_router(), settings_router()],
+                        webhooks_router(), codec_router(), settings_router(), links_router(),
+                        *([dev_mail_router()] if settings.environment == "dev" else [])],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),

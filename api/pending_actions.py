@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -191,25 +191,29 @@ class PendingActionsController(Controller):
 
     @get("/stream", operation_id="stream_pending_actions", summary="Changes of the caller's Pending Actions (SSE)",
          description="Server-sent events: `opened` with the action (as the list shows it) when one appears, "
-                     "`closed` with its action_id when it is decided or times out. Polls visibility every "
-                     f"{STREAM_POLL_SECONDS:g} s for this connection; reconnect with a new request.")
-    async def stream(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
-                     cursor_key: NamedDependency[bytes],
-                     tenant_id: _TENANT = None) -> ServerSentEvent:
-        principal = request.user
+                     "`closed` with its action_id when it is decided or times out, and `notification` with each "
+                     "approval event (requested, reminder, escalated, decided, timed_out) in the caller's "
+                     f"tenants. One poller per API process watches visibility every {STREAM_POLL_SECONDS:g} s "
+                     "for every connection; each connection sees only its own scope. Reconnect with a new "
+                     "request (a connection ends after an hour).")
+    async def stream(self, request: Request[Principal, Any, Any], tenant_id: _TENANT = None) -> ServerSentEvent:
+        hub: PendingStream = request.app.state.pending_stream
+        subscriber = hub.subscribe(request.user, tenant_id)
 
         async def changes() -> AsyncIterator[ServerSentEventMessage]:
-            seen: dict[str, ActionSummary] = {}
-            for _ in range(STREAM_MAX_POLLS):
-                current = {a.action_id: a for a in (await _inbox(
-                    temporal, cursor_key, principal, "client", tenant_id, MAX_LIMIT, None, [])).items}
-                for aid in current.keys() - seen.keys():
-                    yield ServerSentEventMessage(event="opened", id=aid,
-                                                 data=msgspec.json.encode(current[aid]).decode())
-                for aid in seen.keys() - current.keys():
-                    yield ServerSentEventMessage(event="closed", id=aid, data=msgspec.json.encode({"action_id": aid}).decode())
-                seen = current
-                await asyncio.sleep(STREAM_POLL_SECONDS)
+            try:
+                deadline = time.monotonic() + STREAM_POLL_SECONDS * STREAM_MAX_POLLS
+                while time.monotonic() < deadline:
+                    try:
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            message = await subscriber.queue.get()
+                    except TimeoutError:
+                        return
+                    if message is None:  # dropped (too far behind) or the API is stopping
+                        return
+                    yield message
+            finally:
+                hub.unsubscribe(subscriber)
 
         return ServerSentEvent(changes())
 
@@ -254,34 +258,44 @@ class PendingActionsController(Controller):
         # begin with their tenant, so a caller out of scope is answered without a call at all.
         if not request.user.can_see_tenant(tenant_of(wf_id)):
             raise NotFoundException(f"pending action {action_id!r} not found")
-        decision = _signed(request.app.state.settings, DecisionInput(
-            request_id=request_id, decision=data.decision, comment=data.comment, edits=data.edits,
-            choice=data.choice, by=_decider(request.user)), wf_id)
-        bound = request.app.state.settings.api.decision_timeout_seconds
-        try:
-            # Bounded: with no worker polling, Temporal would hold the call open indefinitely.
-            async with asyncio.timeout(bound):
-                return await temporal.get_workflow_handle(wf_id).execute_update(
-                    HumanDecisions.decide, decision, rpc_timeout=timedelta(seconds=bound))
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            raise ServiceUnavailableException(
-                f"the workflow did not take the decision within {bound:g} s (its worker is not running?); the "
-                "decision is recorded if the worker returns: ask again later (409 then means it was)",
-                headers={"Retry-After": str(max(1, math.ceil(bound)))},
-            ) from None
-        except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.type in DECISION_ERROR_TYPES:
-                raise _http_error(cause, action_id) from None
-            # Not an approval workflow (no `decide` handler): as good as not found.
-            await describe_in_scope(temporal, request.user, wf_id)
-            raise NotFoundException(f"pending action {action_id!r} not found") from None
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            # No such workflow (404), or it has completed: its approvals are closed (409).
-            await describe_in_scope(temporal, request.user, wf_id)
-            raise ConflictError(f"pending action {action_id!r} is closed", code="approval_closed") from None
+        decision = DecisionInput(request_id=request_id, decision=data.decision, comment=data.comment,
+                                 edits=data.edits, choice=data.choice, by=_decider(request.user))
+        return await execute_decision(temporal, request.app.state.settings, wf_id, decision,
+                                      lambda: describe_in_scope(temporal, request.user, wf_id))
+
+
+async def execute_decision(temporal: Client, settings: Settings, wf_id: str, decision: DecisionInput,
+                           in_scope: Callable[[], Awaitable[Any]]) -> DecisionReceipt:
+    """``decision`` signed with the API's key and sent as the ``decide`` update (the workflow's
+    validator decides); its refusals as HTTP errors. ``in_scope()`` raises 404 when the workflow
+    does not exist or is out of the caller's scope (asked only when the update fails)."""
+    action = action_id(wf_id, decision.request_id)
+    signed = _signed(settings, decision, wf_id)
+    bound = settings.api.decision_timeout_seconds
+    try:
+        # Bounded: with no worker polling, Temporal would hold the call open indefinitely.
+        async with asyncio.timeout(bound):
+            return await temporal.get_workflow_handle(wf_id).execute_update(
+                HumanDecisions.decide, signed, rpc_timeout=timedelta(seconds=bound))
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise ServiceUnavailableException(
+            f"the workflow did not take the decision within {bound:g} s (its worker is not running?); the "
+            "decision is recorded if the worker returns: ask again later (409 then means it was)",
+            headers={"Retry-After": str(max(1, math.ceil(bound)))},
+        ) from None
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type in DECISION_ERROR_TYPES:
+            raise _http_error(cause, action) from None
+        # Not an approval workflow (no `decide` handler): as good as not found.
+        await in_scope()
+        raise NotFoundException(f"pending action {action!r} not found") from None
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        # No such workflow (404), or it has completed: its approvals are closed (409).
+        await in_scope()
+        raise ConflictError(f"pending action {action!r} is closed", code="approval_closed") from None
 
 
 # The protocol's refusals as stable problem codes (api/errors.py).
@@ -339,6 +353,137 @@ class ApprovalHubController(Controller):
             now = timestamp(datetime.now(timezone.utc))
             extra.append(f"BizApprovalDueAt < {now}" if overdue else f"BizApprovalDueAt >= {now}")
         return await _inbox(temporal, cursor_key, request.user, "admin", tenant_id, limit, cursor, extra)
+
+
+class Subscriber:
+    """One stream connection: its scope, what it has been told is open, and its queue."""
+
+    QUEUE_SIZE = 1000
+
+    def __init__(self, principal: Principal, tenant_id: str | None) -> None:
+        self.principal = principal
+        self.tenant_id = tenant_id
+        self.seen: dict[str, ActionSummary] = {}
+        self.queue: asyncio.Queue[ServerSentEventMessage | None] = asyncio.Queue(self.QUEUE_SIZE)
+        self.primed = False
+
+    def sees(self, tenant: str | None) -> bool:
+        if self.tenant_id is not None and tenant != self.tenant_id:
+            return False
+        return self.principal.can_see_tenant(tenant)
+
+    def put(self, message: ServerSentEventMessage) -> bool:
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+
+class PendingStream:
+    """The API process's one poller behind every Pending Actions stream: each
+    ``STREAM_POLL_SECONDS`` one visibility listing of every open client approval, and the new
+    rows of ``approval_notifications``, fanned out to each connection within its scope. It runs
+    while at least one connection is open."""
+
+    MAX_OPEN = 2000  # open approvals a poll reads (pages of MAX_LIMIT)
+
+    def __init__(self, temporal: Callable[[], Client], db: Callable[[], Any] | None = None,
+                 interval: float = STREAM_POLL_SECONDS) -> None:
+        self._temporal = temporal
+        self._db = db
+        self._interval = interval
+        self._subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._last_notification: int | None = None
+        self.polls = 0  # visibility listings made (one per interval, whatever the connections)
+
+    def subscribe(self, principal: Principal, tenant_id: str | None) -> Subscriber:
+        sub = Subscriber(principal, tenant_id)
+        self._subscribers.add(sub)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="pending-actions-stream")
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    @property
+    def connections(self) -> int:
+        return len(self._subscribers)
+
+    async def aclose(self) -> None:
+        for sub in list(self._subscribers):
+            try:
+                sub.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+        self._subscribers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while self._subscribers:
+            try:
+                await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Temporal or Postgres away: try again next round
+                log.warning("pending actions stream: poll failed (%s)", exc.__class__.__name__)
+            await asyncio.sleep(self._interval)
+        self._task = None
+
+    async def _open_actions(self) -> dict[str, ActionSummary]:
+        query = " AND ".join(["BizPendingApproval = true", "BizApprovalAudience = 'client'",
+                              "ExecutionStatus = 'Running'"])
+        executions: list[WorkflowExecution] = []
+        async for wf in self._temporal().list_workflows(query, page_size=MAX_LIMIT, limit=self.MAX_OPEN):
+            executions.append(wf)
+        self.polls += 1
+        return {a.action_id: a for a in await _summaries(executions)}
+
+    async def _notifications(self) -> list[Any]:
+        if self._db is None:
+            return []
+        pool = self._db()
+        if self._last_notification is None:
+            self._last_notification = await pool.fetchval("SELECT COALESCE(max(id), 0) FROM approval_notifications")
+            return []
+        rows = await pool.fetch(
+            """SELECT id, tenant_id, workflow_id, request_id, event, audience, title, due_at, outcome, decided_by,
+                      created_at FROM approval_notifications WHERE id > $1 ORDER BY id LIMIT 500""",
+            self._last_notification)
+        if rows:
+            self._last_notification = rows[-1]["id"]
+        return rows
+
+    async def _poll(self) -> None:
+        current = await self._open_actions()
+        notes = await self._notifications()
+        for sub in list(self._subscribers):
+            mine = {aid: a for aid, a in current.items() if sub.sees(a.tenant_id)}
+            out = [ServerSentEventMessage(event="opened", id=aid, data=msgspec.json.encode(mine[aid]).decode())
+                   for aid in mine.keys() - sub.seen.keys()]
+            out += [ServerSentEventMessage(event="closed", id=aid, data=msgspec.json.encode({"action_id": aid}).decode())
+                    for aid in sub.seen.keys() - mine.keys()]
+            if sub.primed:  # a new connection hears events from after it opened
+                for n in notes:
+                    if sub.sees(n["tenant_id"]) and (n["audience"] == "client" or sub.principal.is_platform):
+                        out.append(ServerSentEventMessage(event="notification", id=f"n{n['id']}", data=msgspec.json.encode({
+                            "event": n["event"], "action_id": action_id(n["workflow_id"], n["request_id"]),
+                            "tenant_id": n["tenant_id"], "title": n["title"], "audience": n["audience"],
+                            "due_at": n["due_at"], "outcome": n["outcome"], "decided_by": n["decided_by"],
+                            "at": n["created_at"]}).decode()))
+            sub.seen = mine
+            sub.primed = True
+            for message in out:
+                if not sub.put(message):  # too far behind: end its stream, it reconnects
+                    self.unsubscribe(sub)
+                    while not sub.queue.empty():
+                        sub.queue.get_nowait()
+                    sub.queue.put_nowait(None)
+                    break
 
 
 def pending_actions_router() -> Router:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     import msgspec
 
     from activities.approvals import ApprovalActivities, Notify
+    from activities.notify import Deliver, NotifierActivities
     from activities.decision_keys import DecisionKeyActivities, VerifyDecision
     from activities.tenants import AuditActivities, AuditEntry
     from hitl.protocol import (
@@ -72,6 +73,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 APPROVING = ("approve", "edit")
+# The workflow.patched id of notifications that arrive: the ``requested`` and ``decided`` events
+# and the delivery of every event (notifications.deliver). Runs from before it replay as they ran.
+APPROVAL_NOTIFICATIONS = "approval-notifications"
+DECIDED_OUTCOMES = ("approved", "rejected", "changes_requested")
 MEMO_KEY = "approval"
 NO_PAYLOAD = RawValue(Payload())  # a `decide` signal sent without input
 T = TypeVar("T")
@@ -207,7 +212,7 @@ class HumanDecisions:
         record = DecisionRecord(
             request_id=d.request_id, decision=d.decision, decided_by=d.by.sub, role=role,
             tenant_id=d.by.tenant_id, acting_as=d.by.acting_as, decided_at=now, comment=d.comment,
-            edits=d.edits, diff=changes, via=via, choice=d.choice,  # type: ignore[arg-type]
+            edits=d.edits, diff=changes, via=d.via or via, choice=d.choice,  # type: ignore[arg-type]
         )
         decisions = [*approval.decisions, record]
         approvals = sum(1 for r in decisions if r.decision in APPROVING)
@@ -238,6 +243,8 @@ class HumanDecisions:
             request=req, tenant_id=tenant_of(wf_id), opened_at=now, due_at=now + timedelta(seconds=req.due_in_seconds),
             audience=req.audience, roles=list(req.roles))
         self._announce()
+        if workflow.patched(APPROVAL_NOTIFICATIONS):
+            await self._notify("requested")
         audited = 0
         phase_start, reminders_sent = now, 0
         while True:
@@ -286,6 +293,11 @@ class HumanDecisions:
                 reminders_sent += 1
                 await self._notify("reminder", f":{'esc' if approval.escalated else 'open'}:{reminders_sent}")
         closed = self._approval
+        if closed.outcome in DECIDED_OUTCOMES and workflow.patched(APPROVAL_NOTIFICATIONS):
+            last_decision = closed.decisions[-1] if closed.decisions else None
+            await self._notify("decided", outcome=closed.outcome,
+                               decided_by=last_decision.decided_by if last_decision else None)
+            closed = self._approval
         self._approval = None
         self._approvals_closed.append(closed)
         workflow.upsert_search_attributes([
@@ -349,16 +361,33 @@ class HumanDecisions:
                                 "audience": a.audience, "roles": a.roles}),
         )
 
-    async def _notify(self, event: str, suffix: str = "") -> None:
+    async def _notify(self, event: str, suffix: str = "", *, outcome: str | None = None,
+                      decided_by: str | None = None) -> None:
+        """Record the event (``approvals.notify``: the in-app feed), then deliver it to the
+        audience by their channels (``notifications.deliver``). A delivery that fails for good
+        is logged and recorded, never fails the approval."""
         a = self._approval
         assert a is not None
         wf_id = workflow.info().workflow_id
+        key = f"{wf_id}:approval:{a.request.request_id}:{event}{suffix}"
+        outcome = outcome or (a.outcome if event == "timed_out" else None)
         await run_activity(
             ApprovalActivities.notify,
-            Notify(idempotency_key=f"{wf_id}:approval:{a.request.request_id}:{event}{suffix}", tenant_id=a.tenant_id,
+            Notify(idempotency_key=key, tenant_id=a.tenant_id,
                    workflow_id=wf_id, request_id=a.request.request_id, event=event, audience=a.audience,
-                   roles=a.roles, title=a.request.title, due_at=a.due_at),
+                   roles=a.roles, title=a.request.title, due_at=a.due_at, outcome=outcome, decided_by=decided_by),
         )
+        if not workflow.patched(APPROVAL_NOTIFICATIONS):
+            return
+        r = a.request
+        try:
+            await run_activity(NotifierActivities.deliver, Deliver(
+                idempotency_key=key, tenant_id=a.tenant_id, workflow_id=wf_id, request_id=r.request_id, event=event,
+                at=workflow.now(), audience=a.audience, roles=list(a.roles), title=r.title, summary=r.summary,
+                kind=r.kind, allowed=list(r.allowed), choices=list(r.choices), due_at=a.due_at,
+                escalated=a.escalated, outcome=outcome, decided_by=decided_by))
+        except ActivityError as err:
+            workflow.logger.warning("approval %s of %s not delivered: %s", event, r.request_id, err.cause)
 
 
 def _or_application_error(take: Callable[[], T]) -> T:

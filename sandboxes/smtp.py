@@ -31,7 +31,7 @@ class Received:
 
     @property
     def subject(self) -> str:
-        return str(self.message.get("Subject", ""))
+        return " ".join(str(self.message.get("Subject", "")).split())  # unfolded, as mail clients show it
 
     def body(self, subtype: str = "plain") -> str:
         part = self.message.get_body(preferencelist=(subtype,))

@@ -74,7 +74,7 @@ def read_mail(directory: Path, limit: int, to: str | None = None) -> MailPage:
             at = None
         found.append(((at.timestamp() if at else 0.0), ReceivedMail(
             id=key, received_at=at.isoformat() if at else None, sender=str(msg.get("From", "")), to=recipients,
-            subject=str(msg.get("Subject", "")), text=_body(msg, "plain") or "", html=_body(msg, "html"))))
+            subject=" ".join(str(msg.get("Subject", "")).split()), text=_body(msg, "plain") or "", html=_body(msg, "html"))))
     found.sort(key=lambda x: (x[0], x[1].id), reverse=True)
     return MailPage(items=[m for _, m in found[:limit]], total=len(found))
 

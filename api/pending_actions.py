@@ -34,7 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError, RejectedError
-from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause, timestamp
+from api.visibility import CURSOR_PATTERN, in_list, page, quote, tenant_clause, timestamp
 from api.workflows import QUERY_TIMEOUT, describe_in_scope
 from hitl.approvals import HumanDecisions
 from hitl.protocol import (
@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 STREAM_POLL_SECONDS = 1.0
 STREAM_MAX_POLLS = 3600  # an hour, then the client reconnects
+NOTIFICATION_WINDOW_SECONDS = 60.0  # how far back the stream looks for notifications committed late
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 HUB_ROLES = frozenset({"super_admin", "admin", "finance", "support", "partner"})
@@ -382,9 +383,9 @@ class Subscriber:
 
 class PendingStream:
     """The API process's one poller behind every Pending Actions stream: each
-    ``STREAM_POLL_SECONDS`` one visibility listing of every open client approval, and the new
-    rows of ``approval_notifications``, fanned out to each connection within its scope. It runs
-    while at least one connection is open."""
+    ``STREAM_POLL_SECONDS`` one visibility listing of the open client approvals of every tenant
+    a connection may see, and the new rows of ``approval_notifications``, fanned out to each
+    connection within its scope. It runs while at least one connection is open."""
 
     MAX_OPEN = 2000  # open approvals a poll reads (pages of MAX_LIMIT)
 
@@ -395,7 +396,8 @@ class PendingStream:
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
-        self._last_notification: int | None = None
+        self._last_notification: int | None = None  # the highest id when the poller started
+        self._sent: dict[int, float] = {}  # notification ids fanned out (recent ones), monotonic time
         self.polls = 0  # visibility listings made (one per interval, whatever the connections)
 
     def subscribe(self, principal: Principal, tenant_id: str | None) -> Subscriber:
@@ -434,9 +436,27 @@ class PendingStream:
             await asyncio.sleep(self._interval)
         self._task = None
 
+    def _scope(self) -> str | None:
+        """The tenants any connection may see, as a clause ('' none, None every tenant)."""
+        tenants: set[str] = set()
+        for sub in list(self._subscribers):
+            clause = tenant_clause(sub.principal, sub.tenant_id)
+            if clause is None:
+                return None
+            if sub.tenant_id is not None and clause:
+                tenants.add(sub.tenant_id)
+            elif clause:
+                tenants |= {t for t in (sub.principal.tenant_id, *sub.principal.tenants) if t}
+        return in_list("BizTenantId", sorted(tenants)) if tenants else ""
+
     async def _open_actions(self) -> dict[str, ActionSummary]:
-        query = " AND ".join(["BizPendingApproval = true", "BizApprovalAudience = 'client'",
-                              "ExecutionStatus = 'Running'"])
+        scope = self._scope()
+        if scope == "":
+            return {}
+        clauses = ["BizPendingApproval = true", "BizApprovalAudience = 'client'", "ExecutionStatus = 'Running'"]
+        if scope:
+            clauses.append(scope)
+        query = " AND ".join(f"({c})" for c in clauses)
         executions: list[WorkflowExecution] = []
         async for wf in self._temporal().list_workflows(query, page_size=MAX_LIMIT, limit=self.MAX_OPEN):
             executions.append(wf)
@@ -444,6 +464,9 @@ class PendingStream:
         return {a.action_id: a for a in await _summaries(executions)}
 
     async def _notifications(self) -> list[Any]:
+        """Rows of ``approval_notifications`` not fanned out yet. Ids are not committed in order
+        (two inserts, the later id committed first), so it reads a recent window and remembers
+        what it sent, rather than only what is past the highest id seen."""
         if self._db is None:
             return []
         pool = self._db()
@@ -452,11 +475,16 @@ class PendingStream:
             return []
         rows = await pool.fetch(
             """SELECT id, tenant_id, workflow_id, request_id, event, audience, title, due_at, outcome, decided_by,
-                      created_at FROM approval_notifications WHERE id > $1 ORDER BY id LIMIT 500""",
-            self._last_notification)
-        if rows:
-            self._last_notification = rows[-1]["id"]
-        return rows
+                      created_at FROM approval_notifications
+                WHERE id > $1 AND created_at > now() - make_interval(secs => $2) ORDER BY id LIMIT 2000""",
+            self._last_notification, NOTIFICATION_WINDOW_SECONDS)
+        fresh = [r for r in rows if r["id"] not in self._sent]
+        now = time.monotonic()
+        for r in fresh:
+            self._sent[r["id"]] = now
+        for key in [k for k, at in self._sent.items() if now - at > 2 * NOTIFICATION_WINDOW_SECONDS]:
+            del self._sent[key]
+        return fresh
 
     async def _poll(self) -> None:
         current = await self._open_actions()

@@ -24,12 +24,11 @@ from temporalio.worker import Worker
 
 from activities.approvals import ApprovalActivities
 from activities.mcp import MCPActivities
-from activities.notify import Deliver, NotifierActivities, mcp_email_sender
+from activities.notify import Deliver, NotificationEvent, NotifierActivities, mcp_email_sender
 from activities.tenants import AuditEntry, AuditReceipt
 from api.app import create_app
 from core.links import LinkClaims, make_token
 from core.settings import Settings
-from hitl.approvals import HumanDecisions
 from hitl.protocol import ApprovalsView
 from sandboxes.smtp import SmtpSink
 from tests.conftest import Tokens
@@ -161,7 +160,12 @@ async def test_a_retried_notifier_sends_each_mail_once(
                      "($1, 'partner', $3)", tenant, owner, partner)
     sink.refuse(partner, times=1)  # the agency's mailbox refuses the first delivery
     mcp = MCPActivities(db)
-    notifier = NotifierActivities(db, dev_settings(), mcp_email_sender(mcp))
+    plugged: list[NotificationEvent] = []
+
+    async def webhook(event: NotificationEvent) -> None:  # where outbound webhooks plug in
+        plugged.append(event)
+
+    notifier = NotifierActivities(db, dev_settings(), mcp_email_sender(mcp), channels={"webhook": webhook})
     wf_id = f"{tenant}:campaign:{unique('spring')}"
     d = Deliver(idempotency_key=f"{wf_id}:approval:creative-1:requested", tenant_id=tenant, workflow_id=wf_id,
                 request_id="creative-1", event="requested", at=datetime.now(timezone.utc), audience="client",
@@ -179,9 +183,11 @@ async def test_a_retried_notifier_sends_each_mail_once(
         third = await retry.run(notifier.deliver, d)  # and once everything went, nothing at all
     finally:
         await mcp.aclose()
-    # The agency's mail only: the owner's mail and the in-app row went on the first attempt.
-    assert (second.sent, second.already, second.failed) == (1, 2, 0)
-    assert (third.sent, third.already) == (0, 3)
+    # The agency's mail only: the owner's mail, the in-app row and the webhook went on the first attempt.
+    assert (second.sent, second.already, second.failed) == (1, 3, 0)
+    assert (third.sent, third.already) == (0, 4)
+    assert [(e.type, e.id, e.action_id) for e in plugged] == [
+        ("approval.requested", d.idempotency_key, f"{wf_id}~creative-1")]
     assert len(sink.to(owner)) == 1 and len(sink.to(partner)) == 1
     assert sink.to(partner)[0].subject == "Approval needed: Approve the spring campaign"
     rows = await db.fetch("SELECT recipient, status, attempts, error FROM notification_deliveries "

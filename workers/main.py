@@ -180,7 +180,8 @@ def build_workers(client: Client, settings: Settings, regs: dict[str, QueueRegis
     return workers
 
 
-async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -> None:
+async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES,
+                      notify_channels: Mapping[str, Any] | None = None) -> None:
     unknown = set(queues) - set(TASK_QUEUES)
     if unknown:
         raise SystemExit(f"unknown task queue(s) {sorted(unknown)}; known: {', '.join(TASK_QUEUES)}")
@@ -194,7 +195,7 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    regs = registrations(settings, pool, queues)
+    regs = registrations(settings, pool, queues, notify_channels)
     if INTEGRATIONS_QUEUE in queues:
         from activities.mcp import MCPActivities, seed_registry
 

@@ -229,7 +229,7 @@ class DevStack:
             extra.update({"BIZ_SMTP_HOST": "127.0.0.1", "BIZ_SMTP_PORT": str(d.smtp_port),
                           "BIZ_DEV_MAIL_DIR": str(mail_dir)})
             env = {**env, **extra}
-            self.sandboxes["SMTP sink"] = f"smtp://127.0.0.1:{d.smtp_port}  (mail: GET /v1/dev/mail)"
+            self.sandboxes["Mail"] = f"smtp://127.0.0.1:{d.smtp_port}  (what it received: GET /v1/dev/mail)"
         # A dev machine audits its own sites too (localhost, the LAN): fetch_web_page may reach
         # private networks here, unless BIZ_FETCH_ALLOW_PRIVATE_NETWORKS says otherwise.
         spawn("sandbox-mcp", "sandboxes.mcp", d.mcp_port,

@@ -293,11 +293,6 @@ class HumanDecisions:
                 reminders_sent += 1
                 await self._notify("reminder", f":{'esc' if approval.escalated else 'open'}:{reminders_sent}")
         closed = self._approval
-        if closed.outcome in DECIDED_OUTCOMES and workflow.patched(APPROVAL_NOTIFICATIONS):
-            last_decision = closed.decisions[-1] if closed.decisions else None
-            await self._notify("decided", outcome=closed.outcome,
-                               decided_by=last_decision.decided_by if last_decision else None)
-            closed = self._approval
         self._approval = None
         self._approvals_closed.append(closed)
         workflow.upsert_search_attributes([
@@ -305,6 +300,10 @@ class HumanDecisions:
             APPROVAL_DUE_AT.value_unset()])
         workflow.upsert_memo({MEMO_KEY: None})
         last = closed.decisions[-1] if closed.decisions else None
+        # Off the inboxes first, then the people asked hear who decided.
+        if closed.outcome in DECIDED_OUTCOMES and workflow.patched(APPROVAL_NOTIFICATIONS):
+            await self._notify("decided", approval=closed, outcome=closed.outcome,
+                               decided_by=last.decided_by if last else None)
         return ApprovalOutcome(
             request_id=req.request_id, outcome=closed.outcome or "timed_out_rejected",
             proposal=dict(self._approval_proposal), comment=last.comment if last else "",
@@ -361,12 +360,12 @@ class HumanDecisions:
                                 "audience": a.audience, "roles": a.roles}),
         )
 
-    async def _notify(self, event: str, suffix: str = "", *, outcome: str | None = None,
-                      decided_by: str | None = None) -> None:
+    async def _notify(self, event: str, suffix: str = "", *, approval: OpenApproval | None = None,
+                      outcome: str | None = None, decided_by: str | None = None) -> None:
         """Record the event (``approvals.notify``: the in-app feed), then deliver it to the
         audience by their channels (``notifications.deliver``). A delivery that fails for good
-        is logged and recorded, never fails the approval."""
-        a = self._approval
+        is logged and recorded, never fails the approval. ``approval``: a closed one (default: the open one)."""
+        a = approval or self._approval
         assert a is not None
         wf_id = workflow.info().workflow_id
         key = f"{wf_id}:approval:{a.request.request_id}:{event}{suffix}"

@@ -1,4 +1,5 @@
-"""Side effects of the approval protocol: notifications (reminders, escalations, timeouts) and
+"""Side effects of the approval protocol: the record of each approval event (requested,
+reminder, escalated, decided, timed_out; delivered by ``notifications.deliver``, activities/notify.py) and
 the campaign policy a tenant sets (the campaign capability's settings, ``CampaignSettings``).
 Decisions themselves go to the audit log through ``audit.write`` (activities/tenants.py)."""
 
@@ -22,11 +23,13 @@ class Notify(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     workflow_id: str
     request_id: str
-    event: str  # reminder | escalated | timed_out
+    event: str  # requested | reminder | escalated | decided | timed_out
     audience: str
     roles: list[str]
     title: str
     due_at: datetime | None = None
+    outcome: str | None = None  # decided, timed_out: the approval's outcome
+    decided_by: str | None = None  # decided: who closed it
 
 
 class Notified(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,11 +61,12 @@ class ApprovalActivities(Activities):
         async with self._pool.acquire() as conn:
             row_id = await conn.fetchval(
                 """INSERT INTO approval_notifications
-                       (idempotency_key, tenant_id, workflow_id, request_id, event, audience, roles, title, due_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                       (idempotency_key, tenant_id, workflow_id, request_id, event, audience, roles, title, due_at,
+                        outcome, decided_by)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                    ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
                 n.idempotency_key, n.tenant_id, n.workflow_id, n.request_id, n.event, n.audience, n.roles,
-                n.title, n.due_at,
+                n.title, n.due_at, n.outcome, n.decided_by,
             )
             if row_id is not None:
                 return Notified(notification_id=row_id, created=True)

@@ -34,7 +34,9 @@ from api.inbox import prune_forever
 from api.mcp import mcp_router
 from api.outbound import outbound_router
 from api.outbox import outbox_router
-from api.pending_actions import pending_actions_router
+from api.devmail import dev_mail_router
+from api.links import links_router
+from api.pending_actions import PendingStream, pending_actions_router
 from api.ratelimit import StartLimiter
 from api.reports import reports_router
 from api.schedules import schedules_router
@@ -55,7 +57,9 @@ log = logging.getLogger(__name__)
 # Webhooks are public: the sender's signature is their authentication (api/webhooks.py).
 # Probes and the Prometheus scrape are public too (no tenant data: counts by route template).
 # The console (api/console/) signs people in itself and keeps them in a session cookie.
-PUBLIC_PATHS = ["^/health$", "^/livez$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/webhooks/", "^/console(/|$)"]
+# One-click links are public too: their signed token is the credential (api/links.py).
+PUBLIC_PATHS = ["^/health$", "^/livez$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/webhooks/", "^/console(/|$)",
+                "^/v1/links/"]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -79,9 +83,12 @@ def create_app(settings: Settings) -> Litestar:
         # The webhook inbox's retention: old deliveries deleted now and hourly (api/inbox.py).
         pruning = asyncio.create_task(
             prune_forever(app.state.db, timedelta(days=settings.webhooks.inbox_retention_days)))
+        # One poller behind every Pending Actions stream of this process.
+        app.state.pending_stream = PendingStream(lambda: app.state.temporal, lambda: app.state.db)
         try:
             yield
         finally:
+            await app.state.pending_stream.aclose()
             pruning.cancel()
             await app.state.db.close()
 
@@ -99,7 +106,8 @@ def create_app(settings: Settings) -> Litestar:
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
                         webhooks_router(), codec_router(), settings_router(), outbound_router(),
                         reports_router(), audit_router(), usage_router(), analytics_router(),
-                        AdminWorkflowController, console_router()],
+                        AdminWorkflowController, console_router(), links_router(),
+                        *([dev_mail_router()] if settings.environment == "dev" else [])],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -34,7 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError, RejectedError
-from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause, timestamp
+from api.visibility import CURSOR_PATTERN, in_list, page, quote, tenant_clause, timestamp
 from api.workflows import QUERY_TIMEOUT, describe_in_scope
 from hitl.approvals import HumanDecisions
 from hitl.protocol import (
@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 STREAM_POLL_SECONDS = 1.0
 STREAM_MAX_POLLS = 3600  # an hour, then the client reconnects
+NOTIFICATION_WINDOW_SECONDS = 60.0  # how far back the stream looks for notifications committed late
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 HUB_ROLES = frozenset({"super_admin", "admin", "finance", "support", "partner"})
@@ -232,15 +233,25 @@ async def decide_action(temporal: Client, settings: Settings, principal: Princip
     # begin with their tenant, so a caller out of scope is answered without a call at all.
     if not principal.can_see_tenant(tenant_of(wf_id)):
         raise NotFoundException(f"pending action {action_id!r} not found")
-    decision = _signed(settings, DecisionInput(
-        request_id=request_id, decision=data.decision, comment=data.comment, edits=data.edits,
-        choice=data.choice, by=_decider(principal)), wf_id)
+    decision = DecisionInput(request_id=request_id, decision=data.decision, comment=data.comment,
+                             edits=data.edits, choice=data.choice, by=_decider(principal))
+    return await execute_decision(temporal, settings, wf_id, decision,
+                                  lambda: describe_in_scope(temporal, principal, wf_id))
+
+
+async def execute_decision(temporal: Client, settings: Settings, wf_id: str, decision: DecisionInput,
+                           in_scope: Callable[[], Awaitable[Any]]) -> DecisionReceipt:
+    """``decision`` signed with the API's key and sent as the ``decide`` update (the workflow's
+    validator decides); its refusals as HTTP errors. ``in_scope()`` raises 404 when the workflow
+    does not exist or is out of the caller's scope (asked only when the update fails)."""
+    action = action_id(wf_id, decision.request_id)
+    signed = _signed(settings, decision, wf_id)
     bound = settings.api.decision_timeout_seconds
     try:
         # Bounded: with no worker polling, Temporal would hold the call open indefinitely.
         async with asyncio.timeout(bound):
             return await temporal.get_workflow_handle(wf_id).execute_update(
-                HumanDecisions.decide, decision, rpc_timeout=timedelta(seconds=bound))
+                HumanDecisions.decide, signed, rpc_timeout=timedelta(seconds=bound))
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         raise ServiceUnavailableException(
             f"the workflow did not take the decision within {bound:g} s (its worker is not running?); the "
@@ -250,16 +261,16 @@ async def decide_action(temporal: Client, settings: Settings, principal: Princip
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         if isinstance(cause, ApplicationError) and cause.type in DECISION_ERROR_TYPES:
-            raise _http_error(cause, action_id) from None
+            raise _http_error(cause, action) from None
         # Not an approval workflow (no `decide` handler): as good as not found.
-        await describe_in_scope(temporal, principal, wf_id)
-        raise NotFoundException(f"pending action {action_id!r} not found") from None
+        await in_scope()
+        raise NotFoundException(f"pending action {action!r} not found") from None
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
         # No such workflow (404), or it has completed: its approvals are closed (409).
-        await describe_in_scope(temporal, principal, wf_id)
-        raise ConflictError(f"pending action {action_id!r} is closed", code="approval_closed") from None
+        await in_scope()
+        raise ConflictError(f"pending action {action!r} is closed", code="approval_closed") from None
 
 
 class PendingActionsController(Controller):
@@ -278,25 +289,29 @@ class PendingActionsController(Controller):
 
     @get("/stream", operation_id="stream_pending_actions", summary="Changes of the caller's Pending Actions (SSE)",
          description="Server-sent events: `opened` with the action (as the list shows it) when one appears, "
-                     "`closed` with its action_id when it is decided or times out. Polls visibility every "
-                     f"{STREAM_POLL_SECONDS:g} s for this connection; reconnect with a new request.")
-    async def stream(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
-                     cursor_key: NamedDependency[bytes],
-                     tenant_id: _TENANT = None) -> ServerSentEvent:
-        principal = request.user
+                     "`closed` with its action_id when it is decided or times out, and `notification` with each "
+                     "approval event (requested, reminder, escalated, decided, timed_out) in the caller's "
+                     f"tenants. One poller per API process watches visibility every {STREAM_POLL_SECONDS:g} s "
+                     "for every connection; each connection sees only its own scope. Reconnect with a new "
+                     "request (a connection ends after an hour).")
+    async def stream(self, request: Request[Principal, Any, Any], tenant_id: _TENANT = None) -> ServerSentEvent:
+        hub: PendingStream = request.app.state.pending_stream
+        subscriber = hub.subscribe(request.user, tenant_id)
 
         async def changes() -> AsyncIterator[ServerSentEventMessage]:
-            seen: dict[str, ActionSummary] = {}
-            for _ in range(STREAM_MAX_POLLS):
-                current = {a.action_id: a for a in (await _inbox(
-                    temporal, cursor_key, principal, "client", tenant_id, MAX_LIMIT, None, [])).items}
-                for aid in current.keys() - seen.keys():
-                    yield ServerSentEventMessage(event="opened", id=aid,
-                                                 data=msgspec.json.encode(current[aid]).decode())
-                for aid in seen.keys() - current.keys():
-                    yield ServerSentEventMessage(event="closed", id=aid, data=msgspec.json.encode({"action_id": aid}).decode())
-                seen = current
-                await asyncio.sleep(STREAM_POLL_SECONDS)
+            try:
+                deadline = time.monotonic() + STREAM_POLL_SECONDS * STREAM_MAX_POLLS
+                while time.monotonic() < deadline:
+                    try:
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            message = await subscriber.queue.get()
+                    except TimeoutError:
+                        return
+                    if message is None:  # dropped (too far behind) or the API is stopping
+                        return
+                    yield message
+            finally:
+                hub.unsubscribe(subscriber)
 
         return ServerSentEvent(changes())
 
@@ -368,6 +383,164 @@ class ApprovalHubController(Controller):
                              limit: _LIMIT = DEFAULT_LIMIT, cursor: _CURSOR = None) -> ActionPage:
         return await hub_inbox(temporal, cursor_key, request.user, tenant_id=tenant_id, capability=capability,
                                role=role, overdue=overdue, limit=limit, cursor=cursor)
+
+
+class Subscriber:
+    """One stream connection: its scope, what it has been told is open, and its queue."""
+
+    QUEUE_SIZE = 1000
+
+    def __init__(self, principal: Principal, tenant_id: str | None) -> None:
+        self.principal = principal
+        self.tenant_id = tenant_id
+        self.seen: dict[str, ActionSummary] = {}
+        self.queue: asyncio.Queue[ServerSentEventMessage | None] = asyncio.Queue(self.QUEUE_SIZE)
+        self.primed = False
+
+    def sees(self, tenant: str | None) -> bool:
+        if self.tenant_id is not None and tenant != self.tenant_id:
+            return False
+        return self.principal.can_see_tenant(tenant)
+
+    def put(self, message: ServerSentEventMessage) -> bool:
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+
+class PendingStream:
+    """The API process's one poller behind every Pending Actions stream: each
+    ``STREAM_POLL_SECONDS`` one visibility listing of the open client approvals of every tenant
+    a connection may see, and the new rows of ``approval_notifications``, fanned out to each
+    connection within its scope. It runs while at least one connection is open."""
+
+    MAX_OPEN = 2000  # open approvals a poll reads (pages of MAX_LIMIT)
+
+    def __init__(self, temporal: Callable[[], Client], db: Callable[[], Any] | None = None,
+                 interval: float = STREAM_POLL_SECONDS) -> None:
+        self._temporal = temporal
+        self._db = db
+        self._interval = interval
+        self._subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._last_notification: int | None = None  # the highest id when the poller started
+        self._sent: dict[int, float] = {}  # notification ids fanned out (recent ones), monotonic time
+        self.polls = 0  # visibility listings made (one per interval, whatever the connections)
+
+    def subscribe(self, principal: Principal, tenant_id: str | None) -> Subscriber:
+        sub = Subscriber(principal, tenant_id)
+        self._subscribers.add(sub)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="pending-actions-stream")
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    @property
+    def connections(self) -> int:
+        return len(self._subscribers)
+
+    async def aclose(self) -> None:
+        for sub in list(self._subscribers):
+            try:
+                sub.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+        self._subscribers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while self._subscribers:
+            try:
+                await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Temporal or Postgres away: try again next round
+                log.warning("pending actions stream: poll failed (%s)", exc.__class__.__name__)
+            await asyncio.sleep(self._interval)
+        self._task = None
+
+    def _scope(self) -> str | None:
+        """The tenants any connection may see, as a clause ('' none, None every tenant)."""
+        tenants: set[str] = set()
+        for sub in list(self._subscribers):
+            clause = tenant_clause(sub.principal, sub.tenant_id)
+            if clause is None:
+                return None
+            if sub.tenant_id is not None and clause:
+                tenants.add(sub.tenant_id)
+            elif clause:
+                tenants |= {t for t in (sub.principal.tenant_id, *sub.principal.tenants) if t}
+        return in_list("BizTenantId", sorted(tenants)) if tenants else ""
+
+    async def _open_actions(self) -> dict[str, ActionSummary]:
+        scope = self._scope()
+        if scope == "":
+            return {}
+        clauses = ["BizPendingApproval = true", "BizApprovalAudience = 'client'", "ExecutionStatus = 'Running'"]
+        if scope:
+            clauses.append(scope)
+        query = " AND ".join(f"({c})" for c in clauses)
+        executions: list[WorkflowExecution] = []
+        async for wf in self._temporal().list_workflows(query, page_size=MAX_LIMIT, limit=self.MAX_OPEN):
+            executions.append(wf)
+        self.polls += 1
+        return {a.action_id: a for a in await _summaries(executions)}
+
+    async def _notifications(self) -> list[Any]:
+        """Rows of ``approval_notifications`` not fanned out yet. Ids are not committed in order
+        (two inserts, the later id committed first), so it reads a recent window and remembers
+        what it sent, rather than only what is past the highest id seen."""
+        if self._db is None:
+            return []
+        pool = self._db()
+        if self._last_notification is None:
+            self._last_notification = await pool.fetchval("SELECT COALESCE(max(id), 0) FROM approval_notifications")
+            return []
+        rows = await pool.fetch(
+            """SELECT id, tenant_id, workflow_id, request_id, event, audience, title, due_at, outcome, decided_by,
+                      created_at FROM approval_notifications
+                WHERE id > $1 AND created_at > now() - make_interval(secs => $2) ORDER BY id LIMIT 2000""",
+            self._last_notification, NOTIFICATION_WINDOW_SECONDS)
+        fresh = [r for r in rows if r["id"] not in self._sent]
+        now = time.monotonic()
+        for r in fresh:
+            self._sent[r["id"]] = now
+        for key in [k for k, at in self._sent.items() if now - at > 2 * NOTIFICATION_WINDOW_SECONDS]:
+            del self._sent[key]
+        return fresh
+
+    async def _poll(self) -> None:
+        current = await self._open_actions()
+        notes = await self._notifications()
+        for sub in list(self._subscribers):
+            mine = {aid: a for aid, a in current.items() if sub.sees(a.tenant_id)}
+            out = [ServerSentEventMessage(event="opened", id=aid, data=msgspec.json.encode(mine[aid]).decode())
+                   for aid in mine.keys() - sub.seen.keys()]
+            out += [ServerSentEventMessage(event="closed", id=aid, data=msgspec.json.encode({"action_id": aid}).decode())
+                    for aid in sub.seen.keys() - mine.keys()]
+            if sub.primed:  # a new connection hears events from after it opened
+                for n in notes:
+                    if sub.sees(n["tenant_id"]) and (n["audience"] == "client" or sub.principal.is_platform):
+                        out.append(ServerSentEventMessage(event="notification", id=f"n{n['id']}", data=msgspec.json.encode({
+                            "event": n["event"], "action_id": action_id(n["workflow_id"], n["request_id"]),
+                            "tenant_id": n["tenant_id"], "title": n["title"], "audience": n["audience"],
+                            "due_at": n["due_at"], "outcome": n["outcome"], "decided_by": n["decided_by"],
+                            "at": n["created_at"]}).decode()))
+            sub.seen = mine
+            sub.primed = True
+            for message in out:
+                if not sub.put(message):  # too far behind: end its stream, it reconnects
+                    self.unsubscribe(sub)
+                    while not sub.queue.empty():
+                        sub.queue.get_nowait()
+                    sub.queue.put_nowait(None)
+                    break
 
 
 def pending_actions_router() -> Router:

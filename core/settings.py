@@ -222,6 +222,34 @@ class OutboundWebhookSettings(BaseModel):
     rotation_overlap_hours: int = Field(default=24, ge=0, le=24 * 30)
 
 
+class SmtpSettings(BaseModel):
+    """The platform's SMTP server for the ``send_email`` tool (sandboxes/mcp/messaging.py). Unset
+    host: mail is only recorded in the outbox. A tenant's own server (table ``tenant_smtp``)
+    overrides it for that tenant."""
+
+    host: str | None = None
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    security: Literal["none", "starttls", "tls"] = "none"
+    from_address: str = "BizOSaaS <no-reply@bizosaas.localhost>"
+    timeout_seconds: float = Field(default=15.0, gt=0)
+
+
+class NotifySettings(BaseModel):
+    """Notifications of approval events (activities/notify.py) and their one-click links."""
+
+    # Signs the links in emails (HMAC-SHA256); unset: derived from the first of BIZ_DECISION_KEYS.
+    link_secret: SecretStr | None = None
+    link_ttl_hours: int = Field(default=72, ge=1, le=24 * 30)
+    # Where links point (the API's public address); unset: BIZ_API_PUBLIC_URL, else http://host:port.
+    base_url: str | None = None
+    # Platform staff who hear about admin approvals, per role (JSON: {"admin": ["ops@example.com"]}).
+    platform_recipients: dict[str, list[str]] = {}
+    # Channels used for every event: email and in_app are built in; webhook when wired in.
+    channels: list[str] = ["email", "in_app"]
+
+
 class OtelSettings(BaseModel):
     # The OTLP/HTTP traces URL. Unset: the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT /
     # OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_EXPORTER_OTLP_HEADERS...) apply; neither set: no export.
@@ -278,6 +306,10 @@ class DevSettings(BaseModel):
     mcp_port: int = 8765
     lago_port: int = 8766
     stripe_port: int = 8767
+    # The SMTP sink `bizosaas dev` runs (aiosmtpd): every mail sent lands there, listed by
+    # GET /v1/dev/mail. `mail_dir` (a Maildir) is where the sink keeps them; the API reads it.
+    smtp_port: int = 8025
+    mail_dir: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -311,6 +343,8 @@ class Settings(BaseSettings):
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     outbound: OutboundWebhookSettings = Field(default_factory=OutboundWebhookSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)
@@ -321,6 +355,25 @@ class Settings(BaseSettings):
                 "BIZ_DATABASE_URL is not set (only `bizosaas dev` starts an embedded Postgres)"
             )
         return self.database.url.get_secret_value()
+
+    def link_base_url(self) -> str:
+        """Where the links in notifications point."""
+        url = self.notify.base_url or self.api.public_url or f"http://{self.api.host}:{self.api.port}"
+        return url.rstrip("/")
+
+    def link_secret(self) -> bytes | None:
+        """The key that signs one-click links: BIZ_NOTIFY_LINK_SECRET, else one derived from the
+        decision signing key; None when neither is set (emails then carry the console link only)."""
+        if self.notify.link_secret is not None:
+            return self.notify.link_secret.get_secret_value().encode()
+        try:
+            _, secret = self.decision.signing_key()
+        except LookupError:
+            return None
+        import hashlib
+        import hmac
+
+        return hmac.new(secret, b"bizosaas one-click links v1", hashlib.sha256).digest()
 
     def require_environment(self) -> Literal["dev", "production"]:
         """The environment, which every process needs said explicitly."""

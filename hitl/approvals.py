@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     import msgspec
 
     from activities.approvals import ApprovalActivities, Notify
+    from activities.notify import Deliver, NotifierActivities
     from activities.decision_keys import DecisionKeyActivities, VerifyDecision
     from activities.tenants import AuditActivities, AuditEntry
     from hitl.protocol import (
@@ -73,6 +74,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 APPROVING = ("approve", "edit")
+# The workflow.patched id of notifications that arrive: the ``requested`` and ``decided`` events
+# and the delivery of every event (notifications.deliver). Runs from before it replay as they ran.
+APPROVAL_NOTIFICATIONS = "approval-notifications"
+DECIDED_OUTCOMES = ("approved", "rejected", "changes_requested")
 MEMO_KEY = "approval"
 NO_PAYLOAD = RawValue(Payload())  # a `decide` signal sent without input
 T = TypeVar("T")
@@ -217,7 +222,7 @@ class HumanDecisions:
         record = DecisionRecord(
             request_id=d.request_id, decision=d.decision, decided_by=d.by.sub, role=role,
             tenant_id=d.by.tenant_id, acting_as=d.by.acting_as, decided_at=now, comment=d.comment,
-            edits=d.edits, diff=changes, via=via, choice=d.choice,  # type: ignore[arg-type]
+            edits=d.edits, diff=changes, via=d.via or via, choice=d.choice,  # type: ignore[arg-type]
         )
         decisions = [*approval.decisions, record]
         approvals = sum(1 for r in decisions if r.decision in APPROVING)
@@ -252,6 +257,8 @@ class HumanDecisions:
             request=req, tenant_id=tenant_of(wf_id), opened_at=now, due_at=now + timedelta(seconds=req.due_in_seconds),
             audience=req.audience, roles=list(req.roles))
         self._announce()
+        if workflow.patched(APPROVAL_NOTIFICATIONS):
+            await self._notify("requested")
         audited = 0
         phase_start, reminders_sent = now, 0
         while True:
@@ -307,6 +314,10 @@ class HumanDecisions:
             APPROVAL_DUE_AT.value_unset()])
         workflow.upsert_memo({MEMO_KEY: None})
         last = closed.decisions[-1] if closed.decisions else None
+        # Off the inboxes first, then the people asked hear who decided.
+        if closed.outcome in DECIDED_OUTCOMES and workflow.patched(APPROVAL_NOTIFICATIONS):
+            await self._notify("decided", approval=closed, outcome=closed.outcome,
+                               decided_by=last.decided_by if last else None)
         return ApprovalOutcome(
             request_id=req.request_id, outcome=closed.outcome or "timed_out_rejected",
             proposal=dict(self._approval_proposal), comment=last.comment if last else "",
@@ -363,16 +374,33 @@ class HumanDecisions:
                                 "audience": a.audience, "roles": a.roles}),
         )
 
-    async def _notify(self, event: str, suffix: str = "") -> None:
-        a = self._approval
+    async def _notify(self, event: str, suffix: str = "", *, approval: OpenApproval | None = None,
+                      outcome: str | None = None, decided_by: str | None = None) -> None:
+        """Record the event (``approvals.notify``: the in-app feed), then deliver it to the
+        audience by their channels (``notifications.deliver``). A delivery that fails for good
+        is logged and recorded, never fails the approval. ``approval``: a closed one (default: the open one)."""
+        a = approval or self._approval
         assert a is not None
         wf_id = workflow.info().workflow_id
+        key = f"{wf_id}:approval:{a.request.request_id}:{event}{suffix}"
+        outcome = outcome or (a.outcome if event == "timed_out" else None)
         await run_activity(
             ApprovalActivities.notify,
-            Notify(idempotency_key=f"{wf_id}:approval:{a.request.request_id}:{event}{suffix}", tenant_id=a.tenant_id,
+            Notify(idempotency_key=key, tenant_id=a.tenant_id,
                    workflow_id=wf_id, request_id=a.request.request_id, event=event, audience=a.audience,
-                   roles=a.roles, title=a.request.title, due_at=a.due_at),
+                   roles=a.roles, title=a.request.title, due_at=a.due_at, outcome=outcome, decided_by=decided_by),
         )
+        if not workflow.patched(APPROVAL_NOTIFICATIONS):
+            return
+        r = a.request
+        try:
+            await run_activity(NotifierActivities.deliver, Deliver(
+                idempotency_key=key, tenant_id=a.tenant_id, workflow_id=wf_id, request_id=r.request_id, event=event,
+                at=workflow.now(), audience=a.audience, roles=list(a.roles), title=r.title, summary=r.summary,
+                kind=r.kind, allowed=list(r.allowed), choices=list(r.choices), due_at=a.due_at,
+                escalated=a.escalated, outcome=outcome, decided_by=decided_by))
+        except ActivityError as err:
+            workflow.logger.warning("approval %s of %s not delivered: %s", event, r.request_id, err.cause)
 
 
 def _or_application_error(take: Callable[[], T]) -> T:

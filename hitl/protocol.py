@@ -146,9 +146,10 @@ class DecisionInput(msgspec.Struct, frozen=True, kw_only=True):
     edits: dict[str, Any] | None = None
     choice: str | None = None  # with approve, where the request offers choices
     signature: DecisionSignature | None = None  # required since signed deciders; see above
+    via: Literal["link"] | None = None  # sent from a one-click email link (signed with the rest)
 
 
-class _SigningInput(msgspec.Struct, frozen=True, kw_only=True):
+class _SigningInput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What a signature covers: the decision without its signature, bound to a workflow, a
     key and a lifetime. Encoded with sorted keys, so the bytes do not depend on field order."""
 
@@ -163,6 +164,7 @@ class _SigningInput(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
     issued_at: int
     expires_at: int
+    via: str | None = None  # left out when None: signatures made before it still verify
 
 
 class EditChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,7 +184,7 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     comment: str = ""
     edits: dict[str, Any] | None = None
     diff: list[EditChange] = []
-    via: Literal["update", "signal"] = "update"
+    via: Literal["update", "signal", "link"] = "update"
     choice: str | None = None
 
 
@@ -261,7 +263,7 @@ def signing_input(d: DecisionInput, sig: DecisionSignature) -> bytes:
     return msgspec.json.encode(_SigningInput(
         v=SIGNATURE_VERSION, workflow_id=sig.workflow_id, request_id=d.request_id, decision=d.decision, by=d.by,
         comment=d.comment, edits=d.edits, choice=d.choice, key_id=sig.key_id, issued_at=sig.issued_at,
-        expires_at=sig.expires_at), order="sorted")
+        expires_at=sig.expires_at, via=d.via), order="sorted")
 
 
 def sign_decision(d: DecisionInput, *, workflow_id: str, key_id: str, secret: bytes, issued_at: int,

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.approvals import Notified, Notify
+    from activities.notify import Deliver, Delivered
     from activities.decision_keys import DecisionKeyActivities
     from activities.tenants import AuditEntry, AuditReceipt
     from hitl.approvals import HumanDecisions
@@ -45,12 +46,18 @@ class AskOnce(HumanDecisions):
 class Recorder:
     def __init__(self) -> None:
         self.notified: list[Notify] = []
+        self.delivered: list[Deliver] = []
         self.audited: dict[str, AuditEntry] = {}
 
     @activity.defn(name="approvals.notify")
     async def notify(self, n: Notify) -> Notified:
         self.notified.append(n)
         return Notified(notification_id=len(self.notified), created=True)
+
+    @activity.defn(name="notifications.deliver")
+    async def deliver(self, d: Deliver) -> Delivered:
+        self.delivered.append(d)
+        return Delivered(sent=1)
 
     @activity.defn(name="audit.write")
     async def audit(self, e: AuditEntry) -> AuditReceipt:
@@ -117,7 +124,7 @@ async def opened(handle) -> None:  # noqa: ANN001
 async def recorder(env: WorkflowEnvironment):  # noqa: ANN201
     rec = Recorder()
     async with Worker(env.client, task_queue=TASK_QUEUE, workflows=[AskOnce],
-                      activities=[rec.notify, rec.audit, verifier().verify_decision],
+                      activities=[rec.notify, rec.deliver, rec.audit, verifier().verify_decision],
                       workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES):
         yield rec
 
@@ -127,12 +134,17 @@ async def test_reminder_after_a_day_escalation_after_three_then_an_admin_decides
 ) -> None:
     handle = await start(env, campaign_like())
     await env.sleep(timedelta(hours=25))
-    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["reminder"]
+    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["requested", "reminder"]
+    # Each recorded event is delivered once, with what the mail needs.
+    assert [(d.event, d.title, d.allowed) for d in recorder.delivered if d.workflow_id == handle.id] == [
+        ("requested", "Approve the creative", ["approve", "reject", "request_changes", "edit"]),
+        ("reminder", "Approve the creative", ["approve", "reject", "request_changes", "edit"])]
     view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
     assert view.open is not None and view.open.audience == "client" and not view.open.escalated
 
     await env.sleep(timedelta(hours=48))
-    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["reminder", "escalated"]
+    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["requested", "reminder",
+                                                                                  "escalated"]
     view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
     assert view.open.escalated and view.open.audience == "admin" and view.open.roles == ESCALATION_ROLES
     # Once escalated, the client may no longer decide: the signal is recorded and ignored.
@@ -143,6 +155,8 @@ async def test_reminder_after_a_day_escalation_after_three_then_an_admin_decides
     assert outcome.proposal == {"budget_usd": 450}
     assert [(d.decided_by, d.role, d.via) for d in outcome.decisions] == [("ops@bizosaas", "admin", "signal")]
     assert outcome.decisions[0].diff[0].path == "/budget_usd"
+    decided = [n for n in recorder.notified if n.workflow_id == handle.id and n.event == "decided"]
+    assert [(n.outcome, n.decided_by, n.audience) for n in decided] == [("approved", "ops@bizosaas", "admin")]
     view = await handle.query(AskOnce.approvals, result_type=ApprovalsView)
     assert [(r.decided_by, r.error_type) for r in view.rejected_signals] == [("owner@acme", "RoleNotAllowed")]
     actions = sorted(e.action for e in recorder.audited.values() if e.workflow_id == handle.id)
@@ -155,7 +169,8 @@ async def test_timeout_actions(env: WorkflowEnvironment, recorder: Recorder, act
     handle = await start(env, campaign_like(timeout_action=action, due_in_seconds=3600, remind_after_seconds=[]))
     result = await handle.result()
     assert result.outcome == outcome and result.decisions == []
-    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["timed_out"]
+    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["requested", "timed_out"]
+    assert [n.outcome for n in recorder.notified if n.workflow_id == handle.id] == [None, outcome]
     assert [e.action for e in recorder.audited.values() if e.workflow_id == handle.id] == [f"approval.{outcome}"]
 
 
@@ -166,7 +181,8 @@ async def test_an_escalated_request_that_times_out_again_is_rejected(
                                             escalation_due_in_seconds=7200))
     result = await handle.result()
     assert result.outcome == "timed_out_rejected" and result.escalated
-    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["escalated", "timed_out"]
+    assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["requested", "escalated",
+                                                                                  "timed_out"]
 
 
 async def test_a_quorum_needs_distinct_people(env: WorkflowEnvironment, recorder: Recorder) -> None:
@@ -255,7 +271,7 @@ async def test_unproven_deciders_are_refused_recorded_and_change_nothing(
     assert "does not match" in refused["forger@acme"][1] and "does not match" in refused["rebound@acme"][1]
     assert "unknown key 'test-0'" in refused["retired@acme"][1]
     assert "no payload" in refused[""][1]
-    # Nothing changed: still open, undecided, nothing audited or notified.
+    # Nothing changed: still open, undecided, nothing audited or notified but the request.
     assert view.open is not None and view.open.status == "open" and view.open.decisions == []
     assert not [e for e in recorder.audited.values() if e.workflow_id == handle.id]
 

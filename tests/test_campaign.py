@@ -407,6 +407,7 @@ async def test_pending_actions_stream_shows_an_approval_open_and_close(
 ) -> None:
     tenant = unique("bistro")
     events: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
 
     async def listen() -> None:
         async with http.stream("GET", "/v1/pending-actions/stream", headers=tokens.client(tenant),
@@ -417,7 +418,11 @@ async def test_pending_actions_stream_shows_an_approval_open_and_close(
                 if line.startswith("event:"):
                     kind = line.split(":", 1)[1].strip()
                 elif line.startswith("data:") and kind:
-                    events.append((kind, json.loads(line.split(":", 1)[1])["action_id"]))
+                    data = json.loads(line.split(":", 1)[1])
+                    if kind == "notification":  # the approval's events (requested, decided)
+                        notes.append((data["event"], data["action_id"]))
+                        continue
+                    events.append((kind, data["action_id"]))
                     if kind == "closed":
                         return
 
@@ -434,3 +439,4 @@ async def test_pending_actions_stream_shows_an_approval_open_and_close(
     assert r.status_code == 200
     await asyncio.wait_for(listener, timeout=15)
     assert events == [("opened", action["action_id"]), ("closed", action["action_id"])]
+    assert ("requested", action["action_id"]) in notes

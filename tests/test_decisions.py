@@ -56,7 +56,7 @@ def worker(client: Client, task_queue: str, rec: Recorder, single_batch: bool) -
     """No workflow cache, so a returning worker replays the history and meets the new jobs in
     one activation; ``single_batch``: every job of an activation applied before any coroutine."""
     w = Worker(client, task_queue=task_queue, workflows=[AskOnce],
-               activities=[rec.notify, rec.audit, verifier().verify_decision],
+               activities=[rec.notify, rec.deliver, rec.audit, verifier().verify_decision],
                workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES, max_cached_workflows=0)
     if single_batch:
         from temporalio.worker._workflow_instance import _WorkflowLogicFlag  # no public switch yet
@@ -67,8 +67,11 @@ def worker(client: Client, task_queue: str, rec: Recorder, single_batch: bool) -
 
 
 async def open_request(handle: WorkflowHandle) -> None:
+    """Until the request is open and announced (its ``requested`` notification done): the
+    workflow waits on its deadline timer."""
     async def check() -> None:
         assert (await handle.query(AskOnce.approvals, result_type=ApprovalsView)).open is not None
+        assert EventType.EVENT_TYPE_TIMER_STARTED in [e.event_type async for e in handle.fetch_history_events()]
 
     await assert_eventually(check)
 
@@ -97,7 +100,8 @@ async def admitted(client: Client, handle: WorkflowHandle, update_id: str) -> No
 @pytest.mark.parametrize("via", ["update", "signal"])
 async def test_a_decision_arriving_with_the_deadline_is_honoured(client: Client, via: str, single_batch: bool) -> None:
     task_queue, rec = f"race-{uuid.uuid4().hex[:10]}", Recorder()
-    req = campaign_like(timeout_action="auto_reject", due_in_seconds=2, remind_after_seconds=[])
+    # Long enough for the request to be announced (notified) before its deadline.
+    req = campaign_like(timeout_action="auto_reject", due_in_seconds=6, remind_after_seconds=[])
     async with worker(client, task_queue, rec, single_batch):
         handle = await client.start_workflow(AskOnce.run, req, id=f"acme:race:{uuid.uuid4().hex[:10]}",
                                              task_queue=task_queue)
@@ -130,7 +134,7 @@ async def test_a_decision_arriving_with_the_deadline_is_honoured(client: Client,
     assert isinstance(outcome, ApprovalOutcome)
     assert outcome.outcome == "approved" and [d.decided_by for d in outcome.decisions] == ["owner@acme"]
     assert [e.action for e in rec.audited.values() if e.workflow_id == handle.id] == ["approval.approve"]
-    assert [n.event for n in rec.notified if n.workflow_id == handle.id] == []
+    assert [n.event for n in rec.notified if n.workflow_id == handle.id] == ["requested", "decided"]
     history = await handle.fetch_history()
     await Replayer(workflows=[AskOnce], data_converter=data_converter(),
                    workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES).replay_workflow(history)

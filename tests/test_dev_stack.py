@@ -42,6 +42,7 @@ class Stack:
             "BIZ_DEV_LAGO_PORT": str(free_port()),
             "BIZ_DEV_TEMPORAL_HTTP_PORT": str(free_port()),
             "BIZ_DEV_TEMPORAL_METRICS_PORT": str(free_port()),
+            "BIZ_DEV_SMTP_PORT": str(free_port()),
         }
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.proc: subprocess.Popen | None = None
@@ -176,6 +177,19 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             scraped = httpx.get(worker_metrics, timeout=10).text
             assert re.search(r'^temporal_workflow_task_execution_latency\w*\{[^}]*task_queue="biz-workflows"', scraped, re.M)
             assert re.search(r'^temporal_activity_execution_latency\w*\{[^}]*task_queue="biz-agents"', scraped, re.M)
+            # Its approval email reached the dev SMTP sink, listed by the dev API, with a link.
+            admin_headers = {"authorization": f"Bearer {admin}"}
+
+            async def mailed() -> dict:
+                r = await http.get("/v1/dev/mail", headers=admin_headers, params={"to": f"owner@{tenant}.example"})
+                assert r.status_code == 200, r.text
+                found = [m for m in r.json()["items"] if m["subject"].startswith("Approval needed")]
+                assert found, r.json()
+                return found[0]
+
+            mail = await assert_eventually(mailed, timeout=60, interval=0.5)
+            approve_link = re.search(r"(http://\S+/v1/links/\S+)", mail["text"])[1]
+            assert approve_link.startswith(stack.api) and f"{campaign}~creative-1" in mail["text"]
             # The tools the tenant can call, listed by the worker at start-up, each with its server.
             tools = (await http.get(f"/v1/tenants/{tenant}/tools", headers=client)).json()
             assert {"send_email", "upsert_ads_campaign", "fetch_web_page"} <= {
@@ -214,11 +228,10 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             await assert_eventually(tenant_active, timeout=20)
         finally:
             await conn.close()
-        # The campaign that waited across the restart is approved and launches.
+        # The campaign that waited across the restart is approved from the email's link, and launches.
         async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
-            r = await http.post(f"/v1/pending-actions/{campaign}~creative-1/decision", headers=client,
-                                json={"decision": "approve"})
-            assert r.status_code == 200, r.text
+            r = await http.post(approve_link)
+            assert r.status_code == 200 and "Approved" in r.text, r.text
 
             async def launched() -> None:
                 view = (await http.get(f"/v1/workflows/{campaign}", headers=client)).json()

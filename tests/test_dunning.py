@@ -25,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.approvals import Notified, Notify
+    from activities.mail import MailActivities
+    from activities.notify import Deliver, Delivered
     from activities.stripe import InvoicePayment, PayInvoice
     from activities.mcp import CallToolRequest, CallToolResult
     from activities.tenants import AuditEntry, AuditReceipt, SetTenantStatus, TenantRecord
@@ -88,6 +90,10 @@ class Fakes:
     async def notify(self, n: Notify) -> Notified:
         return Notified(notification_id=1, created=True)
 
+    @activity.defn(name="notifications.deliver")
+    async def deliver(self, d: Deliver) -> Delivered:
+        return Delivered(sent=1)
+
 
 @pytest.fixture
 async def env(time_skipping_env: WorkflowEnvironment):  # noqa: ANN201
@@ -97,9 +103,9 @@ async def env(time_skipping_env: WorkflowEnvironment):  # noqa: ANN201
 @pytest.fixture
 async def fakes(env: WorkflowEnvironment, task_queue: str):  # noqa: ANN201
     rec = Fakes(unique("acme"))
-    acts = [rec.pay_invoice, rec.call_tool, rec.set_status, rec.audit, rec.notify]
+    acts = [rec.pay_invoice, rec.call_tool, rec.set_status, rec.audit, rec.notify, rec.deliver]
     async with Worker(env.client, task_queue=task_queue, workflows=[DunningWorkflow],
-                      activities=[*acts, verifier().verify_decision],
+                      activities=[*acts, verifier().verify_decision, MailActivities().render],
                       workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES), \
             Worker(env.client, task_queue=INTEGRATIONS_QUEUE, activities=acts):
         yield rec
@@ -142,6 +148,12 @@ async def three_failed_retries(env: WorkflowEnvironment, fakes: Fakes, handle: W
     assert [p.idempotency_key for p, _ in fakes.payments] == [f"{handle.id}:stripe.pay_invoice:{n}" for n in (1, 2, 3)]
     assert [(e.tool, e.arguments["to"], e.idempotency_key) for e in fakes.emails] == [
         ("send_email", [CUSTOMER], f"{handle.id}:email:attempt-{n}") for n in (1, 2, 3)]
+    # Rendered from activities/templates/email/dunning_payment_failed.*: text and HTML.
+    first, last = fakes.emails[0].arguments, fakes.emails[-1].arguments
+    assert first["subject"] == f"Payment failed for invoice {fakes.payments[0][0].invoice_id}"
+    assert "We could not collect 49.00 USD" in first["text"] and "(attempt 1)" in first["text"]
+    assert "try again in a few days" in first["text"] and "next steps" in last["text"]
+    assert "<strong>49.00 USD</strong>" in first["html"]
     assert view.open.audience == "admin" and view.open.roles == ["admin", "finance", "super_admin"]
     assert view.open.request.choices == ["retry", "write_off", "suspend"]
     state = await progress(handle)

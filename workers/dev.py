@@ -194,6 +194,7 @@ class DevStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.postgres: EmbeddedPostgres | None = None
         self.sandboxes: dict[str, str] = {}  # what runs as a sandbox -> its address
+        self.smtp_sink = None  # the SMTP sink (sandboxes/smtp.py) when no BIZ_SMTP_HOST is set
         self._stopping = False
 
     # --- start ---------------------------------------------------------------------------
@@ -209,6 +210,8 @@ class DevStack:
             ports.append((d.stripe_port, "Stripe sandbox, BIZ_DEV_STRIPE_PORT"))
         if self.settings.lago.api_key is None:
             ports.append((d.lago_port, "Lago sandbox, BIZ_DEV_LAGO_PORT"))
+        if self.settings.smtp.host is None:
+            ports.append((d.smtp_port, "SMTP sink, BIZ_DEV_SMTP_PORT"))
         for port, what in ports:
             if _port_open("127.0.0.1", port):
                 raise RuntimeError(f"port {port} ({what}) is in use: is another `bizosaas dev` running? "
@@ -266,6 +269,16 @@ class DevStack:
             )
             starting.append((name, port))
 
+        if self.settings.smtp.host is None:
+            # Every mail the platform sends lands in the sink, listed by GET /v1/dev/mail.
+            from sandboxes.smtp import SmtpSink
+
+            mail_dir = (d.mail_dir or self.state_dir / "mail").resolve()
+            self.smtp_sink = SmtpSink(port=d.smtp_port, directory=mail_dir).start()
+            extra.update({"BIZ_SMTP_HOST": "127.0.0.1", "BIZ_SMTP_PORT": str(d.smtp_port),
+                          "BIZ_DEV_MAIL_DIR": str(mail_dir)})
+            env = {**env, **extra}
+            self.sandboxes["Mail"] = f"smtp://127.0.0.1:{d.smtp_port}  (what it received: GET /v1/dev/mail)"
         # A dev machine audits its own sites too (localhost, the LAN): fetch_web_page may reach
         # private networks here, unless BIZ_FETCH_ALLOW_PRIVATE_NETWORKS says otherwise.
         spawn("sandbox-mcp", "sandboxes.mcp", d.mcp_port,
@@ -367,6 +380,8 @@ class DevStack:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        if self.smtp_sink is not None:
+            self.smtp_sink.stop()
         if self.postgres is not None:
             self.postgres.stop()
 

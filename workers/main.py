@@ -12,10 +12,11 @@ import concurrent.futures
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -27,6 +28,7 @@ from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
 from core.database import DatabaseErrorInterceptor, create_pool
 from activities.decision_keys import DecisionKeyActivities
+from activities.mail import MailActivities
 from activities.orders import OrderActivities
 from activities.reports import ReportActivities
 from activities.schedules import ScheduleActivities
@@ -74,9 +76,12 @@ def configure_crewai(settings: Settings) -> None:
     os.environ["CREWAI_STORAGE_DIR"] = str(storage)
 
 
-def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str]) -> dict[str, QueueRegistration]:
+def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str],
+                  notify_channels: Mapping[str, Any] | None = None) -> dict[str, QueueRegistration]:
     """What each task queue runs. Activity classes are built once and shared; each queue registers
-    every activity method of its classes, and a class declared for another queue is refused."""
+    every activity method of its classes, and a class declared for another queue is refused.
+    ``notify_channels``: channels plugged into the notifier besides email and in-app (name ->
+    ``async (NotificationEvent) -> None``, e.g. outbound webhooks), called once per event."""
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
         tenants, audit = TenantActivities(pool), AuditActivities(pool)
@@ -90,11 +95,19 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str])
         decision_keys = DecisionKeyActivities(settings.decision.keys)
         if not settings.decision.keys:
             log.warning("BIZ_DECISION_KEYS is not set: every decision will be refused (signed with an unknown key)")
+        # Approval events to people (email through the send_email tool, in-app, plugged-in
+        # channels), run beside the workflows so a notification never waits for another queue.
+        from activities.mcp import MCPActivities
+        from activities.notify import NotifierActivities, mcp_email_sender
+
+        notify_mcp = MCPActivities(pool)
+        notifier = NotifierActivities(pool, settings, mcp_email_sender(notify_mcp), channels=notify_channels)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(ALL_WORKFLOWS),
             activities=activity_methods(WORKFLOWS_QUEUE, tenants, audit, usage, billing, reports, approvals,
-                                        schedules, orders, decision_keys),
+                                        schedules, orders, decision_keys, MailActivities(), notifier),
             max_concurrent_activities=settings.worker.max_concurrent_activities,
+            closers=[notify_mcp.aclose],
         )
     if AGENTS_QUEUE in queues:
         configure_crewai(settings)
@@ -169,7 +182,8 @@ def build_workers(client: Client, settings: Settings, regs: dict[str, QueueRegis
     return workers
 
 
-async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -> None:
+async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES,
+                      notify_channels: Mapping[str, Any] | None = None) -> None:
     unknown = set(queues) - set(TASK_QUEUES)
     if unknown:
         raise SystemExit(f"unknown task queue(s) {sorted(unknown)}; known: {', '.join(TASK_QUEUES)}")
@@ -186,7 +200,7 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    regs = registrations(settings, pool, queues)
+    regs = registrations(settings, pool, queues, notify_channels)
     if INTEGRATIONS_QUEUE in queues:
         from activities.mcp import MCPActivities, seed_registry
 

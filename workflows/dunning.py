@@ -35,6 +35,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.stripe import INVOICE_ID_PATTERN, InvoicePayment, PayInvoice, StripeActivities
+    from activities.mail import MailActivities, RenderEmail
     from activities.mcp.tools import SendEmail
     from workflows.tools import call_tool
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
@@ -58,8 +59,19 @@ DEFAULT_RETRY_SCHEDULE = [1 * DAY, 3 * DAY, 7 * DAY]  # seconds after the failur
 MAX_RETRY_OFFSET = 90 * DAY
 ADMIN_ROLES = ["admin", "finance", "super_admin"]
 CHOICES: list[Choice] = ["retry", "write_off", "suspend"]
+EMAIL_TEMPLATE = "dunning_payment_failed"  # activities/templates/email/
+# The workflow.patched id of the customer's email rendered from its template (mail.render).
+EMAIL_TEMPLATES = "dunning-email-templates"
 REMIND_AFTER = timedelta(hours=24)
 ESCALATE_AFTER = timedelta(hours=72)  # then marked escalated; the request waits for a person
+
+
+def _legacy_email(inp: "DunningInput", email: str, amount: str, attempt: int, final: bool) -> SendEmail:
+    """The customer's email as runs from before templates sent it (they replay and go on with it)."""
+    later = ("We will contact you about the next steps." if final else
+             "We will try again in a few days; please check your payment method.")
+    return SendEmail(to=[email], subject=f"Payment failed for invoice {inp.invoice_id}",
+                     text=f"We could not collect {amount} for invoice {inp.invoice_id} (attempt {attempt}). {later}")
 
 
 def invoice_key(invoice_id: str) -> str:
@@ -297,13 +309,15 @@ class DunningWorkflow(HumanDecisions, Stages):
             self._steps.append(f"attempt_{attempt.attempt}_no_email_address")
             return
         amount = f"{inp.amount_due / 100:,.2f} {inp.currency.upper()}"
-        later = ("We will contact you about the next steps." if final else
-                 "We will try again in a few days; please check your payment method.")
         try:
-            await call_tool(inp.tenant_id, SendEmail(
-                to=[email], subject=f"Payment failed for invoice {inp.invoice_id}",
-                text=f"We could not collect {amount} for invoice {inp.invoice_id} (attempt {attempt.attempt}). {later}",
-            ), step=f"email:attempt-{attempt.attempt}")
+            if workflow.patched(EMAIL_TEMPLATES):
+                mail = await run_activity(MailActivities.render, RenderEmail(template=EMAIL_TEMPLATE, data={
+                    "invoice_id": inp.invoice_id, "amount": amount, "attempt": attempt.attempt, "final": final,
+                    "tenant_id": inp.tenant_id}))
+                message = SendEmail(to=[email], subject=mail.subject, text=mail.text, html=mail.html)
+            else:  # a run from before the templates: the email it was sending then
+                message = _legacy_email(inp, email, amount, attempt.attempt, final)
+            await call_tool(inp.tenant_id, message, step=f"email:attempt-{attempt.attempt}")
         except (ActivityError, ApplicationError) as err:  # a refused email must not stop the dunning
             workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, getattr(err, "cause", None) or err)
             self._steps.append(f"attempt_{attempt.attempt}_email_failed")

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from activities import netguard
 from core.names import SLUG_PATTERN
+from core.settings import SmtpSettings
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +141,4 @@ class ToolContext:
     fetch_policy: netguard.FetchPolicy | None = None
     fetch_resolver: Resolver | None = None
     fetch_transport: httpx.AsyncBaseTransport | None = None
+    smtp: SmtpSettings | None = None  # the platform's SMTP server for send_email (None: record only)

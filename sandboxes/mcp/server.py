@@ -37,7 +37,7 @@ import httpx
 from mcp.server.fastmcp import FastMCP
 
 from activities import netguard
-from core.settings import FetchSettings, load_settings
+from core.settings import FetchSettings, SmtpSettings, load_settings
 from sandboxes.mcp import ads, commerce, crm, messaging, social, web, wordpress
 from sandboxes.mcp.common import Outbox, PoolSource, Resolver, ToolContext
 
@@ -59,6 +59,7 @@ def build_server(
     fetch_policy: netguard.FetchPolicy | None = None,
     fetch_resolver: Resolver | None = None,
     fetch_transport: httpx.AsyncBaseTransport | None = None,
+    smtp: SmtpSettings | None = None,
 ) -> FastMCP:
     """The sandbox server (a FastMCP; streamable HTTP path ``/mcp``). Serve it with
     :func:`serve_http`, or ``await server.run_stdio_async()``. Its HTTP app runs once: build a
@@ -66,7 +67,9 @@ def build_server(
     that with ``await close_server(server)``. ``fetch_policy`` says where fetch_web_page may
     connect (default: public addresses on web ports only; see :mod:`activities.netguard`);
     ``fetch_resolver`` replaces the system's DNS lookup and ``fetch_transport`` the HTTP
-    transport (e.g. ``httpx.MockTransport``)."""
+    transport (e.g. ``httpx.MockTransport``). ``smtp``: the platform's SMTP server, over which
+    send_email sends (a tenant's row in ``tenant_smtp`` overrides it); without one, and for a
+    tenant without a row, mail is only recorded."""
     pools = PoolSource(pool_or_url)
     mcp = FastMCP(
         SERVER_NAME,
@@ -81,7 +84,7 @@ def build_server(
     )
     mcp._bizosaas_pools = pools  # type: ignore[attr-defined]  # closed by close_server
     context = ToolContext(pools=pools, outbox=Outbox(pools), fetch_policy=fetch_policy,
-                          fetch_resolver=fetch_resolver, fetch_transport=fetch_transport)
+                          fetch_resolver=fetch_resolver, fetch_transport=fetch_transport, smtp=smtp)
     for family in FAMILIES:
         family.register(mcp, context)
     return mcp
@@ -155,13 +158,14 @@ async def serve(
     port: int = DEFAULT_PORT,
     transport: Literal["streamable-http", "stdio"] = "streamable-http",
     fetch_policy: netguard.FetchPolicy | None = None,
+    smtp: SmtpSettings | None = None,
 ) -> None:
     """Serve the sandbox (streamable HTTP on ``host:port``, or stdio) until interrupted."""
     from core.database import create_pool
 
     pool = await create_pool(database_url, min_size=1, max_size=5)
     try:
-        server = build_server(pool, host=host, port=port, fetch_policy=fetch_policy)
+        server = build_server(pool, host=host, port=port, fetch_policy=fetch_policy, smtp=smtp)
         if transport == "stdio":
             await server.run_stdio_async()
             return
@@ -190,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--database-url or BIZ_DATABASE_URL is required")
     # Logs go to stderr: with the stdio transport, stdout carries the protocol.
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
     try:
         asyncio.run(serve(database_url, host=args.host, port=args.port, transport=args.transport,
-                          fetch_policy=fetch_policy_of(load_settings().fetch)))
+                          fetch_policy=fetch_policy_of(settings.fetch), smtp=settings.smtp))
     except KeyboardInterrupt:
         pass
     return 0

@@ -25,9 +25,11 @@ from temporalio.worker import Worker
 from activities.approvals import ApprovalActivities
 from activities.mcp import MCPActivities
 from activities.notify import Deliver, NotificationEvent, NotifierActivities, mcp_email_sender
+from activities.outbound_webhooks import OutboundWebhookActivities
 from activities.tenants import AuditEntry, AuditReceipt
 from api.app import create_app
 from core.links import LinkClaims, make_token
+from core.names import INTEGRATIONS_QUEUE
 from core.settings import Settings
 from hitl.protocol import ApprovalsView
 from sandboxes.smtp import SmtpSink
@@ -216,7 +218,9 @@ async def test_a_reminder_after_a_day_sends_exactly_one_mail(
         async with Worker(env.client, task_queue=queue, workflows=[AskOnce],
                           activities=[ApprovalActivities(db).notify, notifier.deliver, Auditor().audit,
                                       verifier().verify_decision],
-                          workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES):
+                          workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES), \
+                Worker(env.client, task_queue=INTEGRATIONS_QUEUE,  # the webhook channel: no endpoints here
+                       activities=[OutboundWebhookActivities(db, dev_settings().outbound).deliver]):
             handle = await env.client.start_workflow(AskOnce.run, campaign_like(title="Approve the deli campaign"),
                                                      id=f"{tenant}:test-approval:{uuid.uuid4().hex[:8]}",
                                                      task_queue=queue)

@@ -23,9 +23,33 @@ def _configure_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _require_schema(settings: Settings) -> None:
+    """Unless the process migrates at start: refuse to start (one line, exit 2) against a
+    database that lacks a migration of this build."""
+    if settings.database.migrate_on_start or settings.database.url is None:
+        return  # (no database set: refused where the process first needs it)
+    import asyncpg
+
+    from core.database import SchemaBehind, check_schema
+
+    async def check() -> None:
+        conn = await asyncpg.connect(settings.database_url())
+        try:
+            await check_schema(conn)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(check())
+    except SchemaBehind as exc:
+        print(f"bizosaas: {exc}", file=sys.stderr)
+        exit_now(2)
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.main import run_workers
 
+    _require_schema(settings)
     asyncio.run(run_workers(settings, args.queue or TASK_QUEUES))
     exit_now(0)
 
@@ -40,7 +64,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     # The bind address is part of what the settings are checked against (dev secrets on 0.0.0.0).
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"host": host, "port": port})})
     app = create_app(settings)
-    settings.require_decision_keys()  # the API signs every decider it passes on
+    settings.require_decision_keys()
+    _require_schema(settings)  # the API signs every decider it passes on
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=10)
     exit_now(0)

@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.cursor_key = cursor_key(settings)
         app.state.db = await create_pool(
             settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max,
-            command_timeout=settings.database.command_timeout_seconds,
+            command_timeout=settings.database.command_timeout_seconds, migrate=settings.database.migrate_on_start,
             reset_session=False,  # the API leaves no session state: no reset query per statement
         )
         # The trigger table's declared rows (new ones only; configuration, not business rows).

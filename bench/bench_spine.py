@@ -564,6 +564,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
         "BIZ_TEMPORAL_ADDRESS": tuned_addr,
         "BIZ_TEMPORAL_NAMESPACE": cluster.namespace,
         "BIZ_DATABASE_URL": db_url,
+        "BIZ_DATABASE_MIGRATE_ON_START": "true",  # a fresh database: the first process migrates it
         "BIZ_API_HOST": "127.0.0.1",
         "BIZ_API_PORT": str(api_port),
         "BIZ_LOG_LEVEL": "WARNING",

@@ -92,6 +92,24 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]
     return applied_now
 
 
+class SchemaBehind(RuntimeError):
+    """The database lacks migrations this build needs (``bizosaas migrate`` applies them)."""
+
+
+async def check_schema(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> None:
+    """Raise :class:`SchemaBehind` unless every migration of this build is applied. A schema
+    ahead of the build (a newer release migrated first, during a rolling deploy) is fine:
+    migrations only add."""
+    migrations = load_migrations() if migrations is None else migrations
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")} if exists else set()
+    missing = [f"{m.version:04d}_{m.name}" for m in migrations if m.version not in done]
+    if missing:
+        raise SchemaBehind(f"the database lacks {len(missing)} migration(s) this build needs "
+                           f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): run `bizosaas migrate` "
+                           "first (a release step), or set BIZ_DATABASE_MIGRATE_ON_START=true")
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     import json
 
@@ -115,13 +133,19 @@ async def create_pool(
     pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one more round trip per
     statement through the pool); an open transaction is still rolled back. Only for a pool
     whose users never leave session state behind (no SET, LISTEN, advisory lock or open
-    cursor): the API's."""
-    if migrate:
-        conn = await asyncpg.connect(url)
-        try:
+    cursor): the API's.
+
+    ``migrate=False``: the schema is only checked (:class:`SchemaBehind` if a migration of this
+    build is missing): the API and workers of a deployment where ``bizosaas migrate`` runs as a
+    release step, so that no serving process runs DDL."""
+    conn = await asyncpg.connect(url)
+    try:
+        if migrate:
             await apply_migrations(conn)
-        finally:
-            await conn.close()
+        else:
+            await check_schema(conn)
+    finally:
+        await conn.close()
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
                                      command_timeout=command_timeout,
                                      reset=None if reset_session else _keep_session)

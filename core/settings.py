@@ -52,6 +52,10 @@ class DatabaseSettings(BaseModel):
     pool_max: int = 10
     # A statement running longer is cancelled (asyncio.TimeoutError); migrations are not bound.
     command_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Whether the API and workers apply missing migrations when they start. Off: they only check
+    # the schema and refuse to start behind it; `bizosaas migrate` is the release step that
+    # applies them (`bizosaas dev` runs it itself).
+    migrate_on_start: bool = False
 
 
 class ApiSettings(BaseModel):

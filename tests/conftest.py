@@ -26,7 +26,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from core.database import create_pool
+from core.database import apply_migrations, create_pool
 from activities.mcp import seed_registry
 from sandboxes.lago import LagoState, create_lago_app
 from api.app import create_app
@@ -131,7 +131,14 @@ async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield _with_database(postgres_server_url, name)
+    url = _with_database(postgres_server_url, name)
+    # Migrated as a release step would (`bizosaas migrate`): the processes the tests start only check it.
+    conn = await asyncpg.connect(url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    yield url
     admin = await asyncpg.connect(postgres_server_url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

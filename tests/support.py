@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -280,7 +280,8 @@ async def platform_workers(client: Client, settings: Settings, db: asyncpg.Pool,
 
 @asynccontextmanager
 async def worker_process(
-    settings: Settings, queues: Sequence[str], state_dir: Path, log: Path
+    settings: Settings, queues: Sequence[str], state_dir: Path, log: Path, *, command: Sequence[str] = ("worker",),
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     """``bizosaas worker --queue ...`` as a process of its own, configured only by BIZ_* variables
     (a fresh interpreter: nothing of the test process's imports or caches). Stopped with SIGTERM
@@ -302,9 +303,15 @@ async def worker_process(
         "HOME": str(state_dir),  # CrewAI writes its user settings under $HOME
         "PYTHONUNBUFFERED": "1",
     })
+    # The network edge's sandboxes, when the settings name them (Stripe, Lago).
+    for name, value in (("BIZ_STRIPE_API_BASE", settings.stripe.api_base), ("BIZ_STRIPE_API_KEY", settings.stripe.api_key),
+                        ("BIZ_LAGO_API_URL", settings.lago.api_url), ("BIZ_LAGO_API_KEY", settings.lago.api_key)):
+        if value is not None:
+            env[name] = value if isinstance(value, str) else value.get_secret_value()
+    env.update(extra_env or {})
     args = [a for q in queues for a in ("--queue", q)]
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", *command, *args],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield proc

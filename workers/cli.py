@@ -17,9 +17,33 @@ def _configure_logging(settings: Settings) -> None:
     configure_logging(settings)
 
 
+def _require_schema(settings: Settings) -> None:
+    """Unless the process migrates at start: refuse to start (one line, exit 2) against a
+    database that lacks a migration of this build."""
+    if settings.database.migrate_on_start or settings.database.url is None:
+        return  # (no database set: refused where the process first needs it)
+    import asyncpg
+
+    from core.database import SchemaBehind, check_schema
+
+    async def check() -> None:
+        conn = await asyncpg.connect(settings.database_url())
+        try:
+            await check_schema(conn)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(check())
+    except SchemaBehind as exc:
+        print(f"bizosaas: {exc}", file=sys.stderr)
+        exit_now(2)
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.main import run_workers
 
+    _require_schema(settings)
     asyncio.run(run_workers(settings, args.queue or TASK_QUEUES))
     exit_now(0)
 
@@ -35,6 +59,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"host": host, "port": port})})
     app = create_app(settings)
     settings.require_decision_keys()  # the API signs every decider it passes on
+    _require_schema(settings)  # the release step migrated the database (`bizosaas migrate`)
     # log_config=None: uvicorn's records go through the process's logging (text or JSON).
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
                 access_log=False, timeout_graceful_shutdown=10)

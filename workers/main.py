@@ -194,7 +194,7 @@ async def run_workers(settings: Settings, queues: Sequence[str] = TASK_QUEUES,
         log.info("worker metrics on http://%s/metrics", settings.worker.metrics_bind())
     pool = await create_pool(
         settings.database_url(), min_size=settings.database.pool_min, max_size=settings.database.pool_max,
-        command_timeout=settings.database.command_timeout_seconds,
+        command_timeout=settings.database.command_timeout_seconds, migrate=settings.database.migrate_on_start,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

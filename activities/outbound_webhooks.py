@@ -29,6 +29,7 @@ import socket
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
@@ -235,3 +236,20 @@ def start_delivery(event: OutboundEvent, *, retry_policy: RetryPolicy | None = N
             return None
 
     return asyncio.create_task(deliver())
+
+
+def notification_channel(activities: OutboundWebhookActivities) -> Callable[[Any], Awaitable[None]]:
+    """The notifier's ``webhook`` channel (activities/notify.py): each approval event goes to the
+    tenant's matching endpoints as ``approval.<event>``, its idempotency key the webhook-id. Run
+    inside the notifier's activity: an endpoint that fails raises ``WebhookDeliveryFailed``, so
+    the notifier's retries (with backoff) try again, skipping the endpoints that took it."""
+
+    async def send(event: Any) -> None:  # activities.notify.NotificationEvent
+        await activities.deliver(OutboundEvent(
+            tenant_id=event.tenant_id, event_type=event.type, event_id=event.id, occurred_at=event.at,
+            data={"workflow_id": event.workflow_id, "action_id": event.action_id, "request_id": event.request_id,
+                  "title": event.title, "summary": event.summary, "audience": event.audience,
+                  "roles": list(event.roles), "due_at": event.due_at.isoformat() if event.due_at else None,
+                  "outcome": event.outcome, "decided_by": event.decided_by}))
+
+    return send

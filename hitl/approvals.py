@@ -41,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.approvals import ApprovalActivities, Notify
     from activities.notify import Deliver, NotifierActivities
     from activities.decision_keys import DecisionKeyActivities, VerifyDecision
-    from activities.outbound_webhooks import OutboundEvent, start_delivery
     from activities.tenants import AuditActivities, AuditEntry
     from hitl.protocol import (
         ApprovalOutcome,
@@ -78,8 +77,6 @@ APPROVING = ("approve", "edit")
 # The workflow.patched id of notifications that arrive: the ``requested`` and ``decided`` events
 # and the delivery of every event (notifications.deliver). Runs from before it replay as they ran.
 APPROVAL_NOTIFICATIONS = "approval-notifications"
-# Each approval event also goes to the tenant's outbound webhook endpoints (activities/outbound_webhooks.py).
-APPROVAL_WEBHOOKS = "approval-webhooks"
 DECIDED_OUTCOMES = ("approved", "rejected", "changes_requested")
 MEMO_KEY = "approval"
 NO_PAYLOAD = RawValue(Payload())  # a `decide` signal sent without input
@@ -404,15 +401,6 @@ class HumanDecisions:
                 escalated=a.escalated, outcome=outcome, decided_by=decided_by))
         except ActivityError as err:
             workflow.logger.warning("approval %s of %s not delivered: %s", event, r.request_id, err.cause)
-        if workflow.patched(APPROVAL_WEBHOOKS):
-            # In the background, with the delivery's own retries (a receiver that is down neither
-            # delays nor fails the approval); the event's key is the webhook-id receivers dedupe on.
-            start_delivery(OutboundEvent(
-                tenant_id=a.tenant_id, event_type=f"approval.{event}", event_id=key, occurred_at=workflow.now(),
-                data={"workflow_id": wf_id, "action_id": action_id(wf_id, r.request_id), "request_id": r.request_id,
-                      "event": event, "audience": a.audience, "roles": list(a.roles), "title": r.title,
-                      "due_at": a.due_at.isoformat() if a.due_at else None, "outcome": outcome,
-                      "decided_by": decided_by}))
 
 
 def _or_application_error(take: Callable[[], T]) -> T:

@@ -21,8 +21,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.approvals import Notified, Notify
-    from activities.outbound_webhooks import DeliveryReport, OutboundEvent
-    from core.names import INTEGRATIONS_QUEUE
     from activities.notify import Deliver, Delivered
     from activities.decision_keys import DecisionKeyActivities
     from activities.tenants import AuditEntry, AuditReceipt
@@ -49,7 +47,6 @@ class Recorder:
     def __init__(self) -> None:
         self.notified: list[Notify] = []
         self.delivered: list[Deliver] = []
-        self.webhooks: list[OutboundEvent] = []
         self.audited: dict[str, AuditEntry] = {}
 
     @activity.defn(name="approvals.notify")
@@ -61,11 +58,6 @@ class Recorder:
     async def deliver(self, d: Deliver) -> Delivered:
         self.delivered.append(d)
         return Delivered(sent=1)
-
-    @activity.defn(name="webhooks.deliver")
-    async def webhook(self, e: OutboundEvent) -> DeliveryReport:
-        self.webhooks.append(e)
-        return DeliveryReport(event_id=e.event_id)
 
     @activity.defn(name="audit.write")
     async def audit(self, e: AuditEntry) -> AuditReceipt:
@@ -133,8 +125,7 @@ async def recorder(env: WorkflowEnvironment):  # noqa: ANN201
     rec = Recorder()
     async with Worker(env.client, task_queue=TASK_QUEUE, workflows=[AskOnce],
                       activities=[rec.notify, rec.deliver, rec.audit, verifier().verify_decision],
-                      workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES), \
-            Worker(env.client, task_queue=INTEGRATIONS_QUEUE, activities=[rec.webhook]):
+                      workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES):
         yield rec
 
 
@@ -144,10 +135,6 @@ async def test_reminder_after_a_day_escalation_after_three_then_an_admin_decides
     handle = await start(env, campaign_like())
     await env.sleep(timedelta(hours=25))
     assert [n.event for n in recorder.notified if n.workflow_id == handle.id] == ["requested", "reminder"]
-    # ...and sent to the tenant's webhook endpoints, keyed as the notification (receivers dedupe on it).
-    assert [(w.event_type, w.event_id) for w in recorder.webhooks if w.data["workflow_id"] == handle.id] == [
-        ("approval.requested", f"{handle.id}:approval:creative-1:requested"),
-        ("approval.reminder", f"{handle.id}:approval:creative-1:reminder:open:1")]
     # Each recorded event is delivered once, with what the mail needs.
     assert [(d.event, d.title, d.allowed) for d in recorder.delivered if d.workflow_id == handle.id] == [
         ("requested", "Approve the creative", ["approve", "reject", "request_changes", "edit"]),

@@ -25,11 +25,9 @@ from temporalio.worker import Worker
 from activities.approvals import ApprovalActivities
 from activities.mcp import MCPActivities
 from activities.notify import Deliver, NotificationEvent, NotifierActivities, mcp_email_sender
-from activities.outbound_webhooks import OutboundWebhookActivities
 from activities.tenants import AuditEntry, AuditReceipt
 from api.app import create_app
 from core.links import LinkClaims, make_token
-from core.names import INTEGRATIONS_QUEUE
 from core.settings import Settings
 from hitl.protocol import ApprovalsView
 from sandboxes.smtp import SmtpSink
@@ -92,7 +90,9 @@ async def test_a_campaign_approval_email_arrives_and_its_link_approves_it(
         rows = await db.fetch("SELECT event, channel, recipient, status FROM notification_deliveries "
                               "WHERE workflow_id = $1 AND event = 'requested' ORDER BY id", wf_id)
         assert [tuple(r) for r in rows] == [("requested", "email", owner, "sent"),
-                                            ("requested", "in_app", f"client:{tenant}", "sent")]
+                                            ("requested", "in_app", f"client:{tenant}", "sent"),
+                                            # the tenant's webhook endpoints (none here: nothing sent)
+                                            ("requested", "webhook", "*", "sent")]
 
     await assert_eventually(logged)
 
@@ -218,9 +218,7 @@ async def test_a_reminder_after_a_day_sends_exactly_one_mail(
         async with Worker(env.client, task_queue=queue, workflows=[AskOnce],
                           activities=[ApprovalActivities(db).notify, notifier.deliver, Auditor().audit,
                                       verifier().verify_decision],
-                          workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES), \
-                Worker(env.client, task_queue=INTEGRATIONS_QUEUE,  # the webhook channel: no endpoints here
-                       activities=[OutboundWebhookActivities(db, dev_settings().outbound).deliver]):
+                          workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES):
             handle = await env.client.start_workflow(AskOnce.run, campaign_like(title="Approve the deli campaign"),
                                                      id=f"{tenant}:test-approval:{uuid.uuid4().hex[:8]}",
                                                      task_queue=queue)

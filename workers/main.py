@@ -100,7 +100,11 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str],
         from activities.mcp import MCPActivities
         from activities.notify import NotifierActivities, mcp_email_sender
 
+        from activities.outbound_webhooks import OutboundWebhookActivities, notification_channel
+
         notify_mcp = MCPActivities(pool)
+        if notify_channels is None:  # the tenant's outbound webhook endpoints
+            notify_channels = {"webhook": notification_channel(OutboundWebhookActivities(pool, settings.outbound))}
         notifier = NotifierActivities(pool, settings, mcp_email_sender(notify_mcp), channels=notify_channels)
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(ALL_WORKFLOWS),

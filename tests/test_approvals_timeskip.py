@@ -7,6 +7,7 @@ names; the protocol code and the verifying activity (with the suite's keys) are 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -16,7 +17,8 @@ with workflow.unsafe.imports_passed_through():
     import msgspec
     import pytest
     from pydantic import SecretStr
-    from temporalio.client import WorkflowHandle
+    from temporalio.client import WorkflowFailureError, WorkflowHandle
+    from temporalio.exceptions import CancelledError
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
@@ -48,6 +50,7 @@ class Recorder:
         self.notified: list[Notify] = []
         self.delivered: list[Deliver] = []
         self.audited: dict[str, AuditEntry] = {}
+        self.release = asyncio.Event()
 
     @activity.defn(name="approvals.notify")
     async def notify(self, n: Notify) -> Notified:
@@ -57,6 +60,8 @@ class Recorder:
     @activity.defn(name="notifications.deliver")
     async def deliver(self, d: Deliver) -> Delivered:
         self.delivered.append(d)
+        if d.title == SLOW_MAIL:  # a mail server that takes its time: held until the test lets it go
+            await self.release.wait()
         return Delivered(sent=1)
 
     @activity.defn(name="audit.write")
@@ -64,6 +69,9 @@ class Recorder:
         written = e.idempotency_key not in self.audited
         self.audited.setdefault(e.idempotency_key, e)
         return AuditReceipt(audit_id=len(self.audited), written=written)
+
+
+SLOW_MAIL = "Approve the slow creative"
 
 
 @pytest.fixture
@@ -281,3 +289,23 @@ async def test_unproven_deciders_are_refused_recorded_and_change_nothing(
     assert outcome.outcome == "approved" and [(d.decided_by, d.via) for d in outcome.decisions] == [
         ("owner@acme", "signal")]
     assert [e.actor for e in recorder.audited.values() if e.workflow_id == handle.id] == ["owner@acme"]
+
+
+async def test_a_cancel_while_the_request_is_being_mailed_cancels_the_run(
+    env: WorkflowEnvironment, recorder: Recorder
+) -> None:
+    """The merchant cancels while the approval's mail is still on its way: the delivery is given
+    up and the run ends canceled (not logged as an undelivered mail and left waiting)."""
+    handle = await start(env, campaign_like(title=SLOW_MAIL))
+
+    async def mailing() -> None:
+        assert [d.event for d in recorder.delivered if d.workflow_id == handle.id] == ["requested"]
+
+    await assert_eventually(mailing)
+    await handle.cancel()
+    try:
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(handle.result(), timeout=30)
+    finally:
+        recorder.release.set()
+    assert isinstance(failed.value.cause, CancelledError)

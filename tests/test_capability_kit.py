@@ -185,3 +185,26 @@ def test_every_capability_pauses_at_its_step_boundaries() -> None:
         assert "await self.stage(" in source, f"{cap.name}: no step boundary (await self.stage(...))"
         defn = getattr(cap.workflow, "__temporal_workflow_definition")
         assert {"pause", "resume"} <= set(defn.signals) and "control" in defn.queries, cap.name
+
+
+def test_a_step_that_catches_an_activity_error_lets_a_cancel_through() -> None:
+    """A cancel requested while an activity runs reaches the workflow as an ``ActivityError``; a
+    step that catches that error to go on without the activity must re-raise the cancel first
+    (``raise_if_cancelled``), or the run swallows it and waits on, never canceled. A handler that
+    cleans up and re-raises (``raise`` last) lets it through as it is."""
+    missing = []
+    for package in WORKFLOW_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ExceptHandler) or node.type is None:
+                    continue
+                names = {n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)}
+                if "ActivityError" not in names:
+                    continue
+                first = node.body[0]
+                if isinstance(node.body[-1], ast.Raise) and node.body[-1].exc is None:
+                    continue
+                if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+                        and isinstance(first.value.func, ast.Name) and first.value.func.id == "raise_if_cancelled"):
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert missing == []

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.agent_steps import AgentStepActivities
     from activities.mcp import SERVER_DISABLED, SERVER_NOT_FOUND, CallToolRequest, ListToolsRequest, MCPActivities
     from agents.types import AgentTool, LlmCall, LlmStepRequest, Message, ToolCall
-    from core.activity import run_activity
+    from core.activity import raise_if_cancelled, run_activity
     from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, SLUG_PATTERN
 
 TURN_LIMIT = "AgentTurnLimit"
@@ -178,6 +178,7 @@ class AgentLoopWorkflow:
                     task_queue=inp.integrations_queue,  # the input names the queues (tests run their own)
                 )
             except ActivityError as err:  # permanent (MCP_TOOL_RETRY retries the rest): fail on its type
+                raise_if_cancelled(err)
                 raise _same_type(err) from err
             listed.update({(server, t.name): AgentTool(server=server or t.server or "", name=t.name,
                                                        description=t.description or "", input_schema=t.input_schema)
@@ -200,6 +201,7 @@ class AgentLoopWorkflow:
                     task_queue=inp.integrations_queue,
                 )
             except ActivityError as err:
+                raise_if_cancelled(err)
                 cause = err.cause
                 if isinstance(cause, ApplicationError) and cause.type in FATAL_TOOL_ERRORS:
                     raise _same_type(err) from err

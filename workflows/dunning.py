@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.tenants import AuditActivities, AuditEntry, SetTenantStatus, TenantActivities
     from hitl.approvals import MEMO_KEY, HumanDecisions
     from hitl.protocol import ApprovalOutcome, ApprovalRequest, DecisionRecord
-    from core.activity import run_activity
+    from core.activity import raise_if_cancelled, run_activity
     from core.names import APPROVAL_AUDIENCE, APPROVAL_DUE_AT, APPROVAL_ROLE, PENDING_APPROVAL, SLUG_PATTERN
     from workflows.stages import Stages
     from workflows.capability import Capability, Event, InvalidEvent, Trigger
@@ -292,6 +292,7 @@ class DunningWorkflow(HumanDecisions, Stages):
             )
             code = payment.failure_code
         except ActivityError as err:  # a refusal (non-retryable): the admin will see it
+            raise_if_cancelled(err)
             cause = err.cause
             code = cause.type if isinstance(cause, ApplicationError) and cause.type else "StripeError"
             workflow.logger.warning("payment attempt %d of %s refused: %s", n, inp.invoice_id, code)
@@ -319,6 +320,7 @@ class DunningWorkflow(HumanDecisions, Stages):
                 message = _legacy_email(inp, email, amount, attempt.attempt, final)
             await call_tool(inp.tenant_id, message, step=f"email:attempt-{attempt.attempt}")
         except (ActivityError, ApplicationError) as err:  # a refused email must not stop the dunning
+            raise_if_cancelled(err)
             workflow.logger.warning("email for attempt %d not sent: %s", attempt.attempt, getattr(err, "cause", None) or err)
             self._steps.append(f"attempt_{attempt.attempt}_email_failed")
             return

@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
@@ -221,7 +221,7 @@ class OrderProcessingWorkflow(HumanDecisions, Stages):
             # its deadline, Stripe refusing): the money held for the order goes back, the outcome
             # is recorded, then the run ends canceled or failed. These commands only follow the
             # cancel request or the failure in history: histories of other runs are unchanged.
-            canceled = isinstance(exc, asyncio.CancelledError)
+            canceled = is_cancelled_exception(exc)  # a cancel may arrive as the running activity's error
             await self._compensate(inp, "canceled" if canceled else "failed",
                                    "canceled" if canceled else f"failed: {exc.cause or exc}")
             raise

@@ -9,6 +9,7 @@ by the TenantSettings workflow (``tenant.put_settings``), which the settings API
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -131,6 +132,18 @@ class SettingsWritten(msgspec.Struct, frozen=True, kw_only=True):
     after: dict[str, Any]
 
 
+class CapabilitySettingsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    capability: str
+
+
+class CapabilitySettings(msgspec.Struct, frozen=True, kw_only=True):
+    capability: str
+    # The tenant's settings of the capability, every field (the declared defaults for what it
+    # never set), as plain values: the workflow converts them into its settings Struct.
+    settings: dict[str, Any]
+
+
 class HealthSignalsRequest(msgspec.Struct, frozen=True, kw_only=True):
     as_of: datetime  # the end of the window (the calling workflow's time)
     window_hours: int
@@ -156,13 +169,25 @@ class HealthSignals(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TenantActivities(Activities):
-    """Holds the pool; the worker registers the bound methods."""
+    """Holds the pool, and the settings Struct of each capability (``Capability.settings_of``, by
+    name, given by the worker); the worker registers the bound methods."""
     task_queue = WORKFLOWS_QUEUE
     default_policy = DB
 
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Mapping[str, SettingsOf[Any]] | None = None) -> None:
         self._pool = pool
+        self._settings = dict(settings or {})
+
+    @activity.defn(name="tenant.capability_settings")
+    async def capability_settings(self, req: CapabilitySettingsRequest) -> CapabilitySettings:
+        """A tenant's settings of a capability, read as every reader does (:func:`tenant_settings`):
+        for a workflow whose input leaves them to the tenant (a scheduled run)."""
+        of = self._settings.get(req.capability)
+        if of is None:
+            raise ApplicationError(f"no settings of capability {req.capability!r} on this worker",
+                                   type="UnknownCapability", non_retryable=True)
+        return CapabilitySettings(capability=req.capability,
+                                  settings=msgspec.to_builtins(await of.read(self._pool, req.tenant_id)))
 
     @activity.defn(name="tenant.create")
     async def create_tenant(self, req: CreateTenant) -> TenantRecord:

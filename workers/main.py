@@ -84,7 +84,9 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str],
     ``async (NotificationEvent) -> None``, e.g. outbound webhooks), called once per event."""
     regs: dict[str, QueueRegistration] = {}
     if WORKFLOWS_QUEUE in queues:
-        tenants, audit = TenantActivities(pool), AuditActivities(pool)
+        # Settings read by workflows whose input leaves them to the tenant (tenant.capability_settings).
+        tenants = TenantActivities(pool, {name: cap.settings_of for name, cap in CATALOGUE.items()})
+        audit = AuditActivities(pool)
         usage = UsageActivities(pool, settings.ai.default_monthly_budget_usd)
         billing, reports = BillingCustomerActivities(pool), ReportActivities(pool)
         # Activities that apply a capability's settings get its declared settings type.

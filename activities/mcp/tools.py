@@ -147,8 +147,14 @@ class PageLink(msgspec.Struct, frozen=True, kw_only=True):
     internal: bool = False
 
 
+class TextBlock(msgspec.Struct, frozen=True, kw_only=True):
+    tag: str  # the innermost block element of the text: "h2", "p", "li", ... ("body" outside any)
+    text: str = ""
+
+
 class WebPage(ToolResult, frozen=True, kw_only=True):
-    """A fetched page (or why it could not be fetched: ``ok`` false, ``error``)."""
+    """A fetched page (or why it could not be fetched: ``ok`` false, ``error``). The last four
+    fields come with ``include_content`` only (a server that does not know it leaves them empty)."""
 
     url: str
     ok: bool
@@ -162,6 +168,10 @@ class WebPage(ToolResult, frozen=True, kw_only=True):
     word_count: int = 0
     load_time_ms: float = 0.0
     error: str | None = None
+    structured_data: list[dict[str, Any]] = []  # JSON-LD objects, as the page wrote them
+    microdata: list[dict[str, Any]] = []  # microdata items, JSON-LD-like ("@type" and properties)
+    meta_properties: dict[str, str] = {}  # og:* and product:* meta properties
+    text_blocks: list[TextBlock] = []  # the visible text, block by block (struck-out text left out)
 
 
 class FetchWebPage(ToolArgs[WebPage], frozen=True, kw_only=True, omit_defaults=True):
@@ -170,6 +180,8 @@ class FetchWebPage(ToolArgs[WebPage], frozen=True, kw_only=True, omit_defaults=T
 
     url: str
     timeout_seconds: float | None = None
+    # Also what the page says (structured data, meta properties, text blocks): a price tracker's read.
+    include_content: bool | None = None
 
 
 FETCH_WEB_PAGE = FetchWebPage.TOOL

@@ -17,10 +17,11 @@ import httpx
 from mcp.server.fastmcp import FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from pydantic import Field
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from activities import netguard
 from sandboxes.mcp.common import HttpUrl, Resolver, TenantId, ToolContext, WorkflowId
+from sandboxes.mcp.page_content import TextBlock, page_content
 
 
 FETCH_MAX_BYTES = 5 * 1024 * 1024
@@ -53,6 +54,11 @@ class WebPage(TypedDict):
     word_count: int
     load_time_ms: float
     error: str | None
+    # With include_content only (sandboxes/mcp/page_content.py): what the page says.
+    structured_data: NotRequired[list[dict[str, Any]]]
+    microdata: NotRequired[list[dict[str, Any]]]
+    meta_properties: NotRequired[dict[str, str]]
+    text_blocks: NotRequired[list[TextBlock]]
 
 
 class _PageParser(HTMLParser):
@@ -143,8 +149,10 @@ async def fetch_page(
     transport: httpx.AsyncBaseTransport | None = None,
     max_bytes: int = FETCH_MAX_BYTES,
     max_redirects: int = FETCH_MAX_REDIRECTS,
+    include_content: bool = False,
 ) -> WebPage:
-    """GET ``url`` and report what an SEO audit needs. Every hop (the URL, each redirect) is
+    """GET ``url`` and report what an SEO audit needs (``include_content``: and what the page
+    says, its structured data, meta properties and text blocks). Every hop (the URL, each redirect) is
     checked by ``policy`` and connects to the address it checked; ``timeout`` bounds the whole
     fetch, all hops included; the body is read up to ``max_bytes``. A refused URL raises
     :class:`netguard.URLRefused`; an unreachable or slow page is a finding (``error``)."""
@@ -205,8 +213,15 @@ async def fetch_page(
     final_url = str(current.copy_with(fragment=None))
     if content_type and "html" not in content_type.lower():
         return page(final_url=final_url, ok=resp.is_success, status_code=resp.status_code, content_type=content_type)
+    return page(final_url=final_url, ok=resp.is_success, status_code=resp.status_code, content_type=content_type,
+                **page_fields(text, final_url), **(page_content(text) if include_content else {}))
+
+
+def page_fields(html: str, final_url: str) -> dict[str, Any]:
+    """What an SEO audit reads of an HTML page: title, meta description, headings, links (absolute,
+    internal when on the page's host) and word count."""
     parser = _PageParser()
-    parser.feed(text)
+    parser.feed(html)
     parser.close()
     host = urlsplit(final_url).netloc
     links: list[PageLink] = []
@@ -221,11 +236,8 @@ async def fetch_page(
         links.append(PageLink(href=absolute, text=label, internal=urlsplit(absolute).netloc == host))
         if len(links) >= FETCH_MAX_LINKS:
             break
-    return page(
-        final_url=final_url, ok=resp.is_success, status_code=resp.status_code, content_type=content_type,
-        title=parser.title, meta_description=parser.meta_description, headings=parser.headings,
-        links=links, word_count=parser.words,
-    )
+    return dict(title=parser.title, meta_description=parser.meta_description, headings=parser.headings,
+                links=links, word_count=parser.words)
 
 
 def register(mcp: FastMCP, ctx: ToolContext) -> None:
@@ -236,7 +248,8 @@ def register(mcp: FastMCP, ctx: ToolContext) -> None:
         name="fetch_web_page",
         description=(
             "Fetch a web page (HTTP GET, up to 5 redirects followed) and report status, title, meta "
-            "description, headings, links, word count and load time. Only public addresses on web ports are "
+            "description, headings, links, word count and load time; with include_content also its JSON-LD "
+            "structured data, microdata items, og:/product: meta properties and visible text blocks. Only public addresses on web ports are "
             "fetched (every redirect is checked); timeout_seconds bounds the whole fetch. Records nothing."
         ),
         structured_output=True,
@@ -247,10 +260,11 @@ def register(mcp: FastMCP, ctx: ToolContext) -> None:
         idempotency_key: Annotated[str | None, Field(max_length=400)] = None,
         timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 15.0,
         workflow_id: WorkflowId = None,
+        include_content: bool = False,
     ) -> WebPage:
         try:
             return await fetch_page(url, timeout=timeout_seconds, policy=fetch_policy, resolver=fetch_resolver,
-                                    transport=fetch_transport)
+                                    transport=fetch_transport, include_content=include_content)
         except netguard.URLRefused as exc:
             # Permanent: the MCP activity reports it as a non-retryable MCPToolError.
             raise ToolError(f"URL refused ({exc.reason}): {exc.message}") from None

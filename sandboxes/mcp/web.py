@@ -17,7 +17,7 @@ import httpx
 from mcp.server.fastmcp import FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from pydantic import Field
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from activities import netguard
 from sandboxes.mcp.common import HttpUrl, Resolver, TenantId, ToolContext, WorkflowId
@@ -54,11 +54,11 @@ class WebPage(TypedDict):
     word_count: int
     load_time_ms: float
     error: str | None
-    # With include_content only (sandboxes/mcp/page_content.py): what the page says.
-    structured_data: NotRequired[list[dict[str, Any]]]
-    microdata: NotRequired[list[dict[str, Any]]]
-    meta_properties: NotRequired[dict[str, str]]
-    text_blocks: NotRequired[list[TextBlock]]
+    # Filled with include_content only (sandboxes/mcp/page_content.py): what the page says.
+    structured_data: list[dict[str, Any]]
+    microdata: list[dict[str, Any]]
+    meta_properties: dict[str, str]
+    text_blocks: list[TextBlock]
 
 
 class _PageParser(HTMLParser):
@@ -165,6 +165,7 @@ async def fetch_page(
         base: dict[str, Any] = dict(
             url=url, final_url=None, ok=False, status_code=None, content_type=None, title=None,
             meta_description=None, headings=[], links=[], word_count=0, error=None,
+            structured_data=[], microdata=[], meta_properties={}, text_blocks=[],
         )
         base.update(kw)
         return WebPage(load_time_ms=round((time.perf_counter() - started) * 1000, 1), **base)

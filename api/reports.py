@@ -1,13 +1,14 @@
 """GET /v1/reports: the reports workflows wrote (Digital Presence Audit, SEO Health Monitor,
-Tenant Health Guardian), listed, read one at a time, and two compared.
+Competitor Insight Engine, Tenant Health Guardian), listed, read one at a time, and two compared.
 
 Clients read their tenant's reports, partners those of the tenants they manage, platform staff
 every tenant's (and the platform's own, tenant ``global``). A report out of scope is a 404, the
 same as one that does not exist.
 
 A comparison goes from one report (before) to another of the same kind (after): the scores that
-changed, the findings that are new and those resolved, and for SEO health the page changes,
-computed exactly as the SEO Health Monitor computes its weekly shift.
+changed, the findings that are new and those resolved, for SEO health the page changes and for
+competitor insight the changes per competitor, computed exactly as those workflows compute their
+weekly shift.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from api.errors import invalid
 from api.paging import (DEFAULT_LIMIT, MAX_ID, Cursor, Limit, Since, Tenant, Until, Where,
                         encode_cursor, last_id, listing, period, tenant_scope)
 from core.names import SLUG_PATTERN
+from workflows.competitor_insight import NAME as COMPETITOR_INSIGHT
+from workflows.competitor_insight import CompetitorInsightReport, CompetitorShift
+from workflows.competitor_insight import compute_shift as competitor_shift
 from workflows.presence_audit import NAME as PRESENCE_AUDIT
 from workflows.seo_health import NAME as SEO_HEALTH
 from workflows.seo_health import PageChange, SeoHealthReport, compute_shift
@@ -40,7 +44,7 @@ ALL_TIME = timedelta(days=36600)  # `until` alone: everything before it
 class ReportSummary(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     tenant_id: str
-    kind: str  # presence-audit | seo-health | tenant-health
+    kind: str  # presence-audit | seo-health | competitor-insight | tenant-health
     capability: str | None  # the capability of the workflow that wrote it
     workflow_id: str
     subject: str  # what it is about (a website URL, ...)
@@ -95,6 +99,9 @@ class ReportComparison(msgspec.Struct, frozen=True, kw_only=True):
     new_findings: list[ReportFinding] = []
     resolved_findings: list[ReportFinding] = []
     page_changes: list[PageChange] = []  # SEO health: pages added, removed or changed
+    # Competitor insight: per competitor of the later report, what changed (prices, products,
+    # promotions, title and headline, pages), as the engine computes its shift.
+    competitor_changes: list[CompetitorShift] = []
 
 
 _COLUMNS = "id, tenant_id, kind, workflow_id, subject, offline, score, created_at"
@@ -170,7 +177,19 @@ def _presence(before: asyncpg.Record, after: asyncpg.Record) -> tuple[list[Score
                     "resolved_findings": [f for k, f in old_f.items() if k not in new_f]}
 
 
-_COMPARERS = {SEO_HEALTH: _seo, PRESENCE_AUDIT: _presence}
+def _competitors(before: asyncpg.Record, after: asyncpg.Record) -> tuple[list[ScoreChange], dict[str, Any]] | None:
+    try:
+        msgspec.convert(before["body"], CompetitorInsightReport, strict=False)
+        new = msgspec.convert(after["body"], CompetitorInsightReport, strict=False)
+    except msgspec.ValidationError:
+        return None
+    previous = StoredReport(report_id=before["id"], workflow_id=before["workflow_id"], offline=before["offline"],
+                            body=before["body"], created_at=before["created_at"], score=before["score"])
+    shift = competitor_shift(new.competitors, previous)
+    return _scores([("score", before["score"], after["score"])]), {"competitor_changes": shift.competitors}
+
+
+_COMPARERS = {SEO_HEALTH: _seo, PRESENCE_AUDIT: _presence, COMPETITOR_INSIGHT: _competitors}
 
 
 def compare(before: asyncpg.Record, after: asyncpg.Record) -> ReportComparison:
@@ -189,8 +208,8 @@ class ReportsController(Controller):
     tags = ["reports"]
 
     @get("/", operation_id="list_reports", summary="Reports written by workflows, newest first",
-         description="Filters: `kind` (presence-audit, seo-health, tenant-health), `capability` (of the workflow "
-                     "that wrote it), `subject` (e.g. the website URL), and the period `since`/`until` (created "
+         description="Filters: `kind` (presence-audit, seo-health, competitor-insight, tenant-health), "
+                     "`capability` (of the workflow that wrote it), `subject` (e.g. the website URL), and the period `since`/`until` (created "
                      "at; default: all time). Clients see their tenant's, partners their tenants', platform "
                      "staff every tenant's.",
          raises=[NotFoundException])
@@ -235,8 +254,9 @@ class ReportsController(Controller):
 
     @get("/{report_id:int}/compare/{other_id:int}", operation_id="compare_reports",
          summary="What changed from one report (before) to another of the same kind (after)",
-         description="Scores that changed (the overall score always), findings new and resolved, and for "
-                     "seo-health the page changes, as the SEO Health Monitor computes its shift. 400 (naming "
+         description="Scores that changed (the overall score always), findings new and resolved, for "
+                     "seo-health the page changes, as the SEO Health Monitor computes its shift, and for "
+                     "competitor-insight the changes per competitor, as the engine computes its shift. 400 (naming "
                      "`other_id`) when the two are of different kinds.")
     async def compare_reports(self, request: Request[Principal, Any, Any], db: NamedDependency[asyncpg.Pool],
                               report_id: _ID,

@@ -139,12 +139,15 @@ def test_an_agents_price_is_kept_only_when_the_page_shows_it() -> None:
 
 
 def test_the_shift_names_price_moves_products_promotions_and_pages() -> None:
-    rival, gone = Competitor(name="Rival", url="https://rival.example/shop"), Competitor(name="Gone", url="https://gone.example")
-    before_html = (json_ld([{"@type": "Product", "name": "Pro Blender", "offers": {"price": "50", "priceCurrency": "USD"}},
-                            {"@type": "Product", "name": "Old Mixer", "offers": {"price": "20", "priceCurrency": "USD"}}])
-                   + '<h1>Blenders</h1><a href="/about">About</a>')
-    after_html = (json_ld([{"@type": "Product", "name": "pro  blender", "offers": {"price": "59.99", "priceCurrency": "USD"}},
-                           {"@type": "Product", "name": "Gamma Grinder", "offers": {"price": "80", "priceCurrency": "USD"}}])
+    rival = Competitor(name="Rival", url="https://rival.example/shop")
+    gone = Competitor(name="Gone", url="https://gone.example")
+
+    def products(*items: tuple[str, str]) -> str:
+        return json_ld([{"@type": "Product", "name": n, "offers": {"price": p, "priceCurrency": "USD"}}
+                        for n, p in items])
+
+    before_html = products(("Pro Blender", "50"), ("Old Mixer", "20")) + '<h1>Blenders</h1><a href="/about">About</a>'
+    after_html = (products(("pro  blender", "59.99"), ("Gamma Grinder", "80"))
                   + '<h1>Blenders on sale</h1><p>20% off</p><a href="/about">About</a><a href="/outlet">Outlet</a>')
     first = [snapshot(rival, page_of(before_html, url=rival.url)), snapshot(gone, page_of("<p>hi</p>", url=gone.url))]
     body = CompetitorInsightReport(offline=True, competitors=first, shift=compute_shift(first, None),
@@ -299,6 +302,10 @@ async def test_two_runs_report_prices_and_the_second_names_the_rise_and_the_new_
         False, True, [], [], [])
     stored = json.loads(await db.fetchval("SELECT body::text FROM reports WHERE workflow_id = $1", second_id))
     assert stored["shift"] == shift
+    # The two reports compared through the API: the same changes, computed the same way.
+    cmp = (await http.get(f"/v1/reports/{first['report_id']}/compare/{second['report_id']}", headers=owner)).json()
+    assert (cmp["kind"], cmp["findings_compared"], cmp["competitor_changes"]) == (
+        "competitor-insight", True, shift["competitors"])
 
     # Another tenant: the run and the report read as not found.
     stranger = tokens.client(unique("other"))
@@ -408,3 +415,23 @@ async def test_a_run_without_competitors_fails_saying_so(
     view = await assert_eventually(failed, timeout=60, interval=0.2)
     assert "watches no competitors" in json.dumps(view)
     assert await db.fetchval("SELECT count(*) FROM reports WHERE tenant_id = $1", tenant) == 0
+
+
+async def test_an_unreachable_competitor_is_reported_and_the_others_go_on(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, site: tuple[Site, str],
+) -> None:
+    app, url = site
+    app.pages = {"/alpha": (200, product_page("Alpha Kitchen", [("Alpha Blender", "49.00")]))}
+    tenant = await new_tenant(db)
+    owner = tokens.client(tenant)
+    r = await http.post("/v1/workflows/competitor-insight", headers=owner, json={
+        "tenant_id": tenant, "competitors": [{"name": "Down", "url": "http://127.0.0.1:1/shop"},
+                                             {"name": "Alpha", "url": f"{url}/alpha"}]})
+    assert r.status_code == 202, r.text
+    result = (await completed(http, owner, r.json()["workflow_id"]))["result"]
+    assert (result["unreachable"], result["prices"]) == (["Down"], 1)
+    body = await db.fetchval("SELECT body FROM reports WHERE id = $1", result["report_id"])
+    body = json.loads(body) if isinstance(body, str) else body
+    down, alpha = body["competitors"]
+    assert (down["ok"], down["prices"], down["extracted_by"]) == (False, [], "none") and "Connect" in down["error"]
+    assert [p["amount"] for p in alpha["prices"]] == ["49.00"]

@@ -97,7 +97,7 @@ class _ContentParser(HTMLParser):
             else:
                 owner[name] = value
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:  # noqa: C901 - one branch per kind
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:  # noqa: C901 - a branch a kind
         a = {k.lower(): (v if v is not None else "") for k, v in attrs}
         if tag == "script" and a.get("type", "").split(";")[0].strip().lower() == "application/ld+json":
             self._in_json_ld = []

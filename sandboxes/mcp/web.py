@@ -250,8 +250,8 @@ def register(mcp: FastMCP, ctx: ToolContext) -> None:
         description=(
             "Fetch a web page (HTTP GET, up to 5 redirects followed) and report status, title, meta "
             "description, headings, links, word count and load time; with include_content also its JSON-LD "
-            "structured data, microdata items, og:/product: meta properties and visible text blocks. Only public addresses on web ports are "
-            "fetched (every redirect is checked); timeout_seconds bounds the whole fetch. Records nothing."
+            "structured data, microdata items, og:/product: meta properties and visible text blocks. Only "
+            "public addresses on web ports are fetched (every redirect is checked); timeout_seconds bounds the whole fetch. Records nothing."
         ),
         structured_output=True,
     )

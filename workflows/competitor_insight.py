@@ -292,6 +292,7 @@ def compare_competitor(now: CompetitorSnapshot, before: CompetitorSnapshot | Non
             changes.append(PriceChange(product=p.product, currency=p.currency, period=p.period, before=was,
                                        after=p.amount, change=p.amount - was, percent=_percent(was, p.amount),
                                        direction="up" if p.amount > was else "down"))
+    old_pages, new_pages = set(before.pages), set(now.pages)
     old_promos = {p.label for p in before.promotions}
     new_promos = {p.label for p in now.promotions}
     fields = [FieldChange(field=f, before=getattr(before, f), after=getattr(now, f))
@@ -303,8 +304,8 @@ def compare_competitor(now: CompetitorSnapshot, before: CompetitorSnapshot | Non
         promotions_new=[p for p in now.promotions if p.label not in old_promos],
         promotions_ended=[p for p in before.promotions if p.label not in new_promos],
         changes=fields,
-        pages_new=[p for p in now.pages if p not in set(before.pages)],
-        pages_removed=[p for p in before.pages if p not in set(now.pages)],
+        pages_new=[p for p in now.pages if p not in old_pages],
+        pages_removed=[p for p in before.pages if p not in new_pages],
     )
 
 

@@ -113,6 +113,7 @@ def test_price_patterns_in_text_named_after_the_nearest_text() -> None:
 def test_no_price_and_amounts_as_written() -> None:
     assert prices("<h1>About us</h1><p>Family bakery since 1982, 3 shops, call 555 0100.</p>") == []
     assert prices("<p>Free shipping over $50, save $10, was $80</p>") == []
+    assert prices("<p>Try 3 months free, then cancel any time</p>") == []  # "TRY" is a currency in capitals only
     assert extract_prices(page_of("")) == []
     for written, amount in (("1,299.00", "1299.00"), ("1.299,00", "1299.00"), ("1 299", "1299.00"),
                             ("49,9", "49.90"), ("12", "12.00"), (7.5, "7.50")):

@@ -219,10 +219,10 @@ def opengraph_prices(meta: dict[str, str], title: str | None) -> list[PriceFound
 
 _NUM = r"\d{1,3}(?:[,.\u00a0\u202f ]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?"
 _SYM = "|".join(re.escape(s) for s in sorted(SYMBOLS, key=len, reverse=True))
-_CODE = "|".join(sorted(CURRENCIES))
+_CODE = "|".join(sorted(CURRENCIES))  # in capitals only: "Try 3 months" is no price in lira
 PRICE_PATTERN = re.compile(
-    rf"(?:(?P<pre>{_SYM}|\b(?:{_CODE})\b)\s?(?P<n1>{_NUM})(?!\d)"
-    rf"|(?<![\d.,])(?P<n2>{_NUM})\s?(?P<post>{_SYM}|\b(?:{_CODE})\b))"
+    rf"(?:(?P<pre>{_SYM}|\b(?-i:{_CODE})\b)\s?(?P<n1>{_NUM})(?!\d)"
+    rf"|(?<![\d.,])(?P<n2>{_NUM})\s?(?P<post>{_SYM}|\b(?-i:{_CODE})\b))"
     r"(?:\s?(?:/|per\b|a\b)\s?(?P<per>mo|mth|month|yr|year|annum|wk|week|day)\b)?", re.IGNORECASE)
 # Amounts that are not a product's price: a former price, a discount, a threshold.
 _NOT_A_PRICE_BEFORE = re.compile(r"(?:\bwas|\bregular(?:ly)?|\breg\.?|\bbefore|\blist price|\bcompare at|\bmsrp|"
@@ -258,7 +258,7 @@ def pattern_prices(blocks: list[TextBlock], title: str | None) -> list[PriceFoun
             if amount is None or amount == 0:
                 continue
             mark = m.group("pre") or m.group("post") or ""
-            currency = _currency(mark) or _currency(mark.upper())
+            currency = _currency(mark)
             name = _name_before(before) or _name_above(blocks, i) or _clean(title) or UNNAMED
             per = m.group("per")
             found.append(PriceFound(product=name, amount=amount, currency=currency, source="pattern",

@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import httpx
 import msgspec
-import pytest
 import pytest_asyncio
 from temporalio.client import Client
 

@@ -474,7 +474,7 @@ class CompetitorInsightWorkflow(Stages):
 
     @workflow.query(name="progress")
     def progress(self) -> CompetitorInsightProgress:
-        return CompetitorInsightProgress(stage=self._stage, steps_done=list(self._steps),  # type: ignore[arg-type]
+        return CompetitorInsightProgress(stage=self._stage, steps_done=list(self._steps),
                                          pages_fetched=self._fetched, updated_at=self._updated_at)
 
 

@@ -131,6 +131,18 @@ class SettingsWritten(msgspec.Struct, frozen=True, kw_only=True):
     after: dict[str, Any]
 
 
+class CapabilitySettingsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    capability: str
+
+
+class CapabilitySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the tenant set for the capability (only its departures from the defaults: the
+    workflow decodes them into its settings Struct, :func:`decode_settings`)."""
+
+    settings: dict[str, Any] = {}
+
+
 class HealthSignalsRequest(msgspec.Struct, frozen=True, kw_only=True):
     as_of: datetime  # the end of the window (the calling workflow's time)
     window_hours: int
@@ -191,6 +203,11 @@ class TenantActivities(Activities):
             tenant_id=row["id"], name=row["name"], plan=row["plan"], status=row["status"],
             created_at=row["created_at"], created=created,
         )
+
+    @activity.defn(name="tenant.capability_settings")
+    async def capability_settings(self, req: CapabilitySettingsRequest) -> CapabilitySettings:
+        """A workflow reading its own capability's settings (e.g. the approval mode) when it runs."""
+        return CapabilitySettings(settings=await stored_settings(self._pool, req.tenant_id, req.capability) or {})
 
     @activity.defn(name="tenant.set_status")
     async def set_status(self, req: SetTenantStatus) -> TenantRecord:

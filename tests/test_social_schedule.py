@@ -322,18 +322,32 @@ async def test_client_approves_a_calendar_a_due_slot_publishes_the_other_is_with
     rows = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1 AND tool = 'publish_social_post'", wf_id)
     assert sorted(r["arguments"]["platform"] for r in rows) == ["linkedin", "x"]
     handle = client.get_workflow_handle(wf_id)
-    # A published slot cannot move; the refusal says why, and nothing changes.
-    with pytest.raises(WorkflowUpdateFailedError) as refused:
-        await handle.execute_update(SocialCalendarWorkflow.reschedule, RescheduleRequest(
-            slot_id="today", at=datetime.now(timezone.utc) + timedelta(days=1)))
+    commands = f"/v1/workflows/{wf_id}/commands"
+    # A published slot cannot move: 409 with the reason, and nothing changes.
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    r = await http.post(f"{commands}/reschedule-slot", headers=owner, json={"slot_id": "today", "at": tomorrow})
+    assert r.status_code == 409 and "already published" in r.text and "SlotChangeRefused" in r.text, r.text
+    r = await http.post(f"{commands}/reschedule-slot", headers=owner, json={"slot_id": "nope", "at": tomorrow})
+    assert r.status_code == 409 and "no slot 'nope'" in r.text, r.text
+    r = await http.post(f"{commands}/reschedule-slot", headers=owner, json={"slot_id": "later", "at": "soon"})
+    assert r.status_code == 400 and "at" in r.json()["detail"], r.text
+    r = await http.post(f"{commands}/withdraw-slot", headers=tokens.client(unique("rival")),
+                        json={"slot_id": "later"})
+    assert r.status_code == 404, r.text
+    # The slot not yet due moves, then is withdrawn (the same as the Temporal client's update).
+    in_four_days = datetime.now(timezone.utc) + timedelta(days=4)
+    r = await http.post(f"{commands}/reschedule-slot", headers=owner,
+                        json={"slot_id": "later", "at": in_four_days.isoformat()})
+    assert r.status_code == 200 and r.json()["status"] == "scheduled", r.text
+    assert datetime.fromisoformat(r.json()["at"]) == in_four_days
+    with pytest.raises(WorkflowUpdateFailedError) as refused:  # the update itself, as the route runs it
+        await handle.execute_update(SocialCalendarWorkflow.reschedule, RescheduleRequest(slot_id="today",
+                                                                                        at=in_four_days))
     assert "already published" in str(refused.value.cause)
-    moved = await handle.execute_update(SocialCalendarWorkflow.reschedule, RescheduleRequest(
-        slot_id="later", at=datetime.now(timezone.utc) + timedelta(days=4)), result_type=SlotView)
-    assert moved.status == "scheduled"
-    withdrawn = await handle.execute_update(SocialCalendarWorkflow.withdraw,
-                                            WithdrawRequest(slot_id="later", reason="stollen sold out"),
-                                            result_type=SlotView)
-    assert withdrawn.status == "withdrawn"
+    r = await http.post(f"{commands}/withdraw-slot", headers=owner,
+                        json={"slot_id": "later", "reason": "stollen sold out"})
+    assert r.status_code == 200 and r.json()["status"] == "withdrawn", r.text
+    assert r.json()["withdrawn_reason"] == "stollen sold out"
 
     view = await finished(http, owner, wf_id)
     await record_history(handle, "social-calendar")

@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.agent_loop import AgentLoopInput, run_agent
-    from workflows.capability import TENANT_PEOPLE, Capability
+    from workflows.capability import TENANT_PEOPLE, Capability, Command
     from workflows.social_calendar_types import (
         Approval, CalendarInput, CalendarProgress, CalendarReport, CalendarResult, Metrics,
         PostView, RescheduleRequest, SlotInput, SlotStatus, SlotView, SocialCalendarSettings, WithdrawRequest,
@@ -387,4 +387,12 @@ CAPABILITY = Capability(
             "(tenant setting approval_mode), published at each slot; reschedule or withdraw a slot while it runs; "
             "engagement read for a while after publishing and stored as a report.",
     settings=SocialCalendarSettings,
+    commands=(
+        Command(name="reschedule-slot", update="reschedule", input_type=RescheduleRequest,
+                roles=frozenset(CLIENT_ROLES),
+                summary="Move a calendar slot that has not started publishing to a new time (body: slot_id, at)."),
+        Command(name="withdraw-slot", update="withdraw", input_type=WithdrawRequest, roles=frozenset(CLIENT_ROLES),
+                summary="Take a slot out of the calendar: before its time it is never published; after, its posts "
+                        "are deleted (body: slot_id, reason)."),
+    ),
 )

@@ -13,22 +13,34 @@ offline provider), and the social sandbox tools answering as the real APIs do.
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
-import httpx
-import pytest
-from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
+from temporalio import activity, workflow
 
-from activities.lago import USAGE_METRIC_CODE
-from activities.mcp import RATE_LIMITED, TOOL_ERROR, CallToolRequest, MCPActivities
-from sandboxes.lago import LagoState
-from sandboxes.mcp.social import engagement
-from tests.conftest import Tokens, assert_eventually, unique
-from tests.support import record_history
-from workflows.social_posts import platform_length
+with workflow.unsafe.imports_passed_through():
+    import asyncpg
+    import httpx
+    import pytest
+    from temporalio.client import Client
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+    from temporalio.worker import Worker
+
+    from activities.lago import USAGE_METRIC_CODE, ReportUsage, UsageReport
+    from activities.mcp import RATE_LIMITED, TOOL_ERROR, UNAVAILABLE, CallToolRequest, CallToolResult, MCPActivities
+    from activities.usage import BudgetStatus, CheckBudget
+    from agents.types import LlmCall, LlmStepRequest, LlmStepResult
+    from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
+    from sandboxes.lago import LagoState
+    from sandboxes.mcp.social import engagement
+    from tests.conftest import Tokens, assert_eventually, unique
+    from tests.support import record_history
+    from workers.main import WORKFLOW_FAILURE_TYPES
+    from workflows.agent_loop import AgentLoopWorkflow
+    from workflows.social_cross_post import CrossPostInput, SocialCrossPostWorkflow
+    from workflows.social_posts import PUBLISH_RETRY, REPUBLISH_AFTER, fit_post, platform_length
 
 LONG = ("Our spring menu is here: wild garlic soup, rhubarb tart and a new sourdough with toasted seeds, "
         "baked every morning from flour milled ten miles away. Come early on Saturday for the first loaves, "
@@ -222,3 +234,98 @@ def test_engagement_grows_with_time_and_levels_off() -> None:
         assert values == sorted(values), key
     assert series[-1]["impressions"] - series[-2]["impressions"] <= 1
     assert engagement("a", 24) == engagement("a", 24) != engagement("b", 24)
+
+
+# --- the deterministic check ----------------------------------------------------------------
+
+def test_the_check_fits_each_platform_and_names_its_fixes() -> None:
+    words = " ".join(f"word{i}" for i in range(120))  # 838 characters
+    x = fit_post("x", words, link="https://a.example/" + "p" * 200, hashtags=["#one", "two", "#three", "#"])
+    assert x.length <= 280 and x.text.endswith("https://a.example/" + "p" * 200 + " #one #two")
+    body = x.text.split(" https://")[0]
+    assert body.endswith("…") and body[:-1].split()[-1] in words.split()  # cut between words
+    assert any("'#' dropped" in f for f in x.fixes) and any("at most 2" in f for f in x.fixes)
+    li = fit_post("linkedin", f"Read it: https://a.example/post {words}", link="https://a.example/post")
+    assert li.link == "https://a.example/post" and "https://" not in li.text and li.length <= 3000
+    ig = fit_post("instagram", "See https://a.example/x now #cake", link="https://a.example/x",
+                  hashtags=[f"t{i}" for i in range(40)])
+    assert "https://" not in ig.text and ig.link is None and len(ig.hashtags) == 29  # 30 with #cake
+    assert fit_post("facebook", "Short and fine", hashtags=["#ok"]).fixes == []
+
+
+# --- rounds of retries on the time-skipping server -----------------------------------------------
+
+class Platforms:
+    """The publish tool, failing for one platform (an outage: retryable) a number of times."""
+
+    def __init__(self, failing: str, times: int) -> None:
+        self.failing, self.times = failing, times
+        self.attempts: list[tuple[datetime, str]] = []
+
+    @activity.defn(name="usage.check_budget")
+    async def check_budget(self, req: CheckBudget) -> BudgetStatus:
+        return BudgetStatus(tenant_id=req.tenant_id, spent_usd=0)  # type: ignore[arg-type]
+
+    @activity.defn(name="agents.llm_step")
+    async def llm_step(self, req: LlmStepRequest) -> LlmStepResult:
+        final = {p: {"text": f"Fresh bread on {p}", "hashtags": []} for p in (req.output_schema or {})["properties"]}
+        return LlmStepResult(final=final, calls=[LlmCall(model="fake", tokens_in=5, tokens_out=5)], provider="fake",
+                             offline=True, usage_per_call=True, usage_ids=[7])
+
+    @activity.defn(name="lago.report_usage")
+    async def report_usage(self, req: ReportUsage) -> UsageReport:
+        return UsageReport(usage_ids=req.usage_ids, sent=len(req.usage_ids), duplicates=0, more=False)
+
+    @activity.defn(name="mcp.call_tool")
+    async def call_tool(self, req: CallToolRequest) -> CallToolResult:
+        platform = req.arguments["platform"]
+        self.attempts.append((activity.info().current_attempt_scheduled_time, platform))
+        if platform == self.failing and sum(1 for _, p in self.attempts if p == platform) <= self.times:
+            raise ApplicationError(f"MCP server 'sandbox' unavailable: {platform} is down", type=UNAVAILABLE)
+        return CallToolResult(server="sandbox", tool=req.tool, content={
+            "post_id": f"{platform}-1", "platform": platform, "status": "published",
+            "url": f"https://social.example/{platform}/1"})
+
+
+async def cross_post(env: WorkflowEnvironment, fake: Platforms) -> tuple[Any, datetime]:
+    client = env.client
+    t0 = await env.get_current_time()
+    async with Worker(client, task_queue=WORKFLOWS_QUEUE, workflows=[SocialCrossPostWorkflow, AgentLoopWorkflow],
+                      activities=[fake.check_budget], workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES), \
+            Worker(client, task_queue=AGENTS_QUEUE, activities=[fake.llm_step]), \
+            Worker(client, task_queue=INTEGRATIONS_QUEUE, activities=[fake.call_tool, fake.report_usage]):
+        result = await client.execute_workflow(
+            SocialCrossPostWorkflow.run,
+            CrossPostInput(tenant_id="acme", text="Fresh bread", platforms=["x", "linkedin", "facebook"]),
+            id=f"acme:social-cross-post:{uuid.uuid4().hex[:10]}", task_queue=WORKFLOWS_QUEUE)
+    return result, t0
+
+
+async def test_a_platform_down_past_its_retries_is_tried_again_alone_after_a_timer(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    attempts = PUBLISH_RETRY.maximum_attempts
+    fake = Platforms("linkedin", attempts + 2)  # the first round's attempts and two of the second's
+    result, t0 = await cross_post(time_skipping_env, fake)
+    assert result.status == "published" and result.failed == []
+    linkedin = next(p for p in result.posts if p.platform == "linkedin")
+    assert linkedin.rounds == 2 and linkedin.post_id == "linkedin-1"
+    times = [at for at, p in fake.attempts if p == "linkedin"]
+    assert len(times) == attempts + 3
+    # The second round began after the workflow's timer, not before.
+    assert times[attempts] - times[attempts - 1] >= REPUBLISH_AFTER[0]
+    # The others went out once, at the start.
+    assert sorted(p for _, p in fake.attempts if p != "linkedin") == ["facebook", "x"]
+
+
+async def test_a_platform_down_for_good_fails_after_its_rounds_and_the_others_are_published(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    fake = Platforms("x", 1000)
+    result, t0 = await cross_post(time_skipping_env, fake)
+    assert (result.status, result.failed, sorted(result.published)) == ("partial", ["x"], ["facebook", "linkedin"])
+    x = next(p for p in result.posts if p.platform == "x")
+    assert x.rounds == 3 and x.error_type == UNAVAILABLE and "x is down" in (x.error or "")
+    times = [at for at, p in fake.attempts if p == "x"]
+    assert len(times) == 3 * PUBLISH_RETRY.maximum_attempts
+    assert times[-1] - t0 >= REPUBLISH_AFTER[0] + REPUBLISH_AFTER[1]

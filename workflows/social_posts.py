@@ -18,6 +18,7 @@ Each fix is named in the result, so the client sees what changed and why.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -109,7 +110,7 @@ def _cut(text: str, room: int) -> str:
     return head.rstrip(" ,;:-") + "…"
 
 
-def fit_post(platform: str, text: str, *, link: str | None = None, hashtags: list[str] = ()) -> FittedPost:  # type: ignore[assignment]
+def fit_post(platform: str, text: str, *, link: str | None = None, hashtags: Sequence[str] = ()) -> FittedPost:
     """The version made valid for its platform (see the module's docstring); deterministic."""
     fixes: list[str] = []
     body = " ".join(text.split())

@@ -138,7 +138,7 @@ class CapabilitySettingsRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CapabilitySettings(msgspec.Struct, frozen=True, kw_only=True):
-    capability: str
+    capability: str = ""
     # The tenant's settings of the capability, every field (the declared defaults for what it
     # never set), as plain values: the workflow converts them into its settings Struct.
     settings: dict[str, Any]

@@ -48,7 +48,8 @@ with workflow.unsafe.imports_passed_through():
     from core.settings import Settings
 
 SANDBOX_TOOLS = {
-    "send_email", "send_whatsapp", "send_sms", "publish_social_post", "upsert_ads_campaign",
+    "send_email", "send_whatsapp", "send_sms", "publish_social_post", "get_social_post_metrics", "delete_social_post",
+    "upsert_ads_campaign",
     "create_wordpress_post", "publish_wordpress_post", "upsert_crm_contact", "fetch_web_page", "check_inventory",
     "create_shipping_label",
 }

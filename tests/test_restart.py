@@ -13,6 +13,7 @@ With ``BIZ_RECORD_HISTORIES=1`` the histories are written to ``tests/histories/`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from workflows.campaign import CampaignInput, CampaignResult, CampaignWorkflow
 from workflows.dunning import DunningInput, DunningProgress, DunningResult, DunningWorkflow, invoice_key
 from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
 from workflows.orders import OrderInput, OrderLine, OrderProcessingWorkflow, OrderResult
+from workflows.social_calendar_types import CalendarInput, SlotInput, SlotView, WithdrawRequest
+from workflows.social_schedule import SocialCalendarWorkflow
 
 
 @pytest.fixture
@@ -260,3 +263,34 @@ async def test_a_campaign_canceled_while_launching_pauses_the_ad_it_launched(
     usage = await db.fetch("SELECT reported_to_lago_at FROM llm_usage WHERE workflow_id = $1 "
                            "OR starts_with(workflow_id, $1 || ':')", handle.id)
     assert usage and all(u["reported_to_lago_at"] is not None for u in usage)
+
+
+async def test_a_social_calendar_waiting_for_the_client_survives_a_restart_then_publishes_and_withdraws(
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    tenant = unique("bakery")
+    now = datetime.now(UTC)
+    inp = CalendarInput(tenant_id=tenant, key="week-1", engagement_for_hours=0, posts=[
+        SlotInput(slot_id="due", at=now - timedelta(minutes=1), platforms=["x"], topic="Pumpkin bread"),
+        SlotInput(slot_id="later", at=now + timedelta(days=2), platforms=["linkedin"], topic="Stollen")])
+    handle = await ns_client.start_workflow(SocialCalendarWorkflow.run, inp, id=f"{tenant}:social-calendar:week-1",
+                                            task_queue=WORKFLOWS_QUEUE)
+
+    async def then() -> Any:
+        await handle.execute_update(
+            SocialCalendarWorkflow.decide,
+            signed(DecisionInput(request_id="calendar", decision="approve", by=client_decider(tenant)), handle.id),
+            result_type=DecisionReceipt)
+
+        async def published() -> None:
+            slots = await handle.query(SocialCalendarWorkflow.calendar, result_type=list[SlotView])
+            assert [s.status for s in slots] == ["published", "scheduled"], slots
+
+        await assert_eventually(published, timeout=60, interval=0.2)
+        await handle.execute_update(SocialCalendarWorkflow.withdraw, WithdrawRequest(slot_id="later"))
+        return await handle.result()
+
+    result = await restart_at(ours, tmp_path, lambda: open_request(handle, SocialCalendarWorkflow, "calendar"), then)
+    assert [s.status for s in result.slots] == ["published", "withdrawn"] and result.approval == "approved"
+    rows = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1", handle.id)
+    assert [r["arguments"]["platform"] for r in rows] == ["x"]

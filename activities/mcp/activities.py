@@ -22,9 +22,8 @@ import msgspec
 from mcp import types as mcp_types
 from temporalio import activity
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
 
-from activities.mcp.errors import TOOL_ERROR, invalid
+from activities.mcp.errors import invalid, tool_error
 from activities.mcp.registry import (
     SERVER_NAME,
     TENANT,
@@ -232,5 +231,5 @@ class MCPActivities(Activities):
         if listed:
             await self._remember(server, listed[-1])
         if result.isError:
-            raise ApplicationError(f"{server}/{req.tool}: {error_text(result)}", type=TOOL_ERROR, non_retryable=True)
+            raise tool_error(server, req.tool, error_text(result))
         return CallToolResult(server=server, tool=req.tool, content=tool_content(result), is_error=False)

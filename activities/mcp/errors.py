@@ -4,12 +4,16 @@ The tool reported an error or the request is invalid → non-retryable ``MCPTool
 cannot be reached, times out or answers 5xx → retryable ``MCPUnavailable`` (Temporal retries with
 backoff); a server that is unknown or disabled (or no server takes the tool) → non-retryable
 ``MCPServerNotFound`` / ``MCPServerDisabled``; a 401/403-like answer (a misconfigured server, not
-an outage) → non-retryable ``MCPServerRejected``.
+an outage) → non-retryable ``MCPServerRejected``. A tool error whose text says the caller was
+rate limited (``rate limited … retry after N s``, as the social tools answer a 429) is the one
+tool error retried: ``MCPRateLimited``, next attempt after the delay the server named.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from datetime import timedelta
 
 import anyio
 import httpx
@@ -22,6 +26,11 @@ SERVER_DISABLED = "MCPServerDisabled"
 TOOL_ERROR = "MCPToolError"
 UNAVAILABLE = "MCPUnavailable"
 REJECTED = "MCPServerRejected"  # 401/403/...: configuration, not a passing outage
+RATE_LIMITED = "MCPRateLimited"  # the tool's service said "rate limited": retried after its delay
+
+_RATE_LIMITED = re.compile(r"rate[ -]?limited", re.IGNORECASE)
+_RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+MAX_RETRY_AFTER = timedelta(minutes=5)  # a server asking for longer waits at most this per attempt
 
 # JSON-RPC errors that mean the request itself is wrong: retrying cannot help.
 _PERMANENT_RPC_CODES = frozenset({
@@ -35,6 +44,17 @@ _RETRYABLE_HTTP_4XX = frozenset({404, 408, 409, 425, 429})
 
 def invalid(message: str) -> ApplicationError:
     """A request that cannot succeed as it is (bad names, arguments or result)."""
+    return ApplicationError(message, type=TOOL_ERROR, non_retryable=True)
+
+
+def tool_error(server: str, tool: str, text: str) -> ApplicationError:
+    """The error a tool answered: permanent, unless its service rate limited the call (then
+    retried, after the ``retry after N s`` it named, capped at :data:`MAX_RETRY_AFTER`)."""
+    message = f"{server}/{tool}: {text}"
+    if _RATE_LIMITED.search(text):
+        after = _RETRY_AFTER.search(text)
+        delay = min(timedelta(seconds=float(after.group(1))), MAX_RETRY_AFTER) if after else None
+        return ApplicationError(message, type=RATE_LIMITED, next_retry_delay=delay)
     return ApplicationError(message, type=TOOL_ERROR, non_retryable=True)
 
 

@@ -16,7 +16,7 @@ match what the shipped sandbox answers (``sandboxes/mcp``).
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
@@ -91,6 +91,74 @@ class UpsertAdsCampaign(ToolArgs[AdsCampaign], frozen=True, kw_only=True, omit_d
     end_date: date | None = None
     targeting: dict[str, Any] | None = None
     campaign_id: str | None = None
+
+
+# --- social --------------------------------------------------------------------------------
+
+SocialPlatform = Literal["facebook", "instagram", "linkedin", "x", "tiktok"]
+
+
+class SocialPost(ToolResult, frozen=True, kw_only=True):
+    post_id: str  # as the platform spells it (Facebook "{page}_{post}", LinkedIn "urn:li:share:...")
+    platform: str
+    status: str  # published | scheduled
+    url: str
+    published_at: str | None = None
+    scheduled_at: str | None = None
+    sandbox: bool = False
+
+
+class PublishSocialPost(ToolArgs[SocialPost], frozen=True, kw_only=True, omit_defaults=True):
+    """Publish a post now (or have the platform schedule it, ``scheduled_at``). Errors as the
+    platform's API gives them: a rate limit is retried (``MCPRateLimited``), duplicate content,
+    invalid media or a text over the limit fail for good (``MCPToolError``)."""
+
+    TOOL: ClassVar[str] = "publish_social_post"
+    RESULT: ClassVar[type[ToolResult]] = SocialPost
+
+    platform: SocialPlatform
+    text: str
+    media_urls: list[str] = []
+    link: str | None = None
+    scheduled_at: datetime | None = None
+    page: str | None = None  # the account or page posted as (default: the tenant's)
+
+
+class SocialMetrics(ToolResult, frozen=True, kw_only=True):
+    post_id: str
+    platform: str
+    impressions: int
+    likes: int
+    comments: int
+    shares: int
+    clicks: int
+    hours_since_published: float | None = None
+    measured_at: str | None = None
+    sandbox: bool = False
+
+
+class GetSocialPostMetrics(ToolArgs[SocialMetrics], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "get_social_post_metrics"
+    RESULT: ClassVar[type[ToolResult]] = SocialMetrics
+
+    platform: SocialPlatform
+    post_id: str
+
+
+class SocialPostDeleted(ToolResult, frozen=True, kw_only=True):
+    post_id: str
+    platform: str
+    deleted: bool
+    deleted_at: str | None = None
+    sandbox: bool = False
+
+
+class DeleteSocialPost(ToolArgs[SocialPostDeleted], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "delete_social_post"
+    RESULT: ClassVar[type[ToolResult]] = SocialPostDeleted
+
+    platform: SocialPlatform
+    post_id: str
 
 
 # --- commerce --------------------------------------------------------------------------------
@@ -188,7 +256,8 @@ FETCH_WEB_PAGE = FetchWebPage.TOOL
 
 # Every typed tool, by name.
 TOOLS: dict[str, type[ToolArgs[Any]]] = {
-    t.TOOL: t for t in (SendEmail, UpsertAdsCampaign, CheckInventory, CreateShippingLabel, FetchWebPage)
+    t.TOOL: t for t in (SendEmail, UpsertAdsCampaign, PublishSocialPost, GetSocialPostMetrics, DeleteSocialPost,
+                         CheckInventory, CreateShippingLabel, FetchWebPage)
 }
 
 

@@ -314,6 +314,9 @@ class DevSettings(BaseModel):
     # GET /v1/dev/mail. `mail_dir` (a Maildir) is where the sink keeps them; the API reads it.
     smtp_port: int = 8025
     mail_dir: Path | None = None
+    # The WordPress sandbox (sandboxes/wordpress.py) `bizosaas dev` runs and connects the demo
+    # tenant to; its posts are kept in the state dir.
+    wordpress_port: int = 8768
 
 
 class Settings(BaseSettings):

@@ -142,6 +142,8 @@ class ConnectionsController(Controller):
             raise invalid("site_url", exc.message, "body") from None
         except (httpx.InvalidURL, ValueError) as exc:
             raise invalid("site_url", f"not a valid URL: {exc}", "body") from None
+        if len(site) > 2000:
+            raise invalid("site_url", "longer than 2000 characters once encoded", "body")
         password = re.sub(r"\s", "", data.application_password)
         if len(password) != 24:
             raise invalid("application_password", "a WordPress application password is 24 letters and digits "

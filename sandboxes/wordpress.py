@@ -76,6 +76,8 @@ class WordPressState:
     terms: dict[int, dict[str, Any]] = field(default_factory=dict)
     next_id: int = 1  # posts and terms share WordPress's id sequences only loosely; one counter here
     schedule_min_seconds: float = 60.0
+    # The next requests answered 503 as a site in maintenance does (tests of passing outages).
+    outages: int = 0
     state_file: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -477,6 +479,11 @@ _ROUTES: list[tuple[re.Pattern[str], tuple[str, ...], str]] = [
 
 async def _dispatch(request: Request[Any, Any, Any], rest_route: str) -> Response[Any]:
     wp = _state(request)
+    if wp.outages > 0:
+        wp.outages -= 1
+        return Response("<!doctype html><title>Maintenance</title>Briefly unavailable for scheduled maintenance. "
+                        "Check back in a minute.", status_code=503, media_type="text/html",
+                        headers={"Retry-After": "600"})
     method = request.method.upper()
     override = request.headers.get("x-http-method-override") or request.query_params.get("_method")
     if method == "POST" and override:

@@ -237,6 +237,24 @@ async def test_errors_say_what_was_wrong(db: asyncpg.Pool, mcp_sandbox: str, sit
     assert await outbox_tools(db, tenant) == ["create_wordpress_post"]
 
 
+async def test_a_passing_outage_is_tried_again_where_repeating_is_safe(
+    db: asyncpg.Pool, mcp_sandbox: str, site: WordPressState
+) -> None:
+    tenant = await connected_tenant(db, site)
+    async with tools(db) as call:
+        post = await call(tenant, CreateWordPressPost(title="Through maintenance", content="<p>x</p>"))
+        site.outages = 1  # a read and an update are repeated
+        read = await call(tenant, GetWordPressPost(post_id=post.post_id))
+        site.outages = 1
+        edited = await call(tenant, UpdateWordPressPost(post_id=post.post_id, title="After maintenance"))
+        site.outages = 1  # a create is not: WordPress may have made the post before failing
+        before = len(site.posts)
+        failed = await refused(call(tenant, CreateWordPressPost(title="Not twice", content="<p>x</p>")))
+    assert (read.title, edited.title) == ("Through maintenance", "After maintenance")
+    assert f"WordPress at {site.site_url} failed: HTTP 503" in failed and len(site.posts) == before
+    assert site.outages == 0
+
+
 async def test_another_tenants_connection_is_never_used(
     db: asyncpg.Pool, mcp_sandbox: str, site: WordPressState
 ) -> None:

@@ -317,8 +317,6 @@ class DevStack:
               {**env, "BIZ_WORDPRESS_SANDBOX_APP_PASSWORD": password or ""},
               "--state-file", str(self.state_dir / "wordpress" / "site.json"), "--username", WORDPRESS_USER)
         self.wordpress_url = f"http://127.0.0.1:{d.wordpress_port}"
-        self.sandboxes["WordPress"] = (f"{self.wordpress_url}  (user {WORDPRESS_USER}, application password in "
-                                       f"{self.state_dir / WORDPRESS_PASSWORD_FILE}; the demo tenant is connected)")
         for name, port in starting:
             _wait_for(name, lambda p=port: _port_open("127.0.0.1", p), 30, self.procs[name])
         return extra
@@ -468,6 +466,9 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"  Postgres       {pg}",
         f"  psql           {psql_command(stack)}",
         *(f"  {what + ' sandbox':<14} {url}" for what, url in stack.sandboxes.items()),
+        *([f"  WordPress      {stack.wordpress_url}  (a WordPress sandbox, the demo tenant's site: user "
+           f"{WORDPRESS_USER}, application password in {stack.state_dir / WORDPRESS_PASSWORD_FILE})"]
+          if stack.wordpress_url else []),
         f"  State dir      {stack.state_dir}",
         f"  Demo tenant    {tenant}  (onboarding workflow {demo_workflow})",
         "",

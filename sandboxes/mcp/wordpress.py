@@ -26,6 +26,7 @@ not found, which parameter was invalid); the application password never appears 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ from activities import netguard
 from sandboxes.mcp.common import HttpUrl, IdempotencyKey, ShortText, TenantId, ToolContext, WorkflowId
 from sandboxes.mcp.web import system_resolver
 
-TIMEOUT_SECONDS = 20.0
+TIMEOUT_SECONDS = 10.0  # one request; the MCP session waits 30 s for a whole call
+RETRY_DELAYS = (0.5, 2.0)  # a passing outage, tried again within the call (see WordPressAPI._send)
 USER_AGENT = "BizOSaaS-WordPress/1.0"
 REST_PREFIX = "/wp-json"
 PostId = Annotated[int, Field(gt=0, description="The post's id on the site")]
@@ -127,6 +129,12 @@ def _date_gmt(value: str) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat()
 
 
+class _Unreachable(Exception):
+    def __init__(self, message: str, nothing_sent: bool) -> None:
+        super().__init__(message)
+        self.message, self.nothing_sent = message, nothing_sent
+
+
 class WordPressAPI:
     """The REST API of one site, for one tool call."""
 
@@ -144,7 +152,24 @@ class WordPressAPI:
             return httpx.URL(f"{self.site.url}/", params={"rest_route": route, **(params or {})})
         return httpx.URL(f"{self.site.url}{REST_PREFIX}{route}", params=params or {})
 
-    async def _send(self, method: str, url: httpx.URL, body: dict[str, Any] | None) -> httpx.Response:
+    async def _send(self, method: str, url: httpx.URL, body: dict[str, Any] | None,
+                    idempotent: bool = False) -> httpx.Response:
+        """One request; a passing outage is tried again a few times here (tool errors are final
+        for the caller): a connection refused always, as nothing was sent, and a timeout or a 5xx
+        answer when the request may be repeated (a read, or an update with the same body)."""
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                resp = await self._send_once(method, url, body)
+            except _Unreachable as exc:
+                if delay is None or not (exc.nothing_sent or idempotent):
+                    raise ToolError(exc.message) from None
+            else:
+                if delay is None or not (resp.status_code in (502, 503, 504) and idempotent):
+                    return resp
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _send_once(self, method: str, url: httpx.URL, body: dict[str, Any] | None) -> httpx.Response:
         try:
             target = netguard.check_url(url)
             if target.literal is not None:
@@ -167,23 +192,26 @@ class WordPressAPI:
                              "accept": "application/json"},
                     extensions={"sni_hostname": target.host} if target.url.scheme == "https" else None)
         except httpx.HTTPError as exc:
-            raise ToolError(f"WordPress at {self.site.url} did not answer: {exc.__class__.__name__}: "
-                            f"{str(exc)[:200]}") from None
+            raise _Unreachable(f"WordPress at {self.site.url} did not answer: {exc.__class__.__name__}: "
+                               f"{str(exc)[:200]}", nothing_sent=isinstance(exc, httpx.ConnectError)) from None
 
     async def call(self, method: str, route: str, *, params: dict[str, Any] | None = None,
                    body: dict[str, Any] | None = None, post_id: int | None = None) -> Any:
         """WordPress's JSON answer; its errors as tool errors that say what was wrong."""
-        resp = await self._send(method, self._url(route, params), body)
+        idempotent = method == "GET" or (method == "POST" and post_id is not None)
+        resp = await self._send(method, self._url(route, params), body, idempotent)
         if resp.status_code == 404 and not self._plain_permalinks and not _is_json(resp):
             # A site without pretty permalinks serves the REST API at /?rest_route= only.
             self._plain_permalinks = True
-            resp = await self._send(method, self._url(route, params), body)
+            resp = await self._send(method, self._url(route, params), body, idempotent)
         if resp.is_redirect:
             raise ToolError(f"WordPress at {self.site.url} redirects to {resp.headers.get('location')!r}: "
                             "connect the site with its final address")
         try:
             answer = resp.json()
         except ValueError:
+            if resp.status_code >= 500:
+                raise ToolError(f"WordPress at {self.site.url} failed: HTTP {resp.status_code}") from None
             raise ToolError(f"{self.site.url} answered HTTP {resp.status_code} to {method} {route} without "
                             "WordPress's JSON: is it a WordPress site with the REST API on?") from None
         if resp.is_success:

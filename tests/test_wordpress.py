@@ -39,26 +39,11 @@ from api.auth import BearerAuthMiddleware, TokenVerifier, role_guard
 from api.connections import ConnectionsController
 from api.errors import EXCEPTION_HANDLERS
 from core.settings import FetchSettings, Settings
-from sandboxes.wordpress import WordPressState, WordPressUser, create_wordpress_app
+from sandboxes.wordpress import WordPressState
 from tests.conftest import Tokens, assert_eventually, serve, unique
-from tests.support import serve_sandbox
+from tests.support import WORDPRESS_PASSWORD, WORDPRESS_USER, connect_wordpress, serve_sandbox, wordpress_site
 
-USER = "editor"
-PASSWORD = "Abcd EFGH ijkl MNOP qrst UVWX"  # as WordPress shows an application password
-
-
-def site_state(**kw: Any) -> WordPressState:
-    # Scheduling a post seconds ahead (WordPress publishes anything under a minute ahead at once).
-    return WordPressState(users=[WordPressUser(id=1, username=USER, name="Editor", application_password=PASSWORD)],
-                          schedule_min_seconds=0, **kw)
-
-
-@asynccontextmanager
-async def wordpress_site(**kw: Any) -> AsyncIterator[WordPressState]:
-    state = site_state(**kw)
-    async with serve(create_wordpress_app(state)) as url:
-        state.site_url = url
-        yield state
+USER, PASSWORD = WORDPRESS_USER, WORDPRESS_PASSWORD
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -76,9 +61,7 @@ async def new_tenant(db: asyncpg.Pool, prefix: str = "blog") -> str:
 
 async def connected_tenant(db: asyncpg.Pool, site: WordPressState, password: str = PASSWORD) -> str:
     tenant = await new_tenant(db)
-    await db.execute(
-        """INSERT INTO tenant_wordpress (tenant_id, site_url, username, application_password, updated_by)
-           VALUES ($1, $2, $3, $4, 'test')""", tenant, site.site_url, USER, password.replace(" ", ""))
+    await connect_wordpress(db, tenant, site, password)
     return tenant
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -35,6 +36,22 @@ from api.paging import (DEFAULT_LIMIT, NAME_PATTERN, TEXT_PATTERN, Cursor, Limit
 EXPORT_BATCH = 1000
 ALL_TIME = timedelta(days=36600)
 CSV_COLUMNS = ("id", "created_at", "tenant_id", "actor", "action", "workflow_id", "idempotency_key", "details")
+
+
+async def write_entry(conn: asyncpg.Connection | asyncpg.Pool, *, subject: str, tenant_id: str,
+                      actor: str | Principal, action: str, details: dict[str, Any],
+                      workflow_id: str | None = None) -> int:
+    """An entry for a change the API makes itself (a registry row, an endpoint, a connection, a
+    control sent to a workflow); workflows write theirs through ``audit.write``. The key is
+    ``api:{subject}:{random}`` (each request one entry); a principal acting for another adds
+    ``acting_as``. Its id."""
+    if isinstance(actor, Principal):
+        details = {**details, **({"acting_as": actor.acting_as} if actor.acting_as else {})}
+        actor = actor.sub
+    return await conn.fetchval(
+        """INSERT INTO audit_log (idempotency_key, tenant_id, actor, action, workflow_id, details)
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        f"api:{subject}:{secrets.token_hex(8)}", tenant_id, actor, action, workflow_id, details)
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):

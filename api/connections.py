@@ -23,7 +23,6 @@ or answered.
 from __future__ import annotations
 
 import re
-import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -36,6 +35,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, PathParameter
 
 from activities import netguard
+from api.audit import write_entry
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import invalid
 from core.names import SLUG_PATTERN
@@ -92,12 +92,8 @@ def _view(tenant_id: str, row: asyncpg.Record | None) -> WordPressConnection:
 
 async def _audit(conn: asyncpg.Connection, principal: Principal, tenant_id: str, action: str,
                  details: dict[str, Any]) -> None:
-    await conn.execute(
-        """INSERT INTO audit_log (idempotency_key, tenant_id, actor, action, details)
-           VALUES ($1, $2, $3, $4, $5)""",
-        f"api:connection:wordpress:{tenant_id}:{action}:{secrets.token_hex(8)}", tenant_id, principal.sub,
-        f"connection.wordpress_{action}",
-        {**details, **({"acting_as": principal.acting_as} if principal.acting_as else {})})
+    await write_entry(conn, subject=f"connection:wordpress:{tenant_id}:{action}", tenant_id=tenant_id,
+                      actor=principal, action=f"connection.wordpress_{action}", details=details)
 
 
 _COLUMNS = "site_url, username, application_password <> '' AS has_password, updated_by, updated_at"

@@ -41,6 +41,7 @@ from litestar.params import JSONBody, PathParameter
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 
+from api.audit import write_entry
 from api.auth import Principal
 from api.errors import ConflictError, invalid
 from api.visibility import in_list, quote, tenant_clause
@@ -130,11 +131,8 @@ class BulkAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 async def _audit(db: asyncpg.Pool, actor: str, tenant: str, action: str, workflow_id: str | None,
                  details: dict[str, Any]) -> int:
-    return await db.fetchval(
-        """INSERT INTO audit_log (idempotency_key, tenant_id, actor, action, workflow_id, details)
-           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-        f"api:control:{uuid.uuid4().hex}", tenant, actor, action, workflow_id, details,
-    )
+    return await write_entry(db, subject="control", tenant_id=tenant, actor=actor, action=action,
+                             details=details, workflow_id=workflow_id)
 
 
 def _capability(desc: Any) -> Capability | None:

@@ -22,7 +22,6 @@ together or not at all.
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -44,6 +43,7 @@ from activities.mcp.registry import (
     apply_server,
     registry_view,
 )
+from api.audit import write_entry
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import ConflictError
 from core.names import SLUG_PATTERN
@@ -165,13 +165,9 @@ async def _audit(conn: asyncpg.Connection, actor: str, name: str, body: ServerBo
     details["change"].pop("url", None)  # addresses are configuration, not history
     details["change"].pop("command", None)
     tenants = set((body.tenants or {}).keys()) | {t for r in body.tools or [] for t in r.tenants}
-    change = uuid.uuid4().hex
     for tenant in ["platform", *sorted(tenants)]:
-        await conn.execute(
-            """INSERT INTO audit_log (idempotency_key, tenant_id, actor, action, details)
-               VALUES ($1, $2, $3, 'mcp.server_registered', $4)""",
-            f"api:mcp-server:{name}:{change}:{tenant}", tenant, actor, details,
-        )
+        await write_entry(conn, subject=f"mcp-server:{name}:{tenant}", tenant_id=tenant, actor=actor,
+                          action="mcp.server_registered", details=details)
 
 
 class McpAdminController(Controller):

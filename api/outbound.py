@@ -46,6 +46,7 @@ from activities.outbound_webhooks import (
     new_endpoint_id,
     new_secret,
 )
+from api.audit import write_entry
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import ConflictError, invalid
 from api.visibility import CURSOR_PATTERN, decode_cursor, encode_cursor
@@ -167,12 +168,8 @@ _ENDPOINT_COLUMNS = "id, tenant_id, url, description, event_types, enabled, crea
 
 async def _audit(conn: asyncpg.Connection, principal: Principal, tenant_id: str, endpoint_id: str, action: str,
                  details: dict[str, Any]) -> None:
-    key = f"api:webhook-endpoint:{endpoint_id}:{action}:{new_endpoint_id()}"
-    await conn.execute(
-        """INSERT INTO audit_log (idempotency_key, tenant_id, actor, action, details)
-           VALUES ($1, $2, $3, $4, $5)""",
-        key, tenant_id, principal.sub, f"webhook_endpoint.{action}",
-        {"endpoint_id": endpoint_id, **details, **({"acting_as": principal.acting_as} if principal.acting_as else {})})
+    await write_entry(conn, subject=f"webhook-endpoint:{endpoint_id}:{action}", tenant_id=tenant_id, actor=principal,
+                      action=f"webhook_endpoint.{action}", details={"endpoint_id": endpoint_id, **details})
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -25,7 +25,7 @@ api/mcp.py), nothing outside Postgres changes, and the delivery activity reads i
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -49,7 +49,8 @@ from activities.outbound_webhooks import (
 from api.audit import write_entry
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import ConflictError, invalid
-from api.visibility import CURSOR_PATTERN, decode_cursor, encode_cursor
+from api.paging import Where, encode_cursor, last_id, listing, utc
+from api.visibility import CURSOR_PATTERN
 from core.names import PLATFORM_TENANT, SLUG_PATTERN
 from core.settings import Settings
 
@@ -172,35 +173,17 @@ async def _audit(conn: asyncpg.Connection, principal: Principal, tenant_id: str,
                       action=f"webhook_endpoint.{action}", details={"endpoint_id": endpoint_id, **details})
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
-
-
 def _period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
-    since, until = _utc(since), _utc(until)
+    """Either end may be open; when both are given, ``since`` comes first (400 naming ``until``)."""
+    since, until = since and utc(since), until and utc(until)
     if since is not None and until is not None and since >= until:
         raise invalid("until", "must be after since")
     return since, until
 
 
-def _before(cursor: str | None, key: bytes, listing: str) -> int | None:
-    token = decode_cursor(cursor, key, listing)
-    if token is None:
-        return None
-    return int(token.decode())  # signed by this API for this listing: always a number
-
-
-def _next(rows: list[asyncpg.Record], limit: int, key: bytes, listing: str) -> str | None:
-    return encode_cursor(str(rows[limit - 1]["id"]).encode(), key, listing) if len(rows) > limit else None
-
-
-def _where(filters: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    for clause, value in filters:
-        if value is not None:
-            args.append(value)
-            clauses.append(clause.format(len(args)))
-    return " AND ".join(clauses), args
+def _page(rows: list[asyncpg.Record], limit: int, key: bytes, listing_: str) -> str | None:
+    """The cursor of the page after ``rows`` (fetched ``limit + 1``), or None on the last page."""
+    return encode_cursor([rows[limit - 1]["id"]], key, listing_) if len(rows) > limit else None
 
 
 class WebhookEndpointsController(Controller):
@@ -359,20 +342,21 @@ class WebhookDeliveriesController(Controller):
     ) -> DeliveryPage:
         _in_scope(request.user, tenant_id)
         since, until = _period(since, until)
-        listing = repr(("webhook-deliveries", tenant_id, endpoint_id, status, event_type, event_id,
-                        since and since.isoformat(), until and until.isoformat()))
-        where, args = _where([
-            ("tenant_id = ${}", tenant_id), ("endpoint_id = ${}", endpoint_id), ("status = ${}", status),
-            ("event_type = ${}", event_type), ("event_id = ${}", event_id), ("created_at >= ${}", since),
-            ("created_at < ${}", until), ("id < ${}", _before(cursor, cursor_key, listing))])
-        args.append(limit + 1)
+        this = listing("webhook-deliveries", request.user, [tenant_id], endpoint_id=endpoint_id, status=status,
+                       event_type=event_type, event_id=event_id, since=since, until=until)
+        where = Where()
+        for clause, value in (("tenant_id = {}", tenant_id), ("endpoint_id = {}", endpoint_id), ("status = {}", status),
+                              ("event_type = {}", event_type), ("event_id = {}", event_id),
+                              ("created_at >= {}", since), ("created_at < {}", until),
+                              ("id < {}", last_id(cursor, cursor_key, this))):
+            where.add(clause, value)
         rows = await db.fetch(
             f"""SELECT id, endpoint_id, url, event_id, event_type, attempt, status, status_code, error, duration_ms,
                        created_at
-                FROM webhook_deliveries WHERE {where} ORDER BY id DESC LIMIT ${len(args)}""",  # noqa: S608
-            *args)
+                FROM webhook_deliveries {where.sql()} ORDER BY id DESC LIMIT {where.bind(limit + 1)}""",  # noqa: S608
+            *where.args)
         return DeliveryPage(items=[Delivery(**dict(r)) for r in rows[:limit]],
-                            next_cursor=_next(rows, limit, cursor_key, listing))
+                            next_cursor=_page(rows, limit, cursor_key, this))
 
 
 class NotificationsController(Controller):
@@ -395,19 +379,19 @@ class NotificationsController(Controller):
     ) -> NotificationPage:
         _in_scope(request.user, tenant_id)
         since, until = _period(since, until)
-        listing = repr(("notifications", tenant_id, event, workflow_id, audience, since and since.isoformat(),
-                        until and until.isoformat()))
-        where, args = _where([
-            ("tenant_id = ${}", tenant_id), ("event = ${}", event), ("workflow_id = ${}", workflow_id),
-            ("audience = ${}", audience), ("created_at >= ${}", since), ("created_at < ${}", until),
-            ("id < ${}", _before(cursor, cursor_key, listing))])
-        args.append(limit + 1)
+        this = listing("notifications", request.user, [tenant_id], event=event, workflow_id=workflow_id,
+                       audience=audience, since=since, until=until)
+        where = Where()
+        for clause, value in (("tenant_id = {}", tenant_id), ("event = {}", event), ("workflow_id = {}", workflow_id),
+                              ("audience = {}", audience), ("created_at >= {}", since), ("created_at < {}", until),
+                              ("id < {}", last_id(cursor, cursor_key, this))):
+            where.add(clause, value)
         rows = await db.fetch(
             f"""SELECT id, idempotency_key, workflow_id, request_id, event, audience, roles, title, due_at, created_at
-                FROM approval_notifications WHERE {where} ORDER BY id DESC LIMIT ${len(args)}""",  # noqa: S608
-            *args)
+                FROM approval_notifications {where.sql()} ORDER BY id DESC LIMIT {where.bind(limit + 1)}""",  # noqa: S608
+            *where.args)
         items = [Notification(**{**dict(r), "roles": list(r["roles"])}) for r in rows[:limit]]
-        return NotificationPage(items=items, next_cursor=_next(rows, limit, cursor_key, listing))
+        return NotificationPage(items=items, next_cursor=_page(rows, limit, cursor_key, this))
 
 
 def outbound_router() -> Router:

@@ -57,7 +57,8 @@ def tenant_scope(principal: Principal, tenant_id: str | None) -> list[str] | Non
     return sorted({t for t in (principal.tenant_id, *principal.tenants) if t})
 
 
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
+    """``value`` in UTC (a time without an offset is taken as UTC)."""
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
@@ -66,11 +67,11 @@ def period(since: datetime | None, until: datetime | None, *, default: timedelta
     """``[since, until)`` in UTC: until defaults to now, since to ``default`` before until; 400
     naming ``since`` when it is not before ``until``, or when the period is over ``longest``."""
     try:
-        end = _utc(until) if until is not None else datetime.now(timezone.utc)
+        end = utc(until) if until is not None else datetime.now(timezone.utc)
     except OverflowError:
         raise invalid("until", "out of range") from None
     try:
-        start = _utc(since) if since is not None else end - default
+        start = utc(since) if since is not None else end - default
     except OverflowError:
         raise invalid("since" if since is not None else "until", "out of range") from None
     if start >= end:

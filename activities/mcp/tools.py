@@ -134,6 +134,62 @@ class CreateShippingLabel(ToolArgs[ShippingLabel], frozen=True, kw_only=True, om
     service: str | None = None
 
 
+# --- WordPress -------------------------------------------------------------------------------
+
+class WordPressPost(ToolResult, frozen=True, kw_only=True):
+    post_id: int
+    site_url: str
+    status: str  # draft | pending | future | publish
+    link: str
+    edit_link: str | None = None
+    slug: str | None = None
+    date_gmt: str | None = None
+    modified_at: str | None = None
+    title: str | None = None
+    sandbox: bool = False
+
+
+class CreateWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
+    """A new post on the tenant's WordPress site (a draft, or pending review): categories and
+    tags by name."""
+
+    TOOL: ClassVar[str] = "create_wordpress_post"
+    RESULT: ClassVar[type[ToolResult]] = WordPressPost
+
+    title: str
+    content: str  # HTML
+    excerpt: str | None = None
+    slug: str | None = None
+    categories: list[str] = []
+    tags: list[str] = []
+    status: Literal["draft", "pending"] = "draft"
+    # The site, for servers that serve more than one (the sandbox); a connector configured per
+    # tenant knows its own.
+    site_url: str | None = None
+
+
+class UpdateWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "update_wordpress_post"
+    RESULT: ClassVar[type[ToolResult]] = WordPressPost
+
+    post_id: int
+    title: str | None = None
+    content: str | None = None
+    excerpt: str | None = None
+    slug: str | None = None
+    status: Literal["draft", "pending", "future", "publish"] | None = None
+    date_gmt: str | None = None
+    site_url: str | None = None
+
+
+class PublishWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "publish_wordpress_post"
+    RESULT: ClassVar[type[ToolResult]] = WordPressPost
+
+    post_id: int
+    site_url: str | None = None
+
+
 # --- web -------------------------------------------------------------------------------------
 
 class Heading(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,7 +232,8 @@ FETCH_WEB_PAGE = FetchWebPage.TOOL
 
 # Every typed tool, by name.
 TOOLS: dict[str, type[ToolArgs[Any]]] = {
-    t.TOOL: t for t in (SendEmail, UpsertAdsCampaign, CheckInventory, CreateShippingLabel, FetchWebPage)
+    t.TOOL: t for t in (SendEmail, UpsertAdsCampaign, CheckInventory, CreateShippingLabel, FetchWebPage,
+                         CreateWordPressPost, UpdateWordPressPost, PublishWordPressPost)
 }
 
 

@@ -34,7 +34,8 @@ with workflow.unsafe.imports_passed_through():
     from core.names import SLUG_PATTERN, TENANT_ID, workflow_id
     from workflows.capability import TENANT_PEOPLE, Capability, ScheduleDecl
     from workflows.content_pipeline import NAME as PIPELINE
-    from workflows.content_pipeline import ContentInput, ContentResult, SeoContentWorkflow
+    from workflows.content_pipeline import SeoContentWorkflow
+    from workflows.content_post import ContentInput, ContentResult
     from workflows.presence_audit import URL_PATTERN
     from workflows.stages import Stages
 

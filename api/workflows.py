@@ -1,26 +1,32 @@
-"""Workflows: start a capability, read a workflow's status, state and result, cancel it."""
+"""Workflows: start a capability, read a workflow's status, state and result, cancel it, send
+it one of its capability's commands."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Router, get, post
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException, PermissionDeniedException, ServiceUnavailableException
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError,
+                               WorkflowUpdateRPCTimeoutOrCancelledError)
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError
 from api.ratelimit import StartLimiter
 from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause
-from workflows.catalogue import CATALOGUE, Capability
+from workflows.capability import Command
+from workflows.catalogue import CATALOGUE, Capability, commands
 from core.names import CAPABILITY, CONTROL_QUERY, PENDING_APPROVAL, PROGRESS_QUERY, SLUG_PATTERN, TENANT_ID
 from workflows.stages import ControlState, Stages
 from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
@@ -280,7 +286,71 @@ _STATUS_NAMES = {"running": "Running", "completed": "Completed", "failed": "Fail
                  "terminated": "Terminated", "timed_out": "TimedOut", "continued_as_new": "ContinuedAsNew"}
 
 
+async def send_command(temporal: Client, principal: Principal, wf_id: str, command: Command, data: Any,
+                       timeout_seconds: float) -> Any:
+    """Run ``command``'s update on the workflow for ``principal`` and answer its result.
+
+    404: not in the caller's tenants, or its capability has no such command; 403: the caller's
+    role may not send it; 409: not running, or the workflow's validator refused it (the problem
+    code is the refusal's type); 503: no worker took it within ``timeout_seconds``."""
+    handle, desc = await describe_in_scope(temporal, principal, wf_id)
+    capability = CATALOGUE.get(desc.typed_search_attributes.get(CAPABILITY) or "")
+    if capability is None or command not in capability.commands:
+        raise NotFoundException(f"workflow {wf_id!r} takes no command {command.name!r}")
+    if not principal.roles & command.roles:
+        raise PermissionDeniedException(
+            f"your role may not send {command.name!r} (allowed: {', '.join(sorted(command.roles))})")
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        raise ConflictError(f"workflow {wf_id!r} is {desc.status.name}, not running", code="not_running")
+    if "requested_by" in getattr(type(data), "__struct_fields__", ()):
+        data = msgspec.structs.replace(data, requested_by=principal.sub)
+    try:
+        async with asyncio.timeout(timeout_seconds):  # with no worker polling, Temporal would hold it open
+            return await handle.execute_update(command.update, data, rpc_timeout=timedelta(seconds=timeout_seconds))
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise ServiceUnavailableException(
+            f"the workflow did not take {command.name!r} within {timeout_seconds:g} s (its worker is not "
+            "running?); it runs if the worker returns: read the workflow before sending it again",
+            headers={"Retry-After": str(max(1, math.ceil(timeout_seconds)))}) from None
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError):
+            raise ConflictError(cause.message, code=cause.type or "refused") from None
+        raise
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise ConflictError(f"workflow {wf_id!r} is closed, not running", code="not_running") from None
+
+
+def _command_handler(cap: Capability, command: Command):  # noqa: ANN202 - a route handler per command
+    async def send(data: Any, request: Request, temporal: NamedDependency[Client],
+                   workflow_id: Annotated[str, PathParameter(max_length=400)]) -> Any:
+        return await send_command(temporal, request.user, workflow_id, command, data,
+                                  request.app.state.settings.api.decision_timeout_seconds)
+
+    send.__annotations__ = {
+        "data": JSONBody[command.input_type],
+        "request": Request,
+        "temporal": NamedDependency[Client],
+        "workflow_id": Annotated[str, PathParameter(max_length=400)],
+        "return": Any,
+    }
+    return post(
+        f"/{{workflow_id:str}}/commands/{command.name}",
+        operation_id=f"command_{command.name.replace('-', '_')}",
+        summary=f"{cap.name}: {command.name}",
+        description=(command.summary or f"The {command.name} command of a running {cap.name} workflow.")
+        + f" Roles: {', '.join(sorted(command.roles))}. 200 with the workflow's answer; 409: not running, or the "
+        "workflow refused it now (the code says why); 404: not in your tenants or not a "
+        f"{cap.name} workflow; 503 with Retry-After: no worker took it in time.",
+        status_code=200,
+        raises=[ConflictError, NotFoundException, PermissionDeniedException],
+    )(send)
+
+
 def workflows_router(limiter: StartLimiter | None = None) -> Router:
     """``limiter``: the per-tenant start rate limit (create_app always gives one)."""
     starts = [_start_handler(cap, limiter) for cap in CATALOGUE.values()]
-    return Router(path="/v1/workflows", route_handlers=[*starts, WorkflowController], tags=["workflows"])
+    sends = [_command_handler(cap, command) for cap, command in commands().values()]
+    return Router(path="/v1/workflows", route_handlers=[*starts, *sends, WorkflowController], tags=["workflows"])

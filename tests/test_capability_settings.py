@@ -21,7 +21,7 @@ from tests.support import dev_settings, record_history
 from tests.test_orders import completed, order
 from workers.main import ALL_WORKFLOWS
 from workflows import orders
-from workflows.capability import Capability, departures
+from workflows.capability import Capability, Command, departures
 from workflows.catalogue import CATALOGUE, MODULES, WORKFLOWS
 from workflows.tenant_settings import TenantSettingsWorkflow
 
@@ -67,6 +67,15 @@ def test_a_declaration_is_checked_when_the_module_loads() -> None:
         Capability(**base, settings=NoDefault)
     with pytest.raises(ValueError, match="no fields"):
         Capability(**base, settings=orders.OrderSettings, admin_settings=frozenset({"threshold"}))
+    # A command runs an update the workflow has, once per name.
+    with pytest.raises(ValueError, match="has no update 'move'"):
+        Capability(**base, commands=(Command(name="move", update="move", input_type=orders.OrderInput,
+                                             roles=frozenset({"client"})),))
+    decide = Command(name="decide", update="decide", input_type=orders.OrderInput, roles=frozenset({"client"}))
+    with pytest.raises(ValueError, match="two commands share a name"):
+        Capability(**base, commands=(decide, decide))
+    with pytest.raises(ValueError, match="msgspec Struct"):
+        Command(name="move", update="move", input_type=dict, roles=frozenset({"client"}))
     # A tenant stores only what it changed; the defaults stay in code.
     assert departures(orders.OrderSettings(review_threshold=500.0, out_of_stock_skus=["A"])) == {
         "out_of_stock_skus": ["A"]}

@@ -125,6 +125,32 @@ class ScheduleDecl:
             raise ValueError(f"schedule {self.name!r}: requires unknown fields {sorted(unknown)}")
 
 
+# --- commands -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """A message people send a running workflow of the capability: ``POST
+    /v1/workflows/{workflow_id}/commands/{name}`` with ``input_type`` as its body runs the
+    workflow's update ``update`` and answers its result (move a post's publish time, withdraw a
+    scheduled post). The update's validator refuses what the workflow cannot do now
+    (``ApplicationError(type=...)``: 409 naming the type); a body field ``requested_by`` is filled
+    with the caller. Names are unique across the catalogue: a route is a name."""
+
+    name: str
+    update: str
+    input_type: type
+    roles: frozenset[str]
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"command {self.name!r}: the name must be a slug")
+        if getattr(self.input_type, "__struct_config__", None) is None:
+            raise ValueError(f"command {self.name!r}: the input must be a msgspec Struct")
+        if not self.roles:
+            raise ValueError(f"command {self.name!r}: name the roles that may send it")
+
+
 # --- settings -----------------------------------------------------------------------------
 
 class NoSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -168,10 +194,20 @@ class Capability:
     # Settings fields no two tenants may hold with the same value (letter case ignored), each
     # backed by a unique index of ``tenant_settings`` (a Shopify shop domain).
     unique_settings: frozenset[str] = frozenset()
+    # Messages people send its running workflows (routes under /v1/workflows/{id}/commands/).
+    commands: tuple[Command, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"capability {self.name!r}: the name must be a slug")
+        defn = getattr(self.workflow, "__temporal_workflow_definition", None)
+        updates = set(defn.updates) if defn is not None else set()
+        for c in self.commands:
+            if c.update not in updates:
+                raise ValueError(f"command {c.name} of {self.name}: {self.workflow.__name__} has no update "
+                                 f"{c.update!r}")
+        if len({c.name for c in self.commands}) != len(self.commands):
+            raise ValueError(f"capability {self.name!r}: two commands share a name")
         for t in self.triggers:
             if t.capability not in ("", self.name):
                 raise ValueError(f"trigger {t.source}/{t.event_type} of {self.name}: names {t.capability!r}")

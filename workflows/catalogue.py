@@ -18,7 +18,7 @@ import pkgutil
 from types import ModuleType
 
 import workflows
-from workflows.capability import Capability, ScheduleDecl, Trigger
+from workflows.capability import Capability, Command, ScheduleDecl, Trigger
 
 
 def _capability_modules() -> tuple[ModuleType, ...]:
@@ -72,3 +72,14 @@ def schedules() -> list[ScheduleDecl]:
                 raise ValueError(f"schedule {s.name!r} is declared twice")
             found[s.name] = s
     return list(found.values())
+
+
+def commands() -> dict[str, tuple[Capability, Command]]:
+    """Every declared command by name (its route), with the capability that declares it."""
+    found: dict[str, tuple[Capability, Command]] = {}
+    for cap in CATALOGUE.values():
+        for c in cap.commands:
+            if c.name in found:
+                raise ValueError(f"command {c.name!r} is declared by {found[c.name][0].name} and {cap.name}")
+            found[c.name] = (cap, c)
+    return found

@@ -134,62 +134,6 @@ class CreateShippingLabel(ToolArgs[ShippingLabel], frozen=True, kw_only=True, om
     service: str | None = None
 
 
-# --- WordPress -------------------------------------------------------------------------------
-
-class WordPressPost(ToolResult, frozen=True, kw_only=True):
-    post_id: int
-    site_url: str
-    status: str  # draft | pending | future | publish
-    link: str
-    edit_link: str | None = None
-    slug: str | None = None
-    date_gmt: str | None = None
-    modified_at: str | None = None
-    title: str | None = None
-    sandbox: bool = False
-
-
-class CreateWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
-    """A new post on the tenant's WordPress site (a draft, or pending review): categories and
-    tags by name."""
-
-    TOOL: ClassVar[str] = "create_wordpress_post"
-    RESULT: ClassVar[type[ToolResult]] = WordPressPost
-
-    title: str
-    content: str  # HTML
-    excerpt: str | None = None
-    slug: str | None = None
-    categories: list[str] = []
-    tags: list[str] = []
-    status: Literal["draft", "pending"] = "draft"
-    # The site, for servers that serve more than one (the sandbox); a connector configured per
-    # tenant knows its own.
-    site_url: str | None = None
-
-
-class UpdateWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
-    TOOL: ClassVar[str] = "update_wordpress_post"
-    RESULT: ClassVar[type[ToolResult]] = WordPressPost
-
-    post_id: int
-    title: str | None = None
-    content: str | None = None
-    excerpt: str | None = None
-    slug: str | None = None
-    status: Literal["draft", "pending", "future", "publish"] | None = None
-    date_gmt: str | None = None
-    site_url: str | None = None
-
-
-class PublishWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
-    TOOL: ClassVar[str] = "publish_wordpress_post"
-    RESULT: ClassVar[type[ToolResult]] = WordPressPost
-
-    post_id: int
-    site_url: str | None = None
-
-
 # --- web -------------------------------------------------------------------------------------
 
 class Heading(msgspec.Struct, frozen=True, kw_only=True):
@@ -228,12 +172,116 @@ class FetchWebPage(ToolArgs[WebPage], frozen=True, kw_only=True, omit_defaults=T
     timeout_seconds: float | None = None
 
 
+# --- wordpress -------------------------------------------------------------------------------
+
+class WordPressPost(ToolResult, frozen=True, kw_only=True):
+    """A post on the tenant's WordPress site, as WordPress reports it after the call.
+
+    ``status`` is WordPress's: draft, pending, future (scheduled for ``date_gmt``), publish.
+    ``title`` and ``content`` are the raw (editable) texts, when the server returns them."""
+
+    post_id: int
+    site_url: str
+    status: str
+    link: str
+    edit_link: str | None = None
+    slug: str | None = None
+    date_gmt: str | None = None  # ISO 8601, UTC
+    modified_at: str | None = None
+    title: str | None = None
+    content: str | None = None
+    excerpt: str | None = None
+    categories: list[str] = []
+    tags: list[str] = []
+    sandbox: bool = False
+
+
+class CreateWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
+    """Create a post (a draft unless ``status="pending"``). Categories and tags are names; the
+    missing ones are created. ``site_url`` defaults to the site the tenant connected."""
+
+    TOOL: ClassVar[str] = "create_wordpress_post"
+    RESULT: ClassVar[type[ToolResult]] = WordPressPost
+
+    title: str
+    content: str  # HTML
+    excerpt: str | None = None
+    slug: str | None = None
+    categories: list[str] = []
+    tags: list[str] = []
+    status: Literal["draft", "pending"] = "draft"
+    site_url: str | None = None
+
+
+class UpdateWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
+    """Change a post: only the fields given. ``status="future"`` with a ``date_gmt`` in the future
+    schedules it (WordPress publishes it at that time); ``status="draft"`` withdraws it."""
+
+    TOOL: ClassVar[str] = "update_wordpress_post"
+    RESULT: ClassVar[type[ToolResult]] = WordPressPost
+
+    post_id: int
+    title: str | None = None
+    content: str | None = None
+    excerpt: str | None = None
+    slug: str | None = None
+    status: Literal["draft", "pending", "future", "publish"] | None = None
+    date_gmt: str | None = None  # ISO 8601 with a zone, e.g. 2026-12-01T09:00:00+00:00
+    site_url: str | None = None
+
+
+class PublishWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
+    """Publish a post now (status ``publish``)."""
+
+    TOOL: ClassVar[str] = "publish_wordpress_post"
+    RESULT: ClassVar[type[ToolResult]] = WordPressPost
+
+    post_id: int
+    site_url: str | None = None
+
+
+class GetWordPressPost(ToolArgs[WordPressPost], frozen=True, kw_only=True, omit_defaults=True):
+    """Read a post as it is now (with its raw title and content)."""
+
+    TOOL: ClassVar[str] = "get_wordpress_post"
+    RESULT: ClassVar[type[ToolResult]] = WordPressPost
+
+    post_id: int
+    site_url: str | None = None
+
+
+class WordPressTerm(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    name: str
+    slug: str
+
+
+class WordPressTerms(ToolResult, frozen=True, kw_only=True):
+    terms: list[WordPressTerm]
+    taxonomy: str | None = None
+    site_url: str | None = None
+    sandbox: bool = False
+
+
+class ListWordPressTerms(ToolArgs[WordPressTerms], frozen=True, kw_only=True, omit_defaults=True):
+    """The site's categories or tags."""
+
+    TOOL: ClassVar[str] = "list_wordpress_terms"
+    RESULT: ClassVar[type[ToolResult]] = WordPressTerms
+
+    taxonomy: Literal["categories", "tags"]
+    site_url: str | None = None
+
+
 FETCH_WEB_PAGE = FetchWebPage.TOOL
 
 # Every typed tool, by name.
 TOOLS: dict[str, type[ToolArgs[Any]]] = {
-    t.TOOL: t for t in (SendEmail, UpsertAdsCampaign, CheckInventory, CreateShippingLabel, FetchWebPage,
-                         CreateWordPressPost, UpdateWordPressPost, PublishWordPressPost)
+    t.TOOL: t
+    for t in (
+        SendEmail, UpsertAdsCampaign, CheckInventory, CreateShippingLabel, FetchWebPage,
+        CreateWordPressPost, UpdateWordPressPost, PublishWordPressPost, GetWordPressPost, ListWordPressTerms,
+    )
 }
 
 

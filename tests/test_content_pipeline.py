@@ -198,6 +198,67 @@ async def test_bad_input_names_the_field_and_another_tenant_sees_nothing(
     assert r.status_code == 202, r.text
 
 
+async def scheduled_over_http(http: httpx.AsyncClient, tokens: Tokens, tenant: str, site: str) -> str:
+    """A post approved for a month from now, drafted in WordPress and waiting for its time."""
+    later = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
+    wf_id = await start(http, tokens, tenant, site, publish_at=later)
+    action = await pending(http, tokens, tenant, wf_id, "post-1")
+    assert action["request"]["proposal"]["publish_at"] == later
+    await decide(http, tokens, tenant, action, decision="approve")
+
+    async def waiting() -> None:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.client(tenant))).json()
+        assert view["progress"]["stage"] == "scheduled", view
+
+    await assert_eventually(waiting, timeout=60)
+    return wf_id
+
+
+async def test_the_client_moves_the_publish_time_with_a_command(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str,
+) -> None:
+    tenant = unique("deli")
+    owner = tokens.client(tenant)
+    wf_id = await scheduled_over_http(http, tokens, tenant, fixture_site)
+    url = f"/v1/workflows/{wf_id}/commands/reschedule-publish"
+    r = await http.post(url, json={"publish_at": "2020-01-01T09:00:00+00:00"}, headers=owner)
+    assert r.status_code == 409 and r.json()["code"] == "PublishTimeInPast", r.text
+    r = await http.post(url, json={"publish_at": "2030-01-01T09:00:00"}, headers=owner)  # no offset
+    assert r.status_code == 400 and "publish_at" in {p["name"] for p in r.json()["invalid_params"]}, r.text
+    r = await http.post(url, json={"publish_at": "2030-01-01T09:00:00+00:00"}, headers=tokens.client(unique("rival")))
+    assert r.status_code == 404, r.text
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1 AND tool = 'publish_wordpress_post'",
+                             wf_id) == 0
+
+    soon = datetime.now(timezone.utc) + timedelta(seconds=2)
+    r = await http.post(url, json={"publish_at": soon.isoformat()}, headers=owner)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "scheduled" and r.json()["requested_by"] == f"owner@{tenant}"
+    result = (await finished(http, owner, wf_id))["result"]
+    assert result["status"] == "published" and datetime.fromisoformat(result["published_at"]) >= soon
+    assert len(result["schedule_changes"]) == 1 and f"owner@{tenant}" in result["schedule_changes"][0]
+    tools = [r["tool"] for r in await db.fetch("SELECT tool FROM outbox WHERE workflow_id = $1 ORDER BY id", wf_id)]
+    assert tools == ["create_wordpress_post", "publish_wordpress_post"]
+    # Published: nothing more to move.
+    r = await http.post(url, json={"publish_at": "2030-01-01T09:00:00+00:00"}, headers=owner)
+    assert r.status_code == 409 and r.json()["code"] == "not_running", r.text
+
+
+async def test_the_client_cancels_the_publish_and_the_post_stays_a_draft(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str,
+) -> None:
+    tenant = unique("grocer")
+    owner = tokens.client(tenant)
+    wf_id = await scheduled_over_http(http, tokens, tenant, fixture_site)
+    r = await http.post(f"/v1/workflows/{wf_id}/commands/cancel-publish", json={"reason": "wrong season"},
+                        headers=owner)
+    assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
+    result = (await finished(http, owner, wf_id))["result"]
+    assert result["status"] == "publish_canceled" and result["wordpress"]["status"] == "draft"
+    tools = [r["tool"] for r in await db.fetch("SELECT tool FROM outbox WHERE workflow_id = $1 ORDER BY id", wf_id)]
+    assert tools == ["create_wordpress_post"]
+
+
 # --- the publish time, on the time-skipping server ------------------------------------------
 
 SITE = "https://bakery.example"

@@ -51,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
-    from workflows.capability import TENANT_PEOPLE, Capability
+    from workflows.capability import TENANT_PEOPLE, Capability, Command
     from workflows.content_post import (CancelPublish, ContentInput, ContentResult, Post, PostCheck, PublishSchedule,
                                         ReschedulePublish, Status, assemble, check_post, choose_links, edit_schema,
                                         link_targets, page_source, parse_time)
@@ -79,6 +79,7 @@ class ContentProgress(msgspec.Struct, frozen=True, kw_only=True):
     pending_request: str | None = None
     publish_at: datetime | None = None
     post_id: int | None = None
+    schedule_changes: list[str] = []
     updated_at: datetime | None = None
 
 
@@ -94,6 +95,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
         self._cancel_reason: str | None = None  # set by cancel_publish
         self._publishing = False  # the publish call has started: no more changes
         self._post_id: int | None = None
+        self._schedule_changes: list[str] = []  # who moved or canceled the publish, when
 
     @workflow.run
     async def run(self, inp: ContentInput) -> ContentResult:
@@ -253,7 +255,8 @@ class SeoContentWorkflow(HumanDecisions, Stages):
         result = ContentResult(tenant_id=inp.tenant_id, topic=inp.topic, status=status, offline=offline,
                                rounds=self._round, post=post, check=check, wordpress=wordpress,
                                publish_at=self._publish_at, published_at=published_at,
-                               reviewed=reviewed and not inp.skip_review, decisions=decisions, llm_calls=calls)
+                               reviewed=reviewed and not inp.skip_review, decisions=decisions, llm_calls=calls,
+                               schedule_changes=list(self._schedule_changes))
         await self.stage("storing_report", status)
         stored = await run_activity(ReportActivities.store, StoreReport(
             tenant_id=inp.tenant_id, kind=CONTENT_REPORT, workflow_id=wf_id, subject=topic_key(inp.topic),
@@ -277,7 +280,10 @@ class SeoContentWorkflow(HumanDecisions, Stages):
     async def reschedule_publish(self, req: ReschedulePublish) -> PublishSchedule:
         self._publish_at = req.publish_at
         self._schedule_version += 1
-        return PublishSchedule(status="scheduled", publish_at=self._publish_at, post_id=self._post_id)
+        self._schedule_changes.append(f"{workflow.now().isoformat()} {req.requested_by or 'unknown'}: "
+                                      f"publish at {req.publish_at.isoformat()}")
+        return PublishSchedule(status="scheduled", publish_at=self._publish_at, post_id=self._post_id,
+                               requested_by=req.requested_by)
 
     @reschedule_publish.validator
     def _validate_reschedule(self, req: ReschedulePublish) -> None:
@@ -289,7 +295,10 @@ class SeoContentWorkflow(HumanDecisions, Stages):
     @workflow.update(name="cancel_publish")
     async def cancel_publish(self, req: CancelPublish) -> PublishSchedule:
         self._cancel_reason = req.reason or "canceled"
-        return PublishSchedule(status="canceled", publish_at=self._publish_at, post_id=self._post_id)
+        self._schedule_changes.append(f"{workflow.now().isoformat()} {req.requested_by or 'unknown'}: "
+                                      f"publish canceled ({self._cancel_reason})")
+        return PublishSchedule(status="canceled", publish_at=self._publish_at, post_id=self._post_id,
+                               requested_by=req.requested_by)
 
     @cancel_publish.validator
     def _validate_cancel(self, req: CancelPublish) -> None:
@@ -299,7 +308,8 @@ class SeoContentWorkflow(HumanDecisions, Stages):
     def progress(self) -> ContentProgress:
         return ContentProgress(stage=self._stage, steps_done=list(self._steps), round=self._round,  # type: ignore[arg-type]
                                pending_request=self._approval.request.request_id if self._approval else None,
-                               publish_at=self._publish_at, post_id=self._post_id, updated_at=self._updated_at)
+                               publish_at=self._publish_at, post_id=self._post_id,
+                               schedule_changes=list(self._schedule_changes), updated_at=self._updated_at)
 
 
 class SeoContentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -325,4 +335,13 @@ CAPABILITY = Capability(
             "links and a technical check); the client reviews it (Pending Actions), then it goes to WordPress as "
             "a draft and is published at the chosen time, which the client may move or cancel until then.",
     settings=SeoContentSettings,
+    commands=(
+        Command(name="reschedule-publish", update="reschedule_publish", input_type=ReschedulePublish,
+                roles=TENANT_PEOPLE, summary="Move an approved post's publish time (it must be in the future); "
+                "refused once published (AlreadyPublished), canceled (PublishCanceled) or before approval "
+                "(NotScheduled)."),
+        Command(name="cancel-publish", update="cancel_publish", input_type=CancelPublish, roles=TENANT_PEOPLE,
+                summary="Cancel an approved post's publish: it stays a draft in WordPress and the run ends "
+                "publish_canceled; refused once published."),
+    ),
 )

@@ -75,17 +75,24 @@ class PostCheck(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReschedulePublish(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``reschedule-publish`` command's body: a new publish time, with its offset."""
+
     publish_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    requested_by: str = ""  # filled by the API with the caller
 
 
 class CancelPublish(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``cancel-publish`` command's body: the post stays a draft in WordPress."""
+
     reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    requested_by: str = ""  # filled by the API with the caller
 
 
 class PublishSchedule(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["scheduled", "canceled"]
     publish_at: datetime | None = None
     post_id: int | None = None
+    requested_by: str = ""
 
 
 class ContentResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +110,7 @@ class ContentResult(msgspec.Struct, frozen=True, kw_only=True):
     decisions: list[DecisionRecord] = []
     report_id: int | None = None
     llm_calls: int = 0
+    schedule_changes: list[str] = []  # who moved or canceled the publish time, and when
 
 
 # --- pure helpers (deterministic: they only read what the activities answered) -------------------

@@ -223,24 +223,34 @@ class SeoContentWorkflow(HumanDecisions, Stages):
                                   published_at=workflow.now(), reviewed=not inp.skip_review)
 
     async def _read(self, inp: ContentInput) -> tuple[list[PageScan], list[tuple[PageScan, SourcePage]]]:
-        """The tenant's site (home page, then internal links found, up to max_pages), then the
-        sources; answers the site's pages and every page read as the crew sees it."""
+        """The tenant's site (the home page, then the internal links found, level by level, each
+        level's pages fetched together, up to max_pages), then the sources (together); answers
+        the site's pages and every page read as the crew sees it."""
         host = urlsplit(inp.website_url).netloc.lower()
-        queue, seen = [inp.website_url], {normal_url(inp.website_url)}
+        level, seen = [inp.website_url], {normal_url(inp.website_url)}
         site: list[PageScan] = []
         read: list[tuple[PageScan, SourcePage]] = []
-        while queue and len(site) < inp.max_pages:
-            url = queue.pop(0)
-            fetched = msgspec.to_builtins(await call_tool(inp.tenant_id, FetchWebPage(url=url), step=f"fetch:site:{len(site)}"))
-            page, links = page_scan(url, fetched)
-            site.append(page)
-            read.append((page, page_source(page, fetched)))
-            for link in links:
-                if link not in seen and urlsplit(link).netloc.lower() == host:
-                    seen.add(link)
-                    queue.append(link)
-        for i, url in enumerate(dict.fromkeys(inp.sources)):
-            fetched = msgspec.to_builtins(await call_tool(inp.tenant_id, FetchWebPage(url=url), step=f"fetch:source:{i}"))
+        while level and len(site) < inp.max_pages:
+            level = level[:inp.max_pages - len(site)]
+            answers = await asyncio.gather(*(call_tool(inp.tenant_id, FetchWebPage(url=url),
+                                                       step=f"fetch:site:{len(site) + k}")
+                                             for k, url in enumerate(level)))
+            found: list[str] = []
+            for url, answer in zip(level, answers):
+                fetched = msgspec.to_builtins(answer)
+                page, links = page_scan(url, fetched)
+                site.append(page)
+                read.append((page, page_source(page, fetched)))
+                for link in links:
+                    if link not in seen and urlsplit(link).netloc.lower() == host:
+                        seen.add(link)
+                        found.append(link)
+            level = found
+        sources = list(dict.fromkeys(inp.sources))
+        answers = await asyncio.gather(*(call_tool(inp.tenant_id, FetchWebPage(url=url), step=f"fetch:source:{i}")
+                                         for i, url in enumerate(sources)))
+        for url, answer in zip(sources, answers):
+            fetched = msgspec.to_builtins(answer)
             page, _ = page_scan(url, fetched)
             if page.status is not None and page.status < 400:
                 read.append((page, page_source(page, fetched)))

@@ -197,6 +197,37 @@ async def activity_queues(client: Any, wf_id: str) -> list[str]:
     return queues
 
 
+async def breakdown(client: Any, wf_id: str) -> dict[str, Any]:
+    """Where one run's time went, from its history: per activity type, the time from scheduled to
+    started (waiting for a worker) and from started to completed (running), summed; and the run's
+    whole time from start to close."""
+    from temporalio.api.enums.v1 import EventType
+
+    scheduled: dict[int, tuple[str, Any]] = {}
+    started: dict[int, Any] = {}
+    per: dict[str, dict[str, float]] = {}
+    first = last = None
+    async for e in client.get_workflow_handle(wf_id).fetch_history_events():
+        at = e.event_time.ToDatetime()
+        first = first or at
+        last = at
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[e.event_id] = (e.activity_task_scheduled_event_attributes.activity_type.name, at)
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            started[e.activity_task_started_event_attributes.scheduled_event_id] = at
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            sid = e.activity_task_completed_event_attributes.scheduled_event_id
+            name, t0 = scheduled[sid]
+            row = per.setdefault(name, {"count": 0, "waiting_ms": 0.0, "running_ms": 0.0})
+            row["count"] += 1
+            row["waiting_ms"] += (started[sid] - t0).total_seconds() * 1000
+            row["running_ms"] += (at - started[sid]).total_seconds() * 1000
+    for row in per.values():
+        row["waiting_ms"], row["running_ms"] = round(row["waiting_ms"], 1), round(row["running_ms"], 1)
+    return {"workflow_ms": round((last - first).total_seconds() * 1000, 1) if first and last else None,
+            "activities": per}
+
+
 async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) -> None:  # noqa: PLR0915
     import asyncpg
     from temporalio.client import Client
@@ -273,6 +304,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
                 raise AssertionError(f"{kind} answered {n}")
             return dt * 1000
 
+        done: list[str] = []
         past = datetime.now(timezone.utc) - timedelta(minutes=1)  # the publish time is reached at once
 
         async def pipeline(i: int) -> str:
@@ -283,6 +315,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
             result = await client.execute_workflow(SeoContentWorkflow.run, inp, id=wf_id, task_queue=WORKFLOWS_QUEUE)
             if result.status != "published" or result.llm_calls != 3:
                 raise AssertionError(f"{wf_id}: {result.status}, {result.llm_calls} LLM calls")
+            done.append(wf_id)
             return wf_id
 
         shape: list[str] = []
@@ -330,6 +363,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
                     if i >= warmup:
                         lat[kind].append(dt)
             p, r = summary(lat["pipeline"]), summary(lat["raw"])
+            results["breakdown"] = await breakdown(client, done[-1])
             results["latency"] = {"pipeline": p, "raw": r, "ratio_p50": round(p["p50_ms"] / r["p50_ms"], 2)}
 
             # 3. Throughput, several in flight.
@@ -381,6 +415,12 @@ def report(r: dict[str, Any]) -> str:
                  f"{r['activities_per_run']} activities"))
     rows.append(("  raw SDK, same shape (no-op activities, same queues)", pp(lat["raw"]),
                  f"pipeline/raw {lat['ratio_p50']:.1f}x"))
+    b = r.get("breakdown") or {}
+    if b.get("activities"):
+        rows.append((f"  one run's history: {b['workflow_ms']:.0f} ms start to close; per activity type", "",
+                     "waiting for a worker / running"))
+        for name, a in sorted(b["activities"].items(), key=lambda kv: -kv[1]["running_ms"]):
+            rows.append((f"    {name} x{a['count']}", f"{a['waiting_ms']:7.1f} / {a['running_ms']:7.1f} ms", ""))
     rows.append((f"Throughput, {c['batch']} runs, {c['concurrency']} in flight", "", ""))
     ok = tp["pipeline"]["runs_per_s"] >= TARGET_RUNS_PER_S
     rows.append(("  SeoContent runs/s", f"{tp['pipeline']['runs_per_s']:7.2f} /s",

@@ -200,7 +200,8 @@ class WebhooksSettings(BaseModel):
 
 
 class FetchSettings(BaseModel):
-    """Where the sandbox's fetch_web_page may connect (activities/netguard.py). By default only
+    """Where the sandbox's fetch_web_page and WordPress tools may connect (activities/netguard.py),
+    and which WordPress site addresses the connections API takes. By default only
     public addresses on web ports: loopback and private networks are for `bizosaas dev` and tests."""
 
     # Loopback, RFC 1918, CGNAT and IPv6 unique-local addresses, on any port.
@@ -314,6 +315,9 @@ class DevSettings(BaseModel):
     # GET /v1/dev/mail. `mail_dir` (a Maildir) is where the sink keeps them; the API reads it.
     smtp_port: int = 8025
     mail_dir: Path | None = None
+    # The WordPress sandbox (sandboxes/wordpress.py) `bizosaas dev` runs and connects the demo
+    # tenant to; its posts are kept in the state dir.
+    wordpress_port: int = 8768
 
 
 class Settings(BaseSettings):

@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.netguard import FetchPolicy
 from sandboxes.mcp.server import build_server, serve_http
+from sandboxes.wordpress import WordPressState, WordPressUser, create_wordpress_app
 from hitl.protocol import DecisionInput, sign_decision
 from core.client import connect
 from workers.dev import dev_env  # noqa: F401 - dev said and its secrets as BIZ_*, for processes tests start
@@ -352,3 +353,32 @@ async def run_temporal_cli(settings: Settings, *args: str) -> subprocess.Complet
 
     cmd = [temporal_cli(), *args, "--address", settings.temporal.address, "--namespace", settings.temporal.namespace]
     return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+
+
+# --- a tenant's WordPress site ---------------------------------------------------------------
+
+WORDPRESS_USER = "editor"
+WORDPRESS_PASSWORD = "Abcd EFGH ijkl MNOP qrst UVWX"  # as WordPress shows an application password
+
+
+@asynccontextmanager
+async def wordpress_site(**kw: object) -> AsyncIterator[WordPressState]:
+    """The WordPress sandbox on a free loopback port (its state: posts and terms by id, to assert
+    on). A post can be scheduled seconds ahead (WordPress publishes anything under a minute ahead
+    at once: ``schedule_min_seconds`` back to 60 restores that)."""
+    state = WordPressState(
+        users=[WordPressUser(id=1, username=WORDPRESS_USER, name="Editor", application_password=WORDPRESS_PASSWORD)],
+        schedule_min_seconds=0, **kw)  # type: ignore[arg-type]
+    async with serve(create_wordpress_app(state)) as url:
+        state.site_url = url
+        yield state
+
+
+async def connect_wordpress(db: asyncpg.Pool, tenant_id: str, site: WordPressState,
+                            password: str = WORDPRESS_PASSWORD) -> None:
+    """Connect an existing tenant to ``site`` (the row PUT /v1/tenants/{t}/connections/wordpress writes)."""
+    await db.execute(
+        """INSERT INTO tenant_wordpress (tenant_id, site_url, username, application_password, updated_by)
+           VALUES ($1, $2, $3, $4, 'test')
+           ON CONFLICT (tenant_id) DO UPDATE SET site_url = $2, username = $3, application_password = $4""",
+        tenant_id, site.site_url, WORDPRESS_USER, password.replace(" ", ""))

@@ -43,6 +43,7 @@ class Stack:
             "BIZ_DEV_TEMPORAL_HTTP_PORT": str(free_port()),
             "BIZ_DEV_TEMPORAL_METRICS_PORT": str(free_port()),
             "BIZ_DEV_SMTP_PORT": str(free_port()),
+            "BIZ_DEV_WORDPRESS_PORT": str(free_port()),
         }
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.proc: subprocess.Popen | None = None
@@ -68,7 +69,7 @@ class Stack:
                     line = self.proc.stdout.readline()
                     self.output.append(line)
                     if line.strip().startswith(("Postgres", "Temporal UI", "OpenAPI docs", "psql", "Metrics",
-                                                "Console")):
+                                                "Console", "WordPress")):
                         key, _, value = line.strip().partition("  ")
                         banner[key] = value.strip()
                     if line.strip().startswith("export BIZ_"):
@@ -190,6 +191,15 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             mail = await assert_eventually(mailed, timeout=60, interval=0.5)
             approve_link = re.search(r"(http://\S+/v1/links/\S+)", mail["text"])[1]
             assert approve_link.startswith(stack.api) and f"{campaign}~creative-1" in mail["text"]
+            # The demo tenant's WordPress site is the sandbox the banner names, connected without
+            # showing its password; a post written there is kept across the restart below.
+            wordpress = (await http.get(f"/v1/tenants/{tenant}/connections/wordpress", headers=client)).json()
+            assert wordpress["connected"] and banner["WordPress"].startswith(wordpress["site_url"]), wordpress
+            wp_password = (state / "wordpress-sandbox-app-password").read_text().strip()
+            assert wp_password not in json.dumps(wordpress)
+            wp_post = httpx.post(f"{wordpress['site_url']}/wp-json/wp/v2/posts", auth=("admin", wp_password),
+                                 json={"title": "Kept across restarts"}, timeout=10)
+            assert wp_post.status_code == 201, wp_post.text
             # The tools the tenant can call, listed by the worker at start-up, each with its server.
             tools = (await http.get(f"/v1/tenants/{tenant}/tools", headers=client)).json()
             assert {"send_email", "upsert_ads_campaign", "fetch_web_page"} <= {
@@ -228,6 +238,9 @@ async def test_dev_stack_runs_stops_cleanly_and_keeps_its_data(tmp_path: Path) -
             await assert_eventually(tenant_active, timeout=20)
         finally:
             await conn.close()
+        kept = httpx.get(f"{wordpress['site_url']}/wp-json/wp/v2/posts/{wp_post.json()['id']}",
+                         params={"context": "edit"}, auth=("admin", wp_password), timeout=10)
+        assert kept.json()["title"]["raw"] == "Kept across restarts", kept.text
         # The campaign that waited across the restart is approved from the email's link, and launches.
         async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
             r = await http.post(approve_link)

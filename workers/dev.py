@@ -62,6 +62,15 @@ CODEC_KEYS_FILE = "codec-keys"
 DECISION_KEYS_FILE = "decision-keys"  # JSON {key id: secret}, as BIZ_DECISION_KEYS
 WEBHOOK_SECRETS_FILE = "dev-webhook-secrets"  # JSON {source: secret}, for the sources not configured
 WEBHOOK_SOURCES = ("stripe", "shopify", "lago")
+WORDPRESS_PASSWORD_FILE = "wordpress-sandbox-app-password"  # the sandbox site's application password
+WORDPRESS_USER = "admin"
+
+
+def _wordpress_app_password() -> str:
+    """An application password as WordPress makes them: 24 letters and digits, shown in groups of 4."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    chars = "".join(secrets.choice(alphabet) for _ in range(24))
+    return " ".join(chars[i:i + 4] for i in range(0, 24, 4))
 
 
 def _dev_webhook_secret(source: str) -> str:
@@ -195,6 +204,7 @@ class DevStack:
         self.postgres: EmbeddedPostgres | None = None
         self.sandboxes: dict[str, str] = {}  # what runs as a sandbox -> its address
         self.smtp_sink = None  # the SMTP sink (sandboxes/smtp.py) when no BIZ_SMTP_HOST is set
+        self.wordpress_url: str | None = None  # the WordPress sandbox
         self._stopping = False
 
     # --- start ---------------------------------------------------------------------------
@@ -212,6 +222,7 @@ class DevStack:
             ports.append((d.lago_port, "Lago sandbox, BIZ_DEV_LAGO_PORT"))
         if self.settings.smtp.host is None:
             ports.append((d.smtp_port, "SMTP sink, BIZ_DEV_SMTP_PORT"))
+        ports.append((d.wordpress_port, "WordPress sandbox, BIZ_DEV_WORDPRESS_PORT"))
         for port, what in ports:
             if _port_open("127.0.0.1", port):
                 raise RuntimeError(f"port {port} ({what}) is in use: is another `bizosaas dev` running? "
@@ -232,6 +243,8 @@ class DevStack:
         # A dev machine's webhook receivers run on it or its LAN: outbound webhook endpoints may
         # point there, unless BIZ_OUTBOUND_ALLOW_PRIVATE_NETWORKS says otherwise.
         env.setdefault("BIZ_OUTBOUND_ALLOW_PRIVATE_NETWORKS", "true")
+        # Its sites too (the WordPress sandbox): a tenant's site may be connected on loopback or the LAN.
+        env.setdefault("BIZ_FETCH_ALLOW_PRIVATE_NETWORKS", "true")
         python = sys.executable
         self.procs["worker"] = subprocess.Popen([python, "-m", "workers.cli", "worker"],
                                                 env={**env, "BIZ_WORKER_METRICS_PORT": str(self.worker_metrics_port)})
@@ -263,9 +276,10 @@ class DevStack:
         starting: list[tuple[str, int]] = []
         log_file = open(self.state_dir / "sandboxes.log", "ab")  # noqa: SIM115 - owned by the children
 
-        def spawn(name: str, module: str, port: int, child_env: dict[str, str]) -> None:
+        def spawn(name: str, module: str, port: int, child_env: dict[str, str], *args: str) -> None:
             self.procs[name] = subprocess.Popen(
-                [python, "-m", module, "--port", str(port)], env=child_env, stdout=log_file, stderr=subprocess.STDOUT
+                [python, "-m", module, "--port", str(port), *args], env=child_env, stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
             starting.append((name, port))
 
@@ -297,6 +311,12 @@ class DevStack:
             extra["BIZ_LAGO_API_URL"] = f"http://127.0.0.1:{d.lago_port}"
             extra["BIZ_LAGO_API_KEY"] = lago_key
             self.sandboxes["Lago"] = extra["BIZ_LAGO_API_URL"]
+        # A WordPress site of the demo tenant's (connected after onboarding): its posts stay in the state dir.
+        password = _state_secret(self.state_dir / WORDPRESS_PASSWORD_FILE, _wordpress_app_password, True)
+        spawn("sandbox-wordpress", "sandboxes.wordpress", d.wordpress_port,
+              {**env, "BIZ_WORDPRESS_SANDBOX_APP_PASSWORD": password or ""},
+              "--state-file", str(self.state_dir / "wordpress" / "site.json"), "--username", WORDPRESS_USER)
+        self.wordpress_url = f"http://127.0.0.1:{d.wordpress_port}"
         for name, port in starting:
             _wait_for(name, lambda p=port: _port_open("127.0.0.1", p), 30, self.procs[name])
         return extra
@@ -352,6 +372,33 @@ class DevStack:
             raise RuntimeError(f"demo tenant onboarding answered {r.status_code}: {r.text}")
         return r.json().get("workflow_id") or r.json().get("extra", {}).get("workflow_id", "")
 
+    def connect_demo_wordpress(self) -> None:
+        """Connect the demo tenant to the WordPress sandbox through the API, as a client connects its
+        site (once: a connection made since, to another site, is kept). The tenant row comes from
+        the onboarding workflow: until it is there the API answers 404."""
+        from api.auth import mint_dev_token
+
+        if self.wordpress_url is None:
+            return
+        tenant = self.settings.dev.demo_tenant
+        password = _state_secret(self.state_dir / WORDPRESS_PASSWORD_FILE, _wordpress_app_password, False)
+        token = mint_dev_token(self.settings, sub="dev@bizosaas", roles=["admin"])
+        url = f"{self.api_url}/v1/tenants/{tenant}/connections/wordpress"
+        headers = {"authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 60
+        while True:
+            r = httpx.get(url, headers=headers, timeout=10)
+            if r.status_code == 200:
+                if r.json().get("connected"):
+                    return
+                r = httpx.put(url, headers=headers, timeout=10, json={
+                    "site_url": self.wordpress_url, "username": WORDPRESS_USER, "application_password": password})
+                if r.status_code == 200:
+                    return
+            if r.status_code != 404 or time.monotonic() > deadline:
+                raise RuntimeError(f"connecting the demo tenant's WordPress answered {r.status_code}: {r.text}")
+            time.sleep(0.2)
+
     # --- run and stop ----------------------------------------------------------------------
     def watch(self) -> int:
         """Until a signal or a child dies; returns the exit code."""
@@ -368,7 +415,7 @@ class DevStack:
 
     def stop(self) -> None:
         # Workers and API first (they drain), then the sandboxes, then Temporal, then Postgres.
-        for group in (("api", "worker"), ("sandbox-mcp", "sandbox-stripe", "sandbox-lago"), ("temporal",)):
+        for group in (("api", "worker"), ("sandbox-mcp", "sandbox-stripe", "sandbox-lago", "sandbox-wordpress"), ("temporal",)):
             procs = [self.procs[n] for n in group if n in self.procs]
             for p in procs:
                 if p.poll() is None:
@@ -419,6 +466,9 @@ def banner(stack: DevStack, elapsed: float, demo_workflow: str) -> str:
         f"  Postgres       {pg}",
         f"  psql           {psql_command(stack)}",
         *(f"  {what + ' sandbox':<14} {url}" for what, url in stack.sandboxes.items()),
+        *([f"  WordPress      {stack.wordpress_url}  (a WordPress sandbox, the demo tenant's site: user "
+           f"{WORDPRESS_USER}, application password in {stack.state_dir / WORDPRESS_PASSWORD_FILE})"]
+          if stack.wordpress_url else []),
         f"  State dir      {stack.state_dir}",
         f"  Demo tenant    {tenant}  (onboarding workflow {demo_workflow})",
         "",
@@ -461,6 +511,7 @@ def run_dev(settings: Settings) -> int:
     try:
         stack.start()
         demo = stack.onboard_demo_tenant()
+        stack.connect_demo_wordpress()
         print(banner(stack, time.monotonic() - started, demo), flush=True)
         code = stack.watch()
     except Exception as exc:  # noqa: BLE001 - reported, then everything is stopped

@@ -3,8 +3,9 @@
 It implements the outside-effect tools the workflows use (email, WhatsApp, SMS, social posts,
 ads campaigns, WordPress, CRM, inventory and shipping labels) by recording each effect in the
 Postgres ``outbox`` table instead of performing it, so a fresh install shows exactly what would
-have been sent. Production points the MCP registry (``mcp-servers.yaml`` / table
-``mcp_servers``) at real MCP servers instead.
+have been sent. The WordPress tools are the exception: they act on the site the tenant connected
+(table ``tenant_wordpress``), and record each effect too. Production points the MCP registry
+(``mcp-servers.yaml`` / table ``mcp_servers``) at real MCP servers instead.
 
 The tools come in families, one module each: :mod:`~sandboxes.mcp.messaging`,
 :mod:`~sandboxes.mcp.social`, :mod:`~sandboxes.mcp.ads`, :mod:`~sandboxes.mcp.wordpress`,

@@ -36,7 +36,9 @@ with workflow.unsafe.imports_passed_through():
     from schedules.reconciler import describe_or_none
     from tests.conftest import Tokens, assert_eventually, unique
     from tests.support import record_history
-    from tests.test_content_pipeline import SITE, Fakes, decide, finished, pending
+    from sandboxes.wordpress import WordPressState
+    from tests.support import connect_wordpress
+    from tests.test_content_pipeline import SITE, Fakes, decide, finished, pending, wordpress  # noqa: F401 - fixture
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workflows.blog_engine import BlogEngineInput, BlogEngineWorkflow, next_topic
     from workflows.content_pipeline import SeoContentWorkflow
@@ -55,10 +57,13 @@ def test_the_next_topic_is_the_first_of_the_plan_no_post_took() -> None:
     assert next_topic(plan + [plan[1]], [topic_key(plan[0].topic)]) == (plan[1], 0)  # listed twice: once
 
 
-async def tenant_row(db: asyncpg.Pool, prefix: str) -> str:
+async def tenant_row(db: asyncpg.Pool, prefix: str, site: WordPressState | None = None) -> str:
+    """A tenant (its time zone Europe/Paris), its WordPress ``site`` when given."""
     tenant = unique(prefix)
     await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
                         VALUES ($1, $1, 'growth', 'owner@example.com', 'Europe/Paris', 'active')""", tenant)
+    if site is not None:
+        await connect_wordpress(db, tenant, site)
     return tenant
 
 
@@ -78,8 +83,9 @@ async def run_engine(http: httpx.AsyncClient, tokens: Tokens, tenant: str, site:
 
 async def test_review_then_autopilot_then_the_plan_is_used_up(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, fixture_site: str,
+    wordpress: WordPressState,
 ) -> None:
-    tenant = await tenant_row(db, "bakery")
+    tenant = await tenant_row(db, "bakery", wordpress)
     owner = tokens.client(tenant)
     r = await http.put(f"/v1/tenants/{tenant}/settings/blog-engine", json={"topics": [{"topic": "x"}]}, headers=owner)
     assert r.status_code == 400, r.text  # a topic needs its keywords
@@ -115,6 +121,7 @@ async def test_review_then_autopilot_then_the_plan_is_used_up(
                           f"{tenant}:seo-content:week-2")
     assert [r["tool"] for r in rows] == ["create_wordpress_post", "publish_wordpress_post"]
     assert rows[0]["arguments"]["tags"] == ["rye bread", "baking"]
+    assert wordpress.posts[result["post"]["wordpress"]["post_id"]]["status"] == "publish"
     # The child's crew calls are the tenant's usage, billed.
     usage = await db.fetch("SELECT reported_to_lago_at FROM llm_usage WHERE workflow_id = $1",
                            f"{tenant}:seo-content:week-2")
@@ -149,8 +156,9 @@ async def test_bad_input_names_the_field_and_another_tenant_starts_nothing(
 
 async def test_enabling_the_blog_engine_schedules_it_weekly_and_a_trigger_runs_it(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, fixture_site: str,
+    wordpress: WordPressState,
 ) -> None:
-    tenant = await tenant_row(db, "baker")
+    tenant = await tenant_row(db, "baker", wordpress)
     owner = tokens.client(tenant)
     sid = schedule_id(tenant, "blog-engine-weekly")
     await put_settings(http, client, tokens, tenant, "blog-engine", {"topics": PLAN[:1], "autopilot": True})

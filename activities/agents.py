@@ -20,13 +20,15 @@ from core.names import AGENTS_QUEUE
 from core.policies import CREW
 
 from activities.usage import RecordUsage, UsageLedger
-from agents.types import AdCopy, CreativeOutcome, CreativeRequest, CrewOutcome, CrewRequest, LlmCall
+from agents.types import (AdCopy, ContentOutcome, ContentRequest, CreativeOutcome, CreativeRequest, CrewOutcome,
+                          CrewRequest, LlmCall)
 from core.settings import LlmSettings
 
 HEARTBEAT_EVERY = 5.0
 # The agent names of the crews' usage rows (the workflows record older results under these too).
 PRESENCE_CREW = "presence-crew"
 CREATIVE_CREW = "campaign-creative-crew"
+CONTENT_CREW = "seo-content-crew"
 
 
 class _Heartbeat:
@@ -103,6 +105,22 @@ class AgentActivities(Activities):
         return CreativeOutcome(
             ads={channel: msgspec.convert(ad.model_dump(), AdCopy) for channel, ad in ads.items()},
             summary=summary,
+            offline=self._llm.provider == "offline",
+            provider=self._llm.provider,
+            calls=[LlmCall(model=m, tokens_in=i, tokens_out=o) for m, i, o in meter.calls],
+            usage_per_call=self._ledger is not None,
+            usage_ids=usage_ids,
+        )
+
+    @activity.defn(name="agents.content_crew")
+    def content_crew(self, req: ContentRequest) -> ContentOutcome:
+        from agents.content import run_content_crew
+
+        meter, usage_ids = self._meter(req.tenant_id, CONTENT_CREW)
+        with _Heartbeat("content crew running"):
+            draft = run_content_crew(self._llm, req, meter)
+        return ContentOutcome(
+            draft=draft,
             offline=self._llm.provider == "offline",
             provider=self._llm.provider,
             calls=[LlmCall(model=m, tokens_in=i, tokens_out=o) for m, i, o in meter.calls],

@@ -149,3 +149,61 @@ class LlmStepResult(msgspec.Struct, frozen=True, kw_only=True):
     # True: each call was recorded as it returned (``usage_ids``), the loop only passes them on.
     usage_per_call: bool = False
     usage_ids: list[int] = msgspec.field(default_factory=list)
+
+
+# --- the SEO content crew -------------------------------------------------------------------
+
+class SourcePage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page the researcher read (the tenant's own, or a source), as the fetch tool saw it."""
+
+    url: str
+    title: str | None = None
+    description: str | None = None
+    headings: list[str] = []
+
+
+class ContentRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    workflow_id: str
+    topic: str
+    keywords: list[str]
+    audience: str | None = None
+    tone: str | None = None
+    site_pages: list[SourcePage] = []  # the tenant's pages: candidates for internal links
+    sources: list[SourcePage] = []  # other pages the researcher reads
+    feedback: list[str] = []  # the client's change requests so far, oldest first
+    round: int = 1
+
+
+class PostSection(msgspec.Struct, frozen=True, kw_only=True):
+    heading: str
+    paragraphs: list[str]
+
+
+class PostLink(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    anchor: str
+
+
+class ContentDraft(msgspec.Struct, frozen=True, kw_only=True):
+    """The editor's post, in parts: the workflow assembles the HTML and checks the links."""
+
+    title: str
+    slug: str
+    meta_description: str
+    outline: list[str]
+    intro: str
+    sections: list[PostSection]
+    conclusion: str
+    internal_links: list[PostLink] = []
+    research_notes: list[str] = []
+    editor_notes: str = ""
+
+
+class ContentOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    draft: ContentDraft
+    offline: bool
+    provider: str
+    calls: list[LlmCall]
+    usage_per_call: bool = False  # as CrewOutcome
+    usage_ids: list[int] = []

@@ -28,6 +28,7 @@ from tests.support import (
     STRIPE_TEST_KEY,
     assert_eventually,
     connect_when_ready,
+    connect_wordpress,
     in_namespace,
     platform_workers,
     record_history,
@@ -35,12 +36,15 @@ from tests.support import (
     signed,
     stop_process,
     unique,
+    wordpress_site,
     worker_process,
 )
 from tests.test_dunning import failing_invoice
 from tests.test_orders import authorized_payment, payment_status
 from core.settings import Settings
 from workflows.campaign import CampaignInput, CampaignResult, CampaignWorkflow
+from workflows.content_pipeline import SeoContentWorkflow
+from workflows.content_post import ContentInput, ContentResult
 from workflows.dunning import DunningInput, DunningProgress, DunningResult, DunningWorkflow, invoice_key
 from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
 from workflows.orders import OrderInput, OrderLine, OrderProcessingWorkflow, OrderResult
@@ -151,6 +155,45 @@ async def test_an_order_in_review_survives_a_restart_and_is_captured(
     assert await payment_status(localstripe_url, intent) == "succeeded"
     assert await db.fetchval("SELECT status FROM orders WHERE workflow_id = $1", handle.id) == "accepted"
     await record_history(handle, "order")
+
+
+async def test_a_post_waiting_for_its_review_survives_a_restart_and_is_published_at_its_time(
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool, fixture_site: str
+) -> None:
+    tenant = unique("bakery")
+    await db.execute("INSERT INTO tenants (id, name, plan, owner_email, status) VALUES ($1, $1, 'growth', $2, 'active')",
+                     tenant, f"owner@{tenant}.example")
+    inp = ContentInput(tenant_id=tenant, topic="Sourdough starter basics", keywords=["sourdough starter"],
+                       website_url=f"{fixture_site}/")
+    handle = await ns_client.start_workflow(SeoContentWorkflow.run, inp, id=f"{tenant}:seo-content:starter",
+                                            task_queue=WORKFLOWS_QUEUE)
+
+    async def waiting() -> ApprovalsView:
+        view = await open_request(handle, SeoContentWorkflow, "post-1")
+        await record_history(handle, "seo-content-waiting-for-review")
+        return view
+
+    publish_at = datetime.now(UTC) + timedelta(seconds=3)
+
+    async def then() -> ContentResult:
+        edits = {"title": "Sourdough starter, simply", "publish_at": publish_at.isoformat()}
+        await handle.execute_update(
+            SeoContentWorkflow.decide,
+            signed(DecisionInput(request_id="post-1", decision="edit", edits=edits, by=client_decider(tenant)),
+                   handle.id),
+            result_type=DecisionReceipt)
+        return await handle.result()
+
+    async with wordpress_site() as site:
+        await connect_wordpress(db, tenant, site)
+        result = await restart_at(ours, tmp_path, waiting, then)
+    assert result.status == "published" and result.post is not None and result.post.title == "Sourdough starter, simply"
+    assert result.wordpress is not None and site.posts[result.wordpress.post_id]["title"] == "Sourdough starter, simply"
+    assert result.published_at is not None and result.published_at >= publish_at
+    rows = await db.fetch("SELECT tool, arguments FROM outbox WHERE workflow_id = $1 AND tool LIKE '%wordpress%' "
+                          "ORDER BY id", handle.id)
+    assert [r["tool"] for r in rows] == ["create_wordpress_post", "publish_wordpress_post"]
+    assert rows[0]["arguments"]["title"] == "Sourdough starter, simply"
 
 
 async def test_a_dunning_survives_restarts_in_its_retry_timer_and_at_the_admin_decision(

@@ -27,6 +27,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
 from core.database import DatabaseErrorInterceptor, create_pool
+from activities.content import ContentActivities
 from activities.decision_keys import DecisionKeyActivities
 from activities.mail import MailActivities
 from activities.orders import OrderActivities
@@ -92,6 +93,7 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str],
         # Activities that apply a capability's settings get its declared settings type.
         approvals = ApprovalActivities(pool, CATALOGUE["campaign"].settings_of)
         schedules, orders = ScheduleActivities(pool, reconcile), OrderActivities(pool, CATALOGUE["order"].settings_of)
+        content = ContentActivities(pool, CATALOGUE["seo-content"].settings_of, CATALOGUE["blog-engine"].settings_of)
         # The local activity that verifies signed deciders: the keys stay in this process.
         settings.require_decision_keys()
         decision_keys = DecisionKeyActivities(settings.decision.keys)
@@ -111,7 +113,8 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str],
         regs[WORKFLOWS_QUEUE] = QueueRegistration(
             workflows=list(ALL_WORKFLOWS),
             activities=activity_methods(WORKFLOWS_QUEUE, tenants, audit, usage, billing, reports, approvals,
-                                        schedules, orders, decision_keys, MailActivities(), notifier),
+                                        schedules, orders, content, decision_keys, MailActivities(),
+                                        notifier),
             max_concurrent_activities=settings.worker.max_concurrent_activities,
             closers=[notify_mcp.aclose],
         )

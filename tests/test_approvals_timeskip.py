@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     import msgspec
     import pytest
     from pydantic import SecretStr
-    from temporalio.client import WorkflowFailureError, WorkflowHandle
+    from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
     from temporalio.exceptions import CancelledError
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
@@ -291,21 +291,25 @@ async def test_unproven_deciders_are_refused_recorded_and_change_nothing(
     assert [e.actor for e in recorder.audited.values() if e.workflow_id == handle.id] == ["owner@acme"]
 
 
-async def test_a_cancel_while_the_request_is_being_mailed_cancels_the_run(
-    env: WorkflowEnvironment, recorder: Recorder
-) -> None:
+async def test_a_cancel_while_the_request_is_being_mailed_cancels_the_run(client: Client) -> None:
     """The merchant cancels while the approval's mail is still on its way: the delivery is given
-    up and the run ends canceled (not logged as an undelivered mail and left waiting)."""
-    handle = await start(env, campaign_like(title=SLOW_MAIL))
+    up and the run ends canceled (not logged as an undelivered mail and left waiting). On the dev
+    server: an activity left running past its workflow's end stops the time-skipping server's clock."""
+    rec, task_queue = Recorder(), f"cancel-mailing-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=task_queue, workflows=[AskOnce],
+                      activities=[rec.notify, rec.deliver, rec.audit, verifier().verify_decision],
+                      workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES):
+        handle = await client.start_workflow(AskOnce.run, campaign_like(title=SLOW_MAIL),
+                                             id=f"acme:test-approval:{uuid.uuid4().hex[:12]}", task_queue=task_queue)
 
-    async def mailing() -> None:
-        assert [d.event for d in recorder.delivered if d.workflow_id == handle.id] == ["requested"]
+        async def mailing() -> None:
+            assert [d.event for d in rec.delivered if d.workflow_id == handle.id] == ["requested"]
 
-    await assert_eventually(mailing)
-    await handle.cancel()
-    try:
-        with pytest.raises(WorkflowFailureError) as failed:
-            await asyncio.wait_for(handle.result(), timeout=30)
-    finally:
-        recorder.release.set()
+        await assert_eventually(mailing)
+        await handle.cancel()
+        try:
+            with pytest.raises(WorkflowFailureError) as failed:
+                await asyncio.wait_for(handle.result(), timeout=30)
+        finally:
+            rec.release.set()
     assert isinstance(failed.value.cause, CancelledError)

@@ -17,7 +17,7 @@ from api.app import create_app
 from api.triggers import TRIGGERS
 from schedules.catalogue import SCHEDULES
 from tests.conftest import Tokens, assert_eventually, unique
-from tests.support import dev_settings, record_history
+from tests.support import ROOT, dev_settings, record_history
 from tests.test_orders import completed, order
 from workers.main import ALL_WORKFLOWS
 from workflows import orders
@@ -49,6 +49,17 @@ def test_the_tables_are_what_the_modules_declare() -> None:
     for name in CATALOGUE:
         assert (f"/v1/workflows/{name}", "POST") in routes
         assert {(f"/v1/tenants/{{tenant_id:str}}/settings/{name}", m) for m in ("GET", "PUT")} <= routes
+
+
+def test_the_readme_catalogue_lists_every_capability_its_schedules_and_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### The catalogue"):readme.index("### A campaign")]
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(CATALOGUE)
+    for cap in CATALOGUE.values():
+        for command in cap.commands:
+            assert f"`{command.name}`" in rows[cap.name], (cap.name, command.name)
+        assert bool(cap.schedules) == bool(rows[cap.name].split("|")[4].strip()), cap.name
 
 
 def test_a_declaration_is_checked_when_the_module_loads() -> None:

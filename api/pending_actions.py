@@ -329,7 +329,7 @@ class PendingActionsController(Controller):
                       "503 with Retry-After: the workflow's worker did not take the decision in time "
                       "(BIZ_API_DECISION_TIMEOUT_SECONDS); Temporal keeps it for the worker's return, so "
                       "asking again answers 409 once it was recorded.",
-          raises=[ConflictError, RejectedError, PermissionDeniedException])
+          raises=[ConflictError, RejectedError, PermissionDeniedException, ServiceUnavailableException])
     async def decide(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                      action_id: _ACTION_ID, data: JSONBody[DecisionBody]) -> DecisionReceipt:
         return await decide_action(temporal, request.app.state.settings, request.user, action_id, data)

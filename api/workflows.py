@@ -345,7 +345,7 @@ def _command_handler(cap: Capability, command: Command):  # noqa: ANN202 - a rou
         "workflow refused it now (the code says why); 404: not in your tenants or not a "
         f"{cap.name} workflow; 503 with Retry-After: no worker took it in time.",
         status_code=200,
-        raises=[ConflictError, NotFoundException, PermissionDeniedException],
+        raises=[ConflictError, NotFoundException, PermissionDeniedException, ServiceUnavailableException],
     )(send)
 
 

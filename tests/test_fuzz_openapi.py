@@ -1,6 +1,9 @@
 """Schemathesis over the live OpenAPI document: generated requests, valid and invalid, for every
 operation, as an admin and as a client. No answer may be a 5xx, and every answer must be one
-the document declares (status code, content type, body schema).
+the document declares (status code, content type, body schema). One 5xx is the truth here: a
+message for a workflow (a command, a decision) that no worker takes within the API's bound
+answers 503 with Retry-After, as documented, and in this namespace no worker polls; those are
+counted apart (``no_worker``), every other 5xx fails the test.
 
 The real app is served over real HTTP on the session's Temporal dev server and Postgres, in a
 Temporal namespace of its own where no worker polls: a generated start is accepted (202) and
@@ -29,11 +32,23 @@ from tests.conftest import ROOT, Tokens, serve, unique
 from core.settings import Settings
 
 REPORTS = ROOT / "build" / "fuzz"
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+# 5xx are counted from the recorded requests below (schemathesis' not_a_server_error cannot tell
+# the documented 503 of a message no worker took from a fault).
+CHECKS = "status_code_conformance,content_type_conformance,response_schema_conformance"
 EXCLUDED_PATHS = ["/v1/pending-actions/stream"]
 MAX_EXAMPLES = 8  # per operation and generation phase (75 operations, two callers: about 6,000 requests)
-MAX_SECONDS = 50  # per identity: two identities stay within about two minutes
+MAX_SECONDS = 40  # per identity: two identities stay within about a minute and a half
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+def _no_worker(entry: dict[str, Any]) -> bool:
+    """A 503 with Retry-After from a message to a workflow (``.../commands/...``, a decision):
+    no worker took it in time, which is all this namespace can do."""
+    response = entry["response"]
+    headers = {h["name"].lower() for h in response["headers"]}
+    url = entry["request"]["url"]
+    return (response["status"] == 503 and "retry-after" in headers
+            and ("/commands/" in url or url.rstrip("/").endswith("/decision")))
 
 
 async def _run(api_url: str, who: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -66,6 +81,7 @@ async def _run(api_url: str, who: str, headers: dict[str, str]) -> dict[str, Any
     report = json.loads((out / "report.json").read_text())
     entries = json.loads((out / "requests.har").read_text())["log"]["entries"]
     statuses = Counter(e["response"]["status"] for e in entries)
+    no_worker = [e for e in entries if _no_worker(e)]
     failures = {f["title"]: f["count"] for f in report["failures"]}
     return {
         "identity": who,
@@ -73,7 +89,8 @@ async def _run(api_url: str, who: str, headers: dict[str, str]) -> dict[str, Any
         "operations": report["operations"]["tested"],
         "test_cases": report["test_cases"]["generated"],
         "requests": len(entries),
-        "server_errors": sum(n for status, n in statuses.items() if status >= 500),
+        "server_errors": sum(n for status, n in statuses.items() if status >= 500) - len(no_worker),
+        "no_worker": len(no_worker),
         "schema_violations": sum(n for title, n in failures.items() if "server error" not in title.lower()),
         "statuses": {str(s): n for s, n in sorted(statuses.items())},
         "failures": failures,
@@ -91,7 +108,7 @@ async def test_the_openapi_document_holds_under_fuzzing(
         runs = [await _run(api_url, "admin", tokens.admin()),
                 await _run(api_url, "client", tokens.client(unique("fuzz")))]
 
-    totals = {k: sum(r[k] for r in runs) for k in ("requests", "server_errors", "schema_violations")}
+    totals = {k: sum(r[k] for r in runs) for k in ("requests", "server_errors", "schema_violations", "no_worker")}
     summary = {**totals, "runs": [{k: v for k, v in r.items() if k != "output"} for r in runs]}
     (REPORTS / "summary.json").write_text(json.dumps(summary, indent=2))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
@@ -100,7 +117,8 @@ async def test_the_openapi_document_holds_under_fuzzing(
             reporter.write_line(
                 f"\nschemathesis: {totals['requests']} requests over {runs[0]['operations']} operations "
                 f"(admin, client), {totals['server_errors']} 5xx, {totals['schema_violations']} schema "
-                f"violations (details in {REPORTS.relative_to(ROOT)}/)")
+                f"violations, {totals['no_worker']} messages no worker took (503, documented; details in "
+                f"{REPORTS.relative_to(ROOT)}/)")
 
     for r in runs:
         assert r["operations"] >= 25 and r["requests"] >= 500, r

@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 STREAM_POLL_SECONDS = 1.0
 STREAM_MAX_POLLS = 3600  # an hour, then the client reconnects
 NOTIFICATION_WINDOW_SECONDS = 60.0  # how far back the stream looks for notifications committed late
+# The API's clock against the database's (created_at is the database's now()).
+NOTIFICATION_CLOCK_MARGIN = timedelta(seconds=2)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 HUB_ROLES = frozenset({"super_admin", "admin", "finance", "support", "partner"})
@@ -425,13 +427,18 @@ class PendingStream:
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
-        self._last_notification: int | None = None  # the highest id when the poller started
+        # Notifications written from here on are fanned out (set when the first connection
+        # opens: a time, not the highest id then, which a later first poll could read past rows
+        # written meanwhile, and which commits out of id order make unsafe anyway).
+        self._since: datetime | None = None
         self._sent: dict[int, float] = {}  # notification ids fanned out (recent ones), monotonic time
         self.polls = 0  # visibility listings made (one per interval, whatever the connections)
 
     def subscribe(self, principal: Principal, tenant_id: str | None) -> Subscriber:
         sub = Subscriber(principal, tenant_id)
         self._subscribers.add(sub)
+        if self._since is None:
+            self._since = datetime.now(timezone.utc) - NOTIFICATION_CLOCK_MARGIN
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="pending-actions-stream")
         return sub
@@ -499,14 +506,11 @@ class PendingStream:
         if self._db is None:
             return []
         pool = self._db()
-        if self._last_notification is None:
-            self._last_notification = await pool.fetchval("SELECT COALESCE(max(id), 0) FROM approval_notifications")
-            return []
         rows = await pool.fetch(
             """SELECT id, tenant_id, workflow_id, request_id, event, audience, title, due_at, outcome, decided_by,
                       created_at FROM approval_notifications
-                WHERE id > $1 AND created_at > now() - make_interval(secs => $2) ORDER BY id LIMIT 2000""",
-            self._last_notification, NOTIFICATION_WINDOW_SECONDS)
+                WHERE created_at >= $1 AND created_at > now() - make_interval(secs => $2) ORDER BY id LIMIT 2000""",
+            self._since, NOTIFICATION_WINDOW_SECONDS)
         fresh = [r for r in rows if r["id"] not in self._sent]
         now = time.monotonic()
         for r in fresh:

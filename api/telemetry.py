@@ -65,7 +65,7 @@ class RequestTelemetry(ASGIMiddleware):
                 status = message["status"]
             await send(message)
 
-        in_progress = IN_PROGRESS.labels(method, route)
+        in_progress = _in_progress(method, route)
         in_progress.inc()
         try:
             await next_app(scope, receive, send_status)
@@ -74,9 +74,31 @@ class RequestTelemetry(ASGIMiddleware):
             raise
         finally:
             in_progress.dec()
-            labels = (method, route, str(status))
-            REQUESTS.labels(*labels).inc()
-            DURATION.labels(*labels).observe(time.perf_counter() - started)
+            count, duration = _answered(method, route, status)
+            count.inc()
+            duration.observe(time.perf_counter() - started)
+
+
+# A metric's child per label values, looked up once: the label values are few (route templates,
+# the methods and statuses they answer) and prometheus_client's ``labels()`` checks and locks on
+# every call.
+_IN_PROGRESS: dict[tuple[str, str], Any] = {}
+_ANSWERED: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _in_progress(method: str, route: str) -> Any:
+    child = _IN_PROGRESS.get((method, route))
+    if child is None:
+        child = _IN_PROGRESS[(method, route)] = IN_PROGRESS.labels(method, route)
+    return child
+
+
+def _answered(method: str, route: str, status: int) -> tuple[Any, Any]:
+    children = _ANSWERED.get((method, route, status))
+    if children is None:
+        labels = (method, route, str(status))
+        children = _ANSWERED[(method, route, status)] = (REQUESTS.labels(*labels), DURATION.labels(*labels))
+    return children
 
 
 def tracing_plugin() -> OpenTelemetryPlugin:

@@ -14,8 +14,9 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -49,17 +50,53 @@ def otlp_exporter_wanted(settings: Settings, environ: Mapping[str, str] = os.env
                 or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
+class _RecordWhenReceived(Sampler):
+    """The configured sampler (``OTEL_TRACES_SAMPLER``, parent-based always-on by default) once
+    a span processor receives spans; before that every span is dropped at its start. A dropped
+    span still has its trace and span ids (propagated through HTTP and Temporal headers, written
+    in the logs) but records no attributes, events or timings that nothing would read."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+        self.receiving = False
+
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                      attributes: Any = None, links: Any = None, trace_state: Any = None) -> SamplingResult:
+        if not self.receiving:
+            return SamplingResult(Decision.DROP)
+        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"RecordWhenReceived{{{self.inner.get_description()}}}"
+
+
+class PlatformTracerProvider(TracerProvider):
+    """The SDK's provider, recording spans only once a span processor is added (the OTLP
+    exporter, or a test's in-memory exporter): a process that exports nothing spends nothing on
+    spans beyond their ids."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sampler: Sampler = _RecordWhenReceived(self.sampler)
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        if isinstance(self.sampler, _RecordWhenReceived):
+            self.sampler.receiving = True
+
+
 def configure_tracing(settings: Settings, component: str) -> None:
     """Install the process's tracer provider (once). Without an OTLP endpoint spans are
-    still created (trace ids propagate through Temporal headers, and logs carry them) but not
-    exported. The standard variables apply: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``
+    still created with their ids (trace ids propagate through Temporal headers, and logs carry
+    them) but record nothing and are not exported (``PlatformTracerProvider``). The standard
+    variables apply: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``
     and ``OTEL_TRACES_SAMPLER_ARG`` (read by the SDK), ``OTEL_EXPORTER_OTLP_*`` (the exporter's
     endpoint, headers, timeout, certificate, compression)."""
     global _configured
     if _configured:
         return
     _configured = True
-    provider = TracerProvider(
+    provider = PlatformTracerProvider(
         resource=Resource.create(
             {"service.name": service_name(settings), "service.namespace": "bizosaas",
              "bizosaas.component": component}

@@ -23,6 +23,7 @@ from core.names import INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
 from core.settings import Settings
 from core.telemetry import (
     DroppedSignalFilter,
+    PlatformTracerProvider,
     UndecodablePayloadFilter,
     configure_logging,
     configure_tracing,
@@ -326,6 +327,29 @@ def test_standard_otel_variables_are_honoured() -> None:
     assert otlp_exporter_wanted(s, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"})
     assert otlp_exporter_wanted(dev_settings(otel={"otlp_endpoint": "http://c:4318/v1/traces"}), {})
     assert not otlp_exporter_wanted(s, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"})
+
+
+def test_spans_are_recorded_once_something_receives_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no exporter a process records no span (nothing would read it), but each span still
+    has its ids, which logs and Temporal headers carry; once a processor is added (the OTLP
+    exporter, here an in-memory one) spans are recorded, as OTEL_TRACES_SAMPLER says."""
+    provider = PlatformTracerProvider()
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("nobody listens") as span:
+        assert not span.is_recording() and span.get_span_context().trace_id != 0
+        with tracer.start_as_current_span("its child") as child:
+            assert child.get_span_context().trace_id == span.get_span_context().trace_id
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with tracer.start_as_current_span("exported") as span:
+        assert span.is_recording()
+    assert [s.name for s in exporter.get_finished_spans()] == ["exported"]
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    sampled_off = PlatformTracerProvider()
+    sampled_off.add_span_processor(SimpleSpanProcessor(exporter))
+    with sampled_off.get_tracer("test").start_as_current_span("sampled out") as span:
+        assert not span.is_recording()
 
 
 # --- Settings ------------------------------------------------------------------------------

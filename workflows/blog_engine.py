@@ -99,11 +99,7 @@ class BlogEngineWorkflow(Stages):
 
     @workflow.run
     async def run(self, inp: BlogEngineInput) -> BlogEngineResult:
-        try:
-            return await self._run(inp)
-        except Exception:
-            self._enter("failed")
-            raise
+        return await self.failed_on_error(self._run(inp))
 
     async def _run(self, inp: BlogEngineInput) -> BlogEngineResult:
         await self.stage("reading_plan")

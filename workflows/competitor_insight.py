@@ -367,11 +367,7 @@ class CompetitorInsightWorkflow(Stages):
 
     @workflow.run
     async def run(self, inp: CompetitorInsightInput) -> CompetitorInsightResult:
-        try:
-            result = await self._run(inp)
-        except Exception:
-            self._enter("failed")
-            raise
+        result = await self.failed_on_error(self._run(inp))
         return result
 
     async def _run(self, inp: CompetitorInsightInput) -> CompetitorInsightResult:

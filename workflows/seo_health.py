@@ -238,11 +238,7 @@ class SeoHealthWorkflow(Stages):
 
     @workflow.run
     async def run(self, inp: SeoHealthInput) -> SeoHealthResult:
-        try:
-            result = await self._run(inp)
-        except Exception:
-            self._enter("failed")
-            raise
+        result = await self.failed_on_error(self._run(inp))
         return result
 
     async def _run(self, inp: SeoHealthInput) -> SeoHealthResult:

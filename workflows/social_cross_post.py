@@ -137,11 +137,7 @@ class SocialCrossPostWorkflow(Stages):
 
     @workflow.run
     async def run(self, inp: CrossPostInput) -> CrossPostResult:
-        try:
-            return await self._run(inp)
-        except Exception:
-            self._enter("failed")
-            raise
+        return await self.failed_on_error(self._run(inp))
 
     async def _run(self, inp: CrossPostInput) -> CrossPostResult:
         platforms = list(inp.platforms)

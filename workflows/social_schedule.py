@@ -125,11 +125,7 @@ class SocialCalendarWorkflow(HumanDecisions, Stages):
 
     @workflow.run
     async def run(self, inp: CalendarInput) -> CalendarResult:
-        try:
-            result = await self._run(inp)
-        except Exception:
-            self._enter("failed")
-            raise
+        result = await self.failed_on_error(self._run(inp))
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
 

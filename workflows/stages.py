@@ -25,8 +25,9 @@ are.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from temporalio import workflow
 
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
 
     from core.names import CONTROL_QUERY, PAUSE_SIGNAL, RESUME_SIGNAL
 
+T = TypeVar("T")
 ControlAction = Literal["pause", "resume"]
 
 
@@ -106,6 +108,15 @@ class Stages:
             self._steps.append(done)
         self._stage = stage
         self._updated_at = workflow.now()
+
+    async def failed_on_error(self, steps: Awaitable[T]) -> T:
+        """Await a run's steps; an exception they raise leaves the stage ``failed`` (what the
+        progress query and the console show) and fails the run as before."""
+        try:
+            return await steps
+        except Exception:
+            self._enter("failed")
+            raise
 
     async def stage(self, stage: str, done: str | None = None) -> None:
         """A step boundary: record ``done``, enter ``stage`` and, while paused, wait here for a

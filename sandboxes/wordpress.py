@@ -78,6 +78,9 @@ class WordPressState:
     schedule_min_seconds: float = 60.0
     # The next requests answered 503 as a site in maintenance does (tests of passing outages).
     outages: int = 0
+    # The next requests that change something are carried out, then answered 502 as a proxy in
+    # front of WordPress does when it gives up waiting (an answer lost after the post was made).
+    lost_answers: int = 0
     state_file: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -483,6 +486,17 @@ _ROUTES: list[tuple[re.Pattern[str], tuple[str, ...], str]] = [
 ]
 
 
+def _handle(request: Request[Any, Any, Any], method: str, name: str, match: re.Match[str], wp: WordPressState,
+            user: WordPressUser | None, body: dict[str, Any], now: datetime) -> Response[Any]:
+    if name == "posts":
+        return _posts(request, method, wp, user, body, now)
+    if name == "post":
+        return _post(request, "POST" if method in ("PUT", "PATCH") else method, wp, user, int(match["id"]), body, now)
+    if name in ("categories", "tags"):
+        return _terms(request, method, wp, user, "category" if name == "categories" else "post_tag", body)
+    return _me(request, wp, user)
+
+
 async def _dispatch(request: Request[Any, Any, Any], rest_route: str) -> Response[Any]:
     wp = _state(request)
     if wp.outages > 0:
@@ -506,14 +520,12 @@ async def _dispatch(request: Request[Any, Any, Any], rest_route: str) -> Respons
             now = datetime.now(UTC)
             with wp._lock:
                 wp.run_cron(now)
-                if name == "posts":
-                    return _posts(request, method, wp, user, body, now)
-                if name == "post":
-                    return _post(request, "POST" if method in ("PUT", "PATCH") else method, wp, user,
-                                 int(match["id"]), body, now)
-                if name in ("categories", "tags"):
-                    return _terms(request, method, wp, user, "category" if name == "categories" else "post_tag", body)
-                return _me(request, wp, user)
+                answer = _handle(request, method, name, match, wp, user, body, now)
+                if method != "GET" and (answer.status_code or 200) < 300 and wp.lost_answers > 0:
+                    wp.lost_answers -= 1
+                    return Response("<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body>"
+                                    "</html>", status_code=502, media_type="text/html")
+                return answer
         raise WPError(404, "rest_no_route", "No route was found matching the URL and request method.")
     except WPError as exc:
         return exc.response()

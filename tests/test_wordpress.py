@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -86,11 +87,16 @@ async def tools(db: asyncpg.Pool, server: str | None = None) -> AsyncIterator[Ca
         await mcp.aclose()
 
 
-async def refused(call: Awaitable[Any]) -> str:
+async def refused(call: Awaitable[Any], error_type: str = "MCPToolError") -> str:
     with pytest.raises(ApplicationError) as failed:
         await call
-    assert failed.value.type == "MCPToolError" and failed.value.non_retryable
+    assert failed.value.type == error_type and failed.value.non_retryable
     return failed.value.message
+
+
+def ours(state: WordPressState, title: str) -> list[int]:
+    """The site's posts with ``title``, trashed ones left out."""
+    return [p["id"] for p in state.posts.values() if p["title"] == title and p["status"] != "trash"]
 
 
 async def outbox_tools(db: asyncpg.Pool, tenant: str) -> list[str]:
@@ -116,8 +122,10 @@ async def test_a_draft_with_categories_and_tags_by_name_lands_on_the_site(
         tags = await call(tenant, ListWordPressTerms(taxonomy="tags"))
     assert isinstance(post, WordPressPost)
     stored = site.posts[post.post_id]
-    assert (stored["status"], stored["title"], stored["content"]) == (
-        "draft", "Five breads to bake this spring", "<p>Rye first.</p><h2>Spelt</h2>")
+    assert (stored["status"], stored["title"]) == ("draft", "Five breads to bake this spring")
+    # The body as given, then the comment that marks the post as this create's (not answered back).
+    assert re.fullmatch(r"<p>Rye first\.</p><h2>Spelt</h2>\n<!-- bizosaas-post-[0-9a-f]{32} -->", stored["content"])
+    assert post.content == "<p>Rye first.</p><h2>Spelt</h2>"
     assert names(site, stored["categories"]) == {"Baking", "Sourdough Tips"}
     assert names(site, stored["tags"]) == {"rye", "Spelt"}
     assert [t["name"] for t in site.terms.values()].count("Baking") == 1
@@ -194,6 +202,29 @@ async def test_a_retried_create_makes_one_post(db: asyncpg.Pool, mcp_sandbox: st
     assert await outbox_tools(db, tenant) == ["create_wordpress_post"]
 
 
+async def test_a_create_whose_answer_was_lost_is_not_made_twice(
+    db: asyncpg.Pool, mcp_sandbox: str, site: WordPressState
+) -> None:
+    tenant = await connected_tenant(db, site)
+    title = f"Lost answer {unique('post')}"
+    args = CreateWordPressPost(title=title, content="<p>Once.</p>", slug="lost-answer", tags=["news"])
+    key = f"{tenant}:pipeline:draft"
+    async with tools(db) as call:
+        first = await call(tenant, args, key=key)
+        # The process died after WordPress made the post and before the outbox row committed.
+        await db.execute("DELETE FROM outbox WHERE idempotency_key = $1", key)
+        retried = await call(tenant, args, key=key)
+        # WordPress made the post, then a proxy answered 502: the create looks before trying again.
+        site.lost_answers = 1
+        other = f"Through a 502 {unique('post')}"
+        through = await call(tenant, CreateWordPressPost(title=other, content="<p>x</p>"))
+        # The same post under another key is another post (a second run of the same topic).
+        second = await call(tenant, args, key=f"{tenant}:pipeline:draft-again")
+    assert retried == first and ours(site, title) == [first.post_id, second.post_id]
+    assert ours(site, other) == [through.post_id] and site.lost_answers == 0
+    assert await outbox_tools(db, tenant) == ["create_wordpress_post"] * 3
+
+
 async def test_a_wrong_application_password_is_a_clear_error(
     db: asyncpg.Pool, mcp_sandbox: str, site: WordPressState
 ) -> None:
@@ -231,12 +262,16 @@ async def test_a_passing_outage_is_tried_again_where_repeating_is_safe(
         read = await call(tenant, GetWordPressPost(post_id=post.post_id))
         site.outages = 1
         edited = await call(tenant, UpdateWordPressPost(post_id=post.post_id, title="After maintenance"))
-        site.outages = 1  # a create is not: WordPress may have made the post before failing
+        site.outages = 2  # a create too: it looks for the post it may have made before trying again
+        title = f"Once through maintenance {unique('post')}"
+        created = await call(tenant, CreateWordPressPost(title=title, content="<p>x</p>"))
+        site.outages = 20  # longer than the call waits: a tool error that says so, and no post
         before = len(site.posts)
-        failed = await refused(call(tenant, CreateWordPressPost(title="Not twice", content="<p>x</p>")))
+        failed = await refused(call(tenant, CreateWordPressPost(title="Not now", content="<p>x</p>")))
+        site.outages = 0
     assert (read.title, edited.title) == ("Through maintenance", "After maintenance")
+    assert ours(site, title) == [created.post_id]
     assert f"WordPress at {site.site_url} failed: HTTP 503" in failed and len(site.posts) == before
-    assert site.outages == 0
 
 
 async def test_another_tenants_connection_is_never_used(
@@ -247,12 +282,17 @@ async def test_another_tenants_connection_is_never_used(
     async with wordpress_site() as other_site, tools(db) as call:
         neighbour = await connected_tenant(db, other_site)
         post = await call(owner, CreateWordPressPost(title="Ours", content="<p>ours</p>"))
-        unconnected = await refused(call(stranger, CreateWordPressPost(title="Theirs", content="<p>x</p>")))
-        named = await refused(call(stranger, GetWordPressPost(post_id=post.post_id, site_url=site.site_url)))
+        # Told apart from other refusals: a workflow ends early on it.
+        unconnected = await refused(call(stranger, CreateWordPressPost(title="Theirs", content="<p>x</p>")),
+                                    "MCPNotConnected")
+        named = await refused(call(stranger, GetWordPressPost(post_id=post.post_id, site_url=site.site_url)),
+                              "MCPNotConnected")
+        terms = await refused(call(stranger, ListWordPressTerms(taxonomy="categories")), "MCPNotConnected")
         elsewhere = await refused(call(neighbour, GetWordPressPost(post_id=post.post_id)))
         wrong_site = await refused(call(neighbour, GetWordPressPost(post_id=post.post_id, site_url=site.site_url)))
     assert f"no WordPress site connected for tenant {stranger!r}" in unconnected
     assert f"no WordPress site connected for tenant {stranger!r}" in named
+    assert terms.startswith("sandbox/list_wordpress_terms:") and "WordPress not connected: no WordPress site" in terms
     assert f"post {post.post_id} not found on {other_site.site_url}" in elsewhere
     assert f"is not the WordPress site connected for tenant {neighbour!r}" in wrong_site
     assert other_site.posts == {}
@@ -319,7 +359,7 @@ async def test_a_client_connects_its_site_and_the_tools_use_it(
     assert (await connections.delete(path, headers=client)).status_code == 204
     assert (await connections.get(path, headers=client)).json()["connected"] is False
     async with tools(db) as call:
-        message = await refused(call(tenant, GetWordPressPost(post_id=post.post_id)))
+        message = await refused(call(tenant, GetWordPressPost(post_id=post.post_id)), "MCPNotConnected")
     assert "no WordPress site connected" in message
 
 

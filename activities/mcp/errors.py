@@ -6,7 +6,11 @@ backoff); a server that is unknown or disabled (or no server takes the tool) →
 ``MCPServerNotFound`` / ``MCPServerDisabled``; a 401/403-like answer (a misconfigured server, not
 an outage) → non-retryable ``MCPServerRejected``. A tool error whose text says the caller was
 rate limited (``rate limited … retry after N s``, as the social tools answer a 429) is the one
-tool error retried: ``MCPRateLimited``, next attempt after the delay the server named.
+tool error retried: ``MCPRateLimited``, next attempt after the delay the server named. A tool
+error whose text says the tenant's account or site is ``not connected`` (``WordPress not
+connected: ...``, as the WordPress tools answer a tenant with no site) is ``MCPNotConnected``,
+non-retryable: nothing changes until the tenant connects one, and a workflow may end early on
+it. A server of the tenant's own that takes these tools says so the same way.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ TOOL_ERROR = "MCPToolError"
 UNAVAILABLE = "MCPUnavailable"
 REJECTED = "MCPServerRejected"  # 401/403/...: configuration, not a passing outage
 RATE_LIMITED = "MCPRateLimited"  # the tool's service said "rate limited": retried after its delay
+NOT_CONNECTED = "MCPNotConnected"  # the tenant has not connected the account or site the tool acts on
 
 _RATE_LIMITED = re.compile(r"rate[ -]?limited", re.IGNORECASE)
+_NOT_CONNECTED = re.compile(r"\bnot[ _-]connected\b", re.IGNORECASE)
 _RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 MAX_RETRY_AFTER = timedelta(minutes=5)  # a server asking for longer waits at most this per attempt
 
@@ -49,8 +55,11 @@ def invalid(message: str) -> ApplicationError:
 
 def tool_error(server: str, tool: str, text: str) -> ApplicationError:
     """The error a tool answered: permanent, unless its service rate limited the call (then
-    retried, after the ``retry after N s`` it named, capped at :data:`MAX_RETRY_AFTER`)."""
+    retried, after the ``retry after N s`` it named, capped at :data:`MAX_RETRY_AFTER`); a
+    tenant that connected nothing for the tool is told apart (``MCPNotConnected``, permanent)."""
     message = f"{server}/{tool}: {text}"
+    if _NOT_CONNECTED.search(text):
+        return ApplicationError(message, type=NOT_CONNECTED, non_retryable=True)
     if _RATE_LIMITED.search(text):
         after = _RETRY_AFTER.search(text)
         delay = min(timedelta(seconds=float(after.group(1))), MAX_RETRY_AFTER) if after else None

@@ -13,9 +13,20 @@ REST API to that site with HTTP Basic authentication (application passwords, Wor
 
 Each effect is recorded in the outbox once per idempotency key, in the transaction that holds
 the key's lock while WordPress is called: a retried call answers the first answer and writes
-nothing twice (a retried create does not make a second post). A call WordPress refused records
-nothing. The one gap: an answer lost between WordPress and the outbox (the process dies right
-then) makes the retry create again; WordPress has no idempotency key to close it.
+nothing twice. A call WordPress refused records nothing. WordPress itself has no idempotency
+key, so a create also leaves one on the site: the post's body ends with an HTML comment naming
+a digest of the tenant and the key (``<!-- bizosaas-post-... -->``, invisible on the page), and
+before creating, the tool looks for a post carrying it (``GET /wp/v2/posts?search=...&status=any``,
+authenticated) and adopts the one it finds. So an answer lost between WordPress and the outbox
+(the process dies right then, a proxy times out after WordPress made the post) never makes a
+second post, and a create is tried again through a passing outage as reads and updates are.
+(Stock WordPress offers no other place: post meta is writable over REST only where a plugin
+registers it, and a draft's slug is neither required nor kept unique.) The marker is left out
+of the tools' answers.
+
+A tenant with no site connected gets a tool error that starts ``WordPress not connected``: the
+MCP activity types it ``MCPNotConnected`` (activities/mcp/errors.py), so a workflow can end
+early, before any work the post would waste.
 
 The site is reached as ``fetch_web_page`` reaches pages (activities/netguard.py, the
 ``BIZ_FETCH_*`` policy): resolved once, checked, connected to by address, no redirects followed;
@@ -28,7 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import html
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -103,8 +116,8 @@ async def connected_site(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str
     row = await conn.fetchrow(
         "SELECT site_url, username, application_password FROM tenant_wordpress WHERE tenant_id = $1", tenant_id)
     if row is None:
-        raise ToolError(f"no WordPress site connected for tenant {tenant_id!r}: connect one with "
-                        f"PUT /v1/tenants/{tenant_id}/connections/wordpress")
+        raise ToolError(f"WordPress not connected: no WordPress site connected for tenant {tenant_id!r}: "
+                        f"connect one with PUT /v1/tenants/{tenant_id}/connections/wordpress")
     site = Site(url=row["site_url"].rstrip("/"), username=row["username"], password=row["application_password"])
     if site_url is not None and site_url.rstrip("/").lower() != site.url.lower():
         raise ToolError(f"{site_url} is not the WordPress site connected for tenant {tenant_id!r} ({site.url})")
@@ -127,6 +140,24 @@ def _date_gmt(value: str) -> str:
     if moment.tzinfo is None:
         raise ToolError(f"date_gmt {value!r} has no time zone (e.g. 2026-12-01T09:00:00+00:00)")
     return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat()
+
+
+class WordPressOutage(ToolError):
+    """WordPress did not answer, or answered 5xx: a passing outage, as far as the tool knows."""
+
+
+MARKER_PREFIX = "bizosaas-post-"
+_MARKER = re.compile(r"\s*<!-- bizosaas-post-[0-9a-f]{32} -->\s*$")
+
+
+def post_marker(tenant_id: str, idempotency_key: str) -> str:
+    """The token a create leaves in its post's body: a digest of the tenant and the key (the
+    key names the workflow, which the page's source should not show)."""
+    return MARKER_PREFIX + hashlib.sha256(f"{tenant_id}\x1f{idempotency_key}".encode()).hexdigest()[:32]
+
+
+def _without_marker(content: str | None) -> str | None:
+    return _MARKER.sub("", content) if content else content
 
 
 class _Unreachable(Exception):
@@ -162,7 +193,7 @@ class WordPressAPI:
                 resp = await self._send_once(method, url, body)
             except _Unreachable as exc:
                 if delay is None or not (exc.nothing_sent or idempotent):
-                    raise ToolError(exc.message) from None
+                    raise WordPressOutage(exc.message) from None
             else:
                 if delay is None or not (resp.status_code in (502, 503, 504) and idempotent):
                     return resp
@@ -211,7 +242,7 @@ class WordPressAPI:
             answer = resp.json()
         except ValueError:
             if resp.status_code >= 500:
-                raise ToolError(f"WordPress at {self.site.url} failed: HTTP {resp.status_code}") from None
+                raise WordPressOutage(f"WordPress at {self.site.url} failed: HTTP {resp.status_code}") from None
             raise ToolError(f"{self.site.url} answered HTTP {resp.status_code} to {method} {route} without "
                             "WordPress's JSON: is it a WordPress site with the REST API on?") from None
         if resp.is_success:
@@ -236,7 +267,7 @@ class WordPressAPI:
             named = "; ".join(f"{k}: {v}" for k, v in params.items()) or message
             return ToolError(f"WordPress at {site} refused the request: invalid parameter(s) {named}")
         if status >= 500:
-            return ToolError(f"WordPress at {site} failed: HTTP {status} ({code}: {message})")
+            return WordPressOutage(f"WordPress at {site} failed: HTTP {status} ({code}: {message})")
         return ToolError(f"WordPress at {site} refused {method} {route}: HTTP {status} ({code}: {message})")
 
     # --- terms ---------------------------------------------------------------------------
@@ -267,6 +298,13 @@ class WordPressAPI:
         return [names[i] for i in ids if i in names]
 
     # --- posts ---------------------------------------------------------------------------
+    async def post_by_marker(self, marker: str) -> dict[str, Any] | None:
+        """The post (any status but trashed) whose body carries ``marker``: WordPress's search
+        reads titles, excerpts and bodies; the raw body (``context=edit``) confirms it."""
+        found = await self.call("GET", "/wp/v2/posts", params={"search": marker, "status": "any", "context": "edit",
+                                                               "per_page": 10})
+        return next((p for p in found if marker in (_raw(p.get("content")) or "")), None)
+
     async def post_result(self, post: dict[str, Any], categories: list[str] | None = None,
                           tags: list[str] | None = None) -> WordPressPostResult:
         if categories is None:
@@ -279,7 +317,8 @@ class WordPressAPI:
             edit_link=f"{self.site.url}/wp-admin/post.php?post={post_id}&action=edit",
             slug=post.get("slug") or post.get("generated_slug") or None,
             date_gmt=_gmt_iso(post.get("date_gmt")), modified_at=_gmt_iso(post.get("modified_gmt")),
-            title=_raw(post.get("title")), content=_raw(post.get("content")), excerpt=_raw(post.get("excerpt")),
+            title=_raw(post.get("title")), content=_without_marker(_raw(post.get("content"))),
+            excerpt=_raw(post.get("excerpt")),
             categories=categories, tags=tags, sandbox=False,
         )
 
@@ -335,15 +374,28 @@ def register(mcp: FastMCP, ctx: ToolContext) -> None:
 
         async def respond(conn: asyncpg.Connection) -> WordPressPostResult:
             wp = WordPressAPI(site, ctx)
-            body: dict[str, Any] = {"title": title, "content": content, "status": status,
-                                    "categories": await wp.term_ids("categories", categories),
-                                    "tags": await wp.term_ids("tags", tags)}
-            if excerpt is not None:
-                body["excerpt"] = excerpt
-            if slug is not None:
-                body["slug"] = slug
-            post = await wp.call("POST", "/wp/v2/posts", body=body)
-            return await wp.post_result(post)
+            marker = post_marker(tenant_id, idempotency_key)
+            for delay in (*RETRY_DELAYS, None):
+                # A post this key made already (its answer lost, or WordPress failed after making
+                # it) is the answer; else create it. Safe to repeat through an outage: each round
+                # looks first, and the key's lock keeps the key's other calls out meanwhile.
+                try:
+                    made = await wp.post_by_marker(marker)
+                    if made is not None:
+                        return await wp.post_result(made)
+                    body: dict[str, Any] = {"title": title, "content": f"{content}\n<!-- {marker} -->",
+                                            "status": status, "categories": await wp.term_ids("categories", categories),
+                                            "tags": await wp.term_ids("tags", tags)}
+                    if excerpt is not None:
+                        body["excerpt"] = excerpt
+                    if slug is not None:
+                        body["slug"] = slug
+                    return await wp.post_result(await wp.call("POST", "/wp/v2/posts", body=body))
+                except WordPressOutage:
+                    if delay is None:
+                        raise
+                await asyncio.sleep(delay)
+            raise AssertionError("unreachable")
 
         return await outbox.record(tool="create_wordpress_post", tenant_id=tenant_id, idempotency_key=idempotency_key,
                                    workflow_id=workflow_id, arguments=args, respond=respond)

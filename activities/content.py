@@ -21,6 +21,8 @@ from core.policies import DB
 
 # The kind of the pipeline's reports (one per post: what was written, decided and published).
 CONTENT_REPORT = "seo-content"
+# A post that ended before writing because the tenant has no WordPress site: its topic is not taken.
+NOT_CONNECTED_STATUS = "wordpress_not_connected"
 
 Keyword = Annotated[str, msgspec.Meta(min_length=2, max_length=80)]
 
@@ -56,7 +58,7 @@ class TopicPlan(msgspec.Struct, frozen=True, kw_only=True):
     autopilot: bool = False
     audience: str | None = None
     tone: str | None = None
-    used: list[str] = []  # topic keys of the tenant's earlier posts (their reports)
+    used: list[str] = []  # topic keys of the tenant's earlier posts (their reports; not-connected ones aside)
 
 
 class ContentActivities(Activities):
@@ -80,7 +82,8 @@ class ContentActivities(Activities):
     async def topic_plan(self, req: TenantRef) -> TopicPlan:
         s = await self._engine.read(self._pool, req.tenant_id)
         used = await self._pool.fetch(
-            "SELECT DISTINCT subject FROM reports WHERE tenant_id = $1 AND kind = $2 ORDER BY subject",
-            req.tenant_id, CONTENT_REPORT)
+            """SELECT DISTINCT subject FROM reports WHERE tenant_id = $1 AND kind = $2
+                 AND body ->> 'status' IS DISTINCT FROM $3 ORDER BY subject""",
+            req.tenant_id, CONTENT_REPORT, NOT_CONNECTED_STATUS)
         return TopicPlan(tenant_id=req.tenant_id, topics=list(s.topics), autopilot=bool(s.autopilot),
                          audience=s.audience, tone=s.tone, used=[r["subject"] for r in used])

@@ -42,6 +42,8 @@ class PostModel(BaseModel):
     sections: list[SectionModel]
     conclusion: str = Field(description="the closing paragraph, with a call to action")
     internal_links: list[LinkModel] = Field(description="links to the business's own pages listed in the task")
+    categories: list[str] = Field(default=[], description="one or two of the blog's existing categories listed "
+                                                          "in the task, by name; none when none is listed")
 
 
 class EditedPostModel(PostModel):
@@ -62,6 +64,8 @@ def run_content_crew(llm_settings: LlmSettings, req: ContentRequest, meter: Usag
     tone = f" in a {req.tone} tone" if req.tone else ""
     changes = "".join(f"\n- {c}" for c in req.feedback)
     revision = f"\nThe client asked for these changes to the previous draft:{changes}" if req.feedback else ""
+    categories = (f"\nThe blog's existing categories (choose one or two that fit, by name): "
+                  f"{json.dumps(req.site_categories)[:2000]}" if req.site_categories else "")
 
     def agent(role: str, goal: str) -> Agent:
         return Agent(role=role, goal=goal, backstory=f"A {role.lower()} at a content agency for small businesses.",
@@ -78,13 +82,16 @@ def run_content_crew(llm_settings: LlmSettings, req: ContentRequest, meter: Usag
         agent=researcher, output_pydantic=ResearchModel)
     draft = Task(
         description=f"Write the blog post on '{req.topic}' for the keywords {keywords}{who}{tone}. Link to two or "
-                    f"three of the business's own pages (use their exact URLs):\n{_pages(req.site_pages)}{revision}",
-        expected_output="The post: title, slug, meta description, outline, intro, sections, conclusion, internal links.",
+                    f"three of the business's own pages (use their exact URLs):\n{_pages(req.site_pages)}{categories}"
+                    f"{revision}",
+        expected_output="The post: title, slug, meta description, outline, intro, sections, conclusion, internal links,"
+                        " categories.",
         agent=writer, output_pydantic=PostModel, context=[research])
     edit = Task(
         description=f"Edit the post on '{req.topic}': the main keyword '{req.keywords[0]}' in the title, the meta "
                     f"description and the intro; a title of 10-60 characters and a meta description of 50-160; "
-                    f"internal links only to the business's pages listed before.{revision}",
+                    f"internal links only to the business's pages listed before; categories only among the blog's "
+                    f"existing ones listed before.{revision}",
         expected_output="The edited post and the editor's notes.",
         agent=editor, output_pydantic=EditedPostModel, context=[research, draft])
     Crew(agents=[researcher, writer, editor], tasks=[research, draft, edit], process=Process.sequential,

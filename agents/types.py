@@ -173,6 +173,7 @@ class ContentRequest(msgspec.Struct, frozen=True, kw_only=True):
     sources: list[SourcePage] = []  # other pages the researcher reads
     feedback: list[str] = []  # the client's change requests so far, oldest first
     round: int = 1
+    site_categories: list[str] = []  # the categories of the tenant's WordPress, to choose from
 
 
 class PostSection(msgspec.Struct, frozen=True, kw_only=True):
@@ -198,6 +199,7 @@ class ContentDraft(msgspec.Struct, frozen=True, kw_only=True):
     internal_links: list[PostLink] = []
     research_notes: list[str] = []
     editor_notes: str = ""
+    categories: list[str] = []  # chosen among the site's categories (the workflow keeps only those)
 
 
 class ContentOutcome(msgspec.Struct, frozen=True, kw_only=True):

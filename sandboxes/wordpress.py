@@ -22,7 +22,12 @@ minute ahead becomes ``publish`` (``schedule_min_seconds``: WordPress's 60, test
 on the next request); authentication is HTTP Basic with an application password, accepted with
 or without its spaces; errors are ``{"code", "message", "data": {"status"}}`` with WordPress's
 codes (``rest_post_invalid_id``, ``rest_invalid_param`` with ``data.params``,
-``incorrect_password``, ``rest_not_logged_in``, ``rest_cannot_create``, ``rest_no_route``...).
+``incorrect_password``, ``rest_not_logged_in``, ``rest_cannot_create``, ``rest_no_route``...);
+``search`` matches titles, excerpts and raw bodies (WordPress's ``LIKE``), and ``status=any``
+(every status but trash) needs a user, as it does on WordPress.
+
+Faults for tests: ``outages`` (the next requests answered 503, a site in maintenance) and
+``lost_answers`` (the next changes carried out, then answered 502: a proxy that gave up).
 
 State: in memory, and written to ``state_file`` (JSON, replaced atomically) after every change
 when one is given, so ``bizosaas dev`` keeps its posts across restarts. A file rather than a

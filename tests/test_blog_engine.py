@@ -141,6 +141,29 @@ async def test_review_then_autopilot_then_the_plan_is_used_up(
     assert result["status"] == "no_plan" and result["post_workflow_id"] is None
 
 
+async def test_without_a_wordpress_site_the_topic_waits_for_one(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, fixture_site: str,
+    wordpress: WordPressState,
+) -> None:
+    tenant = await tenant_row(db, "patisserie")  # no WordPress site yet
+    owner = tokens.client(tenant)
+    await put_settings(http, client, tokens, tenant, "blog-engine", {"topics": PLAN, "autopilot": True})
+    await put_settings(http, client, tokens, tenant, "seo-content", {"publish_delay_minutes": 0})
+    first = await run_engine(http, tokens, tenant, fixture_site, "week-1")
+    result = (await finished(http, owner, first))["result"]
+    assert (result["status"], result["topic"], result["topics_left"]) == (
+        "wordpress_not_connected", "Sourdough starter basics", 2)
+    assert result["post"]["status"] == "wordpress_not_connected" and result["post"]["llm_calls"] == 0
+    assert f"/v1/tenants/{tenant}/connections/wordpress" in result["detail"]
+
+    # Connected: the next run writes the same topic, which the first did not take.
+    await connect_wordpress(db, tenant, wordpress)
+    second = await run_engine(http, tokens, tenant, fixture_site, "week-2")
+    result = (await finished(http, owner, second))["result"]
+    assert (result["status"], result["topic"], result["topics_left"]) == ("post_done", "Sourdough starter basics", 1)
+    assert result["post"]["status"] == "published"
+
+
 async def test_bad_input_names_the_field_and_another_tenant_starts_nothing(
     http: httpx.AsyncClient, tokens: Tokens, fixture_site: str,
 ) -> None:

@@ -148,11 +148,13 @@ async def test_the_client_edits_the_title_and_time_and_the_post_is_published_in_
     # The edited title is checked again: the main keyword is in it now.
     assert "keyword-not-in-title" not in {i["check"] for i in result["check"]["issues"]}
 
-    # In WordPress: the post with the edited title, published, its slug, tags and excerpt as proposed.
+    # In WordPress: the post with the edited title, published, its slug, tags and excerpt as proposed
+    # (the body ends with the comment that marks it as this run's draft).
     post = wordpress.posts[result["wordpress"]["post_id"]]
     assert (post["title"], post["status"], post["slug"]) == (
         "Sourdough starter: a beginner's guide", "publish", proposal["slug"])
-    assert post["content"] == proposal["body"] and post["excerpt"] == proposal["meta_description"]
+    assert post["content"].startswith(proposal["body"] + "\n<!-- bizosaas-post-")
+    assert result["wordpress"]["content"] == proposal["body"] and post["excerpt"] == proposal["meta_description"]
     tags = {wordpress.terms[t]["name"] for t in post["tags"]}
     assert tags == {"sourdough starter", "bread"}
     # The effects recorded as every tool's: the draft, then its publish.
@@ -205,10 +207,34 @@ async def test_request_changes_gives_a_second_draft_then_reject_posts_nothing(
     assert len({k["idempotency_key"].split(":")[-3] for k in keys}) == 2  # one crew activity per draft
 
 
-async def test_bad_input_names_the_field_and_another_tenant_sees_nothing(
-    http: httpx.AsyncClient, tokens: Tokens, client: Client, fixture_site: str,
+async def test_without_a_wordpress_site_the_post_ends_before_the_crew_and_the_review(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, fixture_site: str,
 ) -> None:
-    tenant = unique("cafe")
+    tenant = unique("bistro")
+    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
+                        VALUES ($1, $1, 'growth', 'owner@example.com', 'Europe/Paris', 'active')""", tenant)
+    owner = tokens.client(tenant)
+    wf_id = await start(http, tokens, tenant, fixture_site)
+    view = await finished(http, owner, wf_id)
+    await record_history(client.get_workflow_handle(wf_id), "seo-content-wordpress-not-connected")
+    result = view["result"]
+    assert (result["status"], result["post"], result["wordpress"], result["llm_calls"]) == (
+        "wordpress_not_connected", None, None, 0)
+    assert f"/v1/tenants/{tenant}/connections/wordpress" in result["detail"]
+    assert view["progress"]["stage"] == "completed" and "wordpress_not_connected" in view["progress"]["steps_done"]
+    # Nothing written, nothing to review, nothing billed; the report says why.
+    assert (await http.get("/v1/pending-actions", headers=owner)).json()["items"] == []
+    assert await db.fetchval("SELECT count(*) FROM llm_usage WHERE workflow_id = $1", wf_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
+    r = await http.get("/v1/reports", params={"kind": "seo-content"}, headers=owner)
+    assert [i["workflow_id"] for i in r.json()["items"]] == [wf_id]
+
+
+async def test_bad_input_names_the_field_and_another_tenant_sees_nothing(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, fixture_site: str,
+    wordpress: WordPressState,
+) -> None:
+    tenant = await connected_tenant(db, wordpress, "cafe")
     owner = tokens.client(tenant)
     for field, value in (("keywords", []), ("website_url", "not a url"), ("max_rounds", 9),
                          ("publish_at", "2030-01-01T09:00:00")):  # a time without its offset
@@ -319,6 +345,9 @@ class Fakes:
         self.tools: list[tuple[str, dict[str, Any], datetime]] = []
         self.reports: list[StoreReport] = []
         self.crew: list[ContentRequest] = []
+        self.site_categories = ["Baking", "Bread"]  # the categories list_wordpress_terms answers
+        self.terms_error: str | None = None  # the error type list_wordpress_terms fails with
+        self.policy_categories = ["Baking"]  # the tenant's seo-content setting
 
     @activity.defn(name="usage.check_budget")
     async def check_budget(self, req: CheckBudget) -> BudgetStatus:
@@ -331,7 +360,8 @@ class Fakes:
                              meta_description="How to keep a sourdough starter alive: feeding, flour, temperature.",
                              outline=["Feeding"], intro="A sourdough starter is flour and water.",
                              sections=[PostSection(heading="Feeding", paragraphs=["Feed it daily."])],
-                             conclusion="Visit us.", internal_links=[PostLink(url=f"{SITE}/about", anchor="About")])
+                             conclusion="Visit us.", internal_links=[PostLink(url=f"{SITE}/about", anchor="About")],
+                             categories=["bread", "Pastry"])
         return ContentOutcome(draft=draft, offline=True, provider="offline",
                               calls=[LlmCall(model="m", tokens_in=1, tokens_out=1)], usage_per_call=True, usage_ids=[7])
 
@@ -343,6 +373,12 @@ class Fakes:
                                    non_retryable=True)
         if req.tool == "fetch_web_page":
             return CallToolResult(server="fake", tool=req.tool, content=_page(req.arguments["url"]))
+        if req.tool == "list_wordpress_terms" and self.terms_error:
+            raise ApplicationError(f"fake/list_wordpress_terms: {self.terms_error}", type=self.terms_error,
+                                   non_retryable=True)
+        if req.tool == "list_wordpress_terms":
+            return CallToolResult(server="fake", tool=req.tool, content={"terms": [
+                {"id": i, "name": n, "slug": n.lower()} for i, n in enumerate(self.site_categories, 1)]})
         self.tools.append((req.tool, req.arguments, when))
         status = "draft" if req.tool == "create_wordpress_post" else "publish"
         return CallToolResult(server="fake", tool=req.tool, content={
@@ -359,7 +395,7 @@ class Fakes:
 
     @activity.defn(name="content.policy")
     async def policy(self, req: TenantRef) -> ContentPolicy:
-        return ContentPolicy(tenant_id=req.tenant_id, publish_delay_minutes=90, categories=["Baking"])
+        return ContentPolicy(tenant_id=req.tenant_id, publish_delay_minutes=90, categories=list(self.policy_categories))
 
     def published(self) -> list[datetime]:
         return [when for tool, _, when in self.tools if tool == "publish_wordpress_post"]
@@ -414,6 +450,43 @@ async def test_the_post_is_published_at_the_chosen_time(time_skipping_env: Workf
     (crew,) = fakes.crew
     assert [p.url for p in crew.site_pages] == [f"{SITE}/", f"{SITE}/about"]
     assert [p.url for p in crew.sources] == [f"{SITE}/guide"]
+    assert crew.site_categories == ["Baking", "Bread"]
+
+
+async def test_without_categories_set_the_post_takes_the_site_s_the_crew_chose(
+    time_skipping_env: WorkflowEnvironment, fakes: Fakes
+) -> None:
+    fakes.policy_categories = []
+    result = await (await autopilot(time_skipping_env, None)).result()
+    # The crew chose "bread" (the site's "Bread") and "Pastry", which the site does not have.
+    assert result.status == "published" and fakes.tools[0][1]["categories"] == ["Bread"]
+
+
+async def test_a_listing_refused_otherwise_goes_on_without_the_site_s_categories(
+    time_skipping_env: WorkflowEnvironment, fakes: Fakes
+) -> None:
+    fakes.policy_categories, fakes.terms_error = [], "MCPToolError"  # e.g. the credentials refused
+    result = await (await autopilot(time_skipping_env, None)).result()
+    assert result.status == "published" and fakes.crew[0].site_categories == []
+    assert fakes.tools[0][1].get("categories", []) == []  # WordPress's default category
+
+
+async def test_a_tenant_without_wordpress_ends_before_anything_is_written(
+    time_skipping_env: WorkflowEnvironment, fakes: Fakes
+) -> None:
+    fakes.terms_error = "MCPNotConnected"
+    inp = ContentInput(tenant_id="acme", topic="Sourdough starter", keywords=["sourdough starter"],
+                       website_url=f"{SITE}/")
+    handle = await time_skipping_env.client.start_workflow(
+        SeoContentWorkflow.run, inp, id=f"acme:seo-content:{uuid.uuid4().hex[:12]}", task_queue=TIMESKIP_QUEUE)
+    result = await handle.result()
+    assert result.status == "wordpress_not_connected" and result.reviewed is False and result.post is None
+    assert result.detail and "/v1/tenants/acme/connections/wordpress" in result.detail
+    assert fakes.crew == [] and fakes.tools == []  # nothing written, nothing read, nothing drafted
+    assert msgspec.to_builtins(fakes.reports[0].body)["status"] == "wordpress_not_connected"
+    progress = await handle.query(SeoContentWorkflow.progress, result_type=ContentProgress)
+    assert progress.stage == "completed" and "wordpress_not_connected" in progress.steps_done
+    assert progress.detail == result.detail
 
 
 async def test_without_a_chosen_time_it_publishes_the_tenant_s_delay_after_approval(

@@ -299,7 +299,8 @@ async def test_bad_arguments_fail_at_the_first_attempt(client: Client, db: async
         bad = await start_probe(client, task_queue, Probe(
             tenant_id=tenant, tool="send_email", arguments={**EMAIL, "to": ["not-an-email"]}))
         activity_error, cause = await failure_of(bad)
-        # The tool itself refuses (no WordPress site connected for the tenant): also permanent.
+        # The tool itself refuses (no WordPress site connected for the tenant): also permanent, and
+        # typed apart so a workflow can end early on it.
         refused = await start_probe(client, task_queue, Probe(
             tenant_id=tenant, tool="publish_wordpress_post", arguments={"site_url": "https://blog.example", "post_id": 42}))
         _, refused_cause = await failure_of(refused)
@@ -311,7 +312,8 @@ async def test_bad_arguments_fail_at_the_first_attempt(client: Client, db: async
     assert "not-an-email" in cause.message
     assert activity_error.retry_state == RetryState.NON_RETRYABLE_FAILURE
     assert await activity_attempts(bad) == [1]
-    assert refused_cause.type == "MCPToolError" and "no WordPress site connected" in refused_cause.message
+    assert refused_cause.type == "MCPNotConnected" and refused_cause.non_retryable
+    assert "no WordPress site connected" in refused_cause.message
     assert await activity_attempts(refused) == [1]
     assert other_cause.type == "MCPToolError" and "does not match" in other_cause.message
     assert await outbox_rows(db, tenant) == []

@@ -163,29 +163,30 @@ async def test_a_post_waiting_for_its_review_survives_a_restart_and_is_published
     tenant = unique("bakery")
     await db.execute("INSERT INTO tenants (id, name, plan, owner_email, status) VALUES ($1, $1, 'growth', $2, 'active')",
                      tenant, f"owner@{tenant}.example")
-    inp = ContentInput(tenant_id=tenant, topic="Sourdough starter basics", keywords=["sourdough starter"],
-                       website_url=f"{fixture_site}/")
-    handle = await ns_client.start_workflow(SeoContentWorkflow.run, inp, id=f"{tenant}:seo-content:starter",
-                                            task_queue=WORKFLOWS_QUEUE)
-
-    async def waiting() -> ApprovalsView:
-        view = await open_request(handle, SeoContentWorkflow, "post-1")
-        await record_history(handle, "seo-content-waiting-for-review")
-        return view
-
-    publish_at = datetime.now(UTC) + timedelta(seconds=3)
-
-    async def then() -> ContentResult:
-        edits = {"title": "Sourdough starter, simply", "publish_at": publish_at.isoformat()}
-        await handle.execute_update(
-            SeoContentWorkflow.decide,
-            signed(DecisionInput(request_id="post-1", decision="edit", edits=edits, by=client_decider(tenant)),
-                   handle.id),
-            result_type=DecisionReceipt)
-        return await handle.result()
-
+    # Connected first: a post for a tenant with no WordPress site ends before its review.
     async with wordpress_site() as site:
         await connect_wordpress(db, tenant, site)
+        inp = ContentInput(tenant_id=tenant, topic="Sourdough starter basics", keywords=["sourdough starter"],
+                           website_url=f"{fixture_site}/")
+        handle = await ns_client.start_workflow(SeoContentWorkflow.run, inp, id=f"{tenant}:seo-content:starter",
+                                                task_queue=WORKFLOWS_QUEUE)
+
+        async def waiting() -> ApprovalsView:
+            view = await open_request(handle, SeoContentWorkflow, "post-1")
+            await record_history(handle, "seo-content-waiting-for-review")
+            return view
+
+        publish_at = datetime.now(UTC) + timedelta(seconds=3)
+
+        async def then() -> ContentResult:
+            edits = {"title": "Sourdough starter, simply", "publish_at": publish_at.isoformat()}
+            await handle.execute_update(
+                SeoContentWorkflow.decide,
+                signed(DecisionInput(request_id="post-1", decision="edit", edits=edits, by=client_decider(tenant)),
+                       handle.id),
+                result_type=DecisionReceipt)
+            return await handle.result()
+
         result = await restart_at(ours, tmp_path, waiting, then)
     assert result.status == "published" and result.post is not None and result.post.title == "Sourdough starter, simply"
     assert result.wordpress is not None and site.posts[result.wordpress.post_id]["title"] == "Sourdough starter, simply"

@@ -4,12 +4,15 @@ topic plan becomes a blog post through the SEO Content Pipeline, run as a child 
 1. The plan is read (an activity): the tenant's ``blog-engine`` settings (``topics``: topic and
    keywords each, in the order to write them; ``autopilot``; ``audience`` and ``tone``) and the
    topics the tenant's posts already took (the pipeline's ``seo-content`` reports: one per
-   post, whatever its outcome, so a rejected topic is not proposed again).
+   post, whatever its outcome, so a rejected topic is not proposed again; a run that ended
+   because no WordPress site is connected takes no topic).
 2. The first topic not taken yet goes to the pipeline as a child, id
    ``{tenant}:seo-content:{this run's key}`` (the pipeline's own BizTenantId and BizCapability,
    so its review is in the client's Pending Actions and the API reads it as any post). In
    ``autopilot`` the child skips the review; otherwise it waits for the client.
-3. No plan, or every topic taken: the run ends with that said, and no child.
+3. No plan, or every topic taken: the run ends with that said, and no child. A child that ended
+   at once because the tenant has no WordPress site connected ends the run
+   ``wordpress_not_connected`` (its topic stays the next one).
 
 A run waits for its post (review, publish time); the weekly schedule skips a week while one
 still waits (overlap SKIP), so unreviewed posts never pile up.
@@ -43,7 +46,7 @@ NAME = "blog-engine"
 MAX_TOPICS = 52  # a year of weekly posts
 
 Stage = Literal["started", "reading_plan", "writing_post", "completed", "failed"]
-Status = Literal["post_done", "no_plan", "plan_used_up"]
+Status = Literal["post_done", "no_plan", "plan_used_up", "wordpress_not_connected"]
 
 
 class BlogEngineInput(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,6 +133,14 @@ class BlogEngineWorkflow(Stages):
             search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT_ID, inp.tenant_id),
                                                      SearchAttributePair(CAPABILITY_ATTR, PIPELINE)]),
         )
+        if post.status == "wordpress_not_connected":
+            self._enter("completed", "wordpress_not_connected")
+            return BlogEngineResult(
+                tenant_id=inp.tenant_id, status="wordpress_not_connected", topic=topic.topic,
+                keywords=list(topic.keywords), autopilot=plan.autopilot, post_workflow_id=self._child_id, post=post,
+                topics_left=left + 1,
+                detail=f"No post on '{topic.topic}': the tenant has no WordPress site connected (connect one with "
+                       f"PUT /v1/tenants/{inp.tenant_id}/connections/wordpress); the topic stays the next one.")
         self._enter("completed", "post_done")
         return BlogEngineResult(tenant_id=inp.tenant_id, status="post_done", topic=topic.topic,
                                 keywords=list(topic.keywords), autopilot=plan.autopilot,

@@ -3,30 +3,38 @@ client reviews it, and the approved post goes to the tenant's WordPress as a dra
 published at the chosen time.
 
 1. The tenant's AI budget is checked.
-2. Pages are read through the ``fetch_web_page`` tool: the tenant's site (the home page, then
+2. The tenant's WordPress is asked for its categories (``list_wordpress_terms``, routed like
+   every tool: the sandbox server's connection, or the tenant's own server). A tenant with no
+   site connected (the tool's ``MCPNotConnected``) ends here, ``wordpress_not_connected``,
+   before anything is written or reviewed: the client's review would be wasted on a post with
+   nowhere to go. Another refusal of the listing goes on without categories (the draft step
+   meets whatever is wrong). The categories are the crew's to choose from.
+3. Pages are read through the ``fetch_web_page`` tool: the tenant's site (the home page, then
    internal links found on it, up to ``max_pages``: the candidates for internal links) and the
    ``sources`` given.
-3. A crew (researcher, writer, editor: one CrewAI activity on the agents queue; the offline
+4. A crew (researcher, writer, editor: one CrewAI activity on the agents queue; the offline
    provider by default) writes the post in parts: title, slug, meta description, outline,
-   intro, sections, conclusion, the internal links it chose.
-4. Here, deterministically: the slug is made a slug, the internal links are kept only when they
+   intro, sections, conclusion, the internal links and the site's categories it chose.
+5. Here, deterministically: the slug is made a slug, the internal links are kept only when they
    are pages of the tenant's site that were fetched and answered (others are dropped; too few
    are completed from the fetched pages that share most words with the keywords), the body is
    assembled as HTML, and the post gets the SEO scan's technical check (workflows/seo_scan.py:
    title and meta description lengths, headings, word count) plus the keyword checks.
-5. The client reviews it in Pending Actions: approve, edit (title, body, publish time), request
+6. The client reviews it in Pending Actions: approve, edit (title, body, publish time), request
    changes (the crew writes it again with every comment so far; at most ``max_rounds`` drafts,
    the last request says so and offers no more changes) or reject (nothing reaches WordPress).
    ``skip_review`` (the blog engine's autopilot) goes straight on.
-6. The approved post (checked again, edits included) is created as a draft on the tenant's
+7. The approved post (checked again, edits included) is created as a draft on the tenant's
    WordPress site (the one it connected: ``PUT /v1/tenants/{t}/connections/wordpress``) through
-   ``create_wordpress_post``, then a durable timer waits for the publish time (the chosen
+   ``create_wordpress_post`` (categories: the tenant's ``categories`` setting, else those the
+   crew chose among the site's), then a durable timer waits for the publish time (the chosen
    one, else the tenant's ``publish_delay_minutes`` after approval) and
    ``publish_wordpress_post`` publishes it. Until then the client moves the time
    (``reschedule_publish``) or cancels the publish (``cancel_publish``: the draft stays a draft);
    both are updates whose validators refuse a time in the past and anything after publishing.
-7. A ``seo-content`` report is stored (subject: the topic's key, what the blog engine reads to
-   skip topics already taken), the crew's LLM calls are usage rows and Lago events.
+8. A ``seo-content`` report is stored (subject: the topic's key, what the blog engine reads to
+   skip topics already taken, a ``wordpress_not_connected`` one aside), the crew's LLM calls are
+   usage rows and Lago events.
 
 Workflow id: ``{tenant}:seo-content:{key}`` (default key: the topic as a slug); the blog engine
 starts it as a child ``{tenant}:seo-content:{the engine run's key}``.
@@ -46,7 +54,9 @@ with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.agents import AgentActivities
     from activities.content import CONTENT_REPORT, ContentActivities, TenantRef, topic_key
-    from activities.mcp.tools import CreateWordPressPost, FetchWebPage, PublishWordPressPost, WebPage, WordPressPost
+    from activities.mcp import NOT_CONNECTED, TOOL_ERROR
+    from activities.mcp.tools import (CreateWordPressPost, FetchWebPage, ListWordPressTerms, PublishWordPressPost,
+                                      WebPage, WordPressPost)
     from activities.reports import ReportActivities, StoreReport
     from agents.types import ContentOutcome, ContentRequest, SourcePage
     from core.activity import raise_if_cancelled, run_activity
@@ -54,8 +64,8 @@ with workflow.unsafe.imports_passed_through():
     from hitl.protocol import ApprovalRequest, DecisionRecord
     from workflows.capability import TENANT_PEOPLE, Capability, Command
     from workflows.content_post import (CancelPublish, ContentInput, ContentResult, Post, PostCheck, PublishSchedule,
-                                        ReschedulePublish, Status, assemble, check_post, choose_links, edit_schema,
-                                        link_targets, page_source, parse_time)
+                                        ReschedulePublish, Status, assemble, check_post, choose_categories,
+                                        choose_links, edit_schema, link_targets, page_source, parse_time)
     from workflows.seo_scan import PageScan, normal_url, page_scan
     from workflows.stages import Stages
     from workflows.tools import call_tool
@@ -63,11 +73,14 @@ with workflow.unsafe.imports_passed_through():
 
 NAME = "seo-content"
 CREW = "seo-content-crew"
+# New runs ask the tenant's WordPress first (its categories; none connected: the run ends).
+WORDPRESS_FIRST = "seo-content-wordpress-first"
 
-Stage = Literal["started", "checking_budget", "reading_pages", "writing", "checking", "awaiting_review",
-                "drafting_in_wordpress", "scheduled", "publishing", "storing_report", "reporting_usage",
-                "completed", "failed", "canceled"]
+Stage = Literal["started", "checking_budget", "checking_wordpress", "reading_pages", "writing", "checking",
+                "awaiting_review", "drafting_in_wordpress", "scheduled", "publishing", "storing_report",
+                "reporting_usage", "completed", "failed", "canceled"]
 
+MAX_SITE_CATEGORIES = 100  # the site's categories the crew is shown
 REMIND_AFTER = timedelta(hours=24)
 REVIEW_DUE = timedelta(days=7)  # unanswered: the post is not published (auto-reject)
 CLIENT_ROLES = ["client", "partner", "admin", "super_admin"]
@@ -82,6 +95,7 @@ class ContentProgress(msgspec.Struct, frozen=True, kw_only=True):
     post_id: int | None = None
     schedule_changes: list[str] = []
     updated_at: datetime | None = None
+    detail: str | None = None  # why the run ended early (no WordPress site connected)
 
 
 @workflow.defn(name="SeoContent")
@@ -97,6 +111,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
         self._publishing = False  # the publish call has started: no more changes
         self._post_id: int | None = None
         self._schedule_changes: list[str] = []  # who moved or canceled the publish, when
+        self._detail: str | None = None
 
     @workflow.run
     async def run(self, inp: ContentInput) -> ContentResult:
@@ -120,7 +135,28 @@ class SeoContentWorkflow(HumanDecisions, Stages):
         await self.stage("checking_budget")
         await check_ai_budget(inp.tenant_id)
 
-        await self.stage("reading_pages", "budget_checked")
+        site_categories: list[str] | None = None  # None: not asked (runs started before) or not known
+        if workflow.patched(WORDPRESS_FIRST):
+            await self.stage("checking_wordpress", "budget_checked")
+            try:
+                listed = await call_tool(inp.tenant_id, ListWordPressTerms(taxonomy="categories"),
+                                         step="wordpress:categories")
+                site_categories = [t.name for t in listed.terms]
+            except ActivityError as err:
+                raise_if_cancelled(err)
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.type == NOT_CONNECTED:
+                    self._detail = (f"No WordPress site is connected for tenant {inp.tenant_id}: connect one "
+                                    f"(PUT /v1/tenants/{inp.tenant_id}/connections/wordpress), then start the post "
+                                    "again under another key. Nothing was written or sent for review.")
+                    self._steps.append("wordpress_not_connected")
+                    return await self._finish(inp, "wordpress_not_connected", False, calls, [], reviewed=False)
+                if not (isinstance(cause, ApplicationError) and cause.type == TOOL_ERROR):
+                    raise
+                workflow.logger.warning("the site's categories not read: %s", cause)
+            await self.stage("reading_pages", "wordpress_checked")
+        else:
+            await self.stage("reading_pages", "budget_checked")
         site, sources = await self._read(inp)
         targets = link_targets(inp.website_url, site)
         site_pages = [s for p, s in sources if p in site]
@@ -138,7 +174,8 @@ class SeoContentWorkflow(HumanDecisions, Stages):
                 AgentActivities.content_crew,
                 ContentRequest(tenant_id=inp.tenant_id, workflow_id=wf_id, topic=inp.topic, keywords=list(inp.keywords),
                                audience=inp.audience, tone=inp.tone, site_pages=site_pages, sources=other_pages,
-                               feedback=list(feedback), round=self._round),
+                               feedback=list(feedback), round=self._round,
+                               site_categories=list(site_categories or [])[:MAX_SITE_CATEGORIES]),
             )
             self._usage_ids += await account(inp.tenant_id, CREW, written, f"draft:{self._round}")
             calls += len(written.calls)
@@ -190,11 +227,14 @@ class SeoContentWorkflow(HumanDecisions, Stages):
 
         policy = await run_activity(ContentActivities.policy, TenantRef(tenant_id=inp.tenant_id))
         self._publish_at = inp.publish_at or approved_at + timedelta(minutes=policy.publish_delay_minutes)
+        categories = list(policy.categories)
+        if not categories and site_categories:
+            categories = choose_categories(written.draft.categories, site_categories)
 
         await self.stage("drafting_in_wordpress")
         wp = await call_tool(inp.tenant_id, CreateWordPressPost(
             title=post.title, content=post.body, excerpt=post.meta_description or None, slug=post.slug,
-            categories=list(policy.categories), tags=list(post.keywords), status="draft",
+            categories=categories, tags=list(post.keywords), status="draft",
         ), step="wordpress:draft")
         self._post_id = wp.post_id
 
@@ -279,7 +319,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
                                rounds=self._round, post=post, check=check, wordpress=wordpress,
                                publish_at=self._publish_at, published_at=published_at,
                                reviewed=reviewed and not inp.skip_review, decisions=decisions, llm_calls=calls,
-                               schedule_changes=list(self._schedule_changes))
+                               schedule_changes=list(self._schedule_changes), detail=self._detail)
         await self.stage("storing_report", status)
         stored = await run_activity(ReportActivities.store, StoreReport(
             tenant_id=inp.tenant_id, kind=CONTENT_REPORT, workflow_id=wf_id, subject=topic_key(inp.topic),
@@ -332,7 +372,8 @@ class SeoContentWorkflow(HumanDecisions, Stages):
         return ContentProgress(stage=self._stage, steps_done=list(self._steps), round=self._round,  # type: ignore[arg-type]
                                pending_request=self._approval.request.request_id if self._approval else None,
                                publish_at=self._publish_at, post_id=self._post_id,
-                               schedule_changes=list(self._schedule_changes), updated_at=self._updated_at)
+                               schedule_changes=list(self._schedule_changes), updated_at=self._updated_at,
+                               detail=self._detail)
 
 
 class SeoContentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -25,7 +25,8 @@ from hitl.protocol import DecisionRecord
 from workflows.presence_audit import URL_PATTERN
 from workflows.seo_scan import PENALTY, SEVERITIES, Issue, PageScan, Severity, normal_url, technical_scan
 
-Status = Literal["published", "publish_canceled", "rejected", "review_expired"]
+# wordpress_not_connected: the tenant has no WordPress site; the run ended before writing.
+Status = Literal["published", "publish_canceled", "rejected", "review_expired", "wordpress_not_connected"]
 
 MIN_LINKS, MAX_LINKS = 2, 3
 MAX_BODY = 200_000
@@ -111,6 +112,7 @@ class ContentResult(msgspec.Struct, frozen=True, kw_only=True):
     report_id: int | None = None
     llm_calls: int = 0
     schedule_changes: list[str] = []  # who moved or canceled the publish time, and when
+    detail: str | None = None  # why the run ended early (no WordPress site connected)
 
 
 # --- pure helpers (deterministic: they only read what the activities answered) -------------------
@@ -187,6 +189,18 @@ def choose_links(proposed: list[PostLink], targets: dict[str, PageScan], keyword
             if url not in chosen:
                 chosen[url] = PostLink(url=pages[i].url, anchor=pages[i].title or pages[i].path)
     return list(chosen.values())
+
+
+def choose_categories(chosen: list[str], site: list[str], most: int = 2) -> list[str]:
+    """The crew's categories that are categories of the site (by name, whatever the letter case
+    or spacing; as the site spells them), at most ``most``: a name the crew made up is dropped."""
+    known = {" ".join(name.split()).lower(): name for name in site}
+    found: list[str] = []
+    for name in chosen:
+        match = known.get(" ".join(name.split()).lower())
+        if match is not None and match not in found and len(found) < most:
+            found.append(match)
+    return found
 
 
 def assemble(draft: ContentDraft, links: list[PostLink], keywords: list[str]) -> Post:

@@ -50,7 +50,8 @@ from activities.mcp.registry import (
 from activities.mcp.sessions import MCPSessionManager, tool_content
 
 __all__ = [
-    "MCP_TOOL", "MCP_TOOL_DEADLINE", "MCP_TOOL_RETRY", "MCP_TOOL_TIMEOUT", "NOT_CONNECTED", "RATE_LIMITED", "REGISTRY_FILE", "REJECTED",
+    "MCP_TOOL", "MCP_TOOL_DEADLINE", "MCP_TOOL_RETRY", "MCP_TOOL_TIMEOUT", "NOT_CONNECTED", "RATE_LIMITED",
+    "REGISTRY_FILE", "REJECTED",
     "SERVER_DISABLED", "SERVER_NOT_FOUND", "TOOL_ERROR", "UNAVAILABLE", "CallToolRequest", "CallToolResult",
     "ListToolsRequest", "ListToolsResult", "MCPActivities", "MCPSessionManager", "RegistryEntry", "ServerConfig",
     "ToolInfo", "ToolRoute", "apply_server", "connection_error", "load_registry", "load_registry_file",

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -30,6 +31,7 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 _configured = False
+_clients_instrumented = False
 
 DEFAULT_SERVICE_NAME = "bizosaas"
 CORE_LOGGER = "temporalio.core"  # the Temporal SDK core's logs, forwarded (worker_runtime)
@@ -85,17 +87,30 @@ class PlatformTracerProvider(TracerProvider):
             self.sampler.receiving = True
 
 
+def client_spans_wanted(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool:
+    """Postgres and outbound HTTP calls are spans when ``BIZ_OTEL_INSTRUMENT_CLIENTS`` says so;
+    unset, when spans are exported (``otlp_exporter_wanted``)."""
+    wanted = settings.otel.instrument_clients
+    return otlp_exporter_wanted(settings, environ) if wanted is None else wanted
+
+
 def configure_tracing(settings: Settings, component: str) -> None:
-    """Install the process's tracer provider (once). Without an OTLP endpoint spans are
-    still created with their ids (trace ids propagate through Temporal headers, and logs carry
-    them) but record nothing and are not exported (``PlatformTracerProvider``). The standard
+    """Install the process's tracer provider (once), and the Postgres and HTTP client spans when
+    ``client_spans_wanted`` (once, never undone). Without an OTLP endpoint spans are still
+    created with their ids (trace ids propagate through Temporal headers, and logs carry them)
+    but record nothing and are not exported (``PlatformTracerProvider``). The standard
     variables apply: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``
     and ``OTEL_TRACES_SAMPLER_ARG`` (read by the SDK), ``OTEL_EXPORTER_OTLP_*`` (the exporter's
     endpoint, headers, timeout, certificate, compression)."""
     global _configured
-    if _configured:
-        return
-    _configured = True
+    if not _configured:
+        _configured = True
+        _install_provider(settings, component)
+    if client_spans_wanted(settings):
+        instrument_clients()
+
+
+def _install_provider(settings: Settings, component: str) -> None:
     provider = PlatformTracerProvider(
         resource=Resource.create(
             {"service.name": service_name(settings), "service.namespace": "bizosaas",
@@ -111,6 +126,100 @@ def configure_tracing(settings: Settings, component: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
         log.info("exporting traces over OTLP/HTTP (%s)", settings.otel.otlp_endpoint or "OTEL_EXPORTER_OTLP_* settings")
     trace.set_tracer_provider(provider)
+
+
+# --- Client spans ----------------------------------------------------------------------------
+
+# Request and response headers whose values never reach a span (replaced by "[REDACTED]"), even
+# when OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST/_RESPONSE ask for headers (by
+# default none are recorded): regular expressions, matched anywhere in the name, any case.
+SENSITIVE_HEADERS = ("auth", "cookie", "key", "token", "secret", "signature", "hmac", "password", "session",
+                     "credential")
+SANITIZE_FIELDS_VARIABLE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
+
+
+def sanitized_header_fields(environ: Mapping[str, str]) -> str:
+    """The operator's ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS`` and ours."""
+    theirs = [f.strip() for f in environ.get(SANITIZE_FIELDS_VARIABLE, "").split(",") if f.strip()]
+    return ",".join(theirs + [f for f in SENSITIVE_HEADERS if f not in theirs])
+
+
+def instrument_clients() -> None:
+    """A client span per asyncpg statement (``db.system`` postgresql, the statement's text,
+    never its parameters) and per httpx request (method, URL, status; the trace goes on to the
+    receiver in ``traceparent``), under the current span. Once per process. URLs are recorded
+    without userinfo and with every query parameter's value replaced by ``REDACTED``."""
+    global _clients_instrumented
+    if _clients_instrumented:
+        return
+    _clients_instrumented = True
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    # The httpx instrumentation reads its header settings from the environment when installed.
+    os.environ[SANITIZE_FIELDS_VARIABLE] = sanitized_header_fields(os.environ)
+    provider = ChildSpansOnly(trace.get_tracer_provider())
+    AsyncPGInstrumentor(capture_parameters=False).instrument(tracer_provider=provider)
+    HTTPXClientInstrumentor().instrument(tracer_provider=provider, request_hook=_redact_query,
+                                         async_request_hook=_redact_query_async)
+
+
+class ChildSpansOnly(trace.TracerProvider):
+    """Tracers that make a span only under a current span: a statement or request made outside
+    any request or activity (the API's Pending Actions poller and inbox pruning, a probe's
+    ``SELECT 1``, migrations at start) would otherwise be a trace of one span each, every time."""
+
+    def __init__(self, inner: trace.TracerProvider) -> None:
+        self._inner = inner
+
+    def get_tracer(self, instrumenting_module_name: str, instrumenting_library_version: str | None = None,
+                   schema_url: str | None = None, attributes: Any = None) -> trace.Tracer:
+        return _ChildSpanTracer(self._inner.get_tracer(instrumenting_module_name, instrumenting_library_version,
+                                                       schema_url, attributes))
+
+
+class _ChildSpanTracer(trace.Tracer):
+    def __init__(self, inner: trace.Tracer) -> None:
+        self._inner = inner
+
+    def start_span(self, name: str, context: Any = None, *args: Any, **kwargs: Any) -> trace.Span:
+        if not trace.get_current_span(context).get_span_context().is_valid:
+            return trace.INVALID_SPAN
+        return self._inner.start_span(name, context, *args, **kwargs)
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: Any = None, *args: Any, **kwargs: Any,
+    ) -> Iterator[trace.Span]:
+        if not trace.get_current_span(context).get_span_context().is_valid:
+            yield trace.INVALID_SPAN
+            return
+        with self._inner.start_as_current_span(name, context, *args, **kwargs) as span:
+            yield span
+
+
+_URL_ATTRIBUTES = ("http.url", "url.full")  # the old and the stable semantic conventions
+
+
+def _redact_query(span: trace.Span, request: Any) -> None:
+    """The instrumentation removes userinfo and a few signature parameters from the URL it
+    records; query strings carry tokens under any name (``?token=``, ``?key=``), so every
+    value goes."""
+    url = request.url
+    if not span.is_recording() or isinstance(url, tuple) or not (url.query or url.fragment):
+        return
+    from opentelemetry.util.http import redact_url  # loaded with the instrumentation
+
+    query = urlencode([(name, "REDACTED") for name, _ in url.params.multi_items()])
+    safe = redact_url(str(url.copy_with(query=query.encode() or None, fragment=None)))
+    recorded = getattr(span, "attributes", None) or {}
+    for key in _URL_ATTRIBUTES:
+        if key in recorded:
+            span.set_attribute(key, safe)
+
+
+async def _redact_query_async(span: trace.Span, request: Any) -> None:
+    _redact_query(span, request)
 
 
 # --- Logs ------------------------------------------------------------------------------------

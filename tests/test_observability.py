@@ -8,12 +8,14 @@ import io
 import json
 import logging
 import re
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,6 +24,7 @@ from core.client import connect
 from core.names import INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
 from core.settings import Settings
 from core.telemetry import (
+    SANITIZE_FIELDS_VARIABLE,
     DroppedSignalFilter,
     PlatformTracerProvider,
     UndecodablePayloadFilter,
@@ -42,8 +45,15 @@ def _onboarding(tenant: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def spans(settings: Settings) -> InMemorySpanExporter:
-    """Every span this process ends, from here on (the process's provider, as the API installs it)."""
-    configure_tracing(settings, "api")
+    """Every span this process ends, from here on (the process's provider, as the API installs it),
+    with the Postgres and HTTP client spans (``BIZ_OTEL_INSTRUMENT_CLIENTS``) recording every
+    request and response header an operator can ask for: the credentials must not show."""
+    traced = settings.model_copy(update={"otel": settings.otel.model_copy(update={"instrument_clients": True})})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", ".*")
+        env.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", ".*")
+        env.delenv(SANITIZE_FIELDS_VARIABLE, raising=False)
+        configure_tracing(traced, "api")
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
     exporter = InMemorySpanExporter()
@@ -60,10 +70,11 @@ async def _completed(http: httpx.AsyncClient, wf_id: str, headers: dict[str, str
 
 
 async def test_one_post_is_one_trace_from_the_request_to_the_activities(
-    spans: InMemorySpanExporter, http: httpx.AsyncClient, tokens: Tokens
+    spans: InMemorySpanExporter, http: httpx.AsyncClient, tokens: Tokens, settings: Settings
 ) -> None:
     tenant = unique("traced")
-    r = await http.post("/v1/workflows/onboarding", json=_onboarding(tenant), headers=tokens.admin())
+    with suppress_http_instrumentation():  # the test's own request is no client span: the API's is the root
+        r = await http.post("/v1/workflows/onboarding", json=_onboarding(tenant), headers=tokens.admin())
     assert r.status_code == 202, r.text
     wf_id = r.json()["workflow_id"]
     await _completed(http, wf_id, tokens.admin())
@@ -106,6 +117,36 @@ async def test_one_post_is_one_trace_from_the_request_to_the_activities(
     for activity in activities:
         assert ancestry(activity)[-3:] == [f"Start{activity.name[3:]}", "StartWorkflow:Onboarding", root.name]
 
+    # Under the activities, their Postgres statements and the requests to Stripe and Lago.
+    def activity_of(span: ReadableSpan) -> str | None:
+        return next((name for name in ancestry(span)[1:] if name.startswith("RunActivity:")), None)
+
+    clients = [s for s in tree if s.kind == trace.SpanKind.CLIENT]
+    postgres = [s for s in clients if _attribute(s, "db.system", "db.system.name") == "postgresql"]
+    assert any(activity_of(s) == "RunActivity:tenant.create" and "tenants" in _attribute(s, "db.statement", "db.query.text")
+               for s in postgres), [(s.name, activity_of(s)) for s in postgres]
+    outbound = {activity_of(s): s for s in clients if _attribute(s, "http.url", "url.full")}
+    stripe, lago = outbound["RunActivity:stripe.create_customer"], outbound["RunActivity:lago.create_customer"]
+    assert _attribute(stripe, "http.method", "http.request.method") == "POST"
+    assert _attribute(stripe, "http.url", "url.full").endswith("/v1/customers")
+    assert _attribute(stripe, "http.status_code", "http.response.status_code") == 200
+    assert "/api/v1/customers" in _attribute(lago, "http.url", "url.full")
+    # Every header is recorded (the fixture asks for them), credentials as [REDACTED] only.
+    for call in (stripe, lago):
+        assert call.attributes["http.request.header.authorization"] == ("[REDACTED]",)
+    secrets = [s.get_secret_value() for s in (settings.stripe.api_key, settings.lago.api_key,
+                                               settings.stripe.webhook_secret, settings.lago.webhook_secret)]
+    secrets.append(tokens.admin()["authorization"].split()[1])
+    for span in spans.get_finished_spans():
+        recorded = repr(dict(span.attributes or {})) + repr([dict(e.attributes or {}) for e in span.events])
+        assert not [secret for secret in secrets if secret in recorded], span.name
+
+
+def _attribute(span: ReadableSpan, *names: str) -> Any:
+    """The span's attribute under its old or its stable semantic-convention name."""
+    attributes = span.attributes or {}
+    return next((attributes[n] for n in names if n in attributes), None)
+
 
 async def test_an_mcp_tool_call_is_a_client_span_under_the_activity(
     spans: InMemorySpanExporter, db: asyncpg.Pool, mcp_sandbox: str
@@ -124,10 +165,43 @@ async def test_an_mcp_tool_call_is_a_client_span_under_the_activity(
                 arguments={"to": ["o@toolspan.example"], "subject": "Welcome", "text": "Hello"}))
     finally:
         await mcp.aclose()
-    [call] = [s for s in spans.get_finished_spans() if s.name == "MCP tools/call send_email"
-              and s.context.trace_id == activity_span.get_span_context().trace_id]
+    ours = [s for s in spans.get_finished_spans() if s.context.trace_id == activity_span.get_span_context().trace_id]
+    [call] = [s for s in ours if s.name == "MCP tools/call send_email"]
     assert call.parent.span_id == activity_span.get_span_context().span_id
     assert call.kind == trace.SpanKind.CLIENT and call.attributes["mcp.server"] == "sandbox"
+    # The session (opened by this call, kept for the next ones) sends its HTTP requests from its
+    # own task: none of them is put in this trace.
+    assert not [s for s in ours if _attribute(s, "http.url", "url.full")]
+
+
+async def test_client_spans_record_no_url_credentials_and_no_calls_outside_a_span(
+    spans: InMemorySpanExporter, http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await db.fetchval("SELECT 'outside any span'")
+    url = http.base_url.copy_with(userinfo=b"ops:hunter2", path="/livez", query=b"token=tok-hunter3&page=2")
+    with trace.get_tracer("test").start_as_current_span("step") as step:
+        await db.fetchval("SELECT 'inside a span'")
+        assert (await http.get(url)).status_code == 200
+    ours = [s for s in spans.get_finished_spans() if s.context.trace_id == step.get_span_context().trace_id]
+    [get] = [s for s in ours if _attribute(s, "http.url", "url.full")]
+    assert _attribute(get, "http.url", "url.full") == (
+        f"http://REDACTED:REDACTED@{url.host}:{url.port}/livez?token=REDACTED&page=REDACTED")
+    assert get.parent.span_id == step.get_span_context().span_id
+    statements = [_attribute(s, "db.statement", "db.query.text") for s in spans.get_finished_spans()]
+    assert "SELECT 'inside a span'" in statements and "SELECT 'outside any span'" not in statements
+    assert "hunter" not in repr([dict(s.attributes or {}) for s in ours])
+
+
+def test_client_spans_follow_the_export_unless_told() -> None:
+    from core.telemetry import client_spans_wanted, sanitized_header_fields
+
+    exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    assert not client_spans_wanted(dev_settings(), {}) and client_spans_wanted(dev_settings(), exporting)
+    assert client_spans_wanted(dev_settings(otel={"instrument_clients": True}), {})
+    assert not client_spans_wanted(dev_settings(otel={"instrument_clients": False}), exporting)
+    # An operator's own sanitized headers are kept, credentials' added.
+    fields = sanitized_header_fields({SANITIZE_FIELDS_VARIABLE: "x-tenant-pin, auth"}).split(",")
+    assert fields[:2] == ["x-tenant-pin", "auth"] and "cookie" in fields and fields.count("auth") == 1
 
 
 async def test_api_metrics_count_requests_by_route_template_and_status(
@@ -365,6 +439,8 @@ def _from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
 def test_log_format_and_worker_metrics_port_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     s = _from_env(monkeypatch)
     assert s.log_format == "text" and s.worker.metrics_bind() is None
+    assert s.otel.instrument_clients is None
+    assert _from_env(monkeypatch, BIZ_OTEL_INSTRUMENT_CLIENTS="false").otel.instrument_clients is False
     s = _from_env(monkeypatch, BIZ_LOG_FORMAT="json", BIZ_WORKER_METRICS_PORT="9464", BIZ_WORKER_METRICS_HOST="0.0.0.0")
     assert s.log_format == "json" and s.worker.metrics_bind() == "0.0.0.0:9464"
     for off in ("", "0"):

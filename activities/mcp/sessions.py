@@ -22,6 +22,7 @@ from mcp import ClientSession, McpError, StdioServerParameters
 from mcp import types as mcp_types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from activities.mcp.errors import (
@@ -78,6 +79,9 @@ class Connection:
             raise unavailable(self.config.name, f"no session after {self.config.timeout_seconds:g} s")
 
     async def _run(self) -> None:
+        # The session outlives the call that opened it: its HTTP requests are no part of that
+        # call's trace (each request is a client span of its own caller, ``request``).
+        otel_context.attach(otel_context.Context())
         c = self.config
         async with AsyncExitStack() as stack:
             if c.transport == "stdio":

@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_webhooks.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_memory.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_content.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_client_spans.py $(BENCH_ARGS)
 
 ## Re-resolve constraints.txt (every dependency, crewai included, resolved together).
 lock: $(STAMP)

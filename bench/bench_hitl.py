@@ -619,6 +619,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     env = {**os.environ, "BIZ_TEMPORAL_ADDRESS": addr, "BIZ_TEMPORAL_NAMESPACE": cluster.namespace,
            "BIZ_DATABASE_URL": db_url, "BIZ_API_HOST": "127.0.0.1", "BIZ_API_PORT": str(api_port),
            "BIZ_LOG_LEVEL": "WARNING", "BIZ_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2", **spine.dev_env(),
+           "BIZ_DATABASE_MIGRATE_ON_START": "true",  # a fresh database: the first process migrates it
            # One tenant starts every measured campaign: lift its start rate limit.
            "BIZ_API_START_RATE_PER_MINUTE": "1000000", "BIZ_API_START_BURST": "1000000",
            "BIZ_DECISION_KEYS": json.dumps(decision_keys)}

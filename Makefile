@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 dev: $(STAMP)
 	$(BIN)/bizosaas dev
 
-## Run the test suite (real Temporal dev server, real Postgres, real HTTP).
+## Run the test suite (real Temporal dev server, real Postgres, real HTTP) in PYTEST_WORKERS
+## processes (pytest-xdist), each with a server and database of its own, a file at a time.
+## PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p xdist -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## Measure the platform against the raw Temporal SDK on the same dev server (BENCH_ARGS=--quick).
 bench: $(STAMP)

@@ -397,7 +397,9 @@ class Subscriber:
         self.tenant_id = tenant_id
         self.seen: dict[str, ActionSummary] = {}
         self.queue: asyncio.Queue[ServerSentEventMessage | None] = asyncio.Queue(self.QUEUE_SIZE)
-        self.primed = False
+        # It hears the notifications written from when it opened (the database's clock, a margin
+        # for the two clocks), whichever poll first reads them.
+        self.since = datetime.now(timezone.utc) - NOTIFICATION_CLOCK_MARGIN
 
     def sees(self, tenant: str | None) -> bool:
         if self.tenant_id is not None and tenant != self.tenant_id:
@@ -528,16 +530,15 @@ class PendingStream:
                    for aid in mine.keys() - sub.seen.keys()]
             out += [ServerSentEventMessage(event="closed", id=aid, data=msgspec.json.encode({"action_id": aid}).decode())
                     for aid in sub.seen.keys() - mine.keys()]
-            if sub.primed:  # a new connection hears events from after it opened
-                for n in notes:
-                    if sub.sees(n["tenant_id"]) and (n["audience"] == "client" or sub.principal.is_platform):
-                        out.append(ServerSentEventMessage(event="notification", id=f"n{n['id']}", data=msgspec.json.encode({
-                            "event": n["event"], "action_id": action_id(n["workflow_id"], n["request_id"]),
-                            "tenant_id": n["tenant_id"], "title": n["title"], "audience": n["audience"],
-                            "due_at": n["due_at"], "outcome": n["outcome"], "decided_by": n["decided_by"],
-                            "at": n["created_at"]}).decode()))
+            for n in notes:  # a connection hears the events from after it opened
+                if n["created_at"] >= sub.since and sub.sees(n["tenant_id"]) and (
+                        n["audience"] == "client" or sub.principal.is_platform):
+                    out.append(ServerSentEventMessage(event="notification", id=f"n{n['id']}", data=msgspec.json.encode({
+                        "event": n["event"], "action_id": action_id(n["workflow_id"], n["request_id"]),
+                        "tenant_id": n["tenant_id"], "title": n["title"], "audience": n["audience"],
+                        "due_at": n["due_at"], "outcome": n["outcome"], "decided_by": n["decided_by"],
+                        "at": n["created_at"]}).decode()))
             sub.seen = mine
-            sub.primed = True
             for message in out:
                 if not sub.put(message):  # too far behind: end its stream, it reconnects
                     self.unsubscribe(sub)

@@ -54,6 +54,22 @@ from tests.support import (  # noqa: F401
     unique,
 )
 
+# --- Parallel runs ------------------------------------------------------------------------
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the workers of a parallel run (`make test`: one file at a time to each), the long files
+    first, longest first: the workers are busy with them together and share out the short ones
+    at the end, rather than one worker starting the longest file when the others are done."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return float(mark.kwargs["seconds"]) if mark else 0.0
+
+    items.sort(key=seconds, reverse=True)  # stable: each file's tests stay together, in order
+
+
 # --- Temporal ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,8 @@ from core.settings import Settings
 from tests.conftest import ROOT, Tokens, assert_eventually, unique
 from tests.test_campaign import finished, pending_action, start_campaign
 
+pytestmark = pytest.mark.long(seconds=45)
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -1,5 +1,6 @@
 """Every package pyproject.toml declares is one the project uses: its code imports a module of
-the package, or runs one of the package's executables by name. An unused dependency is install
+the package, runs one of the package's executables by name, or the test command loads it as a
+pytest plugin by name (``-p NAME`` in the Makefile's ``test`` recipe or pytest's ``addopts``). An unused dependency is install
 time, image size and security advisories for nothing (the ``langchain`` agent framework, with
 LangGraph under it, was declared while only ``langchain-core`` and ``langchain-openai`` ran).
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata as md
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -49,15 +51,34 @@ def executables(dist: str) -> set[str]:
     return {Path(str(f)).name for f in md.files(dist) or [] if Path(str(f)).parent.name in ("bin", "Scripts")}
 
 
+def pytest_command_args() -> list[str]:
+    """The arguments the test command gives pytest: the Makefile's ``test`` recipe and ``addopts``."""
+    args: list[str] = []
+    recipe = re.search(r"^test:.*\n((?:\t.*\n?)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe, "the Makefile has no test recipe"
+    for line in recipe[1].splitlines():
+        args += shlex.split(line)
+    ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    return args + shlex.split(ini.get("addopts", ""))
+
+
+def loaded_plugins(args: list[str]) -> set[str]:
+    """Distributions whose pytest plugin (entry point group ``pytest11``) ``-p NAME`` loads."""
+    names = {b for a, b in zip(args, args[1:]) if a == "-p"} | {a[2:] for a in args if a.startswith("-p") and len(a) > 2}
+    return {ep.dist.name.lower().replace("_", "-") for ep in md.entry_points(group="pytest11")
+            if ep.name in names and ep.dist is not None}
+
+
 def test_every_declared_dependency_is_used() -> None:
     imported, strings = source_uses()
+    plugins = loaded_plugins(pytest_command_args())
     provided: dict[str, set[str]] = {}
     for module, dists in md.packages_distributions().items():
         for dist in dists:
             provided.setdefault(dist.lower().replace("_", "-"), set()).add(module)
     unused = sorted(
         f"{dist} ({group})" for dist, group in declared().items()
-        if not provided.get(dist, set()) & imported and not executables(dist) & strings
+        if not provided.get(dist, set()) & imported and not executables(dist) & strings and dist not in plugins
     )
     assert not unused, f"declared in pyproject.toml and never imported or run: {unused}"
 

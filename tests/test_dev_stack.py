@@ -19,10 +19,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import ROOT, assert_eventually, free_port, unique
 from workers.dev import CODEC_KEYS_FILE, DECISION_KEYS_FILE, DEV_SECRET_FILE
 from workers.devcluster import temporal_cli
+
+pytestmark = pytest.mark.long(seconds=60)
 
 READY = re.compile(r"BizOSaaS Workflows is up \(([\d.]+) s to healthy\)")
 

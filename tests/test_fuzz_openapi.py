@@ -31,6 +31,8 @@ from api.app import create_app
 from tests.conftest import ROOT, Tokens, serve, unique
 from core.settings import Settings
 
+pytestmark = pytest.mark.long(seconds=90)
+
 REPORTS = ROOT / "build" / "fuzz"
 # 5xx are counted from the recorded requests below (schemathesis' not_a_server_error cannot tell
 # the documented 503 of a message no worker took from a fault).

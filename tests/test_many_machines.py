@@ -43,6 +43,8 @@ from tests.support import (
 )
 from tests.test_orders import authorized_payment
 
+pytestmark = pytest.mark.long(seconds=140)
+
 ROOT = Path(__file__).resolve().parent.parent
 STARTS = int(os.environ.get("BIZ_TEST_MANY_STARTS", "500"))
 ORDERS = int(os.environ.get("BIZ_TEST_MANY_ORDERS", "100"))

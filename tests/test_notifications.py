@@ -27,6 +27,8 @@ from activities.mcp import MCPActivities
 from activities.notify import Deliver, NotificationEvent, NotifierActivities, mcp_email_sender
 from activities.tenants import AuditEntry, AuditReceipt
 from api.app import create_app
+from api.auth import Principal
+from api.pending_actions import PendingStream
 from core.links import LinkClaims, make_token
 from core.settings import Settings
 from hitl.protocol import ApprovalsView
@@ -301,3 +303,48 @@ async def test_one_shared_poller_fans_out_to_every_stream_each_in_its_scope(
     for wf, tenant in ((wf_a, a), (wf_b, b)):
         await http.post(f"/v1/workflows/{wf}/cancel", headers=tokens.client(tenant))
     assert a_owner in {r for m in sink.received for r in m.rcpt_to}
+
+
+async def test_a_connection_hears_a_notification_written_before_its_first_poll() -> None:
+    """A connection opened while the poller sleeps (or waits on a slow listing) hears the
+    notification written before the next poll reads it, which is its first; neither it nor a
+    connection open before hears one written before they opened. The poller's Temporal and Postgres are stand-ins here: one poll at a time."""
+    rows: list[dict[str, object]] = []
+
+    class Pool:
+        async def fetch(self, query: str, *args: object) -> list[dict[str, object]]:
+            return list(rows)
+
+    class Temporal:
+        async def list_workflows(self, *args: object, **kw: object) -> AsyncIterator[object]:
+            return
+            yield
+
+    def note(n: int, at: datetime) -> dict[str, object]:
+        return {"id": n, "tenant_id": "acme", "workflow_id": f"acme:campaign:c{n}", "request_id": "creative-1",
+                "event": "requested", "audience": "client", "title": f"Approve {n}", "due_at": None,
+                "outcome": None, "decided_by": None, "created_at": at}
+
+    hub = PendingStream(lambda: Temporal(), lambda: Pool(), interval=3600)  # type: ignore[arg-type, return-value]
+    owner = Principal(sub="owner@acme", tenant_id="acme", roles=frozenset({"client"}))
+    first = hub.subscribe(owner, "acme")
+    await assert_eventually(lambda: _polled(hub, 1))  # the first poll ran; the next is an hour away
+    rows.append(note(1, datetime.now(timezone.utc) - timedelta(minutes=1)))  # before either opened
+    second = hub.subscribe(owner, "acme")
+    rows.append(note(2, datetime.now(timezone.utc)))
+    await hub._poll()  # noqa: SLF001 - the next poll, without waiting an hour
+    heard = [json.loads(m.data)["title"] for m in _drain(second)]
+    assert heard == ["Approve 2"]
+    assert [json.loads(m.data)["title"] for m in _drain(first)] == ["Approve 2"]
+    await hub.aclose()
+
+
+async def _polled(hub: PendingStream, n: int) -> None:
+    assert hub.polls >= n
+
+
+def _drain(sub: object) -> list:
+    out = []
+    while not sub.queue.empty():  # type: ignore[attr-defined]
+        out.append(sub.queue.get_nowait())  # type: ignore[attr-defined]
+    return [m for m in out if m is not None and m.event == "notification"]

@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 from litestar import Litestar, Response, post
 from litestar.params import JSONBody
 from pydantic import SecretStr
@@ -39,6 +40,8 @@ from tests.support import assert_eventually, connect_when_ready, in_namespace, p
 from core.settings import LlmSettings, Settings
 from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, TASK_QUEUES, WORKFLOWS_QUEUE
 from workflows.presence_audit import PresenceAuditInput, PresenceAuditResult, PresenceAuditWorkflow
+
+pytestmark = pytest.mark.long(seconds=50)
 
 STUB_MODEL = "stub-model-7"
 TITLE = "Acme Bakery | Fresh bread in Springfield"  # the fixture site's home page

@@ -429,18 +429,12 @@ class PendingStream:
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
-        # Notifications written from here on are fanned out (set when the first connection
-        # opens: a time, not the highest id then, which a later first poll could read past rows
-        # written meanwhile, and which commits out of id order make unsafe anyway).
-        self._since: datetime | None = None
         self._sent: dict[int, float] = {}  # notification ids fanned out (recent ones), monotonic time
         self.polls = 0  # visibility listings made (one per interval, whatever the connections)
 
     def subscribe(self, principal: Principal, tenant_id: str | None) -> Subscriber:
         sub = Subscriber(principal, tenant_id)
         self._subscribers.add(sub)
-        if self._since is None:
-            self._since = datetime.now(timezone.utc) - NOTIFICATION_CLOCK_MARGIN
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="pending-actions-stream")
         return sub
@@ -505,14 +499,18 @@ class PendingStream:
         """Rows of ``approval_notifications`` not fanned out yet. Ids are not committed in order
         (two inserts, the later id committed first), so it reads a recent window and remembers
         what it sent, rather than only what is past the highest id seen."""
-        if self._db is None:
+        if self._db is None or not self._subscribers:
             return []
+        # From when the earliest connection opened: a time, not the highest id then, which a
+        # later first poll could read past rows written meanwhile (and commits come out of id
+        # order anyway).
+        since = min(sub.since for sub in self._subscribers)
         pool = self._db()
         rows = await pool.fetch(
             """SELECT id, tenant_id, workflow_id, request_id, event, audience, title, due_at, outcome, decided_by,
                       created_at FROM approval_notifications
                 WHERE created_at >= $1 AND created_at > now() - make_interval(secs => $2) ORDER BY id LIMIT 2000""",
-            self._since, NOTIFICATION_WINDOW_SECONDS)
+            since, NOTIFICATION_WINDOW_SECONDS)
         fresh = [r for r in rows if r["id"] not in self._sent]
         now = time.monotonic()
         for r in fresh:

@@ -96,6 +96,14 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+async def add_tenant(db: asyncpg.Pool, prefix: str, timezone: str = "Europe/Paris") -> str:
+    """A new active tenant (plan growth, in ``timezone``) with a fresh id from ``prefix``; its id."""
+    tenant = unique(prefix)
+    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
+                        VALUES ($1, $1, 'growth', 'owner@example.com', $2, 'active')""", tenant, timezone)
+    return tenant
+
+
 async def assert_eventually(
     check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
 ) -> T:

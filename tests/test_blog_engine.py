@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from schedules.catalogue import schedule_id
     from schedules.reconciler import describe_or_none
     from tests.conftest import Tokens, assert_eventually, unique
-    from tests.support import record_history
+    from tests.support import add_tenant, record_history
     from sandboxes.wordpress import WordPressState
     from tests.support import connect_wordpress
     from tests.test_content_pipeline import SITE, Fakes, decide, finished, pending, wordpress  # noqa: F401 - fixture
@@ -59,9 +59,7 @@ def test_the_next_topic_is_the_first_of_the_plan_no_post_took() -> None:
 
 async def tenant_row(db: asyncpg.Pool, prefix: str, site: WordPressState | None = None) -> str:
     """A tenant (its time zone Europe/Paris), its WordPress ``site`` when given."""
-    tenant = unique(prefix)
-    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
-                        VALUES ($1, $1, 'growth', 'owner@example.com', 'Europe/Paris', 'active')""", tenant)
+    tenant = await add_tenant(db, prefix)
     if site is not None:
         await connect_wordpress(db, tenant, site)
     return tenant

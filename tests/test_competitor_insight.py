@@ -27,7 +27,7 @@ from sandboxes.mcp.web import page_fields
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique
-from tests.support import Site, record_history
+from tests.support import Site, add_tenant, record_history
 from workflows.competitor_insight import (AgentPrice, Competitor, CompetitorAnalysis, CompetitorInsightReport,
                                           agent_price, compute_shift, snapshot)
 from workflows.price_extract import extract_prices, parse_amount, promotions
@@ -199,10 +199,7 @@ async def site() -> AsyncIterator[tuple[Site, str]]:
 
 
 async def new_tenant(db: asyncpg.Pool, timezone_name: str = "UTC") -> str:
-    tenant = unique("roaster")
-    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
-                        VALUES ($1, $1, 'growth', 'owner@example.com', $2, 'active')""", tenant, timezone_name)
-    return tenant
+    return await add_tenant(db, "roaster", timezone_name)
 
 
 async def watch(http: httpx.AsyncClient, client: Client, headers: dict[str, str], tenant: str,

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from sandboxes.lago import LagoState
     from tests.conftest import Tokens, assert_eventually, unique
     from sandboxes.wordpress import WordPressState
-    from tests.support import connect_wordpress, record_history, wordpress_site, workflow_exists
+    from tests.support import add_tenant, connect_wordpress, record_history, wordpress_site, workflow_exists
     from workers.main import WORKFLOW_FAILURE_TYPES
     from workflows.content_pipeline import ContentProgress, SeoContentWorkflow
     from workflows.content_post import CancelPublish, ContentInput, ReschedulePublish
@@ -59,9 +59,7 @@ async def wordpress() -> AsyncIterator[WordPressState]:
 
 async def connected_tenant(db: asyncpg.Pool, site: WordPressState, prefix: str) -> str:
     """A tenant whose WordPress is ``site``."""
-    tenant = unique(prefix)
-    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
-                        VALUES ($1, $1, 'growth', 'owner@example.com', 'Europe/Paris', 'active')""", tenant)
+    tenant = await add_tenant(db, prefix)
     await connect_wordpress(db, tenant, site)
     return tenant
 
@@ -210,9 +208,7 @@ async def test_request_changes_gives_a_second_draft_then_reject_posts_nothing(
 async def test_without_a_wordpress_site_the_post_ends_before_the_crew_and_the_review(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, fixture_site: str,
 ) -> None:
-    tenant = unique("bistro")
-    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
-                        VALUES ($1, $1, 'growth', 'owner@example.com', 'Europe/Paris', 'active')""", tenant)
+    tenant = await add_tenant(db, "bistro")
     owner = tokens.client(tenant)
     wf_id = await start(http, tokens, tenant, fixture_site)
     view = await finished(http, owner, wf_id)

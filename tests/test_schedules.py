@@ -43,8 +43,8 @@ with workflow.unsafe.imports_passed_through():
     from schedules.catalogue import SCHEDULES, schedule_id
     from schedules.cli import add_schedules_parser  # noqa: F401  (the command under test)
     from schedules.reconciler import describe_or_none, read_applied, reconcile
-    from tests.conftest import ROOT, Tokens, assert_eventually, serve, unique
-    from tests.support import dev_env
+    from tests.conftest import ROOT, Tokens, assert_eventually, serve
+    from tests.support import add_tenant, dev_env
     from workers.main import WORKFLOW_FAILURE_TYPES
     from core.settings import Settings
     from core.names import CAPABILITY, TENANT_ID
@@ -75,13 +75,7 @@ async def _delete_schedules(client: Client, tenant: str) -> None:
 @pytest_asyncio.fixture
 async def tenants(client: Client, db: asyncpg.Pool) -> AsyncIterator[list[str]]:
     """Two active tenants (Paris and Chicago time); their schedules are deleted afterwards."""
-    made = [unique("bakery"), unique("florist")]
-    for tenant, tz in zip(made, ("Europe/Paris", "America/Chicago"), strict=True):
-        await db.execute(
-            """INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
-               VALUES ($1, $1, 'growth', 'owner@example.com', $2, 'active')""",
-            tenant, tz,
-        )
+    made = [await add_tenant(db, "bakery", "Europe/Paris"), await add_tenant(db, "florist", "America/Chicago")]
     yield made
     for tenant in made:
         await _delete_schedules(client, tenant)

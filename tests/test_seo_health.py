@@ -18,7 +18,7 @@ from sandboxes.lago import LagoState
 from schedules.catalogue import schedule_id
 from schedules.reconciler import describe_or_none
 from tests.conftest import Tokens, assert_eventually, serve, unique
-from tests.support import Site, record_history
+from tests.support import Site, add_tenant, record_history
 from core.names import TENANT_ID
 from workflows.seo_health import SeoHealthReport
 from workflows.tenant_schedules import TenantCapabilitiesWorkflow
@@ -133,9 +133,7 @@ async def test_two_scans_store_reports_and_the_second_names_the_shift(
 async def test_enabling_seo_health_schedules_it_weekly_and_trigger_now_runs_it(
     http: httpx.AsyncClient, client: Client, db: asyncpg.Pool, tokens: Tokens, fixture_site: str,
 ) -> None:
-    tenant = unique("bakery")
-    await db.execute("""INSERT INTO tenants (id, name, plan, owner_email, timezone, status)
-                        VALUES ($1, $1, 'growth', 'owner@example.com', 'Europe/Paris', 'active')""", tenant)
+    tenant = await add_tenant(db, "bakery")
     sid = schedule_id(tenant, "seo-health-weekly")
     owner = tokens.client(tenant)
     try:

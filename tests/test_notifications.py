@@ -85,8 +85,13 @@ async def test_a_campaign_approval_email_arrives_and_its_link_approves_it(
     assert "<a href=" in html and "Approve as proposed" in html
     approve_link, reject_link = LINK.findall(text)[:2]
     assert approve_link != reject_link
-    # Recorded in the outbox as sent, and in the delivery log.
-    sent = await db.fetchval("SELECT response FROM outbox WHERE tenant_id = $1 AND tool = 'send_email'", tenant)
+    # Recorded in the outbox as sent (written just after the mail went out), and in the delivery log.
+    async def recorded() -> dict:
+        sent = await db.fetchval("SELECT response FROM outbox WHERE tenant_id = $1 AND tool = 'send_email'", tenant)
+        assert sent is not None
+        return sent
+
+    sent = await assert_eventually(recorded, timeout=20)
     assert sent["status"] == "sent" and sent["sandbox"] is False
     async def logged() -> None:
         rows = await db.fetch("SELECT event, channel, recipient, status FROM notification_deliveries "

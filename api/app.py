@@ -41,7 +41,7 @@ from api.pending_actions import PendingStream, pending_actions_router
 from api.ratelimit import StartLimiter
 from api.reports import reports_router
 from api.schedules import schedules_router
-from api.telemetry import RequestTelemetry, tracing_plugin
+from api.telemetry import RequestTelemetry, server_spans
 from api.tenant_settings import settings_router
 from api.triggers import seed_triggers
 from api.usage import usage_router
@@ -113,10 +113,10 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),
                       "db": Provide(provide_db, sync_to_thread=False),
                       "cursor_key": Provide(provide_cursor_key, sync_to_thread=False)},
-        # It also checks each route's roles (opt={"roles": ...}).
-        # Request metrics and the span's route name first (after routing, before auth).
-        middleware=[RequestTelemetry(), DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
-        plugins=[tracing_plugin()],
+        # The server span outermost (Litestar puts it there); then, after routing, request metrics
+        # and the span's route name, before auth. Auth also checks each route's roles
+        # (opt={"roles": ...}).
+        middleware=[server_spans(), RequestTelemetry(), DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=ApiRequest,
         template_config=template_config(),

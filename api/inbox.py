@@ -103,20 +103,78 @@ async def claim(pool: asyncpg.Pool, event: Event, body: bytes, *, workflow_id: s
 
 async def settle(pool: asyncpg.Pool, row_id: int, outcome: Outcome, *, workflow_id: str | None = None,
                  run_id: str | None = None) -> None:
-    """What became of the delivery.
+    """What became of the delivery; returns once it is written.
 
     Committed without waiting for the disk (``synchronous_commit`` off for this statement's own
-    transaction only, set by ``set_config(..., true)`` inside it: one round trip): the claim
-    before it was durable, and an outcome lost to a Postgres crash leaves the row ``received``,
-    which the sender's retry takes over a minute later and settles again (its start finds the
-    workflow: ``duplicate``). The delivery is answered one disk flush sooner."""
-    await pool.execute(
-        """UPDATE webhook_inbox SET outcome = $2, workflow_id = coalesce($3, workflow_id), run_id = $4,
-                                    updated_at = now()
-           FROM (SELECT set_config('synchronous_commit', 'off', true)) AS this_commit_only
-           WHERE id = $1""",
-        row_id, outcome, workflow_id, run_id,
-    )
+    transaction only, set by ``set_config(..., true)`` inside it): the claim before it was
+    durable, and an outcome lost to a Postgres crash leaves the row ``received``, which the
+    sender's retry takes over a minute later and settles again (its start finds the workflow:
+    ``duplicate``). The delivery is answered one disk flush sooner.
+
+    The outcomes of deliveries answered at the same time are written together, one statement
+    for all that arrived while the one before was on its way (:class:`_Settles`): under load a
+    delivery costs Postgres and the API about one statement fewer."""
+    await _settles_of(pool).write((row_id, outcome, workflow_id, run_id))
+
+
+_SETTLE = """UPDATE webhook_inbox w SET outcome = s.outcome, workflow_id = coalesce(s.workflow_id, w.workflow_id),
+                                      run_id = s.run_id, updated_at = now()
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS s(id, outcome, workflow_id, run_id),
+                  (SELECT set_config('synchronous_commit', 'off', true)) AS this_commit_only
+             WHERE w.id = s.id"""
+
+
+class _Settles:
+    """The outcomes waiting to be written to one pool's inbox, and the one writer writing them."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.waiting: list[tuple[tuple[int, str, str | None, str | None], asyncio.Future[None]]] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    async def write(self, outcome: tuple[int, str, str | None, str | None]) -> None:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((outcome, written))
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write_all())
+        await written
+
+    async def _write_all(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                rows = {row[0]: row for row, _ in batch}  # one outcome per row: the last given
+                try:
+                    await self.pool.execute(_SETTLE, *(list(column) for column in zip(*rows.values(), strict=True)))
+                except BaseException as exc:
+                    for _, written in batch:
+                        if not written.done():
+                            written.cancel() if isinstance(exc, asyncio.CancelledError) else written.set_exception(exc)
+                    if not isinstance(exc, Exception):  # this writer is cancelled: so are those waiting
+                        for _, written in self.waiting:
+                            written.cancel()
+                        self.waiting = []
+                        raise
+                    continue
+                for _, written in batch:
+                    if not written.done():  # (its request may have been cancelled meanwhile)
+                        written.set_result(None)
+        finally:
+            self.writer = None
+
+
+# One writer per pool: (the pool, its settles).
+_settles: dict[int, tuple[asyncpg.Pool, _Settles]] = {}
+
+
+def _settles_of(pool: asyncpg.Pool) -> _Settles:
+    kept = _settles.get(id(pool))
+    if kept is None or kept[0] is not pool:
+        if len(_settles) >= 16:  # pools closed long ago (tests make many)
+            for key in [k for k, (_, s) in _settles.items() if s.writer is None and not s.waiting]:
+                del _settles[key]
+        kept = _settles[id(pool)] = (pool, _Settles(pool))
+    return kept[1]
 
 
 async def prune(pool: asyncpg.Pool, retention: timedelta) -> int:

@@ -1,6 +1,13 @@
 """The API's request telemetry: OpenTelemetry server spans (Litestar's instrumentation), named by
 route template once the route is known, and Prometheus request metrics by route template and
-status (served at /metrics, api/health.py)."""
+status (served at /metrics, api/health.py).
+
+While the process records no spans (no exporter: ``core.telemetry.spans_recorded``), a request
+takes the id-only path of :class:`ServerSpans`: the caller's trace context is taken from its
+headers and a span with ids (recording nothing) is current while it is served, so the trace
+still runs through the Temporal headers and the logs. The instrumentation's recording path
+reads every header and builds the semantic-convention attributes of each request: about a
+third of the API's CPU for a small request, all of it for nothing that would be kept."""
 
 from __future__ import annotations
 
@@ -10,11 +17,14 @@ from typing import Any
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.middleware import DefineMiddleware
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryInstrumentationMiddleware
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from opentelemetry import trace
+from opentelemetry import context, propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
+
+from core.telemetry import spans_recorded
 
 # Probes and scrapes every few seconds: counted by nothing, traced by nothing.
 PROBE_PATHS = ("^/livez$", "^/readyz$", "^/metrics$")
@@ -101,9 +111,50 @@ def _answered(method: str, route: str, status: int) -> tuple[Any, Any]:
     return children
 
 
-def tracing_plugin() -> OpenTelemetryPlugin:
-    """One server span per request (the global tracer provider, core.telemetry); Temporal client
-    calls made while serving it are its children, so one trace runs request -> workflow -> activity."""
-    return OpenTelemetryPlugin(OpenTelemetryConfig(
+class ServerSpans(OpenTelemetryInstrumentationMiddleware):
+    """The OpenTelemetry ASGI instrumentation while spans are recorded; otherwise the same span
+    ids and trace context for much less: the propagated headers only, no attributes."""
+
+    def __init__(self, app: ASGIApp, config: OpenTelemetryConfig) -> None:
+        super().__init__(app, config)
+        self.tracer_provider = config.tracer_provider  # None: the process's, when a request comes
+        # (Before the process installs its provider this is a proxy, which follows it then.)
+        self.tracer = trace.get_tracer(__name__, tracer_provider=config.tracer_provider)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if spans_recorded(self.tracer_provider):
+            await self.open_telemetry_middleware(scope, receive, send)  # type: ignore[arg-type]
+            return
+        fields = _propagated_fields()
+        carrier = {name.decode("latin-1"): value.decode("latin-1")
+                   for name, value in scope["headers"] if name in fields}
+        parent = propagate.extract(carrier)
+        span = self.tracer.start_span(_span_details(scope)[0], context=parent, kind=trace.SpanKind.SERVER)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            span.end()
+            context.detach(token)
+
+
+_FIELDS: list[tuple[Any, frozenset[bytes]]] = []  # (the propagator, its fields)
+
+
+def _propagated_fields() -> frozenset[bytes]:
+    """The header names the process's propagator reads (``traceparent``, ``tracestate``,
+    ``baggage`` by default; ``OTEL_PROPAGATORS`` may name others), as ASGI spells them."""
+    propagator = propagate.get_global_textmap()
+    if not _FIELDS or _FIELDS[0][0] is not propagator:
+        _FIELDS[:] = [(propagator, frozenset(f.lower().encode("latin-1") for f in propagator.fields))]
+    return _FIELDS[0][1]
+
+
+def server_spans(tracer_provider: trace.TracerProvider | None = None) -> DefineMiddleware:
+    """One server span per request (the process's tracer provider, core.telemetry, unless one is
+    given); Temporal client calls made while serving it are its children, so one trace runs
+    request -> workflow -> activity. Given among the app's middleware, Litestar runs it
+    outermost, as it runs its OpenTelemetry plugin's."""
+    return DefineMiddleware(ServerSpans, config=OpenTelemetryConfig(
         scope_span_details_extractor=_span_details, exclude=list(PROBE_PATHS), exclude_spans=["receive", "send"],
-        scopes={ScopeType.HTTP}))
+        scopes={ScopeType.HTTP}, tracer_provider=tracer_provider))

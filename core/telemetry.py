@@ -72,6 +72,14 @@ class _RecordWhenReceived(Sampler):
         return f"RecordWhenReceived{{{self.inner.get_description()}}}"
 
 
+def spans_recorded(provider: trace.TracerProvider | None = None) -> bool:
+    """Whether spans of ``provider`` (default: the process's) record anything: False only for a
+    :class:`PlatformTracerProvider` that no span processor receives from yet. Instrumentation
+    with a costly recording path (the API's server spans) takes its id-only path then."""
+    sampler = getattr(provider or trace.get_tracer_provider(), "sampler", None)
+    return not isinstance(sampler, _RecordWhenReceived) or sampler.receiving
+
+
 class PlatformTracerProvider(TracerProvider):
     """The SDK's provider, recording spans only once a span processor is added (the OTLP
     exporter, or a test's in-memory exporter): a process that exports nothing spends nothing on

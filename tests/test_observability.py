@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import httpx
@@ -425,6 +425,41 @@ def test_spans_are_recorded_once_something_receives_them(monkeypatch: pytest.Mon
     with sampled_off.get_tracer("test").start_as_current_span("sampled out") as span:
         assert not span.is_recording()
 
+
+
+async def test_server_spans_carry_the_callers_trace_whether_or_not_spans_are_recorded() -> None:
+    """Without an exporter the API takes the id-only path (no attributes collected): the
+    caller's ``traceparent`` is still the trace of what the request does, and a request without
+    one gets a trace of its own. Once spans are recorded, the full server span is exported, in
+    the caller's trace."""
+    from litestar import Litestar, get
+    from litestar.params import PathParameter
+    from litestar.testing import AsyncTestClient
+
+    from api.telemetry import RequestTelemetry, server_spans
+
+    @get("/where/{thing:str}")
+    async def where(thing: Annotated[str, PathParameter()]) -> dict[str, Any]:
+        span = trace.get_current_span()
+        return {"trace_id": format(span.get_span_context().trace_id, "032x"), "recording": span.is_recording()}
+
+    provider = PlatformTracerProvider()
+    app = Litestar([where], middleware=[server_spans(provider), RequestTelemetry()])
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = {"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"}
+    async with AsyncTestClient(app) as client:
+        r = await client.get("/where/a", headers=traceparent)
+        assert r.json() == {"trace_id": caller_trace, "recording": False}
+        own = [(await client.get("/where/b")).json()["trace_id"] for _ in range(2)]
+        assert caller_trace not in own and own[0] != own[1] and "0" * 32 not in own
+
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        r = await client.get("/where/c", headers=traceparent)
+        assert r.json() == {"trace_id": caller_trace, "recording": True}
+    [server] = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    assert server.name == "GET /where/{thing}" and format(server.context.trace_id, "032x") == caller_trace
+    assert _attribute(server, "http.status_code", "http.response.status_code") == 200
 
 # --- Settings ------------------------------------------------------------------------------
 

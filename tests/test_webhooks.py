@@ -437,6 +437,47 @@ async def test_a_shop_domain_belongs_to_one_tenant(db: asyncpg.Pool) -> None:
                              "AND lower(settings->>'shopify_shop_domain') = $1", domain) == tenant
 
 
+async def test_outcomes_of_deliveries_answered_together_are_each_written_in_fewer_statements(db: asyncpg.Pool) -> None:
+    """Twenty deliveries settled at once: each row gets its own outcome and run, written in a
+    few statements rather than twenty; a statement that fails fails the settles it carried
+    (their deliveries answer 5xx and are taken over), and the next ones are written."""
+
+    class Counted:  # the pool, counting the statements that reach it
+        def __init__(self) -> None:
+            self.statements = 0
+
+        async def execute(self, *args: Any) -> str:
+            self.statements += 1
+            return await db.execute(*args)
+
+    pool = Counted()
+    claims = []
+    for i in range(20):
+        event = Event(source="stripe", type="invoice.paid", id="evt_" + unique("many"), tenant_id="acme", payload={})
+        claims.append(await inbox.claim(db, event, json.dumps({"id": event.id}).encode(),
+                                        workflow_id=f"acme:dunning:{i}", outcome="received"))
+    await asyncio.gather(*(inbox.settle(pool, c.id, "started" if i % 2 else "duplicate", run_id=f"run-{i}")  # type: ignore[arg-type]
+                           for i, c in enumerate(claims)))
+    rows = await db.fetch("SELECT id, outcome, workflow_id, run_id FROM webhook_inbox WHERE id = ANY($1)",
+                          [c.id for c in claims])
+    assert {r["id"]: (r["outcome"], r["workflow_id"], r["run_id"]) for r in rows} == {
+        c.id: ("started" if i % 2 else "duplicate", f"acme:dunning:{i}", f"run-{i}") for i, c in enumerate(claims)}
+    assert 1 <= pool.statements <= 2, pool.statements
+
+    class Down(Counted):
+        async def execute(self, *args: Any) -> str:
+            self.statements += 1
+            if self.statements == 1:
+                raise ConnectionResetError("Postgres went away")
+            return await db.execute(*args)
+
+    down = Down()
+    results = await asyncio.gather(*(inbox.settle(down, c.id, "failed") for c in claims[:5]),  # type: ignore[arg-type]
+                                   return_exceptions=True)
+    assert all(isinstance(r, ConnectionResetError) for r in results), results
+    await inbox.settle(down, claims[0].id, "failed")  # type: ignore[arg-type]
+    assert await db.fetchval("SELECT outcome FROM webhook_inbox WHERE id = $1", claims[0].id) == "failed"
+
 async def test_a_failed_delivery_is_taken_over_by_the_retry_and_old_ones_are_pruned(db: asyncpg.Pool) -> None:
     event = Event(source="stripe", type="invoice.paid", id="evt_" + unique("x"), tenant_id="acme", payload={})
     body = json.dumps({"id": event.id}).encode()

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
@@ -52,53 +53,128 @@ def scope_of(event: Event) -> str:
     return (event.tenant_id or "") if event.source == "generic" else ""
 
 
+# The row a delivery gives the inbox: source, event_id, event_type, scope, body_sha256,
+# tenant_id, sent_at, body, outcome, workflow_id.
+_Row = tuple[str, str | None, str, str, bytes, str | None, Any, bytes, str, str | None]
+
+
 async def claim(pool: asyncpg.Pool, event: Event, body: bytes, *, workflow_id: str | None,
                 outcome: Outcome) -> Claim:
     """Keep the event (``outcome``: ``received`` when a workflow is to be started, else
-    ``no_trigger``), or find the delivery it replays."""
-    digest = hashlib.sha256(body).digest()
-    scope = scope_of(event)
+    ``no_trigger``), or find the delivery it replays.
+
+    Deliveries claimed at the same time are kept by one statement (:class:`_Together`): under
+    load each costs Postgres one insert in a shared statement and commit rather than its own."""
+    row: _Row = (event.source, event.id, event.type, scope_of(event), hashlib.sha256(body).digest(),
+                 event.tenant_id, event.sent_at, body, outcome, workflow_id)
+    return await _together(pool, "claim", _claim_all)(row)
+
+
+_CLAIM_ONE = """WITH kept AS (
+       INSERT INTO webhook_inbox (source, event_id, event_type, scope, body_sha256, tenant_id, sent_at,
+                                  body, outcome, workflow_id)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+       ON CONFLICT DO NOTHING
+       RETURNING id),
+   seen AS (
+       SELECT id, outcome, workflow_id, run_id FROM webhook_inbox
+       WHERE NOT EXISTS (SELECT FROM kept)
+         AND source = $1 AND scope = $4 AND event_type = $3
+         AND ((event_id = $2 AND $2::text IS NOT NULL) OR body_sha256 = $5)
+       ORDER BY (event_id IS NOT DISTINCT FROM $2) DESC, id LIMIT 1),
+   retaken AS (
+       UPDATE webhook_inbox w SET outcome = 'received', updated_at = now()
+       FROM seen
+       WHERE w.id = seen.id AND (w.outcome = 'failed'
+                                 OR (w.outcome = 'received' AND w.updated_at < now() - $11::interval))
+       RETURNING w.id, w.workflow_id)
+   SELECT (SELECT id FROM kept) AS kept_id, seen.id, seen.outcome, seen.workflow_id, seen.run_id,
+          (SELECT id FROM retaken) AS retaken_id, (SELECT workflow_id FROM retaken) AS retaken_workflow_id
+   FROM (SELECT) AS one LEFT JOIN seen ON true"""
+
+
+async def _claim_one(pool: asyncpg.Pool, row: _Row) -> Claim:
+    """One delivery alone: keep it; else find the first delivery (by the sender's id, else by
+    the body) and take it over if its handling failed or was abandoned."""
+    source, event_id, event_type, outcome, workflow_id = row[0], row[1], row[2], row[8], row[9]
     for _ in range(3):
-        # One statement: keep the delivery; else find the first delivery (by the sender's id,
-        # else by the body) and take it over if its handling failed or was abandoned.
-        row = await pool.fetchrow(
-            """WITH kept AS (
-                   INSERT INTO webhook_inbox (source, event_id, event_type, scope, body_sha256, tenant_id, sent_at,
-                                              body, outcome, workflow_id)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                   ON CONFLICT DO NOTHING
-                   RETURNING id),
-               seen AS (
-                   SELECT id, outcome, workflow_id, run_id FROM webhook_inbox
-                   WHERE NOT EXISTS (SELECT FROM kept)
-                     AND source = $1 AND scope = $4 AND event_type = $3
-                     AND ((event_id = $2 AND $2::text IS NOT NULL) OR body_sha256 = $5)
-                   ORDER BY (event_id IS NOT DISTINCT FROM $2) DESC, id LIMIT 1),
-               retaken AS (
-                   UPDATE webhook_inbox w SET outcome = 'received', updated_at = now()
-                   FROM seen
-                   WHERE w.id = seen.id AND (w.outcome = 'failed'
-                                             OR (w.outcome = 'received' AND w.updated_at < now() - $11::interval))
-                   RETURNING w.id, w.workflow_id)
-               SELECT (SELECT id FROM kept) AS kept_id, seen.id, seen.outcome, seen.workflow_id, seen.run_id,
-                      (SELECT id FROM retaken) AS retaken_id, (SELECT workflow_id FROM retaken) AS retaken_workflow_id
-               FROM (SELECT) AS one LEFT JOIN seen ON true""",
-            event.source, event.id, event.type, scope, digest, event.tenant_id, event.sent_at, body, outcome,
-            workflow_id, ABANDONED_AFTER,
-        )
-        if row["kept_id"] is not None:
-            return Claim(id=row["kept_id"], fresh=True, outcome=outcome, workflow_id=workflow_id)
-        if row["id"] is None:  # pruned, or kept by a delivery this statement could not see yet: again
+        found = await pool.fetchrow(_CLAIM_ONE, *row, ABANDONED_AFTER)
+        if found["kept_id"] is not None:
+            return Claim(id=found["kept_id"], fresh=True, outcome=outcome, workflow_id=workflow_id)  # type: ignore[arg-type]
+        if found["id"] is None:  # pruned, or kept by a delivery this statement could not see yet: again
             continue
-        if row["retaken_id"] is not None:
-            log.info("%s event %r (id %s): taking over delivery %d that was not handled", event.source, event.type,
-                     event.id, row["retaken_id"])
-            return Claim(id=row["retaken_id"], fresh=True, outcome="received", workflow_id=row["retaken_workflow_id"])
-        log.info("%s event %r (id %s): a replay of delivery %d (%s); nothing started", event.source, event.type,
-                 event.id, row["id"], row["outcome"])
-        return Claim(id=row["id"], fresh=False, outcome=row["outcome"], workflow_id=row["workflow_id"],
-                     run_id=row["run_id"])
+        if found["retaken_id"] is not None:
+            log.info("%s event %r (id %s): taking over delivery %d that was not handled", source, event_type,
+                     event_id, found["retaken_id"])
+            return Claim(id=found["retaken_id"], fresh=True, outcome="received", workflow_id=found["retaken_workflow_id"])
+        return _replay(row, found)
     raise RuntimeError("the webhook inbox kept conflicting with rows it could not find")
+
+
+def _replay(row: _Row, found: asyncpg.Record) -> Claim:
+    log.info("%s event %r (id %s): a replay of delivery %d (%s); nothing started", row[0], row[2], row[1],
+             found["id"], found["outcome"])
+    return Claim(id=found["id"], fresh=False, outcome=found["outcome"], workflow_id=found["workflow_id"],
+                 run_id=found["run_id"])
+
+
+# Many deliveries at once: each kept, else the delivery it replays found (one that may be taken
+# over, or that this statement cannot see, is left to _claim_one). No two rows given share a key.
+_CLAIM_MANY = """WITH given AS (
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[],
+                            $7::timestamptz[], $8::bytea[], $9::text[], $10::text[]) WITH ORDINALITY
+           AS g(source, event_id, event_type, scope, body_sha256, tenant_id, sent_at, body, outcome, workflow_id, n)),
+   kept AS (
+       INSERT INTO webhook_inbox (source, event_id, event_type, scope, body_sha256, tenant_id, sent_at,
+                                  body, outcome, workflow_id)
+       SELECT source, event_id, event_type, scope, body_sha256, tenant_id, sent_at, body, outcome, workflow_id
+       FROM given ORDER BY n
+       ON CONFLICT DO NOTHING
+       RETURNING id, source, scope, event_type, body_sha256)
+   SELECT g.n, k.id AS kept_id, seen.id, seen.outcome, seen.workflow_id, seen.run_id, seen.retakable
+   FROM given g
+   LEFT JOIN kept k ON (k.source, k.scope, k.event_type, k.body_sha256) = (g.source, g.scope, g.event_type, g.body_sha256)
+   LEFT JOIN LATERAL (
+       SELECT w.id, w.outcome, w.workflow_id, w.run_id,
+              w.outcome = 'failed' OR (w.outcome = 'received' AND w.updated_at < now() - $11::interval) AS retakable
+       FROM webhook_inbox w
+       WHERE k.id IS NULL AND w.source = g.source AND w.scope = g.scope AND w.event_type = g.event_type
+         AND ((w.event_id = g.event_id AND g.event_id IS NOT NULL) OR w.body_sha256 = g.body_sha256)
+       ORDER BY (w.event_id IS NOT DISTINCT FROM g.event_id) DESC, w.id LIMIT 1) seen ON true
+   ORDER BY g.n"""
+
+
+async def _claim_all(pool: asyncpg.Pool, rows: list[_Row]) -> list[Claim]:
+    if len(rows) == 1:
+        return [await _claim_one(pool, rows[0])]
+    # Rows sharing a key with an earlier one (the same delivery twice at once) wait for the
+    # statement and are claimed alone after it: they find the first one's row.
+    keys: set[tuple[Any, ...]] = set()
+    batch, alone = [], []
+    for i, row in enumerate(rows):
+        by_body = ("body", row[0], row[3], row[2], row[4])
+        by_id = ("id", row[0], row[3], row[2], row[1]) if row[1] is not None else None
+        if by_body in keys or by_id in keys:
+            alone.append(i)
+            continue
+        keys.add(by_body)
+        if by_id is not None:
+            keys.add(by_id)
+        batch.append(i)
+    claims: list[Claim | None] = [None] * len(rows)
+    found = await pool.fetch(_CLAIM_MANY, *(list(column) for column in zip(*(rows[i] for i in batch), strict=True)),
+                             ABANDONED_AFTER)
+    for i, record in zip(batch, found, strict=True):
+        row = rows[i]
+        if record["kept_id"] is not None:
+            claims[i] = Claim(id=record["kept_id"], fresh=True, outcome=row[8], workflow_id=row[9])  # type: ignore[arg-type]
+        elif record["id"] is not None and not record["retakable"]:
+            claims[i] = _replay(row, record)
+        else:
+            alone.append(i)
+    for i, claimed in zip(alone, await asyncio.gather(*(_claim_one(pool, rows[i]) for i in alone)), strict=True):
+        claims[i] = claimed
+    return claims  # type: ignore[return-value]
 
 
 async def settle(pool: asyncpg.Pool, row_id: int, outcome: Outcome, *, workflow_id: str | None = None,
@@ -111,10 +187,8 @@ async def settle(pool: asyncpg.Pool, row_id: int, outcome: Outcome, *, workflow_
     sender's retry takes over a minute later and settles again (its start finds the workflow:
     ``duplicate``). The delivery is answered one disk flush sooner.
 
-    The outcomes of deliveries answered at the same time are written together, one statement
-    for all that arrived while the one before was on its way (:class:`_Settles`): under load a
-    delivery costs Postgres and the API about one statement fewer."""
-    await _settles_of(pool).write((row_id, outcome, workflow_id, run_id))
+    The outcomes of deliveries answered at the same time are written together, like claims."""
+    await _together(pool, "settle", _settle_all)((row_id, outcome, workflow_id, run_id))
 
 
 _SETTLE = """UPDATE webhook_inbox w SET outcome = s.outcome, workflow_id = coalesce(s.workflow_id, w.workflow_id),
@@ -124,56 +198,63 @@ _SETTLE = """UPDATE webhook_inbox w SET outcome = s.outcome, workflow_id = coale
              WHERE w.id = s.id"""
 
 
-class _Settles:
-    """The outcomes waiting to be written to one pool's inbox, and the one writer writing them."""
+async def _settle_all(pool: asyncpg.Pool, outcomes: list[tuple[int, str, str | None, str | None]]) -> list[None]:
+    rows = {row[0]: row for row in outcomes}  # one outcome per row: the last given
+    await pool.execute(_SETTLE, *(list(column) for column in zip(*rows.values(), strict=True)))
+    return [None] * len(outcomes)
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.waiting: list[tuple[tuple[int, str, str | None, str | None], asyncio.Future[None]]] = []
+
+class _Together:
+    """Calls of one kind to one pool, sent together: those that arrive while a statement is on
+    its way go as the next one. One call alone is sent at once, as before; under load the
+    calls of a moment share one statement, one round trip and one commit."""
+
+    def __init__(self, pool: asyncpg.Pool, send: Callable[[asyncpg.Pool, list[Any]], Awaitable[list[Any]]]) -> None:
+        self.pool, self.send = pool, send
+        self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
         self.writer: asyncio.Task[None] | None = None
 
-    async def write(self, outcome: tuple[int, str, str | None, str | None]) -> None:
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiting.append((outcome, written))
+    async def __call__(self, item: Any) -> Any:
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, answer))
         if self.writer is None:
-            self.writer = asyncio.create_task(self._write_all())
-        await written
+            self.writer = asyncio.create_task(self._send_all())
+        return await answer
 
-    async def _write_all(self) -> None:
+    async def _send_all(self) -> None:
         try:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
-                rows = {row[0]: row for row, _ in batch}  # one outcome per row: the last given
                 try:
-                    await self.pool.execute(_SETTLE, *(list(column) for column in zip(*rows.values(), strict=True)))
+                    results = await self.send(self.pool, [item for item, _ in batch])
                 except BaseException as exc:
-                    for _, written in batch:
-                        if not written.done():
-                            written.cancel() if isinstance(exc, asyncio.CancelledError) else written.set_exception(exc)
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.cancel() if isinstance(exc, asyncio.CancelledError) else answer.set_exception(exc)
                     if not isinstance(exc, Exception):  # this writer is cancelled: so are those waiting
-                        for _, written in self.waiting:
-                            written.cancel()
+                        for _, answer in self.waiting:
+                            answer.cancel()
                         self.waiting = []
                         raise
                     continue
-                for _, written in batch:
-                    if not written.done():  # (its request may have been cancelled meanwhile)
-                        written.set_result(None)
+                for (_, answer), result in zip(batch, results, strict=True):
+                    if not answer.done():  # (its request may have been cancelled meanwhile)
+                        answer.set_result(result)
         finally:
             self.writer = None
 
 
-# One writer per pool: (the pool, its settles).
-_settles: dict[int, tuple[asyncpg.Pool, _Settles]] = {}
+# One writer per pool and kind: (the pool, its writer).
+_writers: dict[tuple[int, str], tuple[asyncpg.Pool, _Together]] = {}
 
 
-def _settles_of(pool: asyncpg.Pool) -> _Settles:
-    kept = _settles.get(id(pool))
+def _together(pool: asyncpg.Pool, kind: str, send: Callable[[asyncpg.Pool, list[Any]], Awaitable[list[Any]]]) -> _Together:
+    kept = _writers.get((id(pool), kind))
     if kept is None or kept[0] is not pool:
-        if len(_settles) >= 16:  # pools closed long ago (tests make many)
-            for key in [k for k, (_, s) in _settles.items() if s.writer is None and not s.waiting]:
-                del _settles[key]
-        kept = _settles[id(pool)] = (pool, _Settles(pool))
+        if len(_writers) >= 32:  # pools closed long ago (tests make many)
+            for key in [k for k, (_, w) in _writers.items() if w.writer is None and not w.waiting]:
+                del _writers[key]
+        kept = _writers[(id(pool), kind)] = (pool, _Together(pool, send))
     return kept[1]
 
 

@@ -49,7 +49,12 @@ import asyncpg
 import msgspec
 from litestar import Request, Response, Router, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    NotFoundException,
+    ServiceUnavailableException,
+    ValidationException,
+)
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
@@ -324,8 +329,9 @@ async def _fire(temporal: Client, db: asyncpg.Pool, event: Event, body: bytes) -
     status_code=HTTP_202_ACCEPTED,
     request_max_body_size=MAX_BODY_BYTES,
     security=[],
-    # Read raw (the signature covers the bytes): its errors are declared here.
-    raises=[ValidationException, NotAuthorizedException, NotFoundException, BodyTooLarge],
+    # Read raw (the signature covers the bytes), with the app's client and pool read from its
+    # state (503 when Temporal or Postgres is down): its errors are declared here.
+    raises=[ValidationException, NotAuthorizedException, NotFoundException, BodyTooLarge, ServiceUnavailableException],
     responses={HTTP_200_OK: ResponseSpec(WebhookAnswer, description="Its workflow exists already (a redelivery)")},
 )
 async def receive_webhook(source: Annotated[str, PathParameter(max_length=32)],

@@ -35,6 +35,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     import argparse
     import asyncio
+    import contextlib
     import json
     import os
     import secrets
@@ -289,9 +290,9 @@ def _summary(v: list[float]) -> dict[str, float]:
 
 
 async def start_latency(
-    api_url: str, token: str, raw_client: Any, our_client: Any, n: int, warmup: int
+    api_url: str, token: str, raw_client: Any, our_client: Any, n: int, warmup: int, bare_url: str | None = None
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Sequential onboarding starts, five ways interleaved so all see the same load:
+    """Sequential onboarding starts, six ways interleaved so all see the same load:
 
     - ``api``: HTTP POST /v1/workflows/onboarding (the measured figure), timed through
       aiohttp's client (a light client: httpx's costs about 1.5 ms more per request against any
@@ -303,7 +304,11 @@ async def start_latency(
     - ``direct``: the API's own start code (``api.workflows._start``: search attributes, id
       policies) on the platform client (msgspec converter, tracing), in this process, no HTTP;
     - ``http_floor``: the same POST with an invalid body (400): HTTP, auth, routing and body
-      validation, no Temporal call.
+      validation, no Temporal call;
+    - ``framework_floor`` (with ``bare_url``): the same invalid POST to a bare Litestar app
+      served by uvicorn as the API is (``bench/bare_litestar.py``: the same body type, nothing
+      else). What every request costs before any of the API's own code: the API's floor minus
+      this is the API's own part.
     """
     import httpx
 
@@ -320,7 +325,8 @@ async def start_latency(
     except (ImportError, KeyError, TypeError) as exc:
         log(f"the API's start code is not usable here ({exc!r}); no 'direct' figure")
         _start = None
-    ms: dict[str, list[float]] = {"api": [], "raw": [], "raw_sa": [], "direct": [], "http_floor": []}
+    ms: dict[str, list[float]] = {"api": [], "raw": [], "raw_sa": [], "direct": [], "http_floor": [],
+                                  "framework_floor": []}
     started: list[str] = []
     run_tag = uuid.uuid4().hex[:6]
 
@@ -333,7 +339,7 @@ async def start_latency(
     from core.names import CAPABILITY, TENANT_ID
     from bench_hitl import Http
 
-    async with Http(api_url) as http:
+    async with Http(api_url) as http, Http(bare_url or api_url) as bare:
 
         async def post(payload: dict[str, str]) -> tuple[float, int, bytes]:
             t = time.perf_counter()
@@ -393,10 +399,22 @@ async def start_latency(
                 raise RuntimeError(f"invalid body answered {status}, not 400: {content[:300]!r}")
             return dt
 
+        async def framework_floor(i: int) -> float:
+            # The same invalid body to the bare Litestar app: the framework's and uvicorn's floor.
+            t = time.perf_counter()
+            status, content = await bare.call("POST", "/v1/workflows/onboarding", token,
+                                              {**body("b", i), "tenant_id": "NOT A SLUG"})
+            dt = time.perf_counter() - t
+            if status != 400:
+                raise RuntimeError(f"the bare app answered {status}, not 400: {content[:300]!r}")
+            return dt
+
         ways = [("api", via_api), ("raw", via_raw), ("raw_sa", via_raw_sa), ("direct", direct),
-                ("http_floor", http_floor)]
+                ("http_floor", http_floor), ("framework_floor", framework_floor)]
         if _start is None:
             ways = [w for w in ways if w[0] != "direct"]
+        if bare_url is None:
+            ways = [w for w in ways if w[0] != "framework_floor"]
         for i in range(warmup + n):
             # Rotate the order, so no way always follows the same one (each start leaves the
             # worker busy with the workflow it started while the next call is measured).
@@ -424,10 +442,22 @@ async def drain_onboardings(client: Any, ids: list[str], timeout: float) -> dict
                 checkpoint()
                 failed.append(f"{wf_id}: {exc.__class__.__name__}: {exc}")
 
+    done: set[str] = set()
+
+    async def counted(wf_id: str) -> None:
+        await one(wf_id)
+        done.add(wf_id)
+
     try:
-        await asyncio.wait_for(asyncio.gather(*(one(i) for i in ids)), timeout)
+        await asyncio.wait_for(asyncio.gather(*(counted(i) for i in ids)), timeout)
     except asyncio.TimeoutError:
-        failed.append(f"timed out after {timeout:.0f} s")
+        left = [i for i in ids if i not in done]
+        failed.extend(f"{i}: not done after {timeout:.0f} s" for i in left)
+        # Those left would load the machine during the throughput runs that follow: ended here.
+        for wf_id in left:
+            with contextlib.suppress(Exception):
+                await client.get_workflow_handle(wf_id).terminate("bench: not done within the drain's time")
+        log(f"{len(left)} onboarding workflow(s) still running after {timeout:.0f} s: terminated")
     if failed:
         log(f"{len(failed)} onboarding workflow(s) did not complete, e.g. {failed[0]}")
     return {"started": len(ids), "completed": len(ids) - len(failed), "wait_s": round(time.perf_counter() - t, 2)}
@@ -588,6 +618,11 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
                                    "--queue", INTEGRATIONS_QUEUE], state, cwd=ROOT, env=env)
     api_proc = spawn("api", [sys.executable, "-m", "workers.cli", "api"], state, cwd=ROOT, env=env)
     api_url = f"http://127.0.0.1:{api_port}"
+    # The framework's floor: a bare Litestar app with the same body type (bench/bare_litestar.py).
+    bare_port = free_port()
+    spawn("bare-litestar", [sys.executable, str(ROOT / "bench" / "bare_litestar.py"), "--port", str(bare_port)],
+          state, cwd=ROOT, env=env)
+    bare_url = f"http://127.0.0.1:{bare_port}"
 
     def healthy() -> bool:
         try:
@@ -596,6 +631,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
             return False
 
     took = await asyncio.to_thread(wait_until, "the API", healthy, 60, api_proc)
+    wait_until("the bare Litestar app", lambda: _port_open(bare_port), timeout=30)
     if worker_proc.poll() is not None:
         raise RuntimeError(f"the worker exited with code {worker_proc.returncode}")
     results["startup"] = {"api_healthy_s": round(took, 2)}
@@ -615,7 +651,7 @@ async def bench(args: argparse.Namespace, state: Path, results: dict[str, Any]) 
     log(f"start latency: {n_starts} onboarding starts each way (+{warm_starts} warm-up), worker paused")
     worker_proc.send_signal(signal.SIGSTOP)
     try:
-        lat, started = await start_latency(api_url, token, raw_client, our_client, n_starts, warm_starts)
+        lat, started = await start_latency(api_url, token, raw_client, our_client, n_starts, warm_starts, bare_url)
     finally:
         worker_proc.send_signal(signal.SIGCONT)
     results["start_latency"] = {
@@ -826,6 +862,9 @@ def report(r: dict[str, Any]) -> str:
     if "direct" in lat:
         row("    API start code, platform client, no HTTP", pp("direct"), f"{lat['ratio_direct_raw_p50']:.2f}x raw p50")
     row("    HTTP+auth+validation floor (400, no Temporal)", pp("http_floor"))
+    if "framework_floor" in lat:
+        row("    ...the same 400 from a bare Litestar app (the framework)", pp("framework_floor"),
+            f"API's own part {lat['http_floor']['p50_ms'] - lat['framework_floor']['p50_ms']:+.2f} ms p50")
     d = r["onboarding_drain"]
     row("Onboarding throughput, real worker process (3 Postgres activities each)")
     row("  onboardings started above, run after the worker resumed", f"{d['completed']}/{d['started']} done",

@@ -437,31 +437,61 @@ async def test_a_shop_domain_belongs_to_one_tenant(db: asyncpg.Pool) -> None:
                              "AND lower(settings->>'shopify_shop_domain') = $1", domain) == tenant
 
 
-async def test_outcomes_of_deliveries_answered_together_are_each_written_in_fewer_statements(db: asyncpg.Pool) -> None:
-    """Twenty deliveries settled at once: each row gets its own outcome and run, written in a
-    few statements rather than twenty; a statement that fails fails the settles it carried
-    (their deliveries answer 5xx and are taken over), and the next ones are written."""
+async def test_deliveries_at_the_same_time_are_each_claimed_and_settled_as_alone_in_fewer_statements(
+        db: asyncpg.Pool) -> None:
+    """Deliveries claimed at once share statements, and each gets what it would get alone: a new
+    one is kept, the second copy of one delivered twice at once is its replay (by body, or by the
+    sender's id with another body), a failed one is taken over. Their outcomes, settled at once,
+    are each written; a statement that fails fails the settles it carried (their deliveries
+    answer 5xx and are taken over), and the next ones are written."""
 
     class Counted:  # the pool, counting the statements that reach it
         def __init__(self) -> None:
             self.statements = 0
 
+        async def fetch(self, *args: Any) -> Any:
+            self.statements += 1
+            return await db.fetch(*args)
+
+        async def fetchrow(self, *args: Any) -> Any:
+            self.statements += 1
+            return await db.fetchrow(*args)
+
         async def execute(self, *args: Any) -> str:
             self.statements += 1
             return await db.execute(*args)
 
+    def event(event_id: str | None = None) -> tuple[Event, bytes]:
+        e = Event(source="stripe", type="invoice.paid", id=event_id or "evt_" + unique("many"), tenant_id="acme",
+                  payload={})
+        return e, json.dumps({"id": e.id}).encode()
+
+    failed_event, failed_body = event()
+    failed = await inbox.claim(db, failed_event, failed_body, workflow_id="acme:dunning:failed", outcome="received")
+    await inbox.settle(db, failed.id, "failed")
+    new = [event() for _ in range(12)]
+    twice = [event() for _ in range(4)]
+    same_id, other_body = event(), b'{"another": "body"}'
+    given = [*new, *(d for pair in zip(twice, twice) for d in pair), same_id, (same_id[0], other_body),
+             (failed_event, failed_body)]
     pool = Counted()
-    claims = []
-    for i in range(20):
-        event = Event(source="stripe", type="invoice.paid", id="evt_" + unique("many"), tenant_id="acme", payload={})
-        claims.append(await inbox.claim(db, event, json.dumps({"id": event.id}).encode(),
-                                        workflow_id=f"acme:dunning:{i}", outcome="received"))
+    claims = await asyncio.gather(*(inbox.claim(pool, e, b, workflow_id=f"acme:dunning:{e.id}", outcome="received")  # type: ignore[arg-type]
+                                    for e, b in given))
+    assert all(c.fresh and c.workflow_id == f"acme:dunning:{e.id}" for c, (e, _) in zip(claims[:12], new))
+    for first, second in zip(claims[12:20:2], claims[13:20:2]):
+        assert first.fresh and not second.fresh and second.id == first.id
+    assert claims[20].fresh and not claims[21].fresh and claims[21].id == claims[20].id
+    assert claims[22].fresh and claims[22].id == failed.id  # taken over
+    assert len({c.id for c in claims}) == 12 + 4 + 1 + 1
+    assert pool.statements < len(given) // 2, pool.statements
+
+    kept = [c for c in claims if c.fresh]
+    pool.statements = 0
     await asyncio.gather(*(inbox.settle(pool, c.id, "started" if i % 2 else "duplicate", run_id=f"run-{i}")  # type: ignore[arg-type]
-                           for i, c in enumerate(claims)))
-    rows = await db.fetch("SELECT id, outcome, workflow_id, run_id FROM webhook_inbox WHERE id = ANY($1)",
-                          [c.id for c in claims])
-    assert {r["id"]: (r["outcome"], r["workflow_id"], r["run_id"]) for r in rows} == {
-        c.id: ("started" if i % 2 else "duplicate", f"acme:dunning:{i}", f"run-{i}") for i, c in enumerate(claims)}
+                           for i, c in enumerate(kept)))
+    rows = await db.fetch("SELECT id, outcome, run_id FROM webhook_inbox WHERE id = ANY($1)", [c.id for c in kept])
+    assert {r["id"]: (r["outcome"], r["run_id"]) for r in rows} == {
+        c.id: ("started" if i % 2 else "duplicate", f"run-{i}") for i, c in enumerate(kept)}
     assert 1 <= pool.statements <= 2, pool.statements
 
     class Down(Counted):
@@ -472,11 +502,12 @@ async def test_outcomes_of_deliveries_answered_together_are_each_written_in_fewe
             return await db.execute(*args)
 
     down = Down()
-    results = await asyncio.gather(*(inbox.settle(down, c.id, "failed") for c in claims[:5]),  # type: ignore[arg-type]
+    results = await asyncio.gather(*(inbox.settle(down, c.id, "failed") for c in kept[:5]),  # type: ignore[arg-type]
                                    return_exceptions=True)
     assert all(isinstance(r, ConnectionResetError) for r in results), results
-    await inbox.settle(down, claims[0].id, "failed")  # type: ignore[arg-type]
-    assert await db.fetchval("SELECT outcome FROM webhook_inbox WHERE id = $1", claims[0].id) == "failed"
+    await inbox.settle(down, kept[0].id, "failed")  # type: ignore[arg-type]
+    assert await db.fetchval("SELECT outcome FROM webhook_inbox WHERE id = $1", kept[0].id) == "failed"
+
 
 async def test_a_failed_delivery_is_taken_over_by_the_retry_and_old_ones_are_pruned(db: asyncpg.Pool) -> None:
     event = Event(source="stripe", type="invoice.paid", id="evt_" + unique("x"), tenant_id="acme", payload={})

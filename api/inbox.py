@@ -128,7 +128,7 @@ _CLAIM_MANY = """WITH given AS (
        INSERT INTO webhook_inbox (source, event_id, event_type, scope, body_sha256, tenant_id, sent_at,
                                   body, outcome, workflow_id)
        SELECT source, event_id, event_type, scope, body_sha256, tenant_id, sent_at, body, outcome, workflow_id
-       FROM given ORDER BY n
+       FROM given ORDER BY source, scope, event_type, body_sha256  -- every API process in one order
        ON CONFLICT DO NOTHING
        RETURNING id, source, scope, event_type, body_sha256)
    SELECT g.n, k.id AS kept_id, seen.id, seen.outcome, seen.workflow_id, seen.run_id, seen.retakable
@@ -162,8 +162,16 @@ async def _claim_all(pool: asyncpg.Pool, rows: list[_Row]) -> list[Claim]:
             keys.add(by_id)
         batch.append(i)
     claims: list[Claim | None] = [None] * len(rows)
-    found = await pool.fetch(_CLAIM_MANY, *(list(column) for column in zip(*(rows[i] for i in batch), strict=True)),
-                             ABANDONED_AFTER)
+    try:
+        found = await pool.fetch(_CLAIM_MANY, *(list(column) for column in zip(*(rows[i] for i in batch), strict=True)),
+                                 ABANDONED_AFTER)
+    except asyncpg.DeadlockDetectedError:
+        # Two API processes' batches each waiting on a row of the other's (the rows are inserted
+        # in one order everywhere, so only deliveries sharing a sender id with another body can
+        # cross): Postgres ended this one. Each of its deliveries is claimed alone instead.
+        log.info("webhook inbox: %d claims crossed another process's; claimed one by one", len(batch))
+        found, alone = [], list(range(len(rows)))
+        batch = []
     for i, record in zip(batch, found, strict=True):
         row = rows[i]
         if record["kept_id"] is not None:

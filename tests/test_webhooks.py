@@ -509,6 +509,30 @@ async def test_deliveries_at_the_same_time_are_each_claimed_and_settled_as_alone
     assert await db.fetchval("SELECT outcome FROM webhook_inbox WHERE id = $1", kept[0].id) == "failed"
 
 
+async def test_two_api_processes_claiming_the_same_deliveries_at_once_start_each_once(
+        db: asyncpg.Pool, database_url: str) -> None:
+    """Two API processes (two pools, so two batches) get the same deliveries at the same moment,
+    in opposite orders: every delivery is kept by exactly one of them, and the other sees its
+    replay; neither batch waits forever on the other's rows."""
+    other = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    try:
+        for _ in range(5):
+            given = []
+            for _ in range(6):
+                e = Event(source="shopify", type="orders/create", id="evt_" + unique("both"), tenant_id=None,
+                          payload={})
+                given.append((e, json.dumps({"id": e.id}).encode()))
+
+            async def claims(pool: asyncpg.Pool, deliveries: list[tuple[Event, bytes]]) -> list[inbox.Claim]:
+                return await asyncio.gather(*(inbox.claim(pool, e, b, workflow_id=f"shop:order:{e.id}",
+                                                          outcome="received") for e, b in deliveries))
+
+            mine, theirs = await asyncio.wait_for(asyncio.gather(claims(db, given), claims(other, given[::-1])), 30)
+            for a, b in zip(mine, theirs[::-1], strict=True):
+                assert a.id == b.id and a.fresh != b.fresh, (a, b)
+    finally:
+        await other.close()
+
 async def test_a_failed_delivery_is_taken_over_by_the_retry_and_old_ones_are_pruned(db: asyncpg.Pool) -> None:
     event = Event(source="stripe", type="invoice.paid", id="evt_" + unique("x"), tenant_id="acme", payload={})
     body = json.dumps({"id": event.id}).encode()

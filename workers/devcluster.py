@@ -7,6 +7,7 @@ server.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import sys
@@ -137,8 +138,32 @@ def load_dev_cluster(path: Path | str = "temporal-dev.yaml") -> DevCluster:
     return cluster
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes the local ports of outgoing connections from."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now."""
+    """A loopback port nothing listens on now, below the range of outgoing connections' ports.
+
+    A port the kernel hands out for binding port 0 comes from that range, so between choosing it
+    and listening on it any outgoing connection (a Postgres or Temporal client, an HTTP request)
+    may take it as its own local port: a server then fails with "address already in use". A
+    port below the range is only ever taken by a listener."""
+    low, _ = _ephemeral_ports()
+    if low > 11000:
+        for _ in range(100):
+            port = random.randint(10000, low - 1)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -207,10 +207,12 @@ async def test_request_changes_gives_a_second_draft_then_reject_posts_nothing(
 
 async def test_without_a_wordpress_site_the_post_ends_before_the_crew_and_the_review(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, fixture_site: str,
+    wordpress: WordPressState,
 ) -> None:
     tenant = await add_tenant(db, "bistro")
     owner = tokens.client(tenant)
-    wf_id = await start(http, tokens, tenant, fixture_site)
+    topic = f"Rye bread for beginners {uuid.uuid4().hex[:6]}"
+    wf_id = await start(http, tokens, tenant, fixture_site, topic=topic)
     view = await finished(http, owner, wf_id)
     await record_history(client.get_workflow_handle(wf_id), "seo-content-wordpress-not-connected")
     result = view["result"]
@@ -224,6 +226,23 @@ async def test_without_a_wordpress_site_the_post_ends_before_the_crew_and_the_re
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
     r = await http.get("/v1/reports", params={"kind": "seo-content"}, headers=owner)
     assert [i["workflow_id"] for i in r.json()["items"]] == [wf_id]
+
+    # The topic stays free. Started again with still no site, it runs again under the same id.
+    handle = client.get_workflow_handle(wf_id)
+    first_run = (await handle.describe()).run_id
+    assert await start(http, tokens, tenant, fixture_site, topic=topic) == wf_id
+    assert (await finished(http, owner, wf_id))["result"]["status"] == "wordpress_not_connected"
+    assert (await handle.describe()).run_id != first_run
+    # Once a site is connected, it writes the post and asks for its review; another start of the
+    # topic while that run is open is refused.
+    await connect_wordpress(db, tenant, wordpress)
+    assert await start(http, tokens, tenant, fixture_site, topic=topic) == wf_id
+    r = await http.post("/v1/workflows/seo-content", json=body(tenant, fixture_site, topic=topic), headers=owner)
+    assert r.status_code == 409 and r.json()["code"] == "already_started", r.text
+    action = await pending(http, tokens, tenant, wf_id, "post-1")
+    assert action["workflow_id"] == wf_id
+    await decide(http, tokens, tenant, action, decision="reject", comment="not this month")
+    assert (await finished(http, owner, wf_id))["result"]["status"] == "rejected"
 
 
 async def test_bad_input_names_the_field_and_another_tenant_sees_nothing(

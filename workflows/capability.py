@@ -185,6 +185,10 @@ class Capability:
     decide_roles: frozenset[str] = frozenset()
     # A business key runs once: a closed workflow's id is not started again (409 / duplicate).
     id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.REJECT_DUPLICATE
+    # Unless its completed run's result says the key is still free: a run that ended before doing
+    # anything because something was missing (no WordPress site connected). A start of the key
+    # then starts a new run under the same id (workflows.starting.start_capability).
+    starts_again: Callable[[Any], bool] | None = None
     triggers: tuple[Trigger, ...] = ()
     schedules: tuple[ScheduleDecl, ...] = ()
     # The tenant's settings: a frozen, kw_only msgspec Struct, every field with a default.

@@ -148,7 +148,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
                 if isinstance(cause, ApplicationError) and cause.type == NOT_CONNECTED:
                     self._detail = (f"No WordPress site is connected for tenant {inp.tenant_id}: connect one "
                                     f"(PUT /v1/tenants/{inp.tenant_id}/connections/wordpress), then start the post "
-                                    "again under another key. Nothing was written or sent for review.")
+                                    "again. Nothing was written or sent for review.")
                     self._steps.append("wordpress_not_connected")
                     return await self._finish(inp, "wordpress_not_connected", False, calls, [], reviewed=False)
                 if not (isinstance(cause, ApplicationError) and cause.type == TOOL_ERROR):
@@ -391,6 +391,9 @@ CAPABILITY = Capability(
     workflow=SeoContentWorkflow,
     input_type=ContentInput,
     business_key=lambda inp: inp.key or topic_key(inp.topic),
+    # A post that ended for want of a WordPress site leaves its topic free: once a site is
+    # connected, starting the same topic again runs it.
+    starts_again=lambda result: result.status == "wordpress_not_connected",
     tenant_in_input=lambda inp: inp.tenant_id,
     start_roles=TENANT_PEOPLE,
     cancel_roles=TENANT_PEOPLE,

@@ -8,7 +8,8 @@ the same start as a schedule's action (Temporal appends the scheduled time to th
 
 A second start of a business key raises :class:`AlreadyStarted` with the existing workflow's
 id; each caller answers it its own way (the API 409 ``already_started``, a webhook 200 with
-the workflow it started first).
+the workflow it started first). A capability may declare results that leave the key free
+(``Capability.starts_again``): over such a completed run, the start runs the key again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowHandle
+from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -97,18 +98,37 @@ async def start_capability(
     starts with ``ALLOW_DUPLICATE_FAILED_ONLY``)."""
     cap = start.capability
     wf_id = start.workflow_id
-    try:
+
+    async def attempt(reuse: WorkflowIDReusePolicy) -> WorkflowHandle[Any, Any]:
         return await temporal.start_workflow(
             cap.run,
             start.input,
             id=wf_id,
             task_queue=task_queue,
-            id_reuse_policy=cap.id_reuse_policy if id_reuse_policy is None else id_reuse_policy,
+            id_reuse_policy=reuse,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING if signal else WorkflowIDConflictPolicy.FAIL,
             search_attributes=start.search_attributes,
             memo=memo,
             start_signal=signal,
             start_signal_args=signal_args,
         )
+
+    try:
+        return await attempt(cap.id_reuse_policy if id_reuse_policy is None else id_reuse_policy)
     except WorkflowAlreadyStartedError as exc:
+        if signal is None and id_reuse_policy is None and await _key_free_again(temporal, cap, wf_id):
+            try:  # a run still running (another start got here first) refuses this one
+                return await attempt(WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+            except WorkflowAlreadyStartedError as again:
+                raise AlreadyStarted(cap.name, start.business_key, wf_id, again.run_id) from None
         raise AlreadyStarted(cap.name, start.business_key, wf_id, exc.run_id) from None
+
+
+async def _key_free_again(temporal: Client, cap: Capability, wf_id: str) -> bool:
+    """Whether the key's last run completed with a result the capability starts again over."""
+    if cap.starts_again is None:
+        return False
+    handle = temporal.get_workflow_handle_for(cap.run, wf_id)
+    if (await handle.describe()).status != WorkflowExecutionStatus.COMPLETED:
+        return False
+    return cap.starts_again(await handle.result(follow_runs=False))

@@ -1,4 +1,4 @@
-"""The API's request telemetry: OpenTelemetry server spans (Litestar's instrumentation), named by
+"""The API's request telemetry: OpenTelemetry server spans (the ASGI instrumentation), named by
 route template once the route is known, and Prometheus request metrics by route template and
 status (served at /metrics, api/health.py).
 
@@ -16,8 +16,7 @@ from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
-from litestar.middleware import ASGIMiddleware
-from litestar.middleware import DefineMiddleware
+from litestar.middleware import ASGIMiddleware, DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryInstrumentationMiddleware
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send

@@ -33,7 +33,7 @@ from sandboxes.wordpress import WordPressState, WordPressUser, create_wordpress_
 from hitl.protocol import DecisionInput, sign_decision
 from core.client import connect
 from workers.dev import dev_env  # noqa: F401 - dev said and its secrets as BIZ_*, for processes tests start
-from workers.devcluster import free_port as devcluster_free_port
+from workers.devcluster import free_port  # noqa: F401 - below the outgoing connections' ports, for the tests
 from workers.main import build_workers, registrations
 from core.settings import LlmSettings, Settings
 
@@ -84,11 +84,6 @@ async def workflow_exists(client: Client, wf_id: str) -> bool:
             return False
         raise
     return True
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now, outside the outgoing connections' range."""
-    return devcluster_free_port()
 
 
 def unique(prefix: str = "t") -> str:

@@ -359,7 +359,8 @@ async def test_approvals_decide_refuses_bad_input_without_sending(settings: Sett
     assert not any(v.get_secret_value() in out + err for v in settings.decision.keys.values())
 
 
-async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool) -> None:
+async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool,
+                                                       client: Client) -> None:
     tenant = unique("salon")
     body = campaign_body(tenant)
     headers = {**tokens.client(tenant), "idempotency-key": "req-7f3a"}
@@ -399,7 +400,13 @@ async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, 
     usage = await db.fetch("SELECT agent, reported_to_lago_at FROM llm_usage WHERE workflow_id = $1 "
                            "OR starts_with(workflow_id, $1 || ':')", wf_id)
     assert {u["agent"] for u in usage} == {"campaign-strategist", "campaign-creative-crew"}
-    assert all(u["reported_to_lago_at"] is not None for u in usage)
+    if not all(u["reported_to_lago_at"] is not None for u in usage):
+        # Seen once under a loaded CI run, not reproduced since: say what the run did, to find why.
+        rows = await db.fetch("SELECT id, agent, workflow_id, idempotency_key, created_at, reported_to_lago_at "
+                              "FROM llm_usage WHERE workflow_id = $1 OR starts_with(workflow_id, $1 || ':')", wf_id)
+        history = await client.get_workflow_handle(wf_id).fetch_history()
+        events = [(e.event_id, e.event_time.ToDatetime().isoformat(), e.WhichOneof("attributes")) for e in history.events]
+        raise AssertionError(f"usage not billed after the cancel: {[dict(r) for r in rows]}\nhistory: {events}")
 
 
 async def test_pending_actions_stream_shows_an_approval_open_and_close(

@@ -25,7 +25,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 import msgspec
@@ -53,9 +53,19 @@ def scope_of(event: Event) -> str:
     return (event.tenant_id or "") if event.source == "generic" else ""
 
 
-# The row a delivery gives the inbox: source, event_id, event_type, scope, body_sha256,
-# tenant_id, sent_at, body, outcome, workflow_id.
-_Row = tuple[str, str | None, str, str, bytes, str | None, Any, bytes, str, str | None]
+class _Row(NamedTuple):
+    """The row a delivery gives the inbox, in the columns' order of the claim statements."""
+
+    source: str
+    event_id: str | None
+    event_type: str
+    scope: str
+    body_sha256: bytes
+    tenant_id: str | None
+    sent_at: Any
+    body: bytes
+    outcome: Outcome
+    workflow_id: str | None
 
 
 async def claim(pool: asyncpg.Pool, event: Event, body: bytes, *, workflow_id: str | None,
@@ -65,8 +75,8 @@ async def claim(pool: asyncpg.Pool, event: Event, body: bytes, *, workflow_id: s
 
     Deliveries claimed at the same time are kept by one statement (:class:`_Together`): under
     load each costs Postgres one insert in a shared statement and commit rather than its own."""
-    row: _Row = (event.source, event.id, event.type, scope_of(event), hashlib.sha256(body).digest(),
-                 event.tenant_id, event.sent_at, body, outcome, workflow_id)
+    row = _Row(event.source, event.id, event.type, scope_of(event), hashlib.sha256(body).digest(),
+               event.tenant_id, event.sent_at, body, outcome, workflow_id)
     return await _together(pool, "claim", _claim_all)(row)
 
 
@@ -96,24 +106,23 @@ _CLAIM_ONE = """WITH kept AS (
 async def _claim_one(pool: asyncpg.Pool, row: _Row) -> Claim:
     """One delivery alone: keep it; else find the first delivery (by the sender's id, else by
     the body) and take it over if its handling failed or was abandoned."""
-    source, event_id, event_type, outcome, workflow_id = row[0], row[1], row[2], row[8], row[9]
     for _ in range(3):
         found = await pool.fetchrow(_CLAIM_ONE, *row, ABANDONED_AFTER)
         if found["kept_id"] is not None:
-            return Claim(id=found["kept_id"], fresh=True, outcome=outcome, workflow_id=workflow_id)  # type: ignore[arg-type]
+            return Claim(id=found["kept_id"], fresh=True, outcome=row.outcome, workflow_id=row.workflow_id)
         if found["id"] is None:  # pruned, or kept by a delivery this statement could not see yet: again
             continue
         if found["retaken_id"] is not None:
-            log.info("%s event %r (id %s): taking over delivery %d that was not handled", source, event_type,
-                     event_id, found["retaken_id"])
+            log.info("%s event %r (id %s): taking over delivery %d that was not handled", row.source, row.event_type,
+                     row.event_id, found["retaken_id"])
             return Claim(id=found["retaken_id"], fresh=True, outcome="received", workflow_id=found["retaken_workflow_id"])
         return _replay(row, found)
     raise RuntimeError("the webhook inbox kept conflicting with rows it could not find")
 
 
 def _replay(row: _Row, found: asyncpg.Record) -> Claim:
-    log.info("%s event %r (id %s): a replay of delivery %d (%s); nothing started", row[0], row[2], row[1],
-             found["id"], found["outcome"])
+    log.info("%s event %r (id %s): a replay of delivery %d (%s); nothing started", row.source, row.event_type,
+             row.event_id, found["id"], found["outcome"])
     return Claim(id=found["id"], fresh=False, outcome=found["outcome"], workflow_id=found["workflow_id"],
                  run_id=found["run_id"])
 
@@ -152,8 +161,8 @@ async def _claim_all(pool: asyncpg.Pool, rows: list[_Row]) -> list[Claim]:
     keys: set[tuple[Any, ...]] = set()
     batch, alone = [], []
     for i, row in enumerate(rows):
-        by_body = ("body", row[0], row[3], row[2], row[4])
-        by_id = ("id", row[0], row[3], row[2], row[1]) if row[1] is not None else None
+        by_body = ("body", row.source, row.scope, row.event_type, row.body_sha256)
+        by_id = ("id", row.source, row.scope, row.event_type, row.event_id) if row.event_id is not None else None
         if by_body in keys or by_id in keys:
             alone.append(i)
             continue
@@ -175,7 +184,7 @@ async def _claim_all(pool: asyncpg.Pool, rows: list[_Row]) -> list[Claim]:
     for i, record in zip(batch, found, strict=True):
         row = rows[i]
         if record["kept_id"] is not None:
-            claims[i] = Claim(id=record["kept_id"], fresh=True, outcome=row[8], workflow_id=row[9])  # type: ignore[arg-type]
+            claims[i] = Claim(id=record["kept_id"], fresh=True, outcome=row.outcome, workflow_id=row.workflow_id)
         elif record["id"] is not None and not record["retakable"]:
             claims[i] = _replay(row, record)
         else:

@@ -12,7 +12,7 @@ With ``BIZ_RECORD_HISTORIES=1`` the histories are written to ``tests/histories/`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,9 +91,14 @@ def client_decider(tenant: str) -> Decider:
     return Decider(sub=f"owner@{tenant}", roles=["client"], tenant_id=tenant)
 
 
-async def open_request(handle: WorkflowHandle, workflow_cls: Any, request_id: str) -> ApprovalsView:
+async def open_request(handle: WorkflowHandle, workflow_cls: Any, request_id: str,
+                       history: str | None = None) -> ApprovalsView:
+    """The workflow's approvals, with ``request_id`` open; its history recorded as ``history``
+    (tests/histories/) once it is, when a name is given."""
     view = await handle.query(workflow_cls.approvals, result_type=ApprovalsView)
     assert view.open is not None and view.open.request.request_id == request_id, view
+    if history is not None:
+        await record_history(handle, history)
     return view
 
 
@@ -106,10 +111,8 @@ async def test_a_campaign_waiting_for_the_client_survives_a_restart_and_launches
     handle = await ns_client.start_workflow(CampaignWorkflow.run, inp, id=f"{tenant}:campaign:{inp.campaign_key}",
                                             task_queue=WORKFLOWS_QUEUE)
 
-    async def waiting() -> ApprovalsView:
-        view = await open_request(handle, CampaignWorkflow, "creative-1")
-        await record_history(handle, "campaign-waiting-for-approval")
-        return view
+    def waiting() -> Awaitable[ApprovalsView]:
+        return open_request(handle, CampaignWorkflow, "creative-1", "campaign-waiting-for-approval")
 
     async def then() -> CampaignResult:
         receipt = await handle.execute_update(
@@ -171,10 +174,8 @@ async def test_a_post_waiting_for_its_review_survives_a_restart_and_is_published
         handle = await ns_client.start_workflow(SeoContentWorkflow.run, inp, id=f"{tenant}:seo-content:starter",
                                                 task_queue=WORKFLOWS_QUEUE)
 
-        async def waiting() -> ApprovalsView:
-            view = await open_request(handle, SeoContentWorkflow, "post-1")
-            await record_history(handle, "seo-content-waiting-for-review")
-            return view
+        def waiting() -> Awaitable[ApprovalsView]:
+            return open_request(handle, SeoContentWorkflow, "post-1", "seo-content-waiting-for-review")
 
         publish_at = datetime.now(UTC) + timedelta(seconds=3)
 

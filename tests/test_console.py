@@ -103,8 +103,7 @@ class Console:
         if shot:
             await check(page, shot)
         await page.get_by_label("Dev token").fill(token)
-        await page.get_by_role("button", name="Sign in").click()
-        await page.wait_for_load_state()
+        await follow(page, page.get_by_role("button", name="Sign in"))
         return page
 
 
@@ -125,6 +124,14 @@ async def check(page: Any, name: str) -> None:
     await page.evaluate("() => document.activeElement.blur()")
 
 
+async def follow(page: Any, target: Any) -> None:
+    """Click what leads to another page (a link, a form's button) and wait until that page has
+    loaded. Waiting for the load state after the click alone can see the old page, and a reload
+    then collides with the navigation still under way."""
+    async with page.expect_navigation():
+        await target.click()
+
+
 def _token(settings: Settings, **kw: Any) -> str:
     return mint_dev_token(settings, **kw)
 
@@ -140,8 +147,7 @@ async def test_client_approves_with_an_edited_budget_and_sees_the_receipt(
     assert owner.url.endswith("/console/pending")
     await check(owner, "pending-actions")
     link = owner.get_by_role("link", name=re.compile("Approve the creative and budget"))
-    await link.first.click()
-    await owner.wait_for_load_state()
+    await follow(owner, link.first)
     assert await owner.locator("#status").inner_text() == "open"
     assert "600" in await owner.locator("#proposal").inner_text()
     assert (await owner.locator("#due").inner_text()).endswith("UTC")
@@ -153,8 +159,7 @@ async def test_client_approves_with_an_edited_budget_and_sees_the_receipt(
 
     # Out of the edit schema's range: refused by field, nothing sent to the workflow.
     await owner.get_by_label("Budget USD").fill("2000000")
-    await owner.get_by_role("button", name="Approve with edits").click()
-    await owner.wait_for_load_state()
+    await follow(owner, owner.get_by_role("button", name="Approve with edits"))
     budget = owner.get_by_label("Budget USD")
     assert await budget.get_attribute("aria-invalid") == "true"
     assert "Budget USD must be at most 1000000" in await owner.locator(".field .error").first.inner_text()
@@ -164,16 +169,14 @@ async def test_client_approves_with_an_edited_budget_and_sees_the_receipt(
     meta = owner.get_by_role("group", name="Meta ads")
     await meta.get_by_label("Headline").fill("Warm sourdough, every morning")
     await owner.get_by_label("Comment").nth(1).fill("a bit more budget")
-    await owner.get_by_role("button", name="Approve with edits").click()
-    await owner.wait_for_load_state()
+    await follow(owner, owner.get_by_role("button", name="Approve with edits"))
     assert await owner.locator("h1").inner_text() == "Decision recorded"
     receipt = await owner.locator("#receipt-message").inner_text()
     assert f"Approve with edits by owner@{tenant} was recorded" in receipt and "This approval is closed." in receipt
     await check(owner, "receipt")
 
     # The colleague approves a moment later: told who decided, nothing recorded for them.
-    await colleague.get_by_role("button", name="Approve", exact=True).click()
-    await colleague.wait_for_load_state()
+    await follow(colleague, colleague.get_by_role("button", name="Approve", exact=True))
     notice = await colleague.locator("#notice").inner_text()
     assert f"owner@{tenant} (client) decided it first: Approve with edits" in notice, notice
     await check(colleague, "action-decided-by-someone-else")
@@ -183,8 +186,7 @@ async def test_client_approves_with_an_edited_budget_and_sees_the_receipt(
     assert [d["decided_by"] for d in view["result"]["decisions"]] == [f"owner@{tenant}"]
 
     # The workflow's page: its progress and its timeline from history.
-    await owner.get_by_role("link", name="Follow the workflow").click()
-    await owner.wait_for_load_state()
+    await follow(owner, owner.get_by_role("link", name="Follow the workflow"))
     assert await owner.locator("#wf-status").inner_text() == "completed"
     timeline = await owner.locator("#timeline").inner_text()
     assert re.search(r"workflow execution update accepted\s+decide", timeline), timeline
@@ -213,28 +215,24 @@ async def test_admin_filters_the_hub_and_approves_an_over_cap_budget(
     assert admin.url.endswith("/console/hub")
     # A filter that is no tenant id is named, not sent.
     await admin.get_by_label("Tenant").fill("Not a tenant!")
-    await admin.get_by_role("button", name="Filter").click()
-    await admin.wait_for_load_state()
+    await follow(admin, admin.get_by_role("button", name="Filter"))
     assert "not a tenant id" in await admin.locator("#filter-tenant_id-error").inner_text()
 
     await admin.get_by_label("Tenant").fill(tenant)
     await admin.get_by_label("Capability").select_option("campaign")
     await admin.get_by_label("Role").select_option("admin")
     await admin.get_by_label("Due").select_option("no")
-    await admin.get_by_role("button", name="Filter").click()
-    await admin.wait_for_load_state()
+    await follow(admin, admin.get_by_role("button", name="Filter"))
     rows = admin.locator("tbody tr")
     assert await rows.count() == 1
     assert "above the tenant's cap" in await rows.first.inner_text()
     await check(admin, "approval-hub")
 
-    await rows.first.get_by_role("link").click()
-    await admin.wait_for_load_state()
+    await follow(admin, rows.first.get_by_role("link"))
     assert await admin.get_by_label("Budget USD").count() == 0  # approve or reject only: no edit form
     await check(admin, "hub-action")
     await admin.get_by_label("Comment").fill("seasonal push, approved")
-    await admin.get_by_role("button", name="Approve", exact=True).click()
-    await admin.wait_for_load_state()
+    await follow(admin, admin.get_by_role("button", name="Approve", exact=True))
     assert "Approve by admin@bizosaas was recorded" in await admin.locator("#receipt-message").inner_text()
 
     result = (await finished(http, tokens.admin(), wf_id))["result"]
@@ -243,10 +241,11 @@ async def test_admin_filters_the_hub_and_approves_an_over_cap_budget(
         ("budget-override", "admin@bizosaas", "seasonal push, approved")
 
     # The explorer lists the tenant's workflow; schedules and reports open.
-    await admin.get_by_role("link", name="Workflows").click()
+    await follow(admin, admin.get_by_role("link", name="Workflows"))
     await admin.get_by_label("Tenant").fill(tenant)
     await admin.get_by_label("Status").select_option("completed")
-    await admin.get_by_role("button", name="Filter").click()
+    await follow(admin, admin.get_by_role("button", name="Filter"))
+    assert f"tenant_id={tenant}" in admin.url, admin.url
 
     async def listed() -> None:
         await admin.reload()
@@ -254,12 +253,10 @@ async def test_admin_filters_the_hub_and_approves_an_over_cap_budget(
 
     await assert_eventually(listed, timeout=15, interval=0.3)
     await check(admin, "workflows")
-    await admin.get_by_role("link", name="Schedules").click()
-    await admin.wait_for_load_state()
+    await follow(admin, admin.get_by_role("link", name="Schedules"))
     assert await admin.locator("h1").inner_text() == "Schedules"
     await check(admin, "schedules")
-    await admin.get_by_role("link", name="Reports").click()
-    await admin.wait_for_load_state()
+    await follow(admin, admin.get_by_role("link", name="Reports"))
     assert await admin.locator("h1").inner_text() == "Reports"
     await check(admin, "reports")
 

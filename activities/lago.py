@@ -83,6 +83,9 @@ class ReportUsage(msgspec.Struct, frozen=True, kw_only=True):
     # With usage_ids: also every unreported row of this workflow and of its children
     # (`{workflow_id}:…`), e.g. the calls of an agent attempt that died.
     workflow_id: str | None = None
+    # Only rows recorded before this time (the platform's sweep leaves the newest rows to the
+    # workflows that are still running).
+    created_before: datetime | None = None
 
 
 class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,9 +211,10 @@ class LagoActivities(Activities):
                  AND ($1::text IS NULL OR tenant_id = $1)
                  AND (cardinality($2::bigint[]) = 0 OR id = ANY($2::bigint[])
                       OR workflow_id = $4 OR starts_with(workflow_id, $4 || ':'))
+                 AND ($5::timestamptz IS NULL OR created_at < $5)
                ORDER BY id
                LIMIT $3""",
-            req.tenant_id, req.usage_ids, req.limit, req.workflow_id,
+            req.tenant_id, req.usage_ids, req.limit, req.workflow_id, req.created_before,
         )
         sent = duplicates = 0
         marked: list[int] = []

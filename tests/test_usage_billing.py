@@ -114,6 +114,13 @@ async def test_only_platform_staff_start_it_and_bad_input_names_the_field(
     tenant = unique("peek")
     r = await http.post("/v1/workflows/usage-billing", json={"tenant_ids": [tenant]}, headers=tokens.client(tenant))
     assert r.status_code == 403, r.text
+    r = await http.post("/v1/workflows/usage-billing", json={"tenant_ids": [tenant]},
+                        headers=tokens.partner([tenant]))
+    assert r.status_code == 403, r.text
+    # Finance closes billing periods: it may run the sweep.
+    r = await http.post("/v1/workflows/usage-billing", json={"tenant_ids": [tenant], "key": unique("close")},
+                        headers=tokens.finance())
+    assert r.status_code == 202, r.text
     r = await http.post("/v1/workflows/usage-billing", json={"settled_minutes": -1}, headers=tokens.admin())
     assert r.status_code == 400 and "settled_minutes" in r.text, r.text
     r = await http.post("/v1/workflows/usage-billing", json={"tenant_ids": []}, headers=tokens.admin())

@@ -6,8 +6,8 @@ mid-run leaves a run that failed, and an agent attempt that timed out can still 
 calls, and record them, after its workflow has billed. The sweep sends every unreported row
 recorded more than ``settled_minutes`` ago to Lago (one event per row, the row's idempotency key
 as Lago's transaction id, so a row its workflow bills at the same moment still counts once) and
-marks it reported. Hourly for the platform, and on demand by admins, for every tenant or the
-named ones. Workflow id ``global:usage-billing:{key}``, the key the start's UTC minute
+marks it reported. Hourly for the platform, and on demand by finance and admins, for every
+tenant or the named ones. Workflow id ``global:usage-billing:{key}``, the key the start's UTC minute
 (``202611261705``) or the schedule's ``hourly-{scheduled time}``.
 """
 
@@ -105,7 +105,7 @@ CAPABILITY = Capability(
     input_type=UsageBillingInput,
     business_key=lambda inp: inp.key or f"{datetime.now(UTC):%Y%m%d%H%M}",
     tenant_in_input=lambda inp: PLATFORM_TENANT,
-    start_roles=ADMINS,
+    start_roles=ADMINS | {"finance"},  # finance closes billing periods
     summary="Usage billing sweep: send every LLM usage row not yet billed (of every tenant, or the named ones) to "
             "Lago, once each: calls of workflows that were terminated or failed, and of agent attempts that "
             "finished after their workflow billed. Hourly, and on demand.",

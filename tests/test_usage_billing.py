@@ -107,6 +107,15 @@ async def test_the_sweep_leaves_recent_rows_and_counts_a_row_billed_meanwhile_on
     assert sorted(e["transaction_id"] for e in lago_state.events_of(tenant)) == sorted([late, raced])
     assert await _unreported(db, bystander) == [other]  # only the named tenants
 
+    # A bounded run bills the oldest rows first and says rows may be left; the next run takes the rest.
+    backlog = [await row(bystander, f"campaign:spring:copywriter:9:1:{i}", hour_ago) for i in range(4)]
+    bounded = (await _sweep(http, tokens, {"tenant_ids": [bystander], "max_rows": 3, "key": unique("part")}))["result"]
+    assert (bounded["billed"], bounded["more"]) == (3, True)
+    assert await _unreported(db, bystander) == backlog[2:]
+    rest = (await _sweep(http, tokens, {"tenant_ids": [bystander], "max_rows": 3, "key": unique("rest")}))["result"]
+    assert (rest["billed"], rest["more"]) == (2, False)
+    assert await _unreported(db, bystander) == []
+
 
 async def test_only_platform_staff_start_it_and_bad_input_names_the_field(
     http: httpx.AsyncClient, tokens: Tokens

@@ -30,9 +30,8 @@ NAME = "usage-billing"
 
 Stage = Literal["started", "billing", "completed", "failed"]
 
-# Rows per activity call, and calls per tenant in one run: 20,000 rows; the next run bills the rest.
+# Rows per activity call.
 BATCH = 500
-MAX_BATCHES = 40
 
 
 class UsageBillingInput(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,6 +44,10 @@ class UsageBillingInput(msgspec.Struct, frozen=True, kw_only=True):
     ] | None = None
     # The business key of the run; None: the minute it was asked for.
     key: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)] | None = None
+    # At most this many rows per tenant named (or in all, for every tenant); the next run bills the rest.
+    max_rows: Annotated[int, msgspec.Meta(
+        ge=1, le=100_000, description="bill at most this many rows per tenant named (or in all); "
+                                      "the next run bills the rest")] = 20_000
     # Who asked (filled by the API from the authenticated caller, never from the body).
     requested_by: str = "system"
 
@@ -54,7 +57,7 @@ class UsageBillingResult(msgspec.Struct, frozen=True, kw_only=True):
     billed: int  # rows marked reported
     sent: int  # events Lago took as new
     duplicates: int  # events Lago already had (billed by their workflow, or a retry)
-    more: bool  # rows are left for the next run (a tenant reached MAX_BATCHES)
+    more: bool  # the run stopped at max_rows: rows may be left for the next run
 
 
 class UsageBillingProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,12 +83,14 @@ class UsageBillingWorkflow(Stages):
         more = False
         await self.stage("billing")
         for tenant_id in sorted(set(inp.tenant_ids)) if inp.tenant_ids else [None]:
-            for _ in range(MAX_BATCHES):
+            left = inp.max_rows
+            while left > 0:
                 report = await run_activity(LagoActivities.report_usage, ReportUsage(
-                    tenant_id=tenant_id, created_before=before, limit=BATCH))
+                    tenant_id=tenant_id, created_before=before, limit=min(BATCH, left)))
                 self._billed += len(report.usage_ids)
+                left -= len(report.usage_ids)
                 sent, duplicates = sent + report.sent, duplicates + report.duplicates
-                if not report.more:
+                if not report.more or not report.usage_ids:
                     break
             else:
                 more = True

@@ -13,8 +13,10 @@ Sources and their signatures:
   tenants), the id ``X-Shopify-Event-Id`` (else ``X-Shopify-Webhook-Id``), the time
   ``X-Shopify-Triggered-At``. Shopify signs the body only: these headers are the sender's word,
   which is why the inbox also knows a replay by its body.
-- ``lago``: ``X-Lago-Signature``, base64 HMAC-SHA256 of the raw body
-  (``X-Lago-Signature-Algorithm: hmac``; ``BIZ_LAGO_WEBHOOK_SECRET``); the type is
+- ``lago``: ``X-Lago-Signature`` by ``X-Lago-Signature-Algorithm``: ``hmac``, base64
+  HMAC-SHA256 of the raw body (``BIZ_LAGO_WEBHOOK_SECRET``, the organization's HMAC key), or
+  ``jwt`` (Lago's default), an RS256 JWT whose ``data`` claim is the raw body, verified with
+  Lago's public key (``BIZ_LAGO_WEBHOOK_PUBLIC_KEY``); the type is
   ``webhook_type``, the id ``X-Lago-Unique-Key`` (the same on every retry). Lago sends no time
   (its headers are the signature, its algorithm and the unique key), so its deliveries are
   never refused as old: they are known again by id and body for as long as the inbox keeps them.
@@ -38,6 +40,7 @@ over ``MAX_BODY_BYTES``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -46,7 +49,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
+import jwt
 import msgspec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from litestar import Request, Response, Router, post
 from litestar.di import NamedDependency
 from litestar.exceptions import (
@@ -234,19 +239,48 @@ async def _shopify(request: Request, body: bytes, settings: Settings, db: asyncp
 
 
 async def _lago(request: Request, body: bytes, settings: Settings, db: asyncpg.Pool) -> Event:
-    secret = _secret(settings.lago.webhook_secret, "lago")
+    lago = settings.lago
+    if lago.webhook_secret is None and lago.webhook_public_key is None:
+        log.warning("webhook lago: neither an HMAC key nor Lago's public key is configured; refused")
+        raise NotFoundException("webhook source 'lago' is not configured")
     given = request.headers.get("x-lago-signature")
     if not given:
         raise Unsigned("no X-Lago-Signature header")
-    if request.headers.get("x-lago-signature-algorithm", "hmac").lower() != "hmac":
-        raise Unsigned("only the hmac signature algorithm is accepted")
-    if not _same(_hmac_b64(secret, body), given.strip()):
-        raise Unsigned("X-Lago-Signature does not match the body")
+    algorithm = request.headers.get("x-lago-signature-algorithm", "hmac").strip().lower()
+    if algorithm == "hmac":
+        if lago.webhook_secret is None:
+            raise Unsigned("an hmac signature, and BIZ_LAGO_WEBHOOK_SECRET is not set")
+        if not _same(_hmac_b64(lago.webhook_secret.get_secret_value(), body), given.strip()):
+            raise Unsigned("X-Lago-Signature does not match the body")
+    elif algorithm == "jwt":
+        if lago.webhook_public_key is None:
+            raise Unsigned("a jwt signature, and BIZ_LAGO_WEBHOOK_PUBLIC_KEY is not set")
+        _lago_jwt(given.strip(), body, lago.webhook_public_key)
+    else:
+        raise Unsigned(f"unknown X-Lago-Signature-Algorithm {algorithm[:20]!r} (hmac or jwt)")
     payload = _json(body)
     if not isinstance(payload.get("webhook_type"), str):
         raise ValidationException("the Lago event has no webhook_type")
     return Event(source="lago", type=payload["webhook_type"], id=_event_id(request.headers.get("x-lago-unique-key")),
                  tenant_id=None, payload=payload, sender="webhook:lago")
+
+
+@functools.lru_cache(maxsize=4)
+def _rsa_public_key(pem: str) -> Any:
+    return load_pem_public_key(pem.encode())
+
+
+def _lago_jwt(token: str, body: bytes, pem: str) -> None:
+    """Lago's ``jwt`` signature: an RS256 JWT by Lago's private key whose ``data`` claim is the
+    body itself (``{"data": <the body>, "iss": <Lago's URL>}``, no expiry)."""
+    try:
+        claims = jwt.decode(token, _rsa_public_key(pem), algorithms=["RS256"],
+                            options={"require": ["data"], "verify_aud": False, "verify_iss": False})
+    except jwt.PyJWTError as exc:
+        raise Unsigned(f"X-Lago-Signature is not a JWT of Lago's key ({type(exc).__name__})") from None
+    data = claims["data"]
+    if not isinstance(data, str) or not hmac.compare_digest(data.encode(), body):
+        raise Unsigned("the X-Lago-Signature JWT signs another body")
 
 
 async def _generic(request: Request, body: bytes, settings: Settings, db: asyncpg.Pool) -> Event:

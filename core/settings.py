@@ -12,6 +12,7 @@ its own, and production needs OIDC and the payload codec's keys.
 
 from __future__ import annotations
 
+import base64
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -176,7 +177,34 @@ class StripeSettings(BaseModel):
 class LagoSettings(BaseModel):
     api_url: str | None = None
     api_key: SecretStr | None = None
+    # The organization's HMAC key: webhooks signed `hmac` (X-Lago-Signature-Algorithm).
     webhook_secret: SecretStr | None = None
+    # Lago's RSA public key: webhooks signed `jwt` (Lago's default). PEM, or the base64 of the PEM
+    # that Lago's `GET /api/v1/webhooks/public_key` answers. Public: not a secret.
+    webhook_public_key: str | None = None
+
+    @field_validator("webhook_public_key")
+    @classmethod
+    def _an_rsa_public_key(cls, value: str | None) -> str | None:
+        """The key as PEM text; a value that is no RSA public key fails at start, not per delivery."""
+        if value is None or not value.strip():
+            return None
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        text = value.strip()
+        if not text.startswith("-----BEGIN"):
+            try:
+                text = base64.b64decode(text, validate=True).decode().strip()
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError("BIZ_LAGO_WEBHOOK_PUBLIC_KEY is neither a PEM key nor the base64 of one") from None
+        try:
+            key = load_pem_public_key(text.encode())
+        except ValueError:
+            raise ValueError("BIZ_LAGO_WEBHOOK_PUBLIC_KEY is not a PEM public key") from None
+        if not isinstance(key, RSAPublicKey):
+            raise ValueError("BIZ_LAGO_WEBHOOK_PUBLIC_KEY is not an RSA key (Lago signs with RS256)")
+        return text + "\n"
 
 
 class ShopifySettings(BaseModel):

@@ -22,6 +22,8 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -216,15 +218,25 @@ async def mcp_sandbox(db: asyncpg.Pool) -> AsyncIterator[str]:
 # --- The platform ------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
+def lago_signing_key() -> rsa.RSAPrivateKey:
+    """Lago's RSA key pair as a Lago server holds it: webhooks signed ``jwt`` are RS256 JWTs of it."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
 def settings(
-    temporal_env: WorkflowEnvironment, database_url: str, dev_cluster: DevCluster, localstripe_url: str, lago_url: str
+    temporal_env: WorkflowEnvironment, database_url: str, dev_cluster: DevCluster, localstripe_url: str, lago_url: str,
+    lago_signing_key: rsa.RSAPrivateKey,
 ) -> Settings:
+    lago_public_pem = lago_signing_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     target = temporal_env.client.service_client.config.target_host
     return dev_settings(
         temporal={"address": target, "namespace": dev_cluster.namespace},
         database={"url": database_url},
         stripe={"api_base": localstripe_url, "api_key": STRIPE_TEST_KEY, "webhook_secret": "whsec_test_bizosaas"},
-        lago={"api_url": lago_url, "api_key": LAGO_TEST_KEY, "webhook_secret": "lago-webhook-test-secret"},
+        lago={"api_url": lago_url, "api_key": LAGO_TEST_KEY, "webhook_secret": "lago-webhook-test-secret",
+              "webhook_public_key": lago_public_pem},
         shopify={"webhook_secret": "shopify-webhook-test-secret"},  # webhooks are signed with these
         worker={"graceful_shutdown_seconds": 2},
         dev={"state_dir": Path(tempfile.mkdtemp(prefix="bizosaas-test-state-"))},

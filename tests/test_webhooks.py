@@ -1,7 +1,8 @@
 """Triggers over real HTTP with the real workers: signed webhooks (Shopify, Stripe, Lago, the
 generic per-tenant HMAC) and platform events start workflows through the trigger table; a
 redelivery starts nothing new; a missing, forged or stale signature starts nothing and is
-logged without the secret. Senders sign as they do: stripe's own helper, HMACs for the rest."""
+logged without the secret. Senders sign as they do: stripe's own helper, Lago's RS256 JWT (its
+default) or HMAC, HMACs for the rest."""
 
 from __future__ import annotations
 
@@ -18,18 +19,24 @@ from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 import stripe
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from litestar.exceptions import NotFoundException
+from pydantic import ValidationError
 from temporalio.client import Client
 
 import api.triggers
+import api.webhooks
 from api import inbox
 from api.auth import mint_dev_token
 from api.triggers import Event
-from api.webhooks import MAX_BODY_BYTES
+from api.webhooks import MAX_BODY_BYTES, Unsigned
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.support import workflow_exists
-from core.settings import Settings
+from core.settings import LagoSettings, Settings
 
 log = logging.getLogger(__name__)
 # How many distinct orders the redelivery test sends, each 5 times at once.
@@ -422,6 +429,98 @@ async def test_lago_and_stripe_replays_answer_duplicate_and_events_without_a_tri
         payload = json.dumps({**event, "id": "evt_" + unique("x"), **bad})
         r = await http.post("/v1/webhooks/stripe", content=payload, headers=stripe_headers(settings, payload))
         assert r.status_code == 400 and named in r.text, (bad, r.text)
+
+
+def lago_jwt_headers(key: rsa.RSAPrivateKey, body: bytes, unique_key: str) -> dict[str, str]:
+    """Signed as a Lago server signs by default (``jwt``): an RS256 JWT of Lago's private key whose
+    ``data`` claim is the body, issued by Lago's URL, no expiry."""
+    token = jwt.encode({"data": body.decode(), "iss": "http://lago-api.example:3000"}, key, algorithm="RS256")
+    return {"content-type": "application/json", "x-lago-signature": token, "x-lago-signature-algorithm": "jwt",
+            "x-lago-unique-key": unique_key}
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def test_lago_jwt_signatures_are_verified_with_lagos_public_key(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, lago_signing_key: rsa.RSAPrivateKey
+) -> None:
+    # Lago's default signature; the body as Lago writes it (UTF-8, not ASCII-escaped).
+    body = json.dumps({"webhook_type": "invoice.created", "object_type": "invoice",
+                       "invoice": {"lago_id": unique("inv"), "customer": {"name": "Café Zoë"}}},
+                      ensure_ascii=False).encode()
+    key = unique("lago")
+    r = await http.post("/v1/webhooks/lago", content=body, headers=lago_jwt_headers(lago_signing_key, body, key))
+    assert r.status_code == 202 and r.json()["outcome"] == "ignored", r.text
+    again = await http.post("/v1/webhooks/lago", content=body, headers=lago_jwt_headers(lago_signing_key, body, key))
+    assert again.status_code == 200 and again.json()["outcome"] == "duplicate", again.text
+    (row,) = await inbox_rows(db, "lago", event_id=key)
+    assert (row["outcome"], row["event_type"], bytes(row["body"])) == ("no_trigger", "invoice.created", body)
+
+    # Forgeries, each of a body never seen: another key's JWT; Lago's JWT of another body; an
+    # HS256 token keyed with the public key itself (algorithm confusion); an unsigned token; an
+    # algorithm Lago does not have. Each is refused 401 and nothing is kept.
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = settings.lago.webhook_public_key.encode()
+
+    def forged_body() -> bytes:
+        return json.dumps({"webhook_type": "invoice.created", "invoice": {"lago_id": unique("inv")}}).encode()
+
+    def hs256_with_public_key(b: bytes) -> str:
+        head = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        claims = _b64url(json.dumps({"data": b.decode()}).encode())
+        return f"{head}.{claims}." + _b64url(hmac.new(public_pem, f"{head}.{claims}".encode(), hashlib.sha256).digest())
+
+    def unsigned(b: bytes) -> str:
+        return f"{_b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{_b64url(json.dumps({'data': b.decode()}).encode())}."
+
+    forgeries = {
+        "another key": lambda b: lago_jwt_headers(other_key, b, unique("lago")),
+        "another body": lambda b: lago_jwt_headers(lago_signing_key, forged_body(), unique("lago")),
+        "HS256 with the public key": lambda b: {**lago_jwt_headers(lago_signing_key, b, unique("lago")),
+                                                "x-lago-signature": hs256_with_public_key(b)},
+        "alg none": lambda b: {**lago_jwt_headers(lago_signing_key, b, unique("lago")), "x-lago-signature": unsigned(b)},
+        "unknown algorithm": lambda b: {**lago_jwt_headers(lago_signing_key, b, unique("lago")),
+                                        "x-lago-signature-algorithm": "rsa-sha1"},
+    }
+    for what, headers_of in forgeries.items():
+        b = forged_body()
+        r = await http.post("/v1/webhooks/lago", content=b, headers=headers_of(b))
+        assert r.status_code == 401 and r.json()["detail"] == "invalid webhook signature", (what, r.text)
+        assert await inbox_rows(db, "lago", body_sha256=hashlib.sha256(b).digest()) == [], what
+
+
+async def test_lago_keys_are_checked_at_start_and_each_algorithm_needs_its_own(
+    settings: Settings, lago_signing_key: rsa.RSAPrivateKey
+) -> None:
+    pem = settings.lago.webhook_public_key
+    # As Lago's API answers it (base64 of the PEM), or as PEM: the same key.
+    assert LagoSettings(webhook_public_key=base64.b64encode(pem.encode()).decode()).webhook_public_key == pem
+    for bad in ("not a key", base64.b64encode(b"not a pem").decode(),
+                ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()):
+        with pytest.raises(ValidationError, match="BIZ_LAGO_WEBHOOK_PUBLIC_KEY"):
+            LagoSettings(webhook_public_key=bad)
+
+    class Delivery:  # what the verifier reads of a request
+        def __init__(self, headers: dict[str, str]) -> None:
+            self.headers = headers
+
+    body = json.dumps({"webhook_type": "invoice.created"}).encode()
+    jwt_signed = Delivery(lago_jwt_headers(lago_signing_key, body, unique("lago")))
+    hmac_only = settings.model_copy(update={"lago": settings.lago.model_copy(update={"webhook_public_key": None})})
+    with pytest.raises(Unsigned, match="BIZ_LAGO_WEBHOOK_PUBLIC_KEY is not set"):
+        await api.webhooks._lago(jwt_signed, body, hmac_only, None)  # type: ignore[arg-type]
+    neither = settings.model_copy(update={"lago": LagoSettings()})
+    with pytest.raises(NotFoundException):
+        await api.webhooks._lago(jwt_signed, body, neither, None)  # type: ignore[arg-type]
+    key_only = settings.model_copy(update={"lago": LagoSettings(webhook_public_key=pem)})
+    event = await api.webhooks._lago(jwt_signed, body, key_only, None)  # type: ignore[arg-type]
+    assert (event.source, event.type) == ("lago", "invoice.created")
+    hmac_signed = Delivery(lago_headers(settings, body, unique("lago")))
+    with pytest.raises(Unsigned, match="BIZ_LAGO_WEBHOOK_SECRET is not set"):
+        await api.webhooks._lago(hmac_signed, body, key_only, None)  # type: ignore[arg-type]
 
 
 async def test_a_shop_domain_belongs_to_one_tenant(db: asyncpg.Pool) -> None:

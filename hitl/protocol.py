@@ -339,6 +339,11 @@ def check_decision(approval: OpenApproval | None, d: DecisionInput, tenant_id: s
     ``tenant_id`` is the workflow's: a decider out of its scope learns nothing else."""
     if not in_tenant_scope(tenant_id, d.by):
         raise DecisionRefused(TENANT_NOT_ALLOWED, "approval not found")
+    if (approval is not None and approval.status != "open" and approval.request.request_id == d.request_id
+            and any(r.decided_by == d.by.sub for r in approval.decisions)):
+        # A decider asking again after an answer they did not get (a 503, a cut connection):
+        # their decision closed it.
+        raise DecisionRefused(ALREADY_DECIDED, f"{d.by.sub} has already decided {d.request_id!r}")
     if approval is None or approval.status != "open" or approval.request.request_id != d.request_id:
         raise DecisionRefused(STALE_REQUEST, f"approval {d.request_id!r} is not open (already closed or replaced)")
     role = deciding_role(approval, d.by)

@@ -107,3 +107,41 @@ async def test_two_processes_migrating_together_apply_each_migration_once(postgr
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def test_a_decider_asking_again_after_their_decision_closed_the_approval_hears_already_decided() -> None:
+    """A lost answer (a 503, a cut connection) and the same decision again: 409 already_decided
+    for its decider, approval_closed for anyone else (closed, or another request)."""
+    from datetime import UTC, datetime
+
+    from hitl.protocol import (
+        ALREADY_DECIDED,
+        STALE_REQUEST,
+        ApprovalRequest,
+        Decider,
+        DecisionInput,
+        DecisionRecord,
+        DecisionRefused,
+        OpenApproval,
+        check_decision,
+    )
+
+    now = datetime.now(UTC)
+    owner = Decider(sub="owner@shop", roles=["client"], tenant_id="shop")
+    other = Decider(sub="clerk@shop", roles=["client"], tenant_id="shop")
+    request = ApprovalRequest(request_id="review", kind="order.review", title="Review order o1")
+    approval = OpenApproval(request=request, tenant_id="shop", opened_at=now, due_at=None, audience="client",
+                            roles=["client"])
+    assert check_decision(approval, DecisionInput(request_id="review", decision="approve", by=owner), "shop") == "client"
+    closed = msgspec.structs.replace(approval, status="closed", outcome="approved", closed_at=now, decisions=[
+        DecisionRecord(request_id="review", decision="approve", decided_by=owner.sub, role="client", tenant_id="shop",
+                       acting_as=None, decided_at=now)])
+
+    def refusal(d: DecisionInput) -> str:
+        with pytest.raises(DecisionRefused) as refused:
+            check_decision(closed, d, "shop")
+        return refused.value.type
+
+    assert refusal(DecisionInput(request_id="review", decision="approve", by=owner)) == ALREADY_DECIDED
+    assert refusal(DecisionInput(request_id="review", decision="approve", by=other)) == STALE_REQUEST
+    assert refusal(DecisionInput(request_id="earlier", decision="approve", by=owner)) == STALE_REQUEST

@@ -48,7 +48,8 @@ class CodecPayload(msgspec.Struct, kw_only=True):
 
 
 class CodecPayloads(msgspec.Struct, kw_only=True):
-    payloads: Annotated[list[CodecPayload], msgspec.Meta(max_length=MAX_PAYLOADS)]
+    # The temporal CLI sends `{}` when there is nothing to encode (a query without input).
+    payloads: Annotated[list[CodecPayload], msgspec.Meta(max_length=MAX_PAYLOADS)] = []
 
 
 def _b64decode(value: str, what: str) -> bytes:

@@ -100,4 +100,5 @@ async def livez() -> Alive:
 async def metrics() -> Response[str]:
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-    return Response(generate_latest(REGISTRY).decode(), media_type=CONTENT_TYPE_LATEST)
+    # Litestar adds the charset of a text answer itself: once, not twice.
+    return Response(generate_latest(REGISTRY).decode(), media_type=CONTENT_TYPE_LATEST.replace("; charset=utf-8", ""))

@@ -21,7 +21,7 @@ from litestar.exceptions import NotFoundException
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_400_BAD_REQUEST, HTTP_410_GONE
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ApiError, ConflictError, RejectedError
@@ -104,6 +104,7 @@ class LinksController(Controller):
         c = _claims(settings, token)
         handle = temporal.get_workflow_handle(c.workflow_id)
         try:
+            running = (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
             view = await handle.query(HumanDecisions.approvals, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as exc:
             if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
@@ -112,7 +113,7 @@ class LinksController(Controller):
         except Exception:  # noqa: BLE001 - not an approval workflow
             raise NotFoundException("pending action not found") from None
         a = view.open
-        if a is None or a.request.request_id != c.request_id:
+        if a is None or a.request.request_id != c.request_id or not running:  # (a run canceled while asking)
             return _page("Already closed", "<p>This approval was already decided or has closed.</p>"
                          + _console(settings, c), status=409)
         verb = "Approve" if c.choice == "approve" else "Reject"

@@ -27,14 +27,14 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException, Se
 from litestar.params import JSONBody, Parameter, PathParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
-from temporalio.client import (Client, WorkflowExecution, WorkflowUpdateFailedError,
+from temporalio.client import (Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowUpdateFailedError,
                                WorkflowUpdateRPCTimeoutOrCancelledError)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal
 from api.errors import ConflictError, RejectedError
-from api.visibility import CURSOR_PATTERN, in_list, page, quote, tenant_clause, timestamp
+from api.visibility import CURSOR_PATTERN, in_list, listed_tenant, page, quote, tenant_clause, timestamp
 from api.workflows import QUERY_TIMEOUT, describe_in_scope
 from hitl.approvals import HumanDecisions
 from hitl.protocol import (
@@ -145,7 +145,7 @@ async def _summaries(executions: list[WorkflowExecution]) -> list[ActionSummary]
 
 async def _inbox(temporal: Client, key: bytes, principal: Principal, audience: str, tenant_id: str | None, limit: int,
                  cursor: str | None, extra: list[str]) -> ActionPage:
-    scope = tenant_clause(principal, tenant_id)
+    scope = tenant_clause(principal, listed_tenant(principal, tenant_id))
     if scope == "":
         return ActionPage(items=[])
     clauses = ["BizPendingApproval = true", f"BizApprovalAudience = {quote(audience)}",
@@ -219,9 +219,12 @@ async def action_detail(temporal: Client, principal: Principal, action_id: str) 
     if not found:
         raise NotFoundException(f"pending action {action_id!r} not found")
     a: OpenApproval = found[-1]
+    # A run canceled, terminated or timed out while asking ends with its request still open in
+    # its state (a terminated run runs no more code): nobody can decide it any more.
+    status = a.status if desc.status == WorkflowExecutionStatus.RUNNING else "closed"
     return ActionDetail(
         action_id=action_id, workflow_id=wf_id, tenant_id=a.tenant_id,
-        capability=desc.typed_search_attributes.get(CAPABILITY), status=a.status, outcome=a.outcome,
+        capability=desc.typed_search_attributes.get(CAPABILITY), status=status, outcome=a.outcome,
         request=a.request, audience=a.audience, roles=a.roles, escalated=a.escalated, opened_at=a.opened_at,
         due_at=a.due_at, decisions=a.decisions)
 
@@ -281,7 +284,9 @@ class PendingActionsController(Controller):
 
     @get("/", operation_id="list_pending_actions", summary="The caller's Pending Actions (client audience)",
          description="Open approvals addressed to clients, in the caller's tenants (partners: the tenants they "
-                     "manage; platform staff: every tenant, or `tenant_id`). One visibility call per page.")
+                     "manage; platform staff: every tenant, or `tenant_id`; 404 for a tenant out of the caller's). One "
+                     "visibility call per page.",
+         raises=[NotFoundException])
     async def list_pending(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                            cursor_key: NamedDependency[bytes],
                            tenant_id: _TENANT = None, capability: _CAPABILITY = None,
@@ -295,10 +300,11 @@ class PendingActionsController(Controller):
                      "approval event (requested, reminder, escalated, decided, timed_out) in the caller's "
                      f"tenants. One poller per API process watches visibility every {STREAM_POLL_SECONDS:g} s "
                      "for every connection; each connection sees only its own scope. Reconnect with a new "
-                     "request (a connection ends after an hour).")
+                     "request (a connection ends after an hour). 404: `tenant_id` out of the caller's tenants.",
+         raises=[NotFoundException])
     async def stream(self, request: Request[Principal, Any, Any], tenant_id: _TENANT = None) -> ServerSentEvent:
         hub: PendingStream = request.app.state.pending_stream
-        subscriber = hub.subscribe(request.user, tenant_id)
+        subscriber = hub.subscribe(request.user, listed_tenant(request.user, tenant_id))
 
         async def changes() -> AsyncIterator[ServerSentEventMessage]:
             try:
@@ -374,8 +380,9 @@ class ApprovalHubController(Controller):
 
     @get("/", operation_id="list_admin_approvals", summary="Open approvals addressed to the platform's staff",
          description="The Optimization & Approvals hub across tenants (partners: the tenants they manage). "
-                     "Admins decide through `POST /v1/pending-actions/{action_id}/decision`.",
-         opt={"roles": HUB_ROLES})
+                     "Admins decide through `POST /v1/pending-actions/{action_id}/decision`. 404: `tenant_id` out of "
+                     "the caller's tenants.",
+         opt={"roles": HUB_ROLES}, raises=[NotFoundException])
     async def list_approvals(self, request: Request[Principal, Any, Any], temporal: NamedDependency[Client],
                              cursor_key: NamedDependency[bytes],
                              tenant_id: _TENANT = None, capability: _CAPABILITY = None,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from litestar.exceptions import ValidationException
+from litestar.exceptions import NotFoundException, ValidationException
 from temporalio.client import Client, WorkflowExecution
 
 from api.auth import Principal
@@ -45,6 +45,14 @@ def tenant_clause(principal: Principal, tenant_id: str | None) -> str | None:
         return None
     tenants = sorted({t for t in (principal.tenant_id, *principal.tenants) if t})
     return in_list("BizTenantId", tenants) if tenants else ""
+
+
+def listed_tenant(principal: Principal, tenant_id: str | None) -> str | None:
+    """A listing's ``tenant_id`` filter: 404 for a tenant out of the caller's scope, as every
+    tenant route answers (a caller learns nothing of another tenant, not even that it exists)."""
+    if tenant_id is not None and not principal.can_see_tenant(tenant_id):
+        raise NotFoundException(f"tenant {tenant_id!r} not found")
+    return tenant_id
 
 
 def timestamp(value: datetime) -> str:

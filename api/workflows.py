@@ -24,7 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.auth import Principal
 from api.errors import ConflictError
 from api.ratelimit import StartLimiter
-from api.visibility import CURSOR_PATTERN, page, quote, tenant_clause
+from api.visibility import CURSOR_PATTERN, listed_tenant, page, quote, tenant_clause
 from workflows.capability import Command
 from workflows.catalogue import CATALOGUE, Capability, commands
 from core.names import CAPABILITY, CONTROL_QUERY, PENDING_APPROVAL, PROGRESS_QUERY, SLUG_PATTERN, TENANT_ID
@@ -175,7 +175,7 @@ async def list_page(temporal: Client, key: bytes, principal: Principal, *, tenan
                     capability: str | None = None, status: Status | None = None, pending: bool | None = None,
                     limit: int = 50, cursor: str | None = None) -> WorkflowPage:
     """A page of workflows in the caller's tenants, newest first, with the typed filters."""
-    scope = tenant_clause(principal, tenant_id)
+    scope = tenant_clause(principal, listed_tenant(principal, tenant_id))
     if scope == "":
         return WorkflowPage(items=[])
     clauses = [scope] if scope else ["BizTenantId IS NOT NULL"]
@@ -183,15 +183,16 @@ async def list_page(temporal: Client, key: bytes, principal: Principal, *, tenan
         clauses.append(f"BizCapability = {quote(capability)}")
     if status:
         clauses.append(f"ExecutionStatus = {quote(_STATUS_NAMES[status])}")
-    if pending is not None:
-        clauses.append("BizPendingApproval = true" if pending else
-                       "(BizPendingApproval = false OR BizPendingApproval IS NULL)")
+    if pending is not None:  # a run that ended while asking keeps the attribute: not waiting
+        clauses.append("BizPendingApproval = true AND ExecutionStatus = 'Running'" if pending else
+                       "(BizPendingApproval = false OR BizPendingApproval IS NULL OR ExecutionStatus != 'Running')")
     executions, next_cursor = await page(temporal, key, clauses, limit, cursor)
     return WorkflowPage(items=[WorkflowSummary(
         workflow_id=wf.id, run_id=wf.run_id, workflow_type=wf.workflow_type,
         capability=wf.typed_search_attributes.get(CAPABILITY), tenant_id=wf.typed_search_attributes.get(TENANT_ID),
         status=wf.status.name if wf.status else "UNKNOWN",
-        pending_approval=bool(wf.typed_search_attributes.get(PENDING_APPROVAL)),
+        pending_approval=bool(wf.typed_search_attributes.get(PENDING_APPROVAL))
+        and wf.status == WorkflowExecutionStatus.RUNNING,
         start_time=wf.start_time, close_time=wf.close_time) for wf in executions], next_cursor=next_cursor)
 
 
@@ -238,7 +239,9 @@ class WorkflowController(Controller):
 
     @get("/", operation_id="list_workflows", summary="Workflows in the caller's tenants, newest first",
          description="Clients see their tenant, partners the tenants they manage, platform staff every tenant "
-                     "(or `tenant_id`). Filters are typed; page with `cursor` = the previous `next_cursor`.")
+                     "(or `tenant_id`, 404 out of the caller's tenants). Filters are typed; page with `cursor` = "
+                     "the previous `next_cursor`.",
+         raises=[NotFoundException])
     async def list_workflows(
         self, request: Request, temporal: NamedDependency[Client], cursor_key: NamedDependency[bytes],
         tenant_id: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,

@@ -233,7 +233,7 @@ async def test_bad_decisions_get_clear_4xx_and_change_nothing(http: httpx.AsyncC
     r = await http.get("/v1/pending-actions", headers=tokens.client(other))
     assert r.json()["items"] == []
     r = await http.get("/v1/pending-actions", params={"tenant_id": tenant}, headers=tokens.client(other))
-    assert r.json()["items"] == []
+    assert r.status_code == 404, r.text
     r = await http.get("/v1/pending-actions/not-an-action", headers=owner)
     assert r.status_code == 404
     # Still open and undecided after all that.
@@ -373,7 +373,7 @@ async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, 
                                 headers={**tokens.client(tenant), "idempotency-key": "req-other"})
     assert other_key.status_code == 409 and other_key.json()["workflow_id"] == first.json()["workflow_id"]
     wf_id = first.json()["workflow_id"]
-    await pending_action(http, tokens, tenant, wf_id)
+    action = await pending_action(http, tokens, tenant, wf_id)
 
     async def listed(**params: Any) -> list[str]:
         r = await http.get("/v1/workflows", params=params, headers=tokens.client(tenant))
@@ -397,6 +397,13 @@ async def test_idempotency_key_list_filters_and_cancel(http: httpx.AsyncClient, 
         assert r.json()["items"] == []
 
     await assert_eventually(canceled, timeout=15)
+    # Its request ended with it: closed where it is shown, no longer waiting in the list.
+    r = await http.get(f"/v1/pending-actions/{action['action_id']}", headers=tokens.client(tenant))
+    assert r.status_code == 200 and r.json()["status"] == "closed", r.text
+    assert await listed(pending="true") == []
+    assert wf_id in await listed(pending="false")
+    r = await http.get("/v1/workflows", params={"status": "canceled"}, headers=tokens.client(tenant))
+    assert [w["pending_approval"] for w in r.json()["items"]] == [False]
     # The AI work done before the cancel is billed all the same (strategist and creative crew),
     # by the campaign as it stops.
     usage = await db.fetch("SELECT id, agent, idempotency_key, created_at, reported_to_lago_at FROM llm_usage "

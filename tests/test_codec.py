@@ -210,6 +210,11 @@ async def test_codec_endpoint_roles_tokens_and_bad_bodies(
         assert r.status_code == HTTP_200_OK, (role, r.text)
         assert json.loads(_from_wire(r.json())[0].data) == {"owner_email": "someone@x.example"}
 
+    # Nothing to code: the temporal CLI sends `{}` for a query without input.
+    for path in ("/codec/decode", "/codec/encode"):
+        r = await http.post(path, json={}, headers=tokens.admin())
+        assert r.status_code == HTTP_200_OK and r.json() == {"payloads": []}, (path, r.text)
+
     # Encoding (the UI sends signals with it): admins only; what it encodes, the platform decodes.
     clear = client.data_converter.payload_converter.to_payloads([{"note": "from the UI"}])
     assert (await http.post("/codec/encode", json=_wire(clear), headers=bearer(sub="s", roles=["support"]))).status_code \
@@ -229,7 +234,6 @@ async def test_codec_endpoint_roles_tokens_and_bad_bodies(
     unknown_kid.metadata[KEY_ID] = b"retired-0"
     bad = {
         "not json": (b"{nope", "Content-Type"),
-        "no payloads": (json.dumps({}).encode(), "payloads"),
         "data not base64": (json.dumps({"payloads": [{"metadata": {}, "data": "!!!"}]}).encode(), "not base64"),
         "tampered": (json.dumps(_wire([tampered])).encode(), "failed authentication"),
         "unknown key": (json.dumps(_wire([unknown_kid])).encode(), "retired-0"),

@@ -222,6 +222,7 @@ async def test_api_metrics_count_requests_by_route_template_and_status(
 
     page = await http.get("/metrics")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    assert page.headers["content-type"].count("charset") == 1, page.headers["content-type"]
     text = page.text
     assert sample(text, "bizosaas_api_requests_total", method="POST", route="/v1/workflows/onboarding",
                   status_code="202") >= 1

@@ -451,3 +451,18 @@ async def test_periods_at_the_edge_of_the_calendar_are_400_not_500(http: httpx.A
         r = await http.get(path, params={"since": "2026-01-01T00:00:00-01:00", "until": "2026-01-01T00:00:00Z"},
                            headers=admin)
         assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "since", (path, r.text)
+
+
+async def test_listings_filtered_by_another_tenant_answer_404_like_every_tenant_route(
+    http: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    mine, theirs = unique("mine"), unique("theirs")
+    client, partner = tokens.client(mine), tokens.partner([mine])
+    for path, who in (("/v1/workflows", client), ("/v1/pending-actions", client),
+                      ("/v1/pending-actions/stream", client), ("/v1/workflows", partner),
+                      ("/v1/pending-actions", partner), ("/v1/admin/approvals", partner)):
+        r = await http.get(path, params={"tenant_id": theirs}, headers=who)
+        assert r.status_code == 404 and r.json()["detail"] == f"tenant {theirs!r} not found", (path, r.text)
+        r = await http.get(path, params={"tenant_id": mine}, headers=who) if path != "/v1/pending-actions/stream" \
+            else None
+        assert r is None or (r.status_code == 200 and r.json()["items"] == []), (path, r and r.text)

@@ -90,7 +90,9 @@ class PaymentChange(msgspec.Struct, frozen=True, kw_only=True):
 
 class PaymentOutcome(msgspec.Struct, frozen=True, kw_only=True):
     payment_intent_id: str
-    action: str  # captured | already_captured | canceled | already_canceled | refunded
+    # captured | already_captured | canceled | already_canceled | refunded; a release that finds
+    # nothing to give back: not_found (no such PaymentIntent), not_of_tenant (another tenant's)
+    action: str
     status: str  # the PaymentIntent's status afterwards
     amount: int  # in the currency's smallest unit
     currency: str
@@ -238,6 +240,21 @@ class StripeActivities(Activities):
         client = self.client
         try:
             intent = await self._intent(req)
+        except stripe.InvalidRequestError as err:
+            if err.http_status != 404:
+                raise stripe_failure(err) from err
+            # No such PaymentIntent (a wrong id in the order): nothing is held, nothing to give back.
+            return PaymentOutcome(payment_intent_id=req.payment_intent_id, action="not_found", status="missing",
+                                  amount=0, currency="")
+        except stripe.StripeError as err:
+            raise stripe_failure(err) from err
+        except ApplicationError as err:
+            if err.type != "PaymentNotOfTenant":
+                raise
+            # Another tenant's payment: never touched from this order.
+            return PaymentOutcome(payment_intent_id=req.payment_intent_id, action="not_of_tenant", status="untouched",
+                                  amount=0, currency="")
+        try:
             if intent.status == "canceled":
                 return _outcome(intent, "already_canceled")
             if intent.status == "succeeded":

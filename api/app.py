@@ -43,6 +43,7 @@ from api.reports import reports_router
 from api.schedules import schedules_router
 from api.telemetry import RequestTelemetry, server_spans
 from api.tenant_settings import settings_router
+from api.tenants import KnownTenants
 from api.triggers import seed_triggers
 from api.usage import usage_router
 from api.visibility import cursor_key
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> Litestar:
         pruning = asyncio.create_task(
             prune_forever(app.state.db, timedelta(days=settings.webhooks.inbox_retention_days)))
         # One poller behind every Pending Actions stream of this process.
+        app.state.known_tenants = KnownTenants(app.state.db)
         app.state.pending_stream = PendingStream(lambda: app.state.temporal, lambda: app.state.db)
         try:
             yield

@@ -290,3 +290,8 @@ def document_errors(app: Litestar, public_paths: Iterable[str]) -> None:
             handler.responses = {**documented, **(handler.responses or {})}
             # Litestar's own error schema would otherwise stand beside ours.
             handler.raises = None
+            if handler.opt.get("exclude_from_auth") or any(re.search(p, route.path) for p in public_paths):
+                # Public (probes, metrics, signed webhooks and links): no bearer token, said so
+                # per operation, as the document's default requires one. (An empty list would be
+                # dropped as "not set"; one empty requirement means "none needed".)
+                handler.security = [{}]

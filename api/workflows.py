@@ -24,10 +24,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.auth import Principal
 from api.errors import ConflictError
 from api.ratelimit import StartLimiter
+from api.tenants import KnownTenants
 from api.visibility import CURSOR_PATTERN, listed_tenant, page, quote, tenant_clause
 from workflows.capability import Command
 from workflows.catalogue import CATALOGUE, Capability, commands
-from core.names import CAPABILITY, CONTROL_QUERY, PENDING_APPROVAL, PROGRESS_QUERY, SLUG_PATTERN, TENANT_ID
+from core.names import (CAPABILITY, CONTROL_QUERY, PENDING_APPROVAL, PLATFORM_TENANT, PROGRESS_QUERY, SLUG_PATTERN,
+                        TENANT_ID)
 from workflows.stages import ControlState, Stages
 from workflows.starting import AlreadyStarted, CapabilityStart, start_capability
 
@@ -85,9 +87,15 @@ async def describe_in_scope(temporal: Client, principal: Principal, wf_id: str) 
 
 
 async def _start(temporal: Client, cap: Capability, inp: Any, principal: Principal,
-                 idempotency_key: str | None = None, limiter: StartLimiter | None = None) -> StartResponse:
+                 idempotency_key: str | None = None, limiter: StartLimiter | None = None,
+                 tenants: KnownTenants | None = None) -> StartResponse:
     tenant = cap.tenant_in_input(inp) if cap.tenant_in_input else principal.tenant_id
     if tenant is None or not principal.can_see_tenant(tenant):
+        raise NotFoundException(f"tenant {tenant!r} not found")
+    # Platform staff name any tenant in the body: it must be one the platform knows (a client's
+    # or a partner's tenants come with their identity).
+    if (tenants is not None and principal.is_platform and not cap.creates_tenant and tenant != PLATFORM_TENANT
+            and not await tenants.exists(tenant)):
         raise NotFoundException(f"tenant {tenant!r} not found")
     if limiter is not None:
         limiter.take(tenant)  # 429 with Retry-After: nothing started
@@ -123,7 +131,8 @@ async def start_change(temporal: Client, cap: Capability, change: Any, task_queu
 def _start_handler(cap: Capability, limiter: StartLimiter | None):  # noqa: ANN202 - a route handler per capability
     async def start(data: Any, request: Request, temporal: NamedDependency[Client],
                     idempotency_key: str | None = None) -> StartResponse:
-        return await _start(temporal, cap, data, request.user, idempotency_key, limiter)
+        return await _start(temporal, cap, data, request.user, idempotency_key, limiter,
+                            request.app.state.known_tenants)
 
     # The body type is the capability's input: validated by Litestar, documented in OpenAPI.
     start.__annotations__ = {

@@ -42,6 +42,13 @@ CONTROL_QUERY = "control"
 
 # A tenant id or business key: lower-case slug, no ':' (the id separator).
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+
+# A web address the platform fetches or links to: http(s), a host name (labels of letters,
+# digits and hyphens, any script: IDNA), an IPv4 address or a bracketed IPv6 one, an optional
+# port, then a path, query or fragment without spaces or control characters. No user:password@.
+_HOST_LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
+WEB_URL_PATTERN = (r"^https?://(?:\[[0-9A-Fa-f:.]+\]|(?:" + _HOST_LABEL + r"\.)*" + _HOST_LABEL + r"\.?)"
+                   r"(?::\d{1,5})?(?:[/?#][^\s\x00-\x1f\x7f]*)?$")
 # The "tenant" of platform-wide runs, schedules and reports (the Tenant Health Guardian, global
 # schedules): never a real tenant, so no tenant may be created with this id.
 PLATFORM_TENANT = "global"

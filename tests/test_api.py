@@ -130,3 +130,21 @@ def test_the_api_process_does_not_import_crewai(settings) -> None:  # noqa: ANN0
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert "LOADED []" in out.stdout, out.stdout + out.stderr
+
+
+async def test_staff_start_a_capability_only_for_a_tenant_the_platform_knows(
+    http: httpx.AsyncClient, tokens: Tokens, db, client  # noqa: ANN001
+) -> None:
+    """An admin names the tenant in the body: a tenant never onboarded is 404 and nothing runs
+    (no report, order or approval for a tenant that does not exist)."""
+    from tests.support import add_tenant, workflow_exists
+
+    ghost = unique("ghost")
+    body = {"tenant_id": ghost, "website_url": "http://127.0.0.1:9/", "audit_key": "first"}
+    r = await http.post("/v1/workflows/presence-audit", json=body, headers=tokens.admin())
+    assert r.status_code == 404 and r.json()["detail"] == f"tenant {ghost!r} not found", r.text
+    assert not await workflow_exists(client, f"{ghost}:presence-audit:first")
+    known = await add_tenant(db, "known")
+    r = await http.post("/v1/workflows/presence-audit", json={**body, "tenant_id": known}, headers=tokens.admin())
+    assert r.status_code == 202, r.text
+    await client.get_workflow_handle(r.json()["workflow_id"]).terminate("test over")

@@ -165,6 +165,26 @@ async def test_a_field_error_names_the_field_and_where(http: httpx.AsyncClient, 
     assert names(body) == [("body", "budget_usd")] and "budget_usd" in body["detail"]
 
 
+async def test_a_web_address_the_platform_could_not_fetch_is_a_400_naming_it(
+    http: httpx.AsyncClient, tokens: Tokens, client: Client
+) -> None:
+    """Caught at the start, not as a failed run (or a failed run every week from a schedule)."""
+    tenant = unique("site")
+    for url in ("http://exa\bmple.com/", "http://ex|ample.com/", "http://user:pw@example.com/",
+                "http://example.com/a b", "http://-example.com/", "http://example..com/"):
+        key = unique("k")
+        for capability in ("presence-audit", "seo-health"):
+            r = await http.post(f"/v1/workflows/{capability}",
+                                json={"tenant_id": tenant, "website_url": url, "key": key, "audit_key": key},
+                                headers=tokens.client(tenant))
+            body = problem(r, 400, "validation")
+            assert names(body) == [("body", "website_url")], (url, body)
+    # Any script, a port, an IP address: as they are written.
+    r = await http.post("/v1/workflows/presence-audit", json={"tenant_id": tenant, "website_url": "https://café.example:8443/menü?x=1"},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 202, r.text
+
+
 # --- signed webhooks: a valid signature over a body that is not readable -----------------------
 
 @pytest.mark.parametrize("kind", ["invalid_utf8", "deep"])
@@ -228,11 +248,15 @@ async def test_the_openapi_document_lists_each_routes_problems(http: httpx.Async
     assert errors > 100
     assert statuses("post", "/v1/workflows/campaign") == {400, 401, 403, 404, 409, 413, 429, 503}
     assert statuses("post", "/v1/pending-actions/{action_id}/decision") == {400, 401, 403, 404, 409, 413, 422, 503}
-    assert statuses("get", "/v1/workflows") == {400, 401, 503}
-    assert statuses("get", "/v1/admin/approvals") == {400, 401, 403, 503}
+    assert statuses("get", "/v1/workflows") == {400, 401, 404, 503}  # 404: tenant_id out of scope
+    assert statuses("get", "/v1/admin/approvals") == {400, 401, 403, 404, 503}
     assert statuses("get", "/v1/outbox") == {400, 401, 404, 503}
     assert statuses("post", "/v1/workflows/{workflow_id}/cancel") == {400, 401, 403, 404, 409, 503}
     assert statuses("post", "/v1/webhooks/{source}") == {400, 401, 404, 413, 503}
+    # Public operations say no token is needed; the others need the bearer token.
+    assert spec["paths"]["/v1/webhooks/{source}"]["post"]["security"] == [{}]
+    assert spec["paths"]["/health"]["get"]["security"] == [{}]
+    assert "security" not in spec["paths"]["/v1/workflows"]["get"] and spec["security"] == [{"bearer": []}]
 
 
 @pytest.mark.parametrize("shape", ["data_not_object", "metadata_not_object", "created_overflow"])

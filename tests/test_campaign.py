@@ -21,7 +21,7 @@ from api.app import create_app
 from hitl.approvals import HumanDecisions
 from hitl.protocol import ApprovalsView
 from tests.conftest import Tokens, assert_eventually, serve, unique
-from tests.support import dev_env
+from tests.support import dev_env, record_history
 from workers.main import WORKFLOW_FAILURE_TYPES
 from workflows.campaign import CampaignWorkflow
 from workers.devcluster import temporal_cli
@@ -470,3 +470,44 @@ async def test_pending_actions_stream_shows_an_approval_open_and_close(
     await asyncio.wait_for(listener, timeout=15)
     assert events == [("opened", action["action_id"]), ("closed", action["action_id"])]
     assert ("requested", action["action_id"]) in notes
+
+
+async def test_a_cancel_while_the_approval_notice_is_being_delivered_still_cleans_up(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client
+) -> None:
+    """The cancel reaches a running activity (the approval's notice, whose email the tenant's
+    mail server does not take: it retries): it arrives as that activity's error, and the
+    campaign still ends canceled with its cleanup done: the AI work billed."""
+    from tests.support import add_tenant
+    from workers.devcluster import free_port
+
+    tenant = await add_tenant(db, "bistro")  # its owner gets the notice
+    owner = tokens.client(tenant)
+    r = await http.put(f"/v1/admin/mcp/servers/{unique('down')}", headers=tokens.admin(), json={
+        "transport": "streamable-http", "url": f"http://127.0.0.1:{free_port()}/mcp", "category": "email",
+        "timeout_seconds": 5, "tools": [{"tool": "send_email", "tenants": [tenant]}]})
+    assert r.status_code == 200, r.text
+    wf_id = await start_campaign(http, tokens, tenant)
+    handle = client.get_workflow_handle(wf_id)
+
+    async def delivering() -> None:
+        desc = await handle.describe()
+        assert [a for a in desc.raw_description.pending_activities
+                if a.activity_type.name == "notifications.deliver" and a.attempt >= 2], "not retrying yet"
+
+    await assert_eventually(delivering, timeout=60)
+    r = await http.post(f"/v1/workflows/{wf_id}/cancel", headers=owner)
+    assert r.status_code == 202, r.text
+
+    async def canceled() -> dict[str, Any]:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=owner)).json()
+        assert view["status"] == "CANCELED", view
+        return view
+
+    view = await assert_eventually(canceled, timeout=60)
+    assert view["progress"]["stage"] == "canceled", view
+    assert {"cancel_requested", "usage_reported"} <= set(view["progress"]["steps_done"]), view
+    unbilled = await db.fetchval("SELECT count(*) FROM llm_usage WHERE workflow_id = $1 AND reported_to_lago_at IS NULL",
+                                 wf_id)
+    assert unbilled == 0 and await db.fetchval("SELECT count(*) FROM llm_usage WHERE workflow_id = $1", wf_id) > 0
+    await record_history(handle, "campaign-canceled-during-an-activity")

@@ -11,7 +11,7 @@ import httpx
 import stripe
 
 from tests.conftest import Tokens, assert_eventually, unique
-from tests.support import STRIPE_TEST_KEY
+from tests.support import STRIPE_TEST_KEY, add_tenant
 from core.settings import Settings
 
 
@@ -49,7 +49,7 @@ async def completed(http: httpx.AsyncClient, tokens: Tokens, tenant: str, wf_id:
 async def test_a_small_order_is_captured_and_shipped_without_review(
     http: httpx.AsyncClient, tokens: Tokens, settings: Settings, db: asyncpg.Pool, localstripe_url: str
 ) -> None:
-    tenant = unique("bakery")
+    tenant = await add_tenant(db, "bakery")
     intent = await authorized_payment(localstripe_url, tenant, 4000)
     r = await http.post("/v1/workflows/order", json=order(tenant, 40.0, payment_intent_id=intent),
                         headers=tokens.admin())
@@ -71,7 +71,7 @@ async def test_a_small_order_is_captured_and_shipped_without_review(
 async def test_a_rejected_order_releases_its_payment_and_ships_nothing(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, localstripe_url: str
 ) -> None:
-    tenant = unique("deli")
+    tenant = await add_tenant(db, "deli")
     intent = await authorized_payment(localstripe_url, tenant, 90000)
     r = await http.post("/v1/workflows/order", json=order(tenant, 900.0, payment_intent_id=intent,
                                                           shipping_country="FR"), headers=tokens.admin())
@@ -91,7 +91,9 @@ async def test_a_rejected_order_releases_its_payment_and_ships_nothing(
     assert result["status"] == "rejected" and result["reviewed"]
     assert result["payment"]["action"] == "canceled" and await payment_status(localstripe_url, intent) == "canceled"
     assert result["shipping_label"] is None
-    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
+    # No label bought (the approval notice mailed to the owner is in the outbox too).
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1 AND tool = 'create_shipping_label'",
+                             wf_id) == 0
     assert await db.fetchval("SELECT status FROM orders WHERE workflow_id = $1", wf_id) == "rejected"
 
 
@@ -109,7 +111,7 @@ async def test_stock_comes_from_the_commerce_tool(http: httpx.AsyncClient, token
 async def test_the_merchant_cancels_an_order_in_review_and_the_payment_is_released(
     http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, localstripe_url: str
 ) -> None:
-    tenant = unique("bistro")
+    tenant = await add_tenant(db, "bistro")
     intent = await authorized_payment(localstripe_url, tenant, 90000)
     r = await http.post("/v1/workflows/order", json=order(tenant, 900.0, payment_intent_id=intent),
                         headers=tokens.admin())
@@ -135,7 +137,9 @@ async def test_the_merchant_cancels_an_order_in_review_and_the_payment_is_releas
     assert await payment_status(localstripe_url, intent) == "canceled"
     row = await db.fetchrow("SELECT status, details FROM orders WHERE workflow_id = $1", wf_id)
     assert row["status"] == "canceled" and row["details"]["payment"]["action"] == "canceled"
-    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
+    # No label bought (the approval notice mailed to the owner is in the outbox too).
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1 AND tool = 'create_shipping_label'",
+                             wf_id) == 0
     items = (await http.get("/v1/pending-actions", headers=tokens.client(tenant))).json()["items"]
     assert not [a for a in items if a["workflow_id"] == wf_id]
     # Canceled once: a second cancel is a conflict.
@@ -147,7 +151,7 @@ async def test_an_order_whose_label_cannot_be_bought_refunds_the_captured_paymen
 ) -> None:
     """A step that fails for good after the money was taken (the carrier refuses the address):
     the payment is refunded, the order recorded as failed, and the workflow fails visibly."""
-    tenant = unique("pantry")
+    tenant = await add_tenant(db, "pantry")
     intent = await authorized_payment(localstripe_url, tenant, 4000)
     r = await http.post("/v1/workflows/order", json=order(tenant, 40.0, payment_intent_id=intent,
                                                           billing_country="U1", shipping_country="U1"),
@@ -164,4 +168,36 @@ async def test_an_order_whose_label_cannot_be_bought_refunds_the_captured_paymen
     row = await db.fetchrow("SELECT status, details FROM orders WHERE workflow_id = $1", wf_id)
     assert row["status"] == "failed" and row["details"]["payment"]["action"] == "refunded"
     assert row["details"]["reasons"][0].startswith("failed: ")
-    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", wf_id) == 0
+    # No label bought (the approval notice mailed to the owner is in the outbox too).
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1 AND tool = 'create_shipping_label'",
+                             wf_id) == 0
+
+
+async def test_an_order_naming_a_payment_stripe_does_not_know_is_still_recorded(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool
+) -> None:
+    """A wrong payment id: nothing is held, so nothing is given back, and the order's outcome is
+    a row all the same: invalid (its lines do not add up), or failed (the capture is refused)."""
+
+    tenant = await add_tenant(db, "corner")
+    unknown = "pi_" + unique("missing").replace("-", "")
+    invalid = order(tenant, 40.0, payment_intent_id=unknown)
+    invalid["total"] = 55.0
+    r = await http.post("/v1/workflows/order", json=invalid, headers=tokens.admin())
+    assert r.status_code == 202, r.text
+    result = await completed(http, tokens, tenant, r.json()["workflow_id"])
+    assert result["status"] == "invalid" and result["payment"]["action"] == "not_found", result
+    row = await db.fetchrow("SELECT status, details FROM orders WHERE workflow_id = $1", r.json()["workflow_id"])
+    assert row["status"] == "invalid" and row["details"]["payment"]["action"] == "not_found"
+
+    r = await http.post("/v1/workflows/order", json=order(tenant, 40.0, payment_intent_id=unknown),
+                        headers=tokens.admin())
+    wf_id = r.json()["workflow_id"]
+
+    async def failed() -> None:
+        view = (await http.get(f"/v1/workflows/{wf_id}", headers=tokens.admin())).json()
+        assert view["status"] == "FAILED", view
+
+    await assert_eventually(failed, timeout=60)
+    row = await db.fetchrow("SELECT status, details FROM orders WHERE workflow_id = $1", wf_id)
+    assert row is not None and row["status"] == "failed" and row["details"]["payment"]["action"] == "not_found"

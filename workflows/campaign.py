@@ -29,6 +29,7 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from temporalio import workflow
+from temporalio.exceptions import is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
@@ -47,6 +48,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.usage import account, check_ai_budget, report_usage
 
 NAME = "campaign"
+# Versioning marker (workflow.patched): a cancel arriving as a running activity's error gets the
+# cancel's cleanup too.
+CANCEL_IN_ACTIVITY = "campaign-cancel-in-activity"
 
 Channel = Literal["google_ads", "meta_ads", "linkedin_ads", "tiktok_ads"]
 Objective = Literal["awareness", "traffic", "leads", "sales"]
@@ -171,24 +175,33 @@ class CampaignWorkflow(HumanDecisions, Stages):
             await report_usage(inp.tenant_id, self._usage_ids)
             self._enter("completed", "usage_reported")
         except asyncio.CancelledError:
-            # Canceled (the client, or an admin): ads already live are paused, and the LLM calls
-            # made so far are billed all the same. These commands only follow the cancel request
-            # in history.
-            if self._launched:
-                self._enter("pausing_ads", "cancel_requested")
-                for ad in self._launched:
-                    await self._upsert_ad(inp, f"pause:{ad.channel}", UpsertAdsCampaign(
-                        platform=ad.channel, campaign_id=ad.campaign_id, status="paused",
-                        name=_ad_name(inp, ad.channel), objective=inp.objective, daily_budget=ad.daily_budget))
-            self._enter("reporting_usage", "cancel_requested")
-            await report_usage(inp.tenant_id, self._usage_ids)
-            self._enter("canceled", "usage_reported")
+            await self._canceled(inp)
             raise
-        except Exception:
-            self._enter("failed")
+        except Exception as exc:
+            # A cancel that reaches a running activity (a notice being delivered, an ad being
+            # launched) arrives as that activity's error: the same cleanup. Runs canceled so
+            # before this code ended "failed" without it, and replay so.
+            if is_cancelled_exception(exc) and workflow.patched(CANCEL_IN_ACTIVITY):
+                await self._canceled(inp)
+            else:
+                self._enter("failed")
             raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
+
+    async def _canceled(self, inp: CampaignInput) -> None:
+        """Canceled (the client, or an admin): ads already live are paused, and the LLM calls
+        made so far are billed all the same. These commands only follow the cancel request in
+        history."""
+        if self._launched:
+            self._enter("pausing_ads", "cancel_requested")
+            for ad in self._launched:
+                await self._upsert_ad(inp, f"pause:{ad.channel}", UpsertAdsCampaign(
+                    platform=ad.channel, campaign_id=ad.campaign_id, status="paused",
+                    name=_ad_name(inp, ad.channel), objective=inp.objective, daily_budget=ad.daily_budget))
+        self._enter("reporting_usage", "cancel_requested")
+        await report_usage(inp.tenant_id, self._usage_ids)
+        self._enter("canceled", "usage_reported")
 
     async def _run(self, inp: CampaignInput) -> CampaignResult:
         channels = _channels(inp)

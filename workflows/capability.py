@@ -176,6 +176,8 @@ class Capability:
     # Roles that may start it; the input's tenant, when the input names one.
     start_roles: frozenset[str]
     tenant_in_input: Callable[[Any], str] | None = None
+    # Its start creates the tenant (onboarding): the API does not require it to exist first.
+    creates_tenant: bool = False
     summary: str = ""
     # Roles that may cancel a run (in their tenant scope). Workflows holding money or promises
     # compensate when canceled (an order releases its payment).

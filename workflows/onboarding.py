@@ -158,6 +158,7 @@ CAPABILITY = Capability(
     input_type=OnboardingInput,
     business_key=lambda inp: inp.tenant_id,
     tenant_in_input=lambda inp: inp.tenant_id,
+    creates_tenant=True,
     start_roles=ADMINS,
     summary="Onboard a tenant: create and activate it, record the audit entry.",
     triggers=(Trigger(source="platform", event_type="tenant.created", build=tenant_created),),

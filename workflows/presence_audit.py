@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.tools import call_tool
     from activities.reports import ReportActivities, StoreReport
     from core.activity import run_activity
-    from core.names import SLUG_PATTERN
+    from core.names import SLUG_PATTERN, WEB_URL_PATTERN
     from workflows.stages import Stages
     from workflows.capability import TENANT_PEOPLE, Capability, ScheduleDecl, host_key
     from workflows.usage import account, check_ai_budget, report_usage
@@ -30,7 +30,7 @@ NAME = "presence-audit"
 Stage = Literal["started", "fetching_pages", "checking_budget", "auditing", "storing_report",
                 "recording_usage", "reporting_usage", "completed", "failed"]
 
-URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
+URL_PATTERN = WEB_URL_PATTERN
 
 
 class PresenceAuditInput(msgspec.Struct, frozen=True, kw_only=True):

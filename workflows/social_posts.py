@@ -30,6 +30,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import msgspec
     from activities.mcp.tools import PublishSocialPost
+    from core.names import WEB_URL_PATTERN
     from core.activity import raise_if_cancelled
     from workflows.tools import call_tool
 
@@ -41,7 +42,7 @@ X_URL_LENGTH = 23
 # Platforms whose post takes the link as its own field (a preview card), not in the text.
 LINK_FIELD = frozenset({"facebook", "linkedin"})
 PAGE_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
-URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
+URL_PATTERN = WEB_URL_PATTERN
 HASHTAG_PATTERN = r"^#?[A-Za-z0-9_]{1,60}$"
 
 _URL = re.compile(r"https?://\S+")

@@ -32,7 +32,7 @@ from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 
 from api.auth import Principal
 from api.paging import Since, Tenant, Until, period
-from api.visibility import quote, tenant_clause, timestamp
+from api.visibility import listed_tenant, quote, tenant_clause, timestamp
 from core.names import CAPABILITY, SLUG_PATTERN
 
 PAGE_SIZE = 1000
@@ -129,9 +129,7 @@ class AnalyticsController(Controller):
                                      pattern=SLUG_PATTERN, description="Only this capability")] = None,
                                  since: Since = None, until: Until = None) -> WorkflowAnalytics:
         start, end = period(since, until, default=DEFAULT_PERIOD, longest=LONGEST_PERIOD)
-        if tenant_id is not None and not request.user.can_see_tenant(tenant_id):
-            raise NotFoundException(f"tenant {tenant_id!r} not found")
-        scope = tenant_clause(request.user, tenant_id)
+        scope = tenant_clause(request.user, listed_tenant(request.user, tenant_id))
         if scope == "":
             return WorkflowAnalytics(since=start, until=end, scanned=0, truncated=False, days=[])
         a, b = timestamp(start), timestamp(end)

@@ -57,6 +57,8 @@ from litestar.status_codes import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.names import WEB_URL_PATTERN
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -156,6 +158,19 @@ def _snake(phrase: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
+# Patterns too long to be read in an answer, said in words instead (the document keeps them).
+_PATTERN_WORDS = {
+    WEB_URL_PATTERN: "a web address: http(s)://, a host name or IP address, an optional port and path; "
+                     "no spaces, control characters or user:password@",
+}
+
+
+def _reason(message: str) -> str:
+    for pattern, words in _PATTERN_WORDS.items():
+        message = message.replace(f"matching regex {pattern!r}", f"that is {words}")
+    return message
+
+
 def _invalid_params(extra: Any) -> list[InvalidParam]:
     """Litestar's validation errors (``[{"key", "message", "source"}]``) as invalid_params."""
     if not isinstance(extra, list):
@@ -165,7 +180,7 @@ def _invalid_params(extra: Any) -> list[InvalidParam]:
         if isinstance(item, dict) and item.get("message"):
             source = item.get("source") or "body"
             source = str(getattr(source, "value", source))  # Litestar's ParamType is an Enum
-            name, reason = str(item.get("key") or ""), str(item["message"])
+            name, reason = str(item.get("key") or ""), _reason(str(item["message"]))
             if source == "body" and name == "data":  # the body as a whole
                 name, reason = "", "a JSON body is required" if reason == "'data'" else reason
             params.append(InvalidParam(name=name, reason=reason,

@@ -179,6 +179,7 @@ async def test_a_web_address_the_platform_could_not_fetch_is_a_400_naming_it(
                                 headers=tokens.client(tenant))
             body = problem(r, 400, "validation")
             assert names(body) == [("body", "website_url")], (url, body)
+            assert "a web address" in body["detail"] and "regex" not in body["detail"], body
     # Any script, a port, an IP address: as they are written.
     r = await http.post("/v1/workflows/presence-audit", json={"tenant_id": tenant, "website_url": "https://café.example:8443/menü?x=1"},
                         headers=tokens.client(tenant))

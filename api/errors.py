@@ -261,12 +261,17 @@ def _inputs(handler: Any, route: HTTPRoute) -> tuple[bool, bool]:
     return bool(names or route.path_parameters), has_body
 
 
+def is_public(route: HTTPRoute, handler: Any, public_paths: Iterable[str]) -> bool:
+    """No bearer token needed: probes, metrics, signed webhooks and links."""
+    return bool(handler.opt.get("exclude_from_auth") or any(re.search(p, route.path) for p in public_paths))
+
+
 def error_statuses(route: HTTPRoute, handler: Any, public_paths: Iterable[str]) -> set[int]:
     """The errors a route can answer, from its facts: bearer auth (401), required roles (403),
     inputs (400), a body (413), a path id (404), a dependency that can be down (503), a start rate limit
     (``opt["rate_limited"]``: 429), and the exceptions it declares in ``raises``."""
     statuses: set[int] = set()
-    public = handler.opt.get("exclude_from_auth") or any(re.search(p, route.path) for p in public_paths)
+    public = is_public(route, handler, public_paths)
     if not public:
         statuses.add(401)
     if handler.opt.get("roles"):
@@ -305,8 +310,7 @@ def document_errors(app: Litestar, public_paths: Iterable[str]) -> None:
             handler.responses = {**documented, **(handler.responses or {})}
             # Litestar's own error schema would otherwise stand beside ours.
             handler.raises = None
-            if handler.opt.get("exclude_from_auth") or any(re.search(p, route.path) for p in public_paths):
-                # Public (probes, metrics, signed webhooks and links): no bearer token, said so
-                # per operation, as the document's default requires one. (An empty list would be
-                # dropped as "not set"; one empty requirement means "none needed".)
+            if is_public(route, handler, public_paths):
+                # Said per operation, as the document's default requires a bearer token. (An
+                # empty list would be dropped as "not set"; one empty requirement means "none needed".)
                 handler.security = [{}]

@@ -18,13 +18,16 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.datastructures import MutableScopeHeaders
+from litestar.routes import HTTPRoute
+from litestar.types import Message, Scope
 from temporalio.client import Client
 
 from core.database import create_pool
 from api.analytics import analytics_router
 from api.audit import audit_router
 from api.auth import BearerAuthMiddleware, TokenVerifier
-from api.bodies import MAX_BODY_BYTES, ApiRequest
+from api.bodies import MAX_BODY_BYTES, ApiRequest, StrictStructSchemaPlugin
 from api.codec import codec_cors, codec_router
 from api.console import console_router, template_config
 from api.connections import ConnectionsController
@@ -62,6 +65,24 @@ log = logging.getLogger(__name__)
 # One-click links are public too: their signed token is the credential (api/links.py).
 PUBLIC_PATHS = ["^/health$", "^/livez$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/webhooks/", "^/console(/|$)",
                 "^/v1/links/"]
+
+
+def allow_every_method(allowed: dict[str, str]):  # noqa: ANN201 - a Litestar before_send hook
+    """OPTIONS answers ``Allow`` with every method of its path (``allowed``: path template ->
+    methods, filled once the app's routes exist). Litestar's own answer lists only the methods of
+    the handlers first registered at a path, so a path whose handlers come from two places (a
+    capability's settings GET and PUT, a controller's list and create) would leave some out."""
+
+    async def before_send(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        handler = scope.get("route_handler")
+        for path in getattr(handler, "paths", ()):
+            if path in allowed:
+                MutableScopeHeaders.from_message(message)["Allow"] = allowed[path]
+                return
+
+    return before_send
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -121,9 +142,10 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[server_spans(), RequestTelemetry(), DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=ApiRequest,
+        plugins=[StrictStructSchemaPlugin()],
         template_config=template_config(),
         request_max_body_size=MAX_BODY_BYTES,
-        before_send=[codec_cors(settings.codec.cors_origins)],
+        before_send=[codec_cors(settings.codec.cors_origins), allow_every_method(allowed := {})],
         openapi_config=OpenAPIConfig(
             title="BizOSaaS Workflows API",
             version="1.0.0",
@@ -139,6 +161,7 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     document_errors(app, PUBLIC_PATHS)
+    allowed.update({route.path: ", ".join(sorted(route.methods)) for route in app.routes if isinstance(route, HTTPRoute)})
     app.state.token_verifier = token_verifier
     app.state.codec = codec
     app.state.settings = settings

@@ -98,7 +98,7 @@ def _entry(row: asyncpg.Record) -> AuditEntry:
     return AuditEntry(**dict(row))
 
 
-def _period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+def _period(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
     if since is None and until is None:
         return None, None
     return period(since, until, default=ALL_TIME)
@@ -211,8 +211,8 @@ class AuditController(Controller):
 
     @staticmethod
     def _export_where(principal: Principal, tenant_id: str | None, actor: str | None, action: str | None,
-                      action_prefix: str | None, workflow_id: str | None, since: datetime | None,
-                      until: datetime | None) -> Where:
+                      action_prefix: str | None, workflow_id: str | None, since: str | None,
+                      until: str | None) -> Where:
         tenants = tenant_scope(principal, tenant_id)
         if tenants == []:
             return _empty_where()

@@ -41,10 +41,15 @@ CORS_ALLOW_HEADERS = "authorization, content-type, x-namespace"
 CORS_MAX_AGE_SECONDS = 600
 
 
+# Standard base64, the padding optional (as the temporal CLI and UI send it).
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}(?:==)?|[A-Za-z0-9+/]{3}=?)?$"
+Base64 = Annotated[str, msgspec.Meta(pattern=BASE64_PATTERN)]
+
+
 class CodecPayload(msgspec.Struct, kw_only=True):
     # Metadata values and data are base64, as in Temporal's JSON form of a payload.
-    metadata: dict[str, str] = {}
-    data: str = ""
+    metadata: dict[str, Base64] = {}
+    data: Base64 = ""
 
 
 class CodecPayloads(msgspec.Struct, kw_only=True):

@@ -38,7 +38,7 @@ from activities import netguard
 from api.audit import write_entry
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import invalid
-from core.names import SLUG_PATTERN
+from core.names import SLUG_PATTERN, WEB_URL_PATTERN
 
 READ_ROLES = frozenset(ROLES)
 WRITE_ROLES = ADMIN_ROLES | {"partner", "client"}
@@ -47,7 +47,7 @@ _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
 class WordPressConnectionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    site_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"^https?://",
+    site_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=WEB_URL_PATTERN,
                                           description="The site's address, e.g. https://blog.example.com")]
     username: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_PRINTABLE,
                                           description="The WordPress user the posts are written as")]

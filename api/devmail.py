@@ -18,6 +18,7 @@ import msgspec
 from litestar import Controller, Request, Router, get
 from litestar.params import Parameter
 
+from core.names import EMAIL_PATTERN
 from core.settings import Settings
 
 STAFF = frozenset({"super_admin", "admin", "finance", "support"})
@@ -88,7 +89,7 @@ class DevMailController(Controller):
          opt={"roles": STAFF})
     async def list_mail(self, request: Request[Any, Any, Any],
                         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-                        to: Annotated[str | None, Parameter(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] = None,
+                        to: Annotated[str | None, Parameter(max_length=254, pattern=EMAIL_PATTERN)] = None,
                         ) -> MailPage:
         import asyncio
 

@@ -57,7 +57,7 @@ from litestar.status_codes import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.names import WEB_URL_PATTERN
+from core.names import EMAIL_PATTERN, SITE_PATH_PATTERN, TIME_PATTERN, WEB_URL_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,9 @@ def _snake(phrase: str) -> str:
 _PATTERN_WORDS = {
     WEB_URL_PATTERN: "a web address: http(s)://, a host name or IP address, an optional port and path; "
                      "no spaces, control characters or user:password@",
+    EMAIL_PATTERN: "an email address: one @, a dot after it, no spaces or control characters",
+    SITE_PATH_PATTERN: "a path on the site: starting with /, no spaces or control characters",
+    TIME_PATTERN: "a date and time (RFC 3339, e.g. 2026-11-26T09:30:00Z; UTC when no offset is given)",
 }
 
 

@@ -46,7 +46,7 @@ from activities.mcp.registry import (
 from api.audit import write_entry
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import ConflictError
-from core.names import SLUG_PATTERN
+from core.names import SLUG_PATTERN, WEB_URL_PATTERN
 
 # What a server may be: never a link-local (cloud metadata), multicast, unspecified or reserved
 # literal address. Loopback and private networks are where MCP servers usually run (and how the
@@ -71,7 +71,7 @@ class ServerBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ``tenants``: left out, they are left as they are."""
 
     transport: Literal["streamable-http", "stdio"]
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)] | None = None
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=WEB_URL_PATTERN)] | None = None
     command: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]],
                        msgspec.Meta(max_length=50)] | None = None
     category: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = "general"

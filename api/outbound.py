@@ -49,9 +49,9 @@ from activities.outbound_webhooks import (
 from api.audit import write_entry
 from api.auth import ADMIN_ROLES, ROLES, Principal
 from api.errors import ConflictError, invalid
-from api.paging import Where, encode_cursor, last_id, listing, utc
+from api.paging import Where, encode_cursor, last_id, listing, parse_time, time_filter
 from api.visibility import CURSOR_PATTERN
-from core.names import PLATFORM_TENANT, SLUG_PATTERN
+from core.names import PLATFORM_TENANT, SLUG_PATTERN, WEB_URL_PATTERN
 from core.settings import Settings
 
 READ_ROLES = frozenset(ROLES)
@@ -70,12 +70,12 @@ _TENANT_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
 _ENDPOINT_ID = Annotated[str, PathParameter(pattern=ENDPOINT_ID_PATTERN, description="The endpoint's id (we_...)")]
 _LIMIT = Annotated[int, Parameter(ge=1, le=MAX_LIMIT)]
 _CURSOR = Annotated[str | None, Parameter(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")]
-_SINCE = Annotated[datetime | None, Parameter(description="Only rows created at or after this time (ISO 8601)")]
-_UNTIL = Annotated[datetime | None, Parameter(description="Only rows created before this time (ISO 8601)")]
+_SINCE = time_filter("Only rows created at or after this time (RFC 3339, e.g. 2026-11-26T09:30:00Z)")
+_UNTIL = time_filter("Only rows created before this time (RFC 3339)")
 
 
 class EndpointBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"^https?://",
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=WEB_URL_PATTERN,
                                      description="http(s) URL the events are POSTed to")]
     description: Annotated[str, msgspec.Meta(max_length=500, pattern=_PRINTABLE)] = ""
     # Event types delivered (e.g. approval.requested); empty: every event type.
@@ -87,7 +87,7 @@ class EndpointBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class EndpointChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What to change; a field left out stays as it is."""
 
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"^https?://")] | None = None
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=WEB_URL_PATTERN)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=500, pattern=_PRINTABLE)] | None = None
     event_types: Annotated[list[Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN)]],
                            msgspec.Meta(max_length=MAX_EVENT_TYPES)] | None = None
@@ -173,11 +173,11 @@ async def _audit(conn: asyncpg.Connection, principal: Principal, tenant_id: str,
                       action=f"webhook_endpoint.{action}", details={"endpoint_id": endpoint_id, **details})
 
 
-def _period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+def _period(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
     """Either end may be open; when both are given, ``since`` comes first (400 naming ``until``)."""
-    since, until = since and utc(since), until and utc(until)
-    if since is not None and until is not None and since >= until:
-        raise invalid("until", "must be after since")
+    since, until = parse_time("since", since), parse_time("until", until)
+    if since is not None and until is not None and since > until:
+        raise invalid("until", "must not be before since")
     return since, until
 
 

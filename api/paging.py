@@ -24,7 +24,7 @@ from litestar.params import Parameter
 from api.auth import Principal
 from api.errors import invalid
 from api.visibility import CURSOR_PATTERN
-from core.names import SLUG_PATTERN
+from core.names import SLUG_PATTERN, TIME_PATTERN
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -41,8 +41,33 @@ Cursor = Annotated[str | None, Parameter(pattern=CURSOR_PATTERN, description="`n
 Tenant = Annotated[str | None, Parameter(
     pattern=SLUG_PATTERN, description="Only this tenant (404 when not in the caller's tenants); defaults to all of "
                                       "the caller's tenants (platform staff: every tenant)")]
-Since = Annotated[datetime | None, Parameter(description="From this time (ISO 8601; UTC when no offset is given)")]
-Until = Annotated[datetime | None, Parameter(description="Until this time, excluded (ISO 8601; default: now)")]
+# A time filter is declared as a string of TIME_PATTERN, not as a datetime: Litestar's datetime
+# parameters also take a bare number as Unix time, which the OpenAPI document's date-time does not.
+
+
+def time_filter(description: str) -> Any:
+    """A query parameter holding a time, read with :func:`parse_time`."""
+    return Annotated[str | None, Parameter(pattern=TIME_PATTERN, description=description,
+                                                 schema_extra={"format": "date-time"})]
+
+
+Since = time_filter("From this time (RFC 3339, e.g. 2026-11-26T09:30:00Z; UTC when no offset is given)")
+Until = time_filter("Until this time, excluded (RFC 3339; default: now)")
+
+
+def parse_time(name: str, value: str | datetime | None) -> datetime | None:
+    """The time of the query parameter ``name`` (in UTC), or None; 400 naming it when the text
+    matches the pattern but is no date (the 31st of February, hour 24...) or out of range."""
+    if value is None or isinstance(value, datetime):
+        return None if value is None else utc(value)
+    try:
+        parsed = msgspec.convert(value, datetime, strict=False)
+    except msgspec.ValidationError:
+        raise invalid(name, "not a date and time (RFC 3339, e.g. 2026-11-26T09:30:00Z)") from None
+    try:
+        return utc(parsed)
+    except OverflowError:
+        raise invalid(name, "out of range") from None
 
 
 def tenant_scope(principal: Principal, tenant_id: str | None) -> list[str] | None:
@@ -62,10 +87,11 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def period(since: datetime | None, until: datetime | None, *, default: timedelta, longest: timedelta | None = None,
-           ) -> tuple[datetime, datetime]:
+def period(since: str | datetime | None, until: str | datetime | None, *, default: timedelta,
+           longest: timedelta | None = None) -> tuple[datetime, datetime]:
     """``[since, until)`` in UTC: until defaults to now, since to ``default`` before until; 400
-    naming ``since`` when it is not before ``until``, or when the period is over ``longest``."""
+    naming ``since`` when it is after ``until``, or when the period is over ``longest``."""
+    since, until = parse_time("since", since), parse_time("until", until)
     try:
         end = utc(until) if until is not None else datetime.now(timezone.utc)
     except OverflowError:
@@ -74,8 +100,8 @@ def period(since: datetime | None, until: datetime | None, *, default: timedelta
         start = utc(since) if since is not None else end - default
     except OverflowError:
         raise invalid("since" if since is not None else "until", "out of range") from None
-    if start >= end:
-        raise invalid("since", "must be before until")
+    if start > end:  # the same time twice is an empty period: nothing in it
+        raise invalid("since", "must not be after until")
     if longest is not None and end - start > longest:
         raise invalid("since", f"the period may be at most {longest.days} days long")
     return start, end

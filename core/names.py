@@ -43,12 +43,24 @@ CONTROL_QUERY = "control"
 # A tenant id or business key: lower-case slug, no ':' (the id separator).
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 
+# Control characters and every character either regular expression dialect calls a space (Python's
+# \s and ECMAScript's, which the OpenAPI document's patterns are read as, differ), spelled out so
+# a pattern means the same to the API and to a client generating values from the document.
+_SPACES = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 # A web address the platform fetches or links to: http(s), a host name (labels of letters,
 # digits and hyphens, any script: IDNA), an IPv4 address or a bracketed IPv6 one, an optional
 # port, then a path, query or fragment without spaces or control characters. No user:password@.
 _HOST_LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
 WEB_URL_PATTERN = (r"^https?://(?:\[[0-9A-Fa-f:.]+\]|(?:" + _HOST_LABEL + r"\.)*" + _HOST_LABEL + r"\.?)"
-                   r"(?::\d{1,5})?(?:[/?#][^\s\x00-\x1f\x7f]*)?$")
+                   r"(?::[0-9]{1,5})?(?:[/?#][^" + _SPACES + r"]*)?$")
+# An email address as people type it (the mail server has the last word): no spaces, one @, a dot after it.
+EMAIL_PATTERN = r"^[^@" + _SPACES + r"]+@[^@" + _SPACES + r"]+\.[^@" + _SPACES + r"]+$"
+# A path on a site (/pricing), without spaces or control characters.
+SITE_PATH_PATTERN = r"^/[^" + _SPACES + r"]*$"
+# A time given as text (the API's since/until filters): RFC 3339, e.g. 2026-11-26T09:30:00Z; the
+# offset may be left out (UTC), the T may be a space.
+TIME_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+                r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?$")
 # The "tenant" of platform-wide runs, schedules and reports (the Tenant Health Guardian, global
 # schedules): never a real tenant, so no tenant may be created with this id.
 PLATFORM_TENANT = "global"

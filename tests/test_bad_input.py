@@ -12,13 +12,14 @@ import pytest
 import stripe
 from temporalio.client import Client
 
-from api.bodies import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from api.bodies import MAX_BODY_BYTES, MAX_JSON_DEPTH, NO_NUL_PATTERN
 from api.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.test_campaign import campaign_body, pending_action, start_campaign
 from tests.test_dunning import stripe_event
 from tests.support import workflow_exists
 from tests.test_webhooks import order_id, shop_tenant, shopify_headers, shopify_order
+from core.names import EMAIL_PATTERN
 from core.settings import Settings
 from workflows.dunning import invoice_key
 
@@ -136,6 +137,34 @@ async def test_an_unreadable_decision_body_is_a_400_and_the_action_stays_open(
 
 
 # --- the start routes ----------------------------------------------------------------------
+
+async def test_a_start_body_is_typed_as_the_document_says_and_nul_only_matters_where_kept(
+    http: httpx.AsyncClient, tokens: Tokens, client: Client,
+) -> None:
+    """A number given as a string, a boolean as a number: 400 naming the field, nothing started
+    (the document says number and boolean). A NUL in a member the input does not have is left
+    aside with that member; in a member it keeps, it is a 400."""
+    tenant = unique("typed")
+    for field, value, expected in (("budget_usd", "500", "Expected `float`, got `str`"),
+                                   ("duration_days", 30.5, "Expected `int`, got `float`"),
+                                   ("channels", "google_ads", "Expected `array`, got `str`")):
+        key = unique("k")
+        r = await http.post("/v1/workflows/campaign", json={**campaign_body(tenant, key), field: value},
+                            headers=tokens.client(tenant))
+        assert r.status_code == 400, (field, r.text)
+        assert r.json()["invalid_params"] == [{"name": field, "source": "body", "reason": expected}], r.json()
+        assert not await workflow_exists(client, f"{tenant}:campaign:{key}")
+    r = await http.put(f"/v1/tenants/{tenant}/settings/blog-engine", json={"autopilot": 0}, headers=tokens.admin())
+    assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "autopilot", r.text
+    key = unique("k")
+    r = await http.post("/v1/workflows/campaign", headers=tokens.client(tenant),
+                        json={**campaign_body(tenant, key), "note \u0000": ["left \u0000 aside"]})
+    assert r.status_code == 202, r.text
+    key = unique("k")
+    r = await http.post("/v1/workflows/campaign", headers=tokens.client(tenant),
+                        json={**campaign_body(tenant, key), "goal": "Sell more\u0000 bread"})
+    assert problem(r, 400, "malformed_body") and not await workflow_exists(client, f"{tenant}:campaign:{key}")
+
 
 @pytest.mark.parametrize("kind", ["invalid_utf8", "deep", "too_large"])
 async def test_an_unreadable_start_body_is_a_4xx_and_starts_nothing(
@@ -258,6 +287,49 @@ async def test_the_openapi_document_lists_each_routes_problems(http: httpx.Async
     assert spec["paths"]["/v1/webhooks/{source}"]["post"]["security"] == [{}]
     assert spec["paths"]["/health"]["get"]["security"] == [{}]
     assert "security" not in spec["paths"]["/v1/workflows"]["get"] and spec["security"] == [{"bearer": []}]
+
+
+async def test_the_document_says_what_bodies_the_api_refuses(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    """What a client generating bodies from the OpenAPI document is told is valid, the API takes:
+    unknown members, the constraints on list items and map keys, NUL in text."""
+    schemas = (await http.get("/schema/openapi.json")).json()["components"]["schemas"]
+    assert schemas["DecisionBody"]["additionalProperties"] is False
+    assert schemas["ContentInput"]["properties"]["keywords"]["items"]["minLength"] == 2
+    inventory = schemas["OrderSettings"]["properties"]["inventory"]
+    assert inventory["propertyNames"]["minLength"] == 1 and inventory["additionalProperties"]["minimum"] == 0
+    assert schemas["CampaignInput"]["properties"]["goal"]["pattern"] == NO_NUL_PATTERN
+    assert schemas["OnboardingInput"]["properties"]["owner_email"]["pattern"] == EMAIL_PATTERN
+    # ...and each is what the API does.
+    admin = tokens.admin()
+    r = await http.put("/v1/tenants/demo/settings/order", json={"inventory": {"": 1}}, headers=admin)
+    assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "inventory", r.text
+    r = await http.put("/v1/tenants/demo/settings/campaign", json={"budget_cap_usd": 10, "colour": "red"},
+                       headers=admin)
+    assert r.status_code == 400 and "colour" in r.text, r.text
+    r = await http.post("/v1/workflows/onboarding", headers=admin, json={
+        "tenant_id": unique("nul"), "name": "Shop", "owner_email": "owner@shop\u0085.example"})
+    assert r.status_code == 400 and "an email address" in r.json()["detail"], r.text
+
+
+async def test_options_and_405_name_every_method_the_document_has_for_the_path(
+    http: httpx.AsyncClient, tokens: Tokens,
+) -> None:
+    """The Allow header agrees with the OpenAPI document, also on paths whose handlers are
+    registered in two places (a capability's settings GET and PUT, a controller's list and create)."""
+    spec = (await http.get("/schema/openapi.json")).json()
+    checked = 0
+    for path, item in spec["paths"].items():
+        methods = {m.upper() for m in item if m != "parameters"}
+        url = "/".join(("1" if seg.startswith("{") else seg) for seg in path.replace("{tenant_id}", "demo").split("/"))
+        r = await http.options(url, headers=tokens.admin())
+        assert r.status_code == 204, (path, r.status_code)
+        assert set(r.headers["allow"].replace(" ", "").split(",")) == methods | {"OPTIONS"}, (path, r.headers["allow"])
+        unused = next(m for m in ("PATCH", "DELETE", "PUT", "POST", "GET") if m not in methods)
+        r = await http.request(unused, url, headers=tokens.admin())
+        if r.status_code == 405:  # else a sibling path with a parameter took it (e.g. a 404 for id "1")
+            assert set(r.headers["allow"].replace(" ", "").split(",")) == methods | {"OPTIONS"}, (path, unused)
+        checked += 1
+    assert checked > 60
 
 
 @pytest.mark.parametrize("shape", ["data_not_object", "metadata_not_object", "created_overflow"])

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from core.database import SchemaBehind, check_schema, create_pool, load_migrations
+from tests.conftest import _with_database
 from tests.support import dev_env, free_port, dev_settings
 
 
@@ -23,8 +24,7 @@ async def empty_database(postgres_server_url: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(postgres_server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        base, _, _ = postgres_server_url.rpartition("/")
-        yield f"{base}/{name}"
+        yield _with_database(postgres_server_url, name)  # the embedded server's URL has a path in its query
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

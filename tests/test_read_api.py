@@ -453,6 +453,28 @@ async def test_periods_at_the_edge_of_the_calendar_are_400_not_500(http: httpx.A
         assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "since", (path, r.text)
 
 
+async def test_time_filters_take_dates_and_times_only_as_the_document_says(http: httpx.AsyncClient,
+                                                                           tokens: Tokens) -> None:
+    """A bare number is no date-time in the OpenAPI document, so it is no time here either (not
+    Unix time); a text shaped like one that is no real date is a 400 too, in words."""
+    admin = tokens.admin()
+    spec = (await http.get("/schema/openapi.json")).json()
+    since = next(p for p in spec["paths"]["/v1/audit-log"]["get"]["parameters"] if p["name"] == "since")
+    assert since["schema"]["format"] == "date-time"
+    for path in ("/v1/usage", "/v1/analytics/workflows", "/v1/reports", "/v1/audit-log", "/v1/audit-log/export.csv",
+                 "/v1/tenants/demo/webhook-deliveries"):
+        for value in ("0", "1700000000", "2026-02-31T00:00:00Z", "2026-11-26"):
+            r = await http.get(path, params={"since": value}, headers=admin)
+            assert r.status_code == 400, (path, value, r.text)
+            problem = r.json()
+            assert problem["invalid_params"][0]["name"] == "since", (path, value, problem)
+            assert "RFC 3339" in problem["detail"] and "regex" not in problem["detail"], problem
+        recent = (datetime.now(timezone.utc) - timedelta(days=2)).replace(microsecond=0)
+        for value in (recent.isoformat(), recent.strftime("%Y-%m-%dT%H:%M:%SZ"), recent.strftime("%Y-%m-%d %H:%M:%S")):
+            r = await http.get(path, params={"since": value}, headers=admin)
+            assert r.status_code == 200, (path, value, r.text)
+
+
 async def test_listings_filtered_by_another_tenant_answer_404_like_every_tenant_route(
     http: httpx.AsyncClient, tokens: Tokens
 ) -> None:

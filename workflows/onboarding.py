@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         TenantActivities,
     )
     from core.activity import run_activity
-    from core.names import NEW_TENANT_PATTERN
+    from core.names import EMAIL_PATTERN, NEW_TENANT_PATTERN
     from workflows.stages import Stages
     from workflows.capability import ADMINS, Capability, Event, InvalidEvent, Trigger
 
@@ -42,7 +42,7 @@ class OnboardingInput(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: Annotated[str, msgspec.Meta(
         pattern=NEW_TENANT_PATTERN, description="lower-case slug, 2-63 chars; not `global` (the platform's)")]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    owner_email: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+    owner_email: Annotated[str, msgspec.Meta(pattern=EMAIL_PATTERN, max_length=254)]
     plan: Literal["starter", "growth", "enterprise"] = "starter"
     timezone: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)] = "UTC"
     # Who asked (filled by the API from the authenticated caller, never from the body).

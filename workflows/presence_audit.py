@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.tools import call_tool
     from activities.reports import ReportActivities, StoreReport
     from core.activity import run_activity
-    from core.names import SLUG_PATTERN, WEB_URL_PATTERN
+    from core.names import SITE_PATH_PATTERN, SLUG_PATTERN, WEB_URL_PATTERN
     from workflows.stages import Stages
     from workflows.capability import TENANT_PEOPLE, Capability, ScheduleDecl, host_key
     from workflows.usage import account, check_ai_budget, report_usage
@@ -38,7 +38,7 @@ class PresenceAuditInput(msgspec.Struct, frozen=True, kw_only=True):
     website_url: Annotated[str, msgspec.Meta(pattern=URL_PATTERN, max_length=2000)]
     social_handles: dict[str, Annotated[str, msgspec.Meta(max_length=200)]] = {}
     # Extra paths of the site to fetch besides the home page.
-    paths: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^/[^\s]*$")]], msgspec.Meta(max_length=5)] = []
+    paths: Annotated[list[Annotated[str, msgspec.Meta(pattern=SITE_PATH_PATTERN)]], msgspec.Meta(max_length=5)] = []
     # A key the caller picks so the same audit is not run twice (default: one per day).
     audit_key: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = None
     requested_by: str = "system"

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.reports import LatestReport, ReportActivities, StoredReport, StoreReport
     from workflows.agent_loop import AgentLoopInput, ToolRef, run_agent
     from core.activity import run_activity
-    from core.names import SLUG_PATTERN
+    from core.names import SITE_PATH_PATTERN, SLUG_PATTERN
     from workflows.stages import Stages
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN
     from workflows.usage import account, check_ai_budget, report_usage
@@ -53,7 +53,7 @@ class SeoHealthInput(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)]
     website_url: Annotated[str, msgspec.Meta(pattern=URL_PATTERN, max_length=2000)]
     # Paths of the site fetched besides the home page (then links found on them).
-    paths: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^/[^\s]*$", max_length=500)]],
+    paths: Annotated[list[Annotated[str, msgspec.Meta(pattern=SITE_PATH_PATTERN, max_length=500)]],
                      msgspec.Meta(max_length=20)] = []
     # Follow internal links of the fetched pages until max_pages pages were fetched.
     follow_links: bool = True

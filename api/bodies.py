@@ -177,10 +177,11 @@ def _tighten(schema: Schema | Reference | None, t: msgspec.inspect.Type) -> None
         key = t.key_type
         while isinstance(key, msgspec.inspect.Metadata):
             key = key.type
-        if isinstance(key, msgspec.inspect.StrType) and schema.property_names is None and \
-                (key.pattern or key.min_length is not None or key.max_length is not None):
-            schema.property_names = Schema(type=OpenAPIType.STRING, pattern=key.pattern, min_length=key.min_length,
-                                           max_length=key.max_length)
+        if schema.property_names is None and isinstance(key, msgspec.inspect.StrType):
+            schema.property_names = Schema(type=OpenAPIType.STRING, pattern=key.pattern or NO_NUL_PATTERN,
+                                           min_length=key.min_length, max_length=key.max_length)
+        elif schema.property_names is None and isinstance(key, msgspec.inspect.LiteralType):
+            schema.property_names = Schema(type=OpenAPIType.STRING, enum=sorted(key.values))
         if isinstance(schema.additional_properties, Schema):
             _tighten(schema.additional_properties, t.value_type)
 

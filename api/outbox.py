@@ -19,11 +19,11 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from api.auth import Principal
-from core.names import SLUG_PATTERN
+from core.names import MAX_ROW_ID, SLUG_PATTERN
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-MAX_ID = 2**63 - 1  # outbox.id is a bigint
+MAX_ID = MAX_ROW_ID
 TOOL_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"  # an MCP tool's name
 
 

@@ -24,11 +24,11 @@ from litestar.params import Parameter
 from api.auth import Principal
 from api.errors import invalid
 from api.visibility import CURSOR_PATTERN
-from core.names import SLUG_PATTERN, TIME_PATTERN
+from core.names import MAX_ROW_ID, SLUG_PATTERN, TIME_PATTERN
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-MAX_ID = 2**63 - 1  # bigserial
+MAX_ID = MAX_ROW_ID
 _MAC_BYTES = 16
 
 # Free text filters (an actor, a workflow id, an action): printable, no control characters

@@ -40,6 +40,11 @@ PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
 CONTROL_QUERY = "control"
 
+# The largest row id a route takes (ids are bigserial): the largest integer a JSON number, a
+# double, states exactly, so the OpenAPI document says the same bound the API checks; no table
+# here counts that far.
+MAX_ROW_ID = 2**53 - 1
+
 # A tenant id or business key: lower-case slug, no ':' (the id separator).
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 
@@ -51,7 +56,7 @@ _SPACES = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\
 # digits and hyphens, any script: IDNA), an IPv4 address or a bracketed IPv6 one, an optional
 # port, then a path, query or fragment without spaces or control characters. No user:password@.
 _HOST_LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
-WEB_URL_PATTERN = (r"^https?://(?:\[[0-9A-Fa-f:.]+\]|(?:" + _HOST_LABEL + r"\.)*" + _HOST_LABEL + r"\.?)"
+WEB_URL_PATTERN = (r"^https?://(?:\[[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|(?:" + _HOST_LABEL + r"\.)*" + _HOST_LABEL + r"\.?)"
                    r"(?::[0-9]{1,5})?(?:[/?#][^" + _SPACES + r"]*)?$")
 # An email address as people type it (the mail server has the last word): no spaces, one @, a dot after it.
 EMAIL_PATTERN = r"^[^@" + _SPACES + r"]+@[^@" + _SPACES + r"]+\.[^@" + _SPACES + r"]+$"

@@ -19,7 +19,7 @@ from tests.test_campaign import campaign_body, pending_action, start_campaign
 from tests.test_dunning import stripe_event
 from tests.support import workflow_exists
 from tests.test_webhooks import order_id, shop_tenant, shopify_headers, shopify_order
-from core.names import EMAIL_PATTERN
+from core.names import EMAIL_PATTERN, MAX_ROW_ID
 from core.settings import Settings
 from workflows.dunning import invoice_key
 
@@ -93,7 +93,9 @@ async def test_cursors_page_and_only_their_own_listing(http: httpx.AsyncClient, 
 async def test_outbox_before_id_beyond_bigint_is_a_400(http: httpx.AsyncClient, tokens: Tokens) -> None:
     r = await http.get("/v1/outbox", params={"before_id": str(2**63)}, headers=tokens.client(unique("ob")))
     assert names(problem(r, 400, "validation")) == [("query", "before_id")]
-    r = await http.get("/v1/outbox", params={"before_id": str(2**63 - 1)}, headers=tokens.client(unique("ob")))
+    r = await http.get("/v1/outbox", params={"before_id": str(MAX_ROW_ID + 1)}, headers=tokens.client(unique("ob")))
+    assert names(problem(r, 400, "validation")) == [("query", "before_id")]
+    r = await http.get("/v1/outbox", params={"before_id": str(MAX_ROW_ID)}, headers=tokens.client(unique("ob")))
     assert r.status_code == 200 and r.json()["items"] == []
 
 
@@ -299,6 +301,12 @@ async def test_the_document_says_what_bodies_the_api_refuses(http: httpx.AsyncCl
     assert inventory["propertyNames"]["minLength"] == 1 and inventory["additionalProperties"]["minimum"] == 0
     assert schemas["CampaignInput"]["properties"]["goal"]["pattern"] == NO_NUL_PATTERN
     assert schemas["OnboardingInput"]["properties"]["owner_email"]["pattern"] == EMAIL_PATTERN
+    assert "campaign" in schemas["BulkBody"]["properties"]["capability"]["enum"]
+    assert "facebook" in schemas["CrossPostInput"]["properties"]["pages"]["propertyNames"]["enum"]
+    assert schemas["CodecPayload"]["properties"]["metadata"]["propertyNames"]["pattern"] == NO_NUL_PATTERN
+    spec = (await http.get("/schema/openapi.json")).json()
+    report_id = spec["paths"]["/v1/reports/{report_id}"]["get"]["parameters"][0]["schema"]
+    assert report_id["maximum"] == MAX_ROW_ID  # stated exactly: a larger id in the document is a larger id here
     # ...and each is what the API does.
     admin = tokens.admin()
     r = await http.put("/v1/tenants/demo/settings/order", json={"inventory": {"": 1}}, headers=admin)

@@ -37,7 +37,8 @@ def test_the_tables_are_what_the_modules_declare() -> None:
     assert TRIGGERS == {(t.source, t.event_type): t for c in declared for t in c.triggers}
     assert {k: t.capability for k, t in TRIGGERS.items()} == {
         ("shopify", "orders/create"): "order", ("platform", "tenant.created"): "onboarding",
-        ("stripe", "invoice.payment_failed"): "dunning", ("stripe", "invoice.paid"): "dunning"}
+        ("stripe", "invoice.payment_failed"): "dunning", ("stripe", "invoice.paid"): "dunning",
+        ("generic", "lead.created"): "email-sequence"}
     # The input builder lives with the workflow it starts.
     assert TRIGGERS["shopify", "orders/create"].build is orders.shopify_order
     assert SCHEDULES == {s.name: s for c in declared for s in c.schedules}

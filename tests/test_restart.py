@@ -26,6 +26,7 @@ from temporalio.exceptions import CancelledError
 from hitl.protocol import ApprovalsView, Decider, DecisionInput, DecisionReceipt
 from tests.support import (
     STRIPE_TEST_KEY,
+    add_tenant,
     assert_eventually,
     connect_when_ready,
     connect_wordpress,
@@ -45,6 +46,7 @@ from core.settings import Settings
 from workflows.campaign import CampaignInput, CampaignResult, CampaignWorkflow
 from workflows.content_pipeline import SeoContentWorkflow
 from workflows.content_post import ContentInput, ContentResult
+from workflows.email_sequence import EmailSequenceInput, EmailSequenceResult, EmailSequenceWorkflow
 from workflows.dunning import DunningInput, DunningProgress, DunningResult, DunningWorkflow, invoice_key
 from core.names import AGENTS_QUEUE, INTEGRATIONS_QUEUE, WORKFLOWS_QUEUE
 from workflows.orders import OrderInput, OrderLine, OrderProcessingWorkflow, OrderResult
@@ -339,3 +341,29 @@ async def test_a_social_calendar_waiting_for_the_client_survives_a_restart_then_
     assert [s.status for s in result.slots] == ["published", "withdrawn"] and result.approval == "approved"
     rows = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1", handle.id)
     assert [r["arguments"]["platform"] for r in rows] == ["x"]
+
+
+async def test_an_email_sequence_waiting_for_its_next_email_survives_a_restart_and_sends_it_once(
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    tenant = await add_tenant(db, "leads")
+    steps = [{"after_seconds": 0, "subject": "Welcome, {name}", "text": "Hi {name}."},
+             {"after_seconds": 8, "subject": "Still there, {name}?", "text": "Hi {name}, a reply is all it takes."}]
+    await db.execute("INSERT INTO tenant_settings (tenant_id, capability, settings, updated_by) "
+                     "VALUES ($1, 'email-sequence', $2, 'test')", tenant, {"steps": steps})
+    inp = EmailSequenceInput(tenant_id=tenant, email="ada@example.com", name="Ada", lead_key="ada")
+    handle = await ns_client.start_workflow(EmailSequenceWorkflow.run, inp, id=f"{tenant}:email-sequence:ada",
+                                            task_queue=WORKFLOWS_QUEUE)
+
+    async def waiting() -> None:
+        progress = await handle.query(EmailSequenceWorkflow.progress)
+        assert (progress.stage, progress.sent, progress.next_step) == ("waiting", 1, 2), progress
+
+    async def then() -> EmailSequenceResult:
+        return await handle.result()
+
+    result = await restart_at(ours, tmp_path, waiting, then)
+    assert result.status == "completed" and [s.subject for s in result.sent] == ["Welcome, Ada", "Still there, Ada?"]
+    rows = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1 AND tool = 'send_email' ORDER BY id",
+                          handle.id)
+    assert [r["arguments"]["subject"] for r in rows] == ["Welcome, Ada", "Still there, Ada?"]  # each once

@@ -78,7 +78,13 @@ class ApiRequest(Request[Any, Any, Any]):
         if data_type is None:
             return value
         try:
-            typed = msgspec.convert(value, data_type, strict=True)
+            try:
+                typed = msgspec.convert(value, data_type, strict=True)
+            except msgspec.ValidationError:
+                # 3.0 is an integer to JSON Schema (and so to the document): JSON numbers with no
+                # fraction are read as integers, and a float field takes them as well.
+                value = _whole_numbers_as_int(value)
+                typed = msgspec.convert(value, data_type, strict=True)
         except msgspec.ValidationError as exc:
             message, _, _ = str(exc).partition(" - at ")
             at = _AT.search(str(exc))
@@ -101,6 +107,16 @@ def _body_type(handler: Any) -> type | None:
         kind = field.annotation if field is not None else None
         _BODY_TYPES[key] = kind if isinstance(kind, type) and issubclass(kind, msgspec.Struct) else None
     return _BODY_TYPES[key]
+
+
+def _whole_numbers_as_int(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_int(v) for v in value]
+    return value
 
 
 def _holds_nul(value: Any) -> bool:

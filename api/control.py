@@ -46,6 +46,7 @@ from api.auth import Principal
 from api.errors import ConflictError, invalid
 from api.visibility import in_list, quote, tenant_clause
 from api.workflows import describe_in_scope
+from core.names import NOT_BLANK_PATTERN
 from core.names import CAPABILITY, CONTROL_QUERY, PAUSE_SIGNAL, RESUME_SIGNAL, SLUG_PATTERN, TENANT_ID
 from workflows.capability import ADMINS
 from workflows.catalogue import CATALOGUE, Capability
@@ -75,7 +76,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
 _AUDIT_ACTION = {"pause": "workflow.paused", "resume": "workflow.resumed", "terminate": "workflow.terminated",
                  "retry": "workflow.retried"}
 
-Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"\S",
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NOT_BLANK_PATTERN,
                                      description="Why (kept in the audit log; for terminate, in the history too)")]
 WorkflowId = Annotated[str, PathParameter(max_length=400)]
 

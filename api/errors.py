@@ -57,7 +57,7 @@ from litestar.status_codes import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.names import EMAIL_PATTERN, SITE_PATH_PATTERN, TIME_PATTERN, WEB_URL_PATTERN
+from core.names import EMAIL_PATTERN, NOT_BLANK_PATTERN, SITE_PATH_PATTERN, TIME_PATTERN, WEB_URL_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +144,21 @@ def problem(request: Request[Any, Any, Any] | None, status: int, detail: str, *,
     code = code or CODES.get(status) or _snake(HTTPStatus(status).phrase)
     extensions = extensions or {}
     workflow_id = extensions.get("workflow_id")
+    params = [InvalidParam(name=_shown(p.name), reason=_shown(p.reason), source=p.source) for p in invalid_params or ()]
     body = msgspec.to_builtins(Problem(
-        type=PROBLEM_TYPE_BASE + code, title=HTTPStatus(status).phrase, status=status, detail=detail, code=code,
-        instance=request.url.path if request is not None else None, invalid_params=invalid_params or None,
+        type=PROBLEM_TYPE_BASE + code, title=HTTPStatus(status).phrase, status=status, detail=_shown(detail),
+        code=code, instance=_shown(request.url.path) if request is not None else None, invalid_params=params or None,
         workflow_id=workflow_id if isinstance(workflow_id, str) else None))
     for name, value in extensions.items():
         if name not in _MEMBERS and isinstance(value, str | int | float | bool):
             body[name] = value
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _shown(text: str) -> str:
+    """Text of the request echoed in a problem (a member's name, a path) with NUL spelled out:
+    the answer carries no character the document says a string cannot hold."""
+    return text.replace("\x00", "\\u0000")
 
 
 def _snake(phrase: str) -> str:
@@ -162,6 +169,7 @@ def _snake(phrase: str) -> str:
 _PATTERN_WORDS = {
     WEB_URL_PATTERN: "a web address: http(s)://, a host name or IP address, an optional port and path; "
                      "no spaces, control characters or user:password@",
+    NOT_BLANK_PATTERN: "text that is not blank, without NUL characters",
     EMAIL_PATTERN: "an email address: one @, a dot after it, no spaces or control characters",
     SITE_PATH_PATTERN: "a path on the site: starting with /, no spaces or control characters",
     TIME_PATTERN: "a date and time (RFC 3339, e.g. 2026-11-26T09:30:00Z; UTC when no offset is given)",

@@ -58,6 +58,8 @@ _SPACES = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\
 _HOST_LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
 WEB_URL_PATTERN = (r"^https?://(?:\[[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|(?:" + _HOST_LABEL + r"\.)*" + _HOST_LABEL + r"\.?)"
                    r"(?::[0-9]{1,5})?(?:[/?#][^" + _SPACES + r"]*)?$")
+# Text that is not blank (a reason, a note): some character other than a space, and no NUL.
+NOT_BLANK_PATTERN = r"^[^\x00]*[^" + _SPACES + r"][^\x00]*$"
 # An email address as people type it (the mail server has the last word): no spaces, one @, a dot after it.
 EMAIL_PATTERN = r"^[^@" + _SPACES + r"]+@[^@" + _SPACES + r"]+\.[^@" + _SPACES + r"]+$"
 # A path on a site (/pricing), without spaces or control characters.

@@ -158,6 +158,15 @@ async def test_a_start_body_is_typed_as_the_document_says_and_nul_only_matters_w
         assert not await workflow_exists(client, f"{tenant}:campaign:{key}")
     r = await http.put(f"/v1/tenants/{tenant}/settings/blog-engine", json={"autopilot": 0}, headers=tokens.admin())
     assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "autopilot", r.text
+    # A number without a fraction is an integer, as JSON Schema says: 30.0 days is 30 days.
+    key = unique("k")
+    r = await http.post("/v1/workflows/campaign", json={**campaign_body(tenant, key), "duration_days": 30.0},
+                        headers=tokens.client(tenant))
+    assert r.status_code == 202, r.text
+    # A refused member's name is echoed with its NUL spelled out: no NUL in an answer.
+    r = await http.put(f"/v1/tenants/{tenant}/settings/blog-engine", json={"tone\u0000x": "warm"},
+                       headers=tokens.admin())
+    assert r.status_code == 400 and "\x00" not in r.json()["detail"] and "\\u0000" in r.json()["detail"], r.text
     key = unique("k")
     r = await http.post("/v1/workflows/campaign", headers=tokens.client(tenant),
                         json={**campaign_body(tenant, key), "note \u0000": ["left \u0000 aside"]})

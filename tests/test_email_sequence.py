@@ -6,7 +6,9 @@ server's send_email, real HTTP, real tokens):
   the lead's name filled in; the same event delivered again starts nothing;
 - ``stop-sequence`` after the first email: nothing more is sent, the result says who stopped it
   and why; a second stop is a 409, another tenant's people get 404;
-- bad input: an address that is not one, steps out of order; nothing starts.
+- bad input: an address that is not one, steps out of order; nothing starts;
+- personalized (Smart Lead Nurturing): each email written by the agent for the lead, its calls
+  billed to Lago.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 import asyncpg
 import httpx
 from temporalio.client import Client
+
+from activities.lago import USAGE_METRIC_CODE
+from sandboxes.lago import LagoState
 
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.support import add_tenant, record_history, workflow_exists
@@ -153,3 +158,36 @@ async def test_a_second_stop_is_refused_and_bad_input_starts_nothing(
     await asyncio.wait_for(handle.result(), 20)
     mails = await emails(db, wf_id)
     assert [m["subject"] for m in mails] == ["Thanks for getting in touch, there"]
+
+
+async def test_personalized_emails_are_written_by_the_agent_for_the_lead_and_billed(
+    http: httpx.AsyncClient, tokens: Tokens, db: asyncpg.Pool, client: Client, lago_state: LagoState,
+) -> None:
+    """Smart Lead Nurturing: with ``personalize`` each email is the agent's (offline provider
+    here), the calls are usage rows reported to Lago one event each."""
+    tenant = await add_tenant(db, "leads")
+    r = await http.put(f"/v1/tenants/{tenant}/settings/email-sequence", headers=tokens.client(tenant),
+                       json={"steps": STEPS[:2], "personalize": True})
+    assert r.status_code == 202, r.text
+    await client.get_workflow_handle(r.json()["workflow_id"]).result()
+    owner = tokens.client(tenant)
+    r = await http.post("/v1/workflows/email-sequence", headers=owner, json={
+        "tenant_id": tenant, "email": "ada@example.com", "name": "Ada", "interest": "wedding cakes",
+        "lead_key": "ada-ai"})
+    assert r.status_code == 202, r.text
+    wf_id = r.json()["workflow_id"]
+    result = (await finished(http, owner, wf_id))["result"]
+    await record_history(client.get_workflow_handle(wf_id), "email-sequence-personalized")
+    assert (result["status"], result["personalized"], result["offline"]) == ("completed", True, True)
+    assert len(result["sent"]) == 2 and result["llm_calls"] >= 2
+    mails = await emails(db, wf_id)
+    # What went out is the agent's email, not the step's template.
+    assert [m["subject"] for m in mails] == [s["subject"] for s in result["sent"]]
+    assert mails[0]["text"] != "Hi Ada, thanks for asking about wedding cakes." and mails[0]["text"]
+    usage = await db.fetch("SELECT agent, idempotency_key, reported_to_lago_at, workflow_id FROM llm_usage "
+                           "WHERE workflow_id = $1 OR starts_with(workflow_id, $1 || ':')", wf_id)
+    assert len(usage) == result["llm_calls"] and {u["agent"] for u in usage} == {"lead-writer"}
+    assert all(u["reported_to_lago_at"] is not None for u in usage)
+    events = [e for e in lago_state.events_of(tenant, USAGE_METRIC_CODE)
+              if e["properties"]["workflow_id"] in {u["workflow_id"] for u in usage}]
+    assert sorted(e["transaction_id"] for e in events) == sorted(u["idempotency_key"] for u in usage)

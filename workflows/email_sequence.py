@@ -12,11 +12,15 @@ the lead's id, else a digest of its address, so a lead delivered twice is follow
 2. Each step waits on a durable timer, then goes out through the ``send_email`` tool (routed
    like any tool: the sandbox, or the tenant's own mail server). A restart or a deploy during a
    wait changes nothing: the timer is Temporal's.
-3. ``stop-sequence`` (the lead replied, unsubscribed, became a customer) ends it at once: no
+3. With the setting ``personalize`` (Smart Lead Nurturing), an agent (the durable agent loop,
+   offline provider by default) rewrites each step's email for the lead before it goes out,
+   after the tenant's AI budget is checked; its LLM calls are usage rows and Lago events, billed
+   also when the sequence is stopped or canceled.
+4. ``stop-sequence`` (the lead replied, unsubscribed, became a customer) ends it at once: no
    further email. A cancel does the same and the run ends canceled.
 
 The result lists every email sent (step, subject, the mail server's message id, when) and why
-the sequence ended. No LLM is called: there is nothing to bill.
+the sequence ended. Without ``personalize`` no LLM is called: there is nothing to bill.
 
 Workflow id: ``{tenant}:email-sequence:{lead key}``.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -38,14 +42,18 @@ with workflow.unsafe.imports_passed_through():
     from core.activity import run_activity
     from core.names import EMAIL_PATTERN, SLUG_PATTERN
     from workflows.capability import TENANT_PEOPLE, Capability, Command, Event, InvalidEvent, Trigger
+    from workflows.agent_loop import AgentLoopInput, run_agent
     from workflows.stages import Stages
     from workflows.tools import call_tool
+    from workflows.usage import account, check_ai_budget, report_usage
 
 NAME = "email-sequence"
+AGENT = "lead-writer"
 MAX_STEPS = 10
 LONGEST_WAIT = 90 * 86400  # a step at most 90 days after the start
 
-Stage = Literal["started", "reading_settings", "waiting", "sending", "completed", "stopped", "canceled", "failed"]
+Stage = Literal["started", "reading_settings", "checking_budget", "waiting", "writing", "sending", "reporting_usage",
+                "completed", "stopped", "canceled", "failed"]
 StopReason = Literal["replied", "unsubscribed", "converted", "bounced", "other"]
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=5000, pattern=r"^[^\x00]*$")]
@@ -79,6 +87,9 @@ class EmailSequenceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     from_name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")] | None \
         = None
     reply_to: Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)] | None = None
+    # An agent rewrites each email for the lead (its name, interest and source), from the step's
+    # text; its LLM calls are billed as usage.
+    personalize: bool = False
 
     def __post_init__(self) -> None:
         times = [s.after_seconds for s in self.steps]
@@ -125,6 +136,9 @@ class EmailSequenceResult(msgspec.Struct, frozen=True, kw_only=True):
     steps: int
     stop_reason: str | None = None
     stopped_by: str | None = None
+    personalized: bool = False
+    offline: bool | None = None  # personalized: whether the agent ran on the offline provider
+    llm_calls: int = 0
 
 
 class EmailSequenceProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +160,35 @@ def filled(template: str, inp: EmailSequenceInput) -> str:
     never code)."""
     return (template.replace("{name}", inp.name or "there")
             .replace("{interest}", inp.interest or "what we do"))
+
+
+# The agent's answer: the email for this lead.
+EMAIL_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    "subject": {"type": "string", "minLength": 1, "maxLength": 200},
+    "text": {"type": "string", "minLength": 1, "maxLength": 5000}}, "required": ["subject", "text"]}
+
+
+class WrittenEmail(msgspec.Struct, frozen=True, kw_only=True):
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
+
+
+def writing_task(inp: EmailSequenceInput, number: int, subject: str, text: str) -> str:
+    return (f"Rewrite follow-up email {number} of a sequence for this lead, keeping its purpose and length. "
+            f"Lead: {inp.name or 'unknown name'}; interested in: {inp.interest or 'not said'}; came from: "
+            f"{inp.source or 'not said'}. The email as the business wrote it, subject: {subject}\n\n{text}")[:19000]
+
+
+def written(final: object) -> WrittenEmail:
+    """The agent's email, one line of subject (control characters out); InvalidLLMOutput when it
+    does not fit its schema."""
+    try:
+        got = msgspec.convert(final, WrittenEmail)
+    except msgspec.ValidationError as exc:
+        raise ApplicationError(f"the agent's email does not match its schema: {exc}", type="InvalidLLMOutput",
+                               non_retryable=True) from None
+    subject = " ".join("".join(c if c.isprintable() else " " for c in got.subject).split())[:200]
+    return WrittenEmail(subject=subject or "(no subject)", text=got.text.replace("\x00", ""))
 
 
 def lead_created(event: Event) -> tuple[str, str, EmailSequenceInput]:
@@ -182,12 +225,18 @@ class EmailSequenceWorkflow(Stages):
         self._next: tuple[int, datetime] | None = None
         self._stop: StopSequence | None = None
         self._finished = False
+        self._usage_ids: list[int] = []
+        self._llm_calls = 0
+        self._offline: bool | None = None
 
     @workflow.run
     async def run(self, inp: EmailSequenceInput) -> EmailSequenceResult:
         try:
             return await self.failed_on_error(self._run(inp))
         except asyncio.CancelledError:
+            if self._usage_ids:  # canceled: the emails written so far are billed all the same
+                self._enter("reporting_usage", "cancel_requested")
+                await report_usage(inp.tenant_id, self._usage_ids)
             self._enter("canceled")
             raise
 
@@ -197,6 +246,9 @@ class EmailSequenceWorkflow(Stages):
                                     CapabilitySettingsRequest(tenant_id=inp.tenant_id, capability=NAME))
         settings = decode_settings(stored.settings, EmailSequenceSettings)
         self._steps_total = len(settings.steps)
+        if settings.personalize:
+            await self.stage("checking_budget", "settings_read")
+            await check_ai_budget(inp.tenant_id)
         started = workflow.now()
         for number, step in enumerate(settings.steps, 1):
             due = started + timedelta(seconds=step.after_seconds)
@@ -211,20 +263,41 @@ class EmailSequenceWorkflow(Stages):
                     pass
             if self._stop is not None:
                 break
+            subject, text = filled(step.subject, inp), filled(step.text, inp)
+            if settings.personalize:
+                await self.stage("writing")
+                subject, text = await self._personalize(inp, number, subject, text)
             await self.stage("sending")
             sent = await call_tool(inp.tenant_id, SendEmail(
-                to=[inp.email], subject=filled(step.subject, inp), text=filled(step.text, inp),
-                from_name=settings.from_name, reply_to=settings.reply_to), step=f"email:{number}")
-            self._sent.append(SentEmail(step=number, subject=filled(step.subject, inp), message_id=sent.message_id,
+                to=[inp.email], subject=subject, text=text, from_name=settings.from_name, reply_to=settings.reply_to),
+                step=f"email:{number}")
+            self._sent.append(SentEmail(step=number, subject=subject, message_id=sent.message_id,
                                         sent_at=workflow.now()))
         self._next = None
         self._finished = True
         stop = self._stop
-        self._enter("stopped" if stop else "completed", f"email:{len(self._sent)}")
+        if self._usage_ids:
+            await self.stage("reporting_usage", f"email:{len(self._sent)}")
+            await report_usage(inp.tenant_id, self._usage_ids)
+        self._enter("stopped" if stop else "completed", "usage_reported" if self._usage_ids else f"email:{len(self._sent)}")
         return EmailSequenceResult(
             tenant_id=inp.tenant_id, status="stopped" if stop else "completed", sent=list(self._sent),
             steps=self._steps_total, stop_reason=stop.reason if stop else None,
-            stopped_by=stop.requested_by if stop else None)
+            stopped_by=stop.requested_by if stop else None, personalized=settings.personalize,
+            offline=self._offline, llm_calls=self._llm_calls)
+
+    async def _personalize(self, inp: EmailSequenceInput, number: int, subject: str, text: str) -> tuple[str, str]:
+        """The step's email as the agent rewrote it for the lead; its calls recorded as usage at once."""
+        agent = await run_agent(AgentLoopInput(
+            tenant_id=inp.tenant_id, agent=AGENT, output_schema=EMAIL_SCHEMA, max_turns=2,
+            system_prompt="You write short, friendly follow-up emails for small businesses. Plain text, no "
+                          "placeholders, the business's facts only.",
+            task=writing_task(inp, number, subject, text)), key=f"email-{number}")
+        self._usage_ids += await account(inp.tenant_id, AGENT, agent, f"email:{number}")
+        self._llm_calls += len(agent.calls)
+        self._offline = agent.offline if self._offline is None else self._offline and agent.offline
+        email = written(agent.final)
+        return email.subject, email.text
 
     @workflow.update(name="stop_sequence")
     def stop_sequence(self, req: StopSequence) -> SequenceState:
@@ -270,7 +343,8 @@ CAPABILITY = Capability(
                 "customer); refused once every email was sent (SequenceEnded) or when stopped already "
                 "(AlreadyStopped)."),
     ),
-    summary="Marketing Email Sequence: a new lead gets the tenant's follow-up emails (steps, delays and texts "
-            "are the tenant's settings), each on a durable timer, until the last is sent or the sequence is "
-            "stopped.",
+    summary="Marketing Email Sequence (and Smart Lead Nurturing with the setting personalize): a new lead gets "
+            "the tenant's follow-up emails (steps, delays and texts are the tenant's settings; with personalize an "
+            "agent rewrites each for the lead), each on a durable timer, until the last is sent or the sequence "
+            "is stopped.",
 )

@@ -61,6 +61,8 @@ def decode_json_body(body: bytes, *, nul_checked_later: bool = False) -> Any:
 
 def _holds_nul_error() -> MalformedBody:
     return MalformedBody("the body has a NUL character (\\u0000) in a string; text cannot hold it")
+
+
 _AT = re.compile(r"`\$\.?([^`]*)`$")  # where msgspec says the error is: `$.inventory`, `key` in `$.inventory`
 
 
@@ -96,17 +98,11 @@ class ApiRequest(Request[Any, Any, Any]):
         return value
 
 
-_BODY_TYPES: dict[int, type | None] = {}
-
-
 def _body_type(handler: Any) -> type | None:
     """The type of the handler's ``data`` (its typed JSON body), or None (no body, or ``Any``)."""
-    key = id(handler)
-    if key not in _BODY_TYPES:
-        field = handler.parsed_fn_signature.parameters.get("data")
-        kind = field.annotation if field is not None else None
-        _BODY_TYPES[key] = kind if isinstance(kind, type) and issubclass(kind, msgspec.Struct) else None
-    return _BODY_TYPES[key]
+    field = handler.parsed_fn_signature.parameters.get("data")
+    kind = field.annotation if field is not None else None
+    return kind if isinstance(kind, type) and issubclass(kind, msgspec.Struct) else None
 
 
 def _whole_numbers_as_int(value: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from temporalio.client import Client
 
 from activities.lago import USAGE_METRIC_CODE
@@ -28,7 +29,8 @@ from sandboxes.lago import LagoState
 from tests.conftest import Tokens, assert_eventually, unique
 from tests.support import add_tenant, record_history, workflow_exists
 from tests.test_webhooks import generic_headers
-from workflows.email_sequence import lead_key
+from workflows.capability import Event, InvalidEvent
+from workflows.email_sequence import lead_created, lead_key
 
 STEPS = [{"after_seconds": 0, "subject": "Welcome, {name}", "text": "Hi {name}, thanks for asking about {interest}."},
          {"after_seconds": 2, "subject": "Questions about {interest}?", "text": "Hi {name}, any questions?"},
@@ -191,3 +193,17 @@ async def test_personalized_emails_are_written_by_the_agent_for_the_lead_and_bil
     events = [e for e in lago_state.events_of(tenant, USAGE_METRIC_CODE)
               if e["properties"]["workflow_id"] in {u["workflow_id"] for u in usage}]
     assert sorted(e["transaction_id"] for e in events) == sorted(u["idempotency_key"] for u in usage)
+
+
+def test_a_lead_event_becomes_its_input_keyed_by_its_slug_id_or_a_digest_of_its_address() -> None:
+    def event(**data: Any) -> Event:
+        return Event(source="generic", type="lead.created", id="e1", tenant_id="rose", payload=data,
+                     sender="webhook:generic:rose")
+
+    tenant, key, inp = lead_created(event(email="ada@example.com", name="Ada", lead_id="crm-42"))
+    assert (tenant, key, inp.lead_key, inp.source, inp.requested_by) == (
+        "rose", "crm-42", "crm-42", "generic", "webhook:generic:rose")
+    _, key, inp = lead_created(event(email="Ada@Example.com ", lead_id="Not A Slug"))
+    assert key == lead_key("ada@example.com") and inp.lead_key is None
+    with pytest.raises(InvalidEvent, match="email"):
+        lead_created(event(name="no address"))

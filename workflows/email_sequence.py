@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -197,10 +198,13 @@ def lead_created(event: Event) -> tuple[str, str, EmailSequenceInput]:
     if not event.tenant_id:
         raise InvalidEvent("a lead.created event names its tenant (X-Biz-Tenant)")
     data = event.payload
+    email = data.get("email").strip() if isinstance(data.get("email"), str) else None
+    if not email or re.search(EMAIL_PATTERN, email) is None:
+        raise InvalidEvent("lead.created: data.email must be the lead's email address")
     lead_id = data.get("lead_id")
     key = lead_id if isinstance(lead_id, str) and _is_slug(lead_id) else None
     try:
-        inp = msgspec.convert({"tenant_id": event.tenant_id, "email": data.get("email"), "name": data.get("name"),
+        inp = msgspec.convert({"tenant_id": event.tenant_id, "email": email, "name": data.get("name"),
                                "interest": data.get("interest"), "source": data.get("source") or event.source,
                                "lead_key": key, "requested_by": event.sender}, EmailSequenceInput)
     except msgspec.ValidationError as exc:
@@ -209,11 +213,7 @@ def lead_created(event: Event) -> tuple[str, str, EmailSequenceInput]:
 
 
 def _is_slug(value: str) -> bool:
-    try:
-        msgspec.convert(value, Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)])
-    except msgspec.ValidationError:
-        return False
-    return True
+    return re.search(SLUG_PATTERN, value) is not None
 
 
 @workflow.defn(name="EmailSequence")

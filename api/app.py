@@ -11,14 +11,13 @@ from datetime import timedelta
 
 import asyncpg
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.datastructures import MutableScopeHeaders
 from litestar.routes import HTTPRoute
 from litestar.types import Message, Scope
 from temporalio.client import Client
@@ -125,6 +124,7 @@ def create_app(settings: Settings) -> Litestar:
     def provide_cursor_key(state: State) -> bytes:
         return state.cursor_key
 
+    allowed: dict[str, str] = {}  # each path's methods, once the routes exist (allow_every_method)
     app = Litestar(
         route_handlers=[health, livez, readyz, metrics, workflows_router(StartLimiter(settings.api.start_rate_per_minute, settings.api.start_burst)),
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
@@ -145,7 +145,7 @@ def create_app(settings: Settings) -> Litestar:
         plugins=[StrictStructSchemaPlugin()],
         template_config=template_config(),
         request_max_body_size=MAX_BODY_BYTES,
-        before_send=[codec_cors(settings.codec.cors_origins), allow_every_method(allowed := {})],
+        before_send=[codec_cors(settings.codec.cors_origins), allow_every_method(allowed)],
         openapi_config=OpenAPIConfig(
             title="BizOSaaS Workflows API",
             version="1.0.0",

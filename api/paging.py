@@ -48,7 +48,7 @@ Tenant = Annotated[str | None, Parameter(
 def time_filter(description: str) -> Any:
     """A query parameter holding a time, read with :func:`parse_time`."""
     return Annotated[str | None, Parameter(pattern=TIME_PATTERN, description=description,
-                                                 schema_extra={"format": "date-time"})]
+                                           schema_extra={"format": "date-time"})]
 
 
 Since = time_filter("From this time (RFC 3339, e.g. 2026-11-26T09:30:00Z; UTC when no offset is given)")

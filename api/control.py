@@ -46,8 +46,8 @@ from api.auth import Principal
 from api.errors import ConflictError, invalid
 from api.visibility import in_list, quote, tenant_clause
 from api.workflows import describe_in_scope
-from core.names import NOT_BLANK_PATTERN
-from core.names import CAPABILITY, CONTROL_QUERY, PAUSE_SIGNAL, RESUME_SIGNAL, SLUG_PATTERN, TENANT_ID
+from core.names import (CAPABILITY, CONTROL_QUERY, NOT_BLANK_PATTERN, PAUSE_SIGNAL, RESUME_SIGNAL, SLUG_PATTERN,
+                        TENANT_ID)
 from workflows.capability import ADMINS
 from workflows.catalogue import CATALOGUE, Capability
 from workflows.stages import ControlRequest, ControlState, Stages

@@ -3,6 +3,8 @@ subscription and report its LLM usage.
 
 - ``lago.create_customer`` / ``lago.create_subscription``: Lago upserts on ``external_id``;
   both use the tenant id, so usage events name the tenant as their subscription.
+- ``lago.paid_invoices``: the invoices of some tenants that were issued in a period and are
+  paid (``payment_status=succeeded``), page by page (the Affiliate Payout Review's earnings).
 - ``lago.report_usage``: one Lago event per ``llm_usage`` row, its idempotency key as the
   ``transaction_id`` (offline calls too, at zero cost and marked ``offline``). Lago keeps one
   event per transaction id (it answers a repeat with 422 ``value_already_exist``), so a retried
@@ -18,7 +20,7 @@ here cheaply.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 
 import asyncpg
@@ -93,6 +95,29 @@ class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
     sent: int  # events Lago accepted as new
     duplicates: int  # events Lago already had (a retry after a crash)
     more: bool  # the limit was reached: call again for the rest
+
+
+class PaidInvoicesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_ids: Annotated[list[TenantId], msgspec.Meta(max_length=10_000)]
+    issued_from: date  # inclusive
+    issued_to: date  # inclusive
+
+
+class PaidInvoice(msgspec.Struct, frozen=True, kw_only=True):
+    lago_id: str
+    number: str
+    tenant_id: str  # the Lago customer's external id
+    currency: str
+    amount_cents: int  # before taxes: what commissions are a share of
+    issuing_date: date
+
+
+class PaidInvoices(msgspec.Struct, frozen=True, kw_only=True):
+    invoices: list[PaidInvoice]
+
+
+# Invoices per page of a listing (Lago's maximum).
+INVOICES_PAGE = 100
 
 
 # --- Activities --------------------------------------------------------------------------
@@ -196,6 +221,32 @@ class LagoActivities(Activities):
             lago_subscription_id=sub.lago_id, external_id=sub.external_id or req.tenant_id,
             plan_code=sub.plan_code, status=sub.status,
         )
+
+    @activity.defn(name="lago.paid_invoices")
+    async def paid_invoices(self, req: PaidInvoicesRequest) -> PaidInvoices:
+        """The paid invoices of these tenants issued from ``issued_from`` to ``issued_to``,
+        oldest first (voided and draft invoices are not ``finalized``: left out)."""
+        client = self.client
+        found: list[PaidInvoice] = []
+        for tenant_id in sorted(set(req.tenant_ids)):
+            page = 1
+            while page:
+                listing = await self._call(client.invoices.find_all, {
+                    "external_customer_id": tenant_id, "status": "finalized", "payment_status": "succeeded",
+                    "issuing_date_from": req.issued_from.isoformat(), "issuing_date_to": req.issued_to.isoformat(),
+                    "page": page, "per_page": INVOICES_PAGE})
+                for inv in listing["invoices"]:
+                    issued = date.fromisoformat(inv.issuing_date) if inv.issuing_date else None
+                    if issued is None or not req.issued_from <= issued <= req.issued_to:
+                        continue
+                    found.append(PaidInvoice(lago_id=inv.lago_id, number=inv.number, tenant_id=tenant_id,
+                                             currency=inv.currency.upper(), issuing_date=issued,
+                                             amount_cents=inv.sub_total_excluding_taxes_amount_cents))
+                page = (listing.get("meta") or {}).get("next_page") or 0
+            if activity.in_activity():
+                activity.heartbeat(tenant_id)
+        found.sort(key=lambda i: (i.issuing_date, i.lago_id))
+        return PaidInvoices(invoices=found)
 
     @activity.defn(name="lago.report_usage")
     async def report_usage(self, req: ReportUsage) -> UsageReport:

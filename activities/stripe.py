@@ -13,6 +13,9 @@
   when it is rejected. Each reads the PaymentIntent first and does nothing when it is already
   where it should be (a retried activity, or a workflow replayed after a crash), and sends the
   workflow's idempotency key with the change.
+- ``stripe.transfer``: an affiliate's approved payout, sent to its Stripe connected account
+  (Connect transfer) with an idempotency key from the payout's ledger row, so a retried
+  activity never pays twice.
 
 Errors: a request Stripe refuses (credentials, validation, not found) fails at once
 (non-retryable ``Stripe...`` types, ``stripe_failure``); an outage, a rate limit or a 5xx is
@@ -46,6 +49,7 @@ IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]  # S
 
 INVOICE_ID_PATTERN = r"^in_[A-Za-z0-9]{1,200}$"
 PAYMENT_INTENT = r"^pi_[A-Za-z0-9_]{3,250}$"
+CONNECTED_ACCOUNT_PATTERN = r"^acct_[A-Za-z0-9]{1,64}$"
 
 
 # --- Payloads ----------------------------------------------------------------------------
@@ -100,6 +104,24 @@ class PaymentOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- Activities --------------------------------------------------------------------------
+
+class SendTransfer(msgspec.Struct, frozen=True, kw_only=True):
+    """Money to a connected account (an affiliate's payout)."""
+
+    account: Annotated[str, msgspec.Meta(pattern=CONNECTED_ACCOUNT_PATTERN)]
+    amount_cents: Annotated[int, msgspec.Meta(gt=0)]
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+    transfer_group: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    metadata: dict[str, str] = {}
+    idempotency_key: IdempotencyKey
+
+
+class TransferSent(msgspec.Struct, frozen=True, kw_only=True):
+    transfer_id: str
+    amount_cents: int
+    currency: str
+
 
 def stripe_failure(err: stripe.StripeError) -> ApplicationError:
     """A Stripe error as the activity's failure: refusals are final, outages are retried."""
@@ -269,6 +291,25 @@ class StripeActivities(Activities):
         except stripe.StripeError as err:
             raise stripe_failure(err) from err
         return _outcome(intent, "canceled")
+
+    # --- payouts ---
+
+    @activity.defn(name="stripe.transfer")
+    async def transfer(self, req: SendTransfer) -> TransferSent:
+        """Transfer to a connected account; the same idempotency key gives the first transfer
+        again (Stripe keeps keys 24 hours; the payout ledger row keeps the transfer id after)."""
+        import stripe
+
+        params: dict[str, Any] = {"amount": req.amount_cents, "currency": req.currency.lower(),
+                                  "destination": req.account, "transfer_group": req.transfer_group,
+                                  "metadata": req.metadata}
+        if req.description:
+            params["description"] = req.description
+        try:
+            sent = await self.client.v1.transfers.create_async(params, {"idempotency_key": req.idempotency_key})
+        except stripe.StripeError as err:
+            raise stripe_failure(err) from err
+        return TransferSent(transfer_id=sent.id, amount_cents=sent.amount, currency=sent.currency.upper())
 
     async def _intent(self, req: PaymentChange) -> stripe.PaymentIntent:
         """The order's PaymentIntent, refused when its metadata names another tenant."""

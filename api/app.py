@@ -29,6 +29,7 @@ from api.auth import BearerAuthMiddleware, TokenVerifier
 from api.bodies import MAX_BODY_BYTES, ApiRequest, StrictStructSchemaPlugin
 from api.codec import codec_cors, codec_router
 from api.console import console_router, template_config
+from api.affiliates import AffiliatesController
 from api.connections import ConnectionsController
 from api.control import AdminWorkflowController
 from api.errors import EXCEPTION_HANDLERS, document_errors
@@ -130,7 +131,7 @@ def create_app(settings: Settings) -> Litestar:
                         pending_actions_router(), outbox_router(), mcp_router(), schedules_router(),
                         webhooks_router(), codec_router(), settings_router(), outbound_router(),
                         reports_router(), audit_router(), usage_router(), analytics_router(),
-                        AdminWorkflowController, ConnectionsController, console_router(), links_router(),
+                        AdminWorkflowController, AffiliatesController, ConnectionsController, console_router(), links_router(),
                         *([dev_mail_router()] if settings.environment == "dev" else [])],
         lifespan=[lifespan],
         dependencies={"temporal": Provide(provide_temporal, sync_to_thread=False),

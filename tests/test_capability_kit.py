@@ -143,7 +143,8 @@ async def test_a_class_is_registered_only_on_the_queue_it_declares() -> None:
     stripe = StripeActivities(dev_settings())
     try:
         assert {activity_name(m) for m in activity_methods(INTEGRATIONS_QUEUE, stripe)} == {
-            "stripe.create_customer", "stripe.pay_invoice", "stripe.capture_payment", "stripe.release_payment"}
+            "stripe.create_customer", "stripe.pay_invoice", "stripe.capture_payment", "stripe.release_payment",
+            "stripe.transfer"}
     finally:
         await stripe.close()
 

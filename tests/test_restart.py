@@ -40,9 +40,11 @@ from tests.support import (
     wordpress_site,
     worker_process,
 )
+from tests.test_affiliate_payout import paid_invoice
 from tests.test_dunning import failing_invoice
 from tests.test_orders import authorized_payment, payment_status
 from core.settings import Settings
+from workflows.affiliate_payout import AffiliatePayoutInput, AffiliatePayoutResult, AffiliatePayoutWorkflow
 from workflows.campaign import CampaignInput, CampaignResult, CampaignWorkflow
 from workflows.content_pipeline import SeoContentWorkflow
 from workflows.content_post import ContentInput, ContentResult
@@ -367,3 +369,44 @@ async def test_an_email_sequence_waiting_for_its_next_email_survives_a_restart_a
     rows = await db.fetch("SELECT arguments FROM outbox WHERE workflow_id = $1 AND tool = 'send_email' ORDER BY id",
                           handle.id)
     assert [r["arguments"]["subject"] for r in rows] == ["Welcome, Ada", "Still there, Ada?"]  # each once
+
+
+async def test_a_payout_review_waiting_for_finance_survives_a_restart_and_pays_once(
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool, localstripe_url: str,
+    lago_url: str
+) -> None:
+    tenant, affiliate = await add_tenant(db, "referred"), unique("aff")
+    transport = stripe.HTTPXClient()
+    sc = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": localstripe_url}, max_network_retries=0,
+                             http_client=transport)
+    try:
+        account = (await sc.v1.accounts.create_async({"type": "express", "email": "pay@aff.example"})).id
+        await db.execute("""INSERT INTO affiliates (id, name, email, payout_account, commission_percent, updated_by)
+                            VALUES ($1, 'Aff', 'pay@aff.example', $2, 15, 'test')""", affiliate, account)
+        await db.execute("""INSERT INTO affiliate_referrals (tenant_id, affiliate_id, referred_at, updated_by)
+                            VALUES ($1, $2, '2025-01-01T00:00:00Z', 'test')""", tenant, affiliate)
+        invoice = await paid_invoice(lago_url, tenant, 40_000, "2025-08-14")  # 15 % -> 6,000
+        handle = await ns_client.start_workflow(
+            AffiliatePayoutWorkflow.run, AffiliatePayoutInput(quarter="2025-q3"), id="global:affiliate-payout:2025-q3",
+            task_queue=WORKFLOWS_QUEUE)
+        finance = Decider(sub="finance@bizosaas", roles=["finance"])
+
+        async def asked() -> ApprovalsView:
+            return await open_request(handle, AffiliatePayoutWorkflow, "payouts-2025-q3")
+
+        async def then() -> AffiliatePayoutResult:
+            await handle.execute_update(
+                AffiliatePayoutWorkflow.decide,
+                signed(DecisionInput(request_id="payouts-2025-q3", decision="approve", by=finance), handle.id),
+                result_type=DecisionReceipt)
+            return await handle.result()
+
+        result = await restart_at(ours, tmp_path, asked, then)
+        assert [(p.affiliate_id, p.amount_cents) for p in result.paid if p.affiliate_id == affiliate] == [
+            (affiliate, 6_000)]
+        transfers = (await sc.v1.transfers.list_async({"destination": account})).data
+        assert [(t.amount, t.currency) for t in transfers] == [(6_000, "usd")]  # once
+        assert await db.fetchval("SELECT payout_id FROM affiliate_commissions WHERE lago_invoice_id = $1",
+                                 invoice) == result.paid[[p.affiliate_id for p in result.paid].index(affiliate)].payout_id
+    finally:
+        await transport.close_async()

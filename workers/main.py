@@ -24,6 +24,7 @@ from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
+from activities.affiliates import AffiliateActivities
 from activities.approvals import ApprovalActivities
 from activities.billing import BillingCustomerActivities
 from core.database import DatabaseErrorInterceptor, create_pool
@@ -114,7 +115,7 @@ def registrations(settings: Settings, pool: asyncpg.Pool, queues: Sequence[str],
             workflows=list(ALL_WORKFLOWS),
             activities=activity_methods(WORKFLOWS_QUEUE, tenants, audit, usage, billing, reports, approvals,
                                         schedules, orders, content, decision_keys, MailActivities(),
-                                        notifier),
+                                        notifier, AffiliateActivities(pool)),
             max_concurrent_activities=settings.worker.max_concurrent_activities,
             closers=[notify_mcp.aclose],
         )

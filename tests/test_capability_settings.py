@@ -38,7 +38,8 @@ def test_the_tables_are_what_the_modules_declare() -> None:
     assert {k: t.capability for k, t in TRIGGERS.items()} == {
         ("shopify", "orders/create"): "order", ("platform", "tenant.created"): "onboarding",
         ("stripe", "invoice.payment_failed"): "dunning", ("stripe", "invoice.paid"): "dunning",
-        ("generic", "lead.created"): "email-sequence"}
+        ("generic", "lead.created"): "email-sequence", ("shopify", "checkouts/create"): "cart-recovery",
+        ("shopify", "checkouts/update"): "cart-recovery"}
     # The input builder lives with the workflow it starts.
     assert TRIGGERS["shopify", "orders/create"].build is orders.shopify_order
     assert SCHEDULES == {s.name: s for c in declared for s in c.schedules}

@@ -45,6 +45,7 @@ from tests.test_dunning import failing_invoice
 from tests.test_orders import authorized_payment, payment_status
 from core.settings import Settings
 from workflows.affiliate_payout import AffiliatePayoutInput, AffiliatePayoutResult, AffiliatePayoutWorkflow
+from workflows.cart_recovery import CHECKOUT_SIGNAL, CartRecoveryInput, CartRecoveryResult, CartRecoveryWorkflow
 from workflows.campaign import CampaignInput, CampaignResult, CampaignWorkflow
 from workflows.content_pipeline import SeoContentWorkflow
 from workflows.content_post import ContentInput, ContentResult
@@ -410,3 +411,28 @@ async def test_a_payout_review_waiting_for_finance_survives_a_restart_and_pays_o
                                  invoice) == result.paid[[p.affiliate_id for p in result.paid].index(affiliate)].payout_id
     finally:
         await transport.close_async()
+
+
+async def test_a_cart_waiting_for_its_next_reminder_survives_a_restart_and_the_checkout_ends_it(
+    ours: Settings, ns_client: Client, side_workers: None, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    tenant = await add_tenant(db, "cart")
+    steps = [{"after_seconds": 0, "text": "Your cart: {items}"}, {"after_seconds": 3600, "text": "Still there?"}]
+    await db.execute("INSERT INTO tenant_settings (tenant_id, capability, settings, updated_by) "
+                     "VALUES ($1, 'cart-recovery', $2, 'test')", tenant, {"steps": steps})
+    inp = CartRecoveryInput(tenant_id=tenant, checkout_token="c0ffee", email="ada@example.com", total="12.00")
+    handle = await ns_client.start_workflow(CartRecoveryWorkflow.run, inp, id=f"{tenant}:cart-recovery:checkout-c0ffee",
+                                            task_queue=WORKFLOWS_QUEUE)
+
+    async def waiting() -> None:
+        progress = await handle.query(CartRecoveryWorkflow.progress)
+        assert (progress.stage, progress.sent, progress.next_step) == ("waiting", 1, 2), progress
+
+    async def then() -> CartRecoveryResult:
+        await assert_eventually(waiting, timeout=30, interval=0.2)  # the new worker has the workflow at its wait
+        await handle.signal(CHECKOUT_SIGNAL, {"token": "c0ffee", "completed_at": "2026-11-27T10:00:00Z"})
+        return await handle.result()
+
+    result = await restart_at(ours, tmp_path, waiting, then)
+    assert (result.status, result.recovered_total, len(result.sent)) == ("recovered", "12.00", 1)
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE workflow_id = $1", handle.id) == 1  # sent once

@@ -60,6 +60,18 @@ class SendEmail(ToolArgs[MessageSent], frozen=True, kw_only=True, omit_defaults=
     from_name: str | None = None
 
 
+PHONE_PATTERN = r"^\+[1-9][0-9]{6,14}$"  # E.164, as the messaging tools take it
+
+
+class SendSms(ToolArgs[MessageSent], frozen=True, kw_only=True, omit_defaults=True):
+    TOOL: ClassVar[str] = "send_sms"
+    RESULT: ClassVar[type[ToolResult]] = MessageSent
+
+    to: str  # E.164
+    text: str  # at most 1,600 characters; long texts go as several segments
+    sender_id: str | None = None
+
+
 # --- ads -------------------------------------------------------------------------------------
 
 class AdsCampaign(ToolResult, frozen=True, kw_only=True):

@@ -35,6 +35,7 @@ from api.audit import write_entry
 from api.auth import ADMIN_ROLES, Principal
 from api.errors import invalid
 from core.names import EMAIL_PATTERN, NOT_BLANK_PATTERN, PLATFORM_TENANT, SLUG_PATTERN
+from workflows.affiliate_payout import percent_text
 
 ROLES = ADMIN_ROLES | {"finance"}
 _AFFILIATE_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN, description="The affiliate's id (a slug)")]
@@ -105,7 +106,7 @@ _SELECT = """SELECT a.id, a.name, a.email, a.commission_percent, a.payout_accoun
 
 def _view(row: asyncpg.Record) -> AffiliateView:
     return AffiliateView(id=row["id"], name=row["name"], email=row["email"],
-                         commission_percent=str(row["commission_percent"].normalize()),
+                         commission_percent=percent_text(row["commission_percent"]),
                          payout_account=row["payout_account"], status=row["status"], referred_tenants=row["referred"],
                          updated_by=row["updated_by"], updated_at=row["updated_at"])
 
@@ -172,10 +173,10 @@ class AffiliatesController(Controller):
                    ON CONFLICT (id) DO UPDATE SET name = $2, email = $3, commission_percent = $4, payout_account = $5,
                        status = $6, updated_by = $7, updated_at = now()""",
                 affiliate_id, data.name, data.email, percent, data.payout_account, data.status, request.user.sub)
-            details: dict[str, Any] = {"commission_percent": str(percent.normalize()), "status": data.status,
+            details: dict[str, Any] = {"commission_percent": percent_text(percent), "status": data.status,
                                        "payout_account": data.payout_account}
             if before is not None:
-                details["before"] = {"commission_percent": str(before["commission_percent"].normalize()),
+                details["before"] = {"commission_percent": percent_text(before["commission_percent"]),
                                      "status": before["status"], "payout_account": before["payout_account"]}
             await _audit(conn, request.user, affiliate_id, "created" if before is None else "changed", details)
             return _view(await _affiliate(conn, affiliate_id))

@@ -25,6 +25,7 @@ from workflows.affiliate_payout import (
     AffiliatePayoutResult,
     commission,
     earnings,
+    percent_text,
     previous_quarter,
     quarter_dates,
 )
@@ -72,6 +73,7 @@ def test_earnings_per_affiliate_and_currency_each_invoice_once_and_why_held() ->
         ("p", "USD"): (9_000, ["i6"], "paused"),
     }
     assert commission(3, Decimal("50")) == 1 and commission(199, Decimal("0.5")) == 0
+    assert [percent_text(Decimal(p)) for p in ("10.00", "12.50", "0.05", "100")] == ["10", "12.5", "0.05", "100"]
 
 
 # --- over HTTP, with the real workers -------------------------------------------------------
@@ -109,6 +111,7 @@ async def _affiliate(http: httpx.AsyncClient, tokens: Tokens, affiliate_id: str,
         "name": affiliate_id.title(), "email": f"pay@{affiliate_id}.example", "commission_percent": percent,
         "payout_account": account})
     assert r.status_code == 200, r.text
+    assert r.json()["commission_percent"] == format(percent, "g")
     for t in tenants:
         r = await http.put(f"/v1/admin/affiliates/{affiliate_id}/referrals/{t}", headers=tokens.admin(),
                            json={"referred_at": referred_at})

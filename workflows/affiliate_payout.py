@@ -140,6 +140,11 @@ def quarter_dates(quarter: str) -> tuple[date, date]:
     return first, after - timedelta(days=1)
 
 
+def percent_text(percent: Decimal) -> str:
+    """A percent as people write it: ``10``, ``12.5`` (never ``1E+1``)."""
+    return format(percent.normalize(), "f")
+
+
 def commission(amount_cents: int, percent: Decimal) -> int:
     """The affiliate's share of an amount, rounded down to the cent (never more than earned)."""
     return int((Decimal(amount_cents) * percent / 100).to_integral_value(rounding=ROUND_DOWN))
@@ -169,7 +174,7 @@ def earnings(referrals: Referrals, invoices: list[PaidInvoice], already_paid: se
         held: Held | None = ("paused" if a.status != "active" else "no_payout_account" if a.payout_account is None
                              else "below_minimum" if amount < minimum_cents else None)
         found.append(Earning(affiliate_id=affiliate_id, name=a.name, currency=currency,
-                             commission_percent=str(a.commission_percent.normalize()), amount_cents=amount,
+                             commission_percent=percent_text(a.commission_percent), amount_cents=amount,
                              lines=its, held=held))
     return found
 

@@ -33,7 +33,6 @@ from litestar.params import JSONBody, PathParameter
 from activities.stripe import CONNECTED_ACCOUNT_PATTERN
 from api.audit import write_entry
 from api.auth import ADMIN_ROLES, Principal
-from api.errors import invalid
 from core.names import EMAIL_PATTERN, NOT_BLANK_PATTERN, PLATFORM_TENANT, SLUG_PATTERN
 from workflows.affiliate_payout import percent_text
 
@@ -41,15 +40,17 @@ ROLES = ADMIN_ROLES | {"finance"}
 _AFFILIATE_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN, description="The affiliate's id (a slug)")]
 _TENANT_ID = Annotated[str, PathParameter(pattern=SLUG_PATTERN)]
 LATEST_PAYOUTS = 20
+PERCENT_PATTERN = r"^(100(\.00?)?|[0-9]{1,2}(\.[0-9]{1,2})?)$"
 
 
 class AffiliateBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NOT_BLANK_PATTERN)]
     email: Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=EMAIL_PATTERN,
                                        description="Where the affiliate hears about its payouts")]
-    commission_percent: Annotated[float, msgspec.Meta(
-        ge=0, le=100, description="Share of each referred tenant's paid invoice (before taxes), in percent, "
-                                  "at most two decimals")]
+    commission_percent: Annotated[str, msgspec.Meta(
+        pattern=PERCENT_PATTERN, examples=["10", "12.5"],
+        description="Share of each referred tenant's paid invoice (before taxes), in percent from 0 to 100 with "
+                    "at most two decimals, written as a decimal string (exact, as money is)")]
     payout_account: Annotated[str, msgspec.Meta(
         pattern=CONNECTED_ACCOUNT_PATTERN,
         description="The Stripe connected account (acct_...) payouts are transferred to; none: held")] | None = None
@@ -162,9 +163,7 @@ class AffiliatesController(Controller):
                      "are held). Changes apply from the next payout review. Audited.")
     async def save(self, request: Request[Principal, Any, Any], db: NamedDependency[asyncpg.Pool],
                   affiliate_id: _AFFILIATE_ID, data: JSONBody[AffiliateBody]) -> AffiliateView:
-        percent = Decimal(repr(data.commission_percent))
-        if percent != percent.quantize(Decimal("0.01")):
-            raise invalid("commission_percent", "at most two decimals", "body")
+        percent = Decimal(data.commission_percent)
         async with db.acquire() as conn, conn.transaction():
             before = await conn.fetchrow("SELECT * FROM affiliates WHERE id = $1 FOR UPDATE", affiliate_id)
             await conn.execute(

@@ -105,13 +105,13 @@ async def paid_invoice(lago_url: str, tenant: str, cents: int, issued: str, paid
     return inv["lago_id"]
 
 
-async def _affiliate(http: httpx.AsyncClient, tokens: Tokens, affiliate_id: str, percent: float,
+async def _affiliate(http: httpx.AsyncClient, tokens: Tokens, affiliate_id: str, percent: str,
                      account: str | None, tenants: list[str], referred_at: str = "2026-01-01T00:00:00Z") -> None:
     r = await http.put(f"/v1/admin/affiliates/{affiliate_id}", headers=tokens.admin(), json={
         "name": affiliate_id.title(), "email": f"pay@{affiliate_id}.example", "commission_percent": percent,
         "payout_account": account})
     assert r.status_code == 200, r.text
-    assert r.json()["commission_percent"] == format(percent, "g")
+    assert r.json()["commission_percent"] == percent
     for t in tenants:
         r = await http.put(f"/v1/admin/affiliates/{affiliate_id}/referrals/{t}", headers=tokens.admin(),
                            json={"referred_at": referred_at})
@@ -146,9 +146,9 @@ async def test_finance_validates_a_quarter_and_each_invoice_earns_once(
     acct_a = (await sc.v1.accounts.create_async({"type": "express", "email": "pay@agency-a.example"})).id
     acct_d = (await sc.v1.accounts.create_async({"type": "express", "email": "pay@agency-d.example"})).id
     acct_b = (await sc.v1.accounts.create_async({"type": "express", "email": "pay@agency-b.example"})).id
-    await _affiliate(http, tokens, "agency-a", 10, acct_a, [t1, t2])
-    await _affiliate(http, tokens, "agency-b", 12.5, None, [t3])  # no account yet: held
-    await _affiliate(http, tokens, "agency-d", 20, acct_d, [t4])
+    await _affiliate(http, tokens, "agency-a", "10", acct_a, [t1, t2])
+    await _affiliate(http, tokens, "agency-b", "12.5", None, [t3])  # no account yet: held
+    await _affiliate(http, tokens, "agency-d", "20", acct_d, [t4])
     q2 = [await paid_invoice(lago_url, t1, 100_000, "2026-04-15"),  # 10 % -> 10,000
           await paid_invoice(lago_url, t2, 55_555, "2026-06-30"),  # -> 5,555
           await paid_invoice(lago_url, t3, 80_000, "2026-05-01"),  # 12.5 % -> 10,000, held: no account
@@ -193,7 +193,7 @@ async def test_finance_validates_a_quarter_and_each_invoice_earns_once(
 
     # agency-b connects its account; the next quarter pays what was held, and agency-a only its
     # new invoice: the ledger keeps the quarter before from being paid twice.
-    await _affiliate(http, tokens, "agency-b", 12.5, acct_b, [])
+    await _affiliate(http, tokens, "agency-b", "12.5", acct_b, [])
     wf_id, action = await _review(http, tokens, "2026-q3")
     r = await http.post(f"/v1/pending-actions/{action['action_id']}/decision", headers=tokens.finance(),
                         json={"decision": "approve"})
@@ -211,9 +211,10 @@ async def test_finance_validates_a_quarter_and_each_invoice_earns_once(
 
 
 async def test_affiliate_input_is_checked_and_named(http: httpx.AsyncClient, tokens: Tokens) -> None:
-    base = {"name": "X", "email": "x@x.example", "commission_percent": 5}
-    for body, field in (({**base, "commission_percent": 101}, "commission_percent"),
-                        ({**base, "commission_percent": 1.005}, "commission_percent"),
+    base = {"name": "X", "email": "x@x.example", "commission_percent": "5"}
+    for body, field in (({**base, "commission_percent": "101"}, "commission_percent"),
+                        ({**base, "commission_percent": "1.005"}, "commission_percent"),
+                        ({**base, "commission_percent": 5}, "commission_percent"),
                         ({**base, "payout_account": "ba_123"}, "payout_account"),
                         ({**base, "email": "nope"}, "email"),
                         ({**base, "status": "gone"}, "status"),
@@ -232,7 +233,7 @@ async def test_a_rejected_review_pays_nothing_and_a_refused_transfer_frees_the_i
 ) -> None:
     tenant = await add_tenant(db, "ref-gone")
     # An account Stripe does not know (closed since): the transfer is refused.
-    await _affiliate(http, tokens, "agency-gone", 10, "acct_closedlongago", [tenant], "2025-10-01T00:00:00Z")
+    await _affiliate(http, tokens, "agency-gone", "10", "acct_closedlongago", [tenant], "2025-10-01T00:00:00Z")
     invoice = await paid_invoice(lago_url, tenant, 90_000, "2025-12-10")  # -> 9,000
 
     wf_id, action = await _review(http, tokens, "2025-q4")

@@ -49,6 +49,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.routes import HTTPRoute
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
@@ -221,6 +222,14 @@ def rpc_error_handler(request: Request[Any, Any, Any], exc: RPCError) -> Respons
     if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED):
         log.warning("temporal unavailable for %s %s: %s", request.method, request.url.path, exc.status.name)
         return problem(request, HTTP_503_SERVICE_UNAVAILABLE, "temporal is unavailable")
+    if exc.status == RPCStatusCode.NOT_FOUND:
+        # The workflow closed (or was deleted) between the API's look at it and its call: a race
+        # with another client (a terminate, its last step), not a fault of the platform.
+        log.info("temporal: %s %s: %s", request.method, request.url.path, exc.message)
+        if "already completed" in exc.message:
+            return problem(request, HTTP_409_CONFLICT, "the workflow closed meanwhile, it is not running",
+                           code="not_running")
+        return problem(request, HTTP_404_NOT_FOUND, "the workflow was not found")
     log.error("temporal error for %s %s: %s %s", request.method, request.url.path, exc.status.name, exc.message)
     return problem(request, HTTP_500_INTERNAL_SERVER_ERROR, "workflow service error")
 

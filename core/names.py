@@ -56,8 +56,21 @@ _SPACES = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\
 # digits and hyphens, any script: IDNA), an IPv4 address or a bracketed IPv6 one, an optional
 # port, then a path, query or fragment without spaces or control characters. No user:password@.
 _HOST_LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
-WEB_URL_PATTERN = (r"^https?://(?:\[[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|(?:" + _HOST_LABEL + r"\.)*" + _HOST_LABEL + r"\.?)"
-                   r"(?::[0-9]{1,5})?(?:[/?#][^" + _SPACES + r"]*)?$")
+# IPv6 as RFC 4291 writes it (eight groups, one :: for a run of zeros, an IPv4 tail), no zone:
+# every address it matches is one Python's URL parser and ipaddress take, so a workflow reading
+# the URL never meets one they refuse.
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
+_IPV6 = "(?:" + "|".join((
+    rf"(?:{_H16}:){{7}}{_H16}", rf"(?:{_H16}:){{1,7}}:", rf"(?:{_H16}:){{1,6}}:{_H16}",
+    rf"(?:{_H16}:){{1,5}}(?::{_H16}){{1,2}}", rf"(?:{_H16}:){{1,4}}(?::{_H16}){{1,3}}",
+    rf"(?:{_H16}:){{1,3}}(?::{_H16}){{1,4}}", rf"(?:{_H16}:){{1,2}}(?::{_H16}){{1,5}}",
+    rf"{_H16}:(?::{_H16}){{1,6}}", rf":(?:(?::{_H16}){{1,7}}|:)", rf"::(?:[Ff]{{4}}:)?{_IPV4}",
+    rf"(?:{_H16}:){{6}}{_IPV4}")) + ")"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEB_URL_PATTERN = (r"^https?://(?:\[" + _IPV6 + r"\]|(?:" + _HOST_LABEL + r"\.)*" + _HOST_LABEL + r"\.?)"
+                   r"(?::" + _PORT + r")?(?:[/?#][^" + _SPACES + r"]*)?$")
 # Text that is not blank (a reason, a note): some character other than a space, and no NUL.
 NOT_BLANK_PATTERN = r"^[^\x00]*[^" + _SPACES + r"][^\x00]*$"
 # An email address as people type it (the mail server has the last word): no spaces, one @, a dot after it.

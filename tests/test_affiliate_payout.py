@@ -224,8 +224,9 @@ async def test_affiliate_input_is_checked_and_named(http: httpx.AsyncClient, tok
     assert (await http.get("/v1/admin/affiliates/agency-x", headers=tokens.admin())).status_code == 404
     r = await http.put("/v1/admin/affiliates/agency-x/referrals/no-such-tenant", headers=tokens.admin(), json={})
     assert r.status_code == 404
-    r = await http.post("/v1/workflows/affiliate-payout", headers=tokens.finance(), json={"quarter": "2026-Q5"})
-    assert r.status_code == 400 and "quarter" in r.text
+    for quarter in ("2026-Q5", "2026-q5", "0000-q1"):
+        r = await http.post("/v1/workflows/affiliate-payout", headers=tokens.finance(), json={"quarter": quarter})
+        assert r.status_code == 400 and "quarter" in r.text, (quarter, r.text)
 
 
 async def test_a_rejected_review_pays_nothing_and_a_refused_transfer_frees_the_invoices(

@@ -3,6 +3,7 @@ and changes nothing. Real HTTP, real workers, real Temporal and Postgres."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -211,7 +212,9 @@ async def test_a_web_address_the_platform_could_not_fetch_is_a_400_naming_it(
     """Caught at the start, not as a failed run (or a failed run every week from a schedule)."""
     tenant = unique("site")
     for url in ("http://exa\bmple.com/", "http://ex|ample.com/", "http://user:pw@example.com/",
-                "http://example.com/a b", "http://-example.com/", "http://example..com/"):
+                "http://example.com/a b", "http://-example.com/", "http://example..com/",
+                # No IPv6 address (a workflow's URL parser refuses it) and no port past 65535.
+                "http://[8cF9E0:9..:.:b0b]/", "http://[1.2.3.4]/", "http://[1::2::3]/", "http://example.com:65536/"):
         key = unique("k")
         for capability in ("presence-audit", "seo-health"):
             r = await http.post(f"/v1/workflows/{capability}",
@@ -221,9 +224,31 @@ async def test_a_web_address_the_platform_could_not_fetch_is_a_400_naming_it(
             assert names(body) == [("body", "website_url")], (url, body)
             assert "a web address" in body["detail"] and "regex" not in body["detail"], body
     # Any script, a port, an IP address: as they are written.
-    r = await http.post("/v1/workflows/presence-audit", json={"tenant_id": tenant, "website_url": "https://café.example:8443/menü?x=1"},
-                        headers=tokens.client(tenant))
-    assert r.status_code == 202, r.text
+    for url in ("https://café.example:8443/menü?x=1", "http://[2001:db8::1]:8080/", "http://[::ffff:192.0.2.1]/"):
+        r = await http.post("/v1/workflows/presence-audit", json={"tenant_id": tenant, "website_url": url,
+                                                                    "audit_key": unique("k")},
+                            headers=tokens.client(tenant))
+        assert r.status_code == 202, (url, r.text)
+
+
+def test_every_web_address_the_pattern_takes_is_one_a_workflow_can_read() -> None:
+    """What the API lets through reaches workflow code, where a URL Python's parser refuses would
+    stop the run's every task: the pattern takes no such address."""
+    from urllib.parse import urlsplit
+
+    from hypothesis import given, settings, strategies as st
+
+    from core.names import WEB_URL_PATTERN
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.from_regex(WEB_URL_PATTERN, fullmatch=True))
+    def readable(url: str) -> None:
+        parts = urlsplit(url)
+        assert parts.port is None or 0 <= parts.port <= 65535
+        if parts.hostname and ":" in parts.hostname:
+            ipaddress.IPv6Address(parts.hostname)
+
+    readable()
 
 
 # --- signed webhooks: a valid signature over a body that is not readable -----------------------

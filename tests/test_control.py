@@ -243,3 +243,33 @@ async def test_a_pause_sent_while_no_worker_runs_stops_the_onboarding_before_its
         result = await handle.result()
     assert result.status == "active"
     assert await audit(db, handle.id) == [(ADMIN, "workflow.paused", "KYC pending"), (ADMIN, "workflow.resumed", "KYC done")]
+
+
+async def test_a_workflow_that_closes_between_the_apis_look_and_its_call_is_a_409_not_a_500(
+    client: Client, db: asyncpg.Pool
+) -> None:
+    """Two admins at once: one terminates a run while the other's pause is on its way. The
+    pause's signal then meets a closed workflow; Temporal answers NOT_FOUND, the API 409."""
+    from litestar import Request
+    from temporalio.service import RPCError
+
+    from api.errors import rpc_error_handler
+    from core.names import PAUSE_SIGNAL
+
+    tenant = unique("race")
+    await db.execute("INSERT INTO tenants (id, name, plan, owner_email, status) VALUES ($1, $1, 'starter', "
+                     "'o@x.io', 'active')", tenant)
+    handle = await start_capability(client, CapabilityStart.of(ONBOARDING, OnboardingInput(
+        tenant_id=tenant, name="Race Co", owner_email="o@race.example"), tenant), task_queue=unique("nobody"))
+    await handle.terminate(reason="the other admin")
+    try:
+        await handle.signal(PAUSE_SIGNAL, {"by": "admin", "reason": "pause"})
+    except RPCError as exc:
+        raced = exc
+    else:
+        raise AssertionError("a signal to a closed workflow was taken")
+    request = Request(scope={"type": "http", "method": "POST", "path": f"/v1/admin/workflows/{handle.id}/pause",
+                             "raw_path": b"/", "headers": [], "query_string": b"", "root_path": "", "scheme": "http",
+                             "server": ("test", 80), "state": {}})
+    answer = rpc_error_handler(request, raced)
+    assert (answer.status_code, answer.content["code"]) == (409, "not_running")

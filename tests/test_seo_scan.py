@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from workflows.seo_scan import PageScan, page_scan, technical_scan
+from workflows.seo_scan import PageScan, netloc_of, normal_url, page_scan, technical_scan
 
 
 def test_the_technical_scan_checks_each_page() -> None:
@@ -64,3 +64,13 @@ def test_the_scan_loads_without_temporal() -> None:
             "or (m.startswith('workflows.') and m != 'workflows.seo_scan')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_link_no_url_parser_reads_is_left_out_not_a_stopped_scan() -> None:
+    """A crawled page (or an AI-written post) may hold http://[1..2]/: Python's urlsplit raises on
+    it, which in workflow code would fail every task of the run."""
+    assert netloc_of("http://[1..2]/x") == "" and normal_url("http://[1..2]/x") == "/"
+    assert netloc_of("HTTPS://Example.COM:8443/a") == "example.com:8443"
+    _, links = page_scan("https://a.example/", {"links": [{"href": "http://[zz::]/", "internal": True},
+                                                          {"href": "https://a.example/b#top", "internal": True}]})
+    assert links == ["https://a.example/b"]

@@ -56,7 +56,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.stages import Stages
 
 NAME = "affiliate-payout"
-QUARTER_PATTERN = r"^[0-9]{4}-q[1-4]$"
+QUARTER_PATTERN = r"^20[0-9]{2}-q[1-4]$"  # 2000 to 2099: a date the calendar can hold
 FINANCE_ROLES = ["finance"]
 ESCALATION_ROLES = ["finance", "super_admin"]
 REMIND_AFTER = timedelta(days=2)

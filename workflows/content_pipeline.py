@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -66,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.content_post import (CancelPublish, ContentInput, ContentResult, Post, PostCheck, PublishSchedule,
                                         ReschedulePublish, Status, assemble, check_post, choose_categories,
                                         choose_links, edit_schema, link_targets, page_source, parse_time)
-    from workflows.seo_scan import PageScan, normal_url, page_scan
+    from workflows.seo_scan import PageScan, netloc_of, normal_url, page_scan
     from workflows.stages import Stages
     from workflows.tools import call_tool
     from workflows.usage import account, check_ai_budget, report_usage
@@ -267,7 +266,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
         """The tenant's site (the home page, then the internal links found, level by level, each
         level's pages fetched together, up to max_pages), then the sources (together); answers
         the site's pages and every page read as the crew sees it."""
-        host = urlsplit(inp.website_url).netloc.lower()
+        host = netloc_of(inp.website_url)
         level, seen = [inp.website_url], {normal_url(inp.website_url)}
         site: list[PageScan] = []
         read: list[tuple[PageScan, SourcePage]] = []
@@ -283,7 +282,7 @@ class SeoContentWorkflow(HumanDecisions, Stages):
                 site.append(page)
                 read.append((page, page_source(page, fetched)))
                 for link in links:
-                    if link not in seen and urlsplit(link).netloc.lower() == host:
+                    if link not in seen and netloc_of(link) == host:
                         seen.add(link)
                         found.append(link)
             level = found

@@ -13,7 +13,6 @@ import re
 from datetime import datetime
 from html.parser import HTMLParser
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -23,7 +22,8 @@ from agents.types import ContentDraft, PostLink, SourcePage
 from core.names import SLUG_PATTERN
 from hitl.protocol import DecisionRecord
 from workflows.presence_audit import URL_PATTERN
-from workflows.seo_scan import PENALTY, SEVERITIES, Issue, PageScan, Severity, normal_url, technical_scan
+from workflows.seo_scan import (PENALTY, SEVERITIES, Issue, PageScan, Severity, netloc_of, normal_url,
+                                technical_scan)
 
 # wordpress_not_connected: the tenant has no WordPress site; the run ended before writing.
 Status = Literal["published", "publish_canceled", "rejected", "review_expired", "wordpress_not_connected"]
@@ -155,13 +155,13 @@ def html_stats(body: str) -> _HtmlStats:
 
 def link_targets(site_url: str, pages: list[PageScan]) -> dict[str, PageScan]:
     """The tenant's pages a post may link to: fetched, on the site's host, answering below 400."""
-    host = urlsplit(site_url).netloc.lower()
+    host = netloc_of(site_url)
     found: dict[str, PageScan] = {}
     for p in pages:
         if p.status is None or p.status >= 400:
             continue
         for url in (p.url, p.final_url):
-            if url and urlsplit(url).netloc.lower() == host:
+            if url and netloc_of(url) == host:
                 found.setdefault(normal_url(url), p)
     return found
 
@@ -232,8 +232,8 @@ def check_post(post: Post, site_url: str, targets: dict[str, PageScan]) -> PostC
     internal links present and each one a page of the site that was fetched."""
     stats = html_stats(post.body)
     text = " ".join(stats.text)
-    host = urlsplit(site_url).netloc.lower()
-    internal = [h for h in stats.links if urlsplit(h).netloc.lower() == host or h.startswith("/")]
+    host = netloc_of(site_url)
+    internal = [h for h in stats.links if netloc_of(h) == host or h.startswith("/")]
     url = f"{site_url.rstrip('/')}/{post.slug}/"
     page = PageScan(path=f"/{post.slug}/", url=url, status=200, title=post.title,
                     meta_description=post.meta_description or None, h1_count=1 + stats.h1,

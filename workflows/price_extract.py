@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
 from activities.mcp.tools import TextBlock, WebPage
+from workflows.seo_scan import url_parts
 
 Source = Literal["json-ld", "microdata", "opengraph", "pattern", "agent"]
 
@@ -320,7 +320,7 @@ def internal_pages(page: WebPage) -> list[str]:
     paths = set()
     for link in page.links:
         if link.internal:
-            parts = urlsplit(link.href)
+            parts = url_parts(link.href)
             paths.add((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
     return sorted(paths)[:MAX_PAGES]
 

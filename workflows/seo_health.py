@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -38,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.presence_audit import FETCH_TOOL, URL_PATTERN
     from workflows.usage import account, check_ai_budget, report_usage
     from workflows.seo_scan import SEVERITIES, Issue, PageScan, Severity, TechnicalScan, technical_scan
+    from workflows.seo_scan import netloc_of
     from workflows.seo_scan import normal_url as _normal
     from workflows.seo_scan import page_scan as _page
     from workflows.capability import TENANT_PEOPLE, Capability, ScheduleDecl, host_key
@@ -301,7 +301,7 @@ class SeoHealthWorkflow(Stages):
         """Fetch the home page, the paths given, then internal links found, up to max_pages;
         answers each page's internal links by path."""
         base = inp.website_url.rstrip("/")
-        host = urlsplit(inp.website_url).netloc.lower()
+        host = netloc_of(inp.website_url)
         queue: list[str] = []
         seen: set[str] = set()
         for url in [inp.website_url] + [base + p for p in inp.paths]:
@@ -317,7 +317,7 @@ class SeoHealthWorkflow(Stages):
             links[page.path] = found
             if inp.follow_links:
                 for link in found:
-                    if link not in seen and urlsplit(link).netloc.lower() == host:
+                    if link not in seen and netloc_of(link) == host:
                         seen.add(link)
                         queue.append(link)
         return links

@@ -9,7 +9,7 @@ no Temporal; no I/O, no clock, nothing done at import.
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import msgspec
 
@@ -55,15 +55,33 @@ class TechnicalScan(msgspec.Struct, frozen=True, kw_only=True):
     issues: list[Issue]
 
 
+_NO_URL = SplitResult("", "", "", "", "")
+
+
+def url_parts(url: str) -> SplitResult:
+    """``urlsplit``, except that a URL it refuses (a malformed bracketed host, e.g.
+    ``http://[1..2]/``, in a crawled page or an AI-written post) reads as an empty one: a bad link
+    is left out, it never stops the workflow reading it."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return _NO_URL
+
+
+def netloc_of(url: str) -> str:
+    """A URL's host (and port) in lower case; empty for a relative or unreadable URL."""
+    return url_parts(url).netloc.lower()
+
+
 def normal_url(url: str) -> str:
     """A URL without its fragment, with ``/`` for an empty path."""
-    parts = urlsplit(url)
+    parts = url_parts(url)
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", parts.query, ""))
 
 
 def url_path(url: str) -> str:
     """A page's path (and query) on its site: its identity in a scan, from one run to the next."""
-    parts = urlsplit(url)
+    parts = url_parts(url)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
@@ -72,7 +90,8 @@ def page_scan(url: str, page: object) -> tuple[PageScan, list[str]]:
     p = page if isinstance(page, dict) else {}
     headings = [h for h in p.get("headings") or [] if isinstance(h, dict)]
     internal = [normal_url(str(link.get("href", ""))) for link in p.get("links") or []
-                if isinstance(link, dict) and link.get("internal") and link.get("href")]
+                if isinstance(link, dict) and link.get("internal") and link.get("href")
+                and netloc_of(str(link.get("href", "")))]
     scan = PageScan(
         path=url_path(url), url=url, final_url=p.get("final_url"), status=p.get("status_code"),
         error=p.get("error"), title=(p.get("title") or "").strip() or None,

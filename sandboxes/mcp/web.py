@@ -230,11 +230,15 @@ def page_fields(html: str, final_url: str) -> dict[str, Any]:
     for href, label in parser.links:
         if href.startswith(("#", "mailto:", "tel:", "javascript:")):
             continue
-        absolute = urljoin(final_url, href)
+        try:
+            absolute = urljoin(final_url, href)
+            internal = urlsplit(absolute).netloc == host
+        except ValueError:  # a link no URL parser reads (http://[1..2]/): left out, the page is still read
+            continue
         if absolute in seen:
             continue
         seen.add(absolute)
-        links.append(PageLink(href=absolute, text=label, internal=urlsplit(absolute).netloc == host))
+        links.append(PageLink(href=absolute, text=label, internal=internal))
         if len(links) >= FETCH_MAX_LINKS:
             break
     return dict(title=parser.title, meta_description=parser.meta_description, headings=parser.headings,

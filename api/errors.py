@@ -171,7 +171,7 @@ _PATTERN_WORDS = {
     WEB_URL_PATTERN: "a web address: http(s)://, a host name or IP address, an optional port and path; "
                      "no spaces, control characters or user:password@",
     NOT_BLANK_PATTERN: "text that is not blank, without NUL characters",
-    EMAIL_PATTERN: "an email address: one @, a dot after it, no spaces or control characters",
+    EMAIL_PATTERN: "an email address: one @, a domain ending in letters (example.com), no spaces or control characters",
     SITE_PATH_PATTERN: "a path on the site: starting with /, no spaces or control characters",
     TIME_PATTERN: "a date and time (RFC 3339, e.g. 2026-11-26T09:30:00Z; UTC when no offset is given)",
 }

@@ -73,8 +73,10 @@ WEB_URL_PATTERN = (r"^https?://(?:\[" + _IPV6 + r"\]|(?:" + _HOST_LABEL + r"\.)*
                    r"(?::" + _PORT + r")?(?:[/?#][^" + _SPACES + r"]*)?$")
 # Text that is not blank (a reason, a note): some character other than a space, and no NUL.
 NOT_BLANK_PATTERN = r"^[^\x00]*[^" + _SPACES + r"][^\x00]*$"
-# An email address as people type it (the mail server has the last word): no spaces, one @, a dot after it.
-EMAIL_PATTERN = r"^[^@" + _SPACES + r"]+@[^@" + _SPACES + r"]+\.[^@" + _SPACES + r"]+$"
+# An email address as people type it (the mail server has the last word): no spaces, one @, a
+# domain ending in a top-level name of letters (as the mail tools and notification recipients
+# take it: an address the API takes is one they send to).
+EMAIL_PATTERN = r"^[^@" + _SPACES + r"]+@[^@" + _SPACES + r"]+\.[A-Za-z]{2,}$"
 # A path on a site (/pricing), without spaces or control characters.
 SITE_PATH_PATTERN = r"^/[^" + _SPACES + r"]*$"
 # A time given as text (the API's since/until filters): RFC 3339, e.g. 2026-11-26T09:30:00Z; the

@@ -251,6 +251,27 @@ def test_every_web_address_the_pattern_takes_is_one_a_workflow_can_read() -> Non
     readable()
 
 
+def test_every_email_address_the_api_takes_is_one_the_mail_tools_send_to() -> None:
+    """An address the API keeps (a lead, a tenant's owner, a recipient) reaches the send_email
+    tool later; one the tool refuses would fail a run long after the 2xx."""
+    import re
+
+    from hypothesis import given, settings, strategies as st
+
+    from core.names import EMAIL_PATTERN
+    from sandboxes.mcp.common import Email
+
+    tool_pattern = re.compile(next(m.pattern for m in Email.__metadata__[0].metadata if hasattr(m, "pattern")))
+    assert re.search(EMAIL_PATTERN, "0@0.0") is None and re.search(EMAIL_PATTERN, "ada@example.com")
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.from_regex(EMAIL_PATTERN, fullmatch=True))
+    def sendable(address: str) -> None:
+        assert tool_pattern.search(address), address
+
+    sendable()
+
+
 # --- signed webhooks: a valid signature over a body that is not readable -----------------------
 
 @pytest.mark.parametrize("kind", ["invalid_utf8", "deep"])

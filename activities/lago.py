@@ -20,7 +20,7 @@ here cheaply.
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 
 import asyncpg
@@ -29,9 +29,9 @@ import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.activity import Activities
+from core.activity import Activities, ActivityPolicy, with_policy
 from core.names import INTEGRATIONS_QUEUE, SLUG_PATTERN
-from core.policies import BILLING
+from core.policies import BILLING, BILLING_RETRY
 
 if TYPE_CHECKING:
     from lago_python_client.client import Client as LagoClient
@@ -118,6 +118,8 @@ class PaidInvoices(msgspec.Struct, frozen=True, kw_only=True):
 
 # Invoices per page of a listing (Lago's maximum).
 INVOICES_PAGE = 100
+# A review lists every referred tenant's invoices, page by page: long, so it heartbeats.
+LISTING = ActivityPolicy(start_to_close=timedelta(minutes=30), heartbeat=timedelta(minutes=1), retry=BILLING_RETRY)
 
 
 # --- Activities --------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class LagoActivities(Activities):
             plan_code=sub.plan_code, status=sub.status,
         )
 
+    @with_policy(LISTING)
     @activity.defn(name="lago.paid_invoices")
     async def paid_invoices(self, req: PaidInvoicesRequest) -> PaidInvoices:
         """The paid invoices of these tenants issued from ``issued_from`` to ``issued_to``,

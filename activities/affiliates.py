@@ -85,6 +85,9 @@ class PayoutRecord(msgspec.Struct, frozen=True, kw_only=True):
     lines: int
     status: str  # approved | paid
     transfer_id: str | None = None
+    # The affiliate's connected account as it is now (finance may replace a closed one while the
+    # review waits for its decision): where the transfer goes.
+    payout_account: str | None = None
 
 
 class MarkPaid(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,12 +153,13 @@ class AffiliateActivities(Activities):
                            (SELECT coalesce(sum(commission_cents), 0) FROM affiliate_commissions WHERE payout_id = $1)
                        WHERE id = $1""", payout_id)
             row = await conn.fetchrow(
-                """SELECT p.id, p.amount_cents, p.status, p.transfer_id,
+                """SELECT p.id, p.amount_cents, p.status, p.transfer_id, a.payout_account,
                           (SELECT count(*) FROM affiliate_commissions c WHERE c.payout_id = p.id) AS lines
-                   FROM affiliate_payouts p WHERE workflow_id = $1 AND affiliate_id = $2 AND currency = $3""",
+                   FROM affiliate_payouts p JOIN affiliates a ON a.id = p.affiliate_id
+                   WHERE workflow_id = $1 AND affiliate_id = $2 AND currency = $3""",
                 req.workflow_id, req.affiliate_id, req.currency)
         return PayoutRecord(payout_id=row["id"], amount_cents=row["amount_cents"], lines=row["lines"],
-                            status=row["status"], transfer_id=row["transfer_id"])
+                            status=row["status"], transfer_id=row["transfer_id"], payout_account=row["payout_account"])
 
     @activity.defn(name="affiliates.mark_paid")
     async def mark_paid(self, req: MarkPaid) -> None:

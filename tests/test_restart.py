@@ -381,9 +381,10 @@ async def test_a_payout_review_waiting_for_finance_survives_a_restart_and_pays_o
     sc = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": localstripe_url}, max_network_retries=0,
                              http_client=transport)
     try:
+        closed = (await sc.v1.accounts.create_async({"type": "express", "email": "old@aff.example"})).id
         account = (await sc.v1.accounts.create_async({"type": "express", "email": "pay@aff.example"})).id
         await db.execute("""INSERT INTO affiliates (id, name, email, payout_account, commission_percent, updated_by)
-                            VALUES ($1, 'Aff', 'pay@aff.example', $2, 15, 'test')""", affiliate, account)
+                            VALUES ($1, 'Aff', 'pay@aff.example', $2, 15, 'test')""", affiliate, closed)
         await db.execute("""INSERT INTO affiliate_referrals (tenant_id, affiliate_id, referred_at, updated_by)
                             VALUES ($1, $2, '2025-01-01T00:00:00Z', 'test')""", tenant, affiliate)
         invoice = await paid_invoice(lago_url, tenant, 40_000, "2025-08-14")  # 15 % -> 6,000
@@ -396,6 +397,8 @@ async def test_a_payout_review_waiting_for_finance_survives_a_restart_and_pays_o
             return await open_request(handle, AffiliatePayoutWorkflow, "payouts-2025-q3")
 
         async def then() -> AffiliatePayoutResult:
+            # While finance decides, the affiliate's account is replaced: the payout goes to the new one.
+            await db.execute("UPDATE affiliates SET payout_account = $2 WHERE id = $1", affiliate, account)
             await handle.execute_update(
                 AffiliatePayoutWorkflow.decide,
                 signed(DecisionInput(request_id="payouts-2025-q3", decision="approve", by=finance), handle.id),
@@ -407,6 +410,7 @@ async def test_a_payout_review_waiting_for_finance_survives_a_restart_and_pays_o
             (affiliate, 6_000)]
         transfers = (await sc.v1.transfers.list_async({"destination": account})).data
         assert [(t.amount, t.currency) for t in transfers] == [(6_000, "usd")]  # once
+        assert (await sc.v1.transfers.list_async({"destination": closed})).data == []
         assert await db.fetchval("SELECT payout_id FROM affiliate_commissions WHERE lago_invoice_id = $1",
                                  invoice) == result.paid[[p.affiliate_id for p in result.paid].index(affiliate)].payout_id
     finally:

@@ -13,7 +13,8 @@ referred, validated by finance, then paid (admin portal; the Approval Hub).
 3. Finance decides (roles ``finance``; ``super_admin`` after 7 days, reminder after 2): approve,
    reject, or edit the proposal's ``hold`` list (affiliates not to pay this time) and approve.
 4. Each approved payout is written to the ledger with its invoices, then transferred to the
-   affiliate's connected account (Stripe Connect, idempotency key from the ledger row), then
+   affiliate's connected account as it is when paying (one replaced while finance decided is the
+   one paid) (Stripe Connect, idempotency key from the ledger row), then
    marked paid. A transfer Stripe refuses (the account was closed) releases the payout's
    invoices for a later review; the others are paid.
 5. A report (``reports``, kind ``affiliate-payout``, tenant ``global``) says what was paid, held
@@ -63,6 +64,8 @@ REMIND_AFTER = timedelta(days=2)
 ESCALATE_AFTER = timedelta(days=7)
 # How far before a quarter's end a review looks for paid invoices that earned nothing yet.
 LOOKBACK_DAYS = 3 * 366
+# Patch: the transfer goes to the affiliate's account as it is when paying.
+ACCOUNT_AT_PAY_TIME = "affiliate-payout-account-at-pay-time"
 
 Outcome = Literal["paid", "rejected", "nothing_to_pay"]
 Held = Literal["paused", "no_payout_account", "below_minimum", "held_by_finance"]
@@ -247,7 +250,7 @@ class AffiliatePayoutWorkflow(HumanDecisions, Stages):
             await self.stage("paying", "finance_approved")
             hold = set(outcome.proposal.get("hold") or [])
             approved_by = next((d.decided_by for d in reversed(outcome.decisions)), "finance")
-            accounts = {a.id: a.payout_account for a in referrals.affiliates}
+            accounts = {a.id: a.payout_account for a in referrals.affiliates}  # as read when the review began
             paid, refused, kept = [], [], []
             for e in found:
                 if e.held is None and e.affiliate_id in hold:
@@ -255,14 +258,15 @@ class AffiliatePayoutWorkflow(HumanDecisions, Stages):
                 if e.held is not None:
                     kept.append(e)
                     continue
-                done_or_refused = await self._pay(e, accounts[e.affiliate_id] or "", quarter, approved_by)
+                done_or_refused = await self._pay(e, quarter, approved_by, accounts.get(e.affiliate_id))
                 (paid if isinstance(done_or_refused, PayoutDone) else refused).append(done_or_refused)
             return await self._finish(quarter, "paid", kept, paid, refused, outcome.decisions)
         except Exception:
             self._enter("failed")
             raise
 
-    async def _pay(self, e: Earning, account: str, quarter: str, approved_by: str) -> PayoutDone | PayoutRefused:
+    async def _pay(self, e: Earning, quarter: str, approved_by: str,
+                   account_at_start: str | None) -> PayoutDone | PayoutRefused:
         wf_id = workflow.info().workflow_id
         record = await run_activity(AffiliateActivities.record_payout, RecordPayout(
             workflow_id=wf_id, affiliate_id=e.affiliate_id, currency=e.currency, approved_by=approved_by,
@@ -270,10 +274,14 @@ class AffiliatePayoutWorkflow(HumanDecisions, Stages):
         if record.status == "paid" and record.transfer_id:  # paid before this run was replayed
             return PayoutDone(affiliate_id=e.affiliate_id, currency=e.currency, amount_cents=record.amount_cents,
                               payout_id=record.payout_id, transfer_id=record.transfer_id)
-        if record.amount_cents <= 0:  # another review took every invoice meanwhile
+        # Runs begun before the ledger answered the account keep paying the account read at their start.
+        account = record.payout_account if workflow.patched(ACCOUNT_AT_PAY_TIME) else account_at_start
+        if record.amount_cents <= 0 or not account:
+            # Another review took every invoice meanwhile, or the account was removed while finance decided.
             await run_activity(AffiliateActivities.release_payout, ReleasePayout(payout_id=record.payout_id))
-            return PayoutRefused(affiliate_id=e.affiliate_id, currency=e.currency, amount_cents=0,
-                                 error="its invoices were paid by another review")
+            return PayoutRefused(affiliate_id=e.affiliate_id, currency=e.currency, amount_cents=record.amount_cents,
+                                 error="its invoices were paid by another review" if record.amount_cents <= 0
+                                 else "the affiliate has no payout account any more")
         try:
             sent = await run_activity(StripeActivities.transfer, SendTransfer(
                 account=account, amount_cents=record.amount_cents, currency=e.currency,
